@@ -1,0 +1,138 @@
+//! `lb.v1.ClusterAdmin`: this node's view of the Raft cluster, and membership changes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use lb_proto::{pb, FieldError};
+use openraft::error::ClientWriteError as WriteError;
+use openraft::{ChangeMembers, ServerState};
+use tonic::{Request, Response, Status};
+
+use super::{status, ApiError};
+use crate::app::App;
+use crate::typ::{ClientWriteError, Node, NodeId, RaftError};
+
+pub(super) struct ClusterAdmin {
+    app: Arc<App>,
+}
+
+impl ClusterAdmin {
+    pub(super) fn new(app: Arc<App>) -> Self {
+        ClusterAdmin { app }
+    }
+
+    fn status(&self) -> pb::ClusterStatus {
+        let m = self.app.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| pb::Member {
+                node_id: *id,
+                address: node.addr.clone(),
+                role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+            })
+            .collect();
+        let leader_address = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        let state = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        pb::ClusterStatus {
+            node_id: m.id,
+            state: state.to_string(),
+            term: m.current_term,
+            leader_id: m.current_leader.unwrap_or_default(),
+            leader_address,
+            has_leader: m.current_leader.is_some(),
+            members,
+            last_log_index: m.last_log_index.unwrap_or_default(),
+            last_applied_index: m.last_applied.map(|l| l.index).unwrap_or_default(),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or_default(),
+            purged_index: m.purged.map(|l| l.index).unwrap_or_default(),
+            revision: self.app.state.read().state.revision,
+        }
+    }
+
+    async fn change(&self, members: ChangeMembers<NodeId, Node>) -> Result<Response<pb::ClusterStatus>, Status> {
+        let result = self.app.raft.change_membership(members, false).await;
+        membership_result(result)?;
+        Ok(Response::new(self.status()))
+    }
+}
+
+fn membership_result<T>(result: Result<T, RaftError<ClientWriteError>>) -> Result<T, Status> {
+    result.map_err(|e| {
+        status(match e {
+            RaftError::APIError(WriteError::ForwardToLeader(f)) => ApiError::NotLeader {
+                leader: f.leader_node.map(|n| n.addr),
+            },
+            RaftError::APIError(WriteError::ChangeMembershipError(c)) => ApiError::Membership(c.to_string()),
+            other => ApiError::Raft(other.to_string()),
+        })
+    })
+}
+
+fn node_id(id: u64) -> Result<NodeId, Status> {
+    if id == 0 {
+        return Err(status(FieldError::new("node_id", "must be at least 1").into()));
+    }
+    Ok(id)
+}
+
+#[tonic::async_trait]
+impl pb::cluster_admin_server::ClusterAdmin for ClusterAdmin {
+    async fn status(&self, _req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        Ok(Response::new(self.status()))
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn add_learner(&self, req: Request<pb::AddLearnerRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        let req = req.into_inner();
+        let id = node_id(req.node_id)?;
+        let port_ok = req
+            .address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            return Err(status(
+                FieldError::new("address", format!("{:?} must be host:port", req.address)).into(),
+            ));
+        }
+        tracing::info!(node_id = id, address = %req.address, "adding learner");
+        membership_result(self.app.raft.add_learner(id, Node::new(req.address), true).await)?;
+        Ok(Response::new(self.status()))
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn promote(&self, req: Request<pb::PromoteRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        let id = node_id(req.into_inner().node_id)?;
+        tracing::info!(node_id = id, "promoting to voter");
+        self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn remove(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        let id = node_id(req.into_inner().node_id)?;
+        let (is_voter, is_member) = {
+            let m = self.app.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let is_voter = membership.voter_ids().any(|v| v == id);
+            (is_voter, membership.get_node(&id).is_some())
+        };
+        tracing::info!(node_id = id, voter = is_voter, "removing member");
+        if is_voter {
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await
+        } else if is_member {
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await
+        } else {
+            Err(Status::not_found(format!("node {id} is not a member")))
+        }
+    }
+}

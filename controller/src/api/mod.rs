@@ -1,0 +1,94 @@
+//! The controller's gRPC surface: `lb.v1.ServiceAdmin`, `lb.v1.ClusterAdmin`,
+//! `lb.v1.Raft`, `grpc.health.v1.Health` and server reflection (v1 and
+//! v1alpha, so grpcurl 1.8 can `list` and `describe`). [`status`] is the one
+//! place domain errors become gRPC statuses.
+
+mod cluster_admin;
+mod raft;
+mod service_admin;
+
+use std::sync::Arc;
+
+use lb_proto::pb;
+use lb_proto::FieldError;
+use tonic::metadata::MetadataValue;
+use tonic::Status;
+
+use crate::app::App;
+use crate::network::MAX_MESSAGE_BYTES;
+use crate::state::Rejected;
+
+/// Metadata key carrying the leader's address on a redirect.
+pub const LEADER_METADATA: &str = "x-lb-leader";
+
+/// What an API call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error(transparent)]
+    Rejected(#[from] Rejected),
+    #[error("this controller is not the leader")]
+    NotLeader { leader: Option<String> },
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Maps a domain error to the status a client sees.
+pub fn status(e: ApiError) -> Status {
+    match e {
+        ApiError::Invalid(f) => Status::invalid_argument(f.to_string()),
+        ApiError::Rejected(r) => match r {
+            Rejected::Invalid(f) => Status::invalid_argument(f.to_string()),
+            Rejected::AlreadyExists { .. } => Status::already_exists(r.to_string()),
+            Rejected::NotFound { .. } => Status::not_found(r.to_string()),
+            Rejected::Conflict { .. } => Status::aborted(r.to_string()),
+        },
+        ApiError::NotLeader { leader: Some(addr) } => {
+            let mut s = Status::unavailable(format!("not the leader; the leader is at {addr}"));
+            if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
+                s.metadata_mut().insert(LEADER_METADATA, v);
+            }
+            s
+        }
+        ApiError::NotLeader { leader: None } => Status::unavailable("no leader elected yet; retry shortly"),
+        ApiError::Membership(m) => Status::failed_precondition(m),
+        ApiError::Raft(m) => Status::internal(m),
+    }
+}
+
+/// Every service the controller serves on its one port.
+pub fn router(app: Arc<App>) -> Result<tonic::service::Routes, tonic_reflection::server::Error> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    // The process serves as soon as it listens; Raft availability is reported
+    // per call (UNAVAILABLE + leader redirect), as gRPC clients expect.
+    tokio::spawn(async move {
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        for name in ["lb.v1.ServiceAdmin", "lb.v1.ClusterAdmin", "lb.v1.Raft"] {
+            health_reporter
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+    });
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lb_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let mut routes = tonic::service::Routes::new(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(pb::service_admin_server::ServiceAdminServer::new(service_admin::ServiceAdmin::new(app.clone())))
+        .add_service(pb::cluster_admin_server::ClusterAdminServer::new(cluster_admin::ClusterAdmin::new(app.clone())))
+        .add_service(
+            pb::raft_server::RaftServer::new(raft::RaftPeer::new(app))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        );
+    routes = routes.prepare();
+    Ok(routes)
+}

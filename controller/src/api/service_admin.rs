@@ -1,0 +1,230 @@
+//! `lb.v1.ServiceAdmin`: validated writes through Raft, linearizable reads,
+//! and the ordered event stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use lb_proto::convert::{check_name, realserver, realserver_key};
+use lb_proto::model::{RealServerPatch, Service};
+use lb_proto::{pb, FieldError};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::status;
+use crate::app::App;
+use crate::state::{Applied, Command, Event, EventKind};
+
+pub(super) struct ServiceAdmin {
+    app: Arc<App>,
+}
+
+impl ServiceAdmin {
+    pub(super) fn new(app: Arc<App>) -> Self {
+        ServiceAdmin { app }
+    }
+
+    async fn write(&self, cmd: Command) -> Result<Response<pb::ServiceResponse>, Status> {
+        let Applied { revision, service } = self.app.write(cmd).await.map_err(status)?;
+        Ok(Response::new(pb::ServiceResponse {
+            service: service.as_ref().map(pb::Service::from),
+            revision,
+        }))
+    }
+}
+
+fn service_spec(s: Option<pb::Service>) -> Result<Service, Status> {
+    let s = s.ok_or_else(|| FieldError::new("service", "is required"))
+        .map_err(|e| status(e.into()))?;
+    Service::try_from(s).map_err(|e| status(e.into()))
+}
+
+fn name_field(field: &str, name: &str) -> Result<(), Status> {
+    check_name(field, name).map_err(|e| status(e.into()))
+}
+
+fn event(e: &Event) -> pb::Event {
+    let kind = match e.kind {
+        EventKind::ServiceCreated => pb::EventKind::ServiceCreated,
+        EventKind::ServiceUpdated => pb::EventKind::ServiceUpdated,
+        EventKind::ServiceDeleted => pb::EventKind::ServiceDeleted,
+        EventKind::RealServerAdded => pb::EventKind::RealserverAdded,
+        EventKind::RealServerUpdated => pb::EventKind::RealserverUpdated,
+        EventKind::RealServerRemoved => pb::EventKind::RealserverRemoved,
+    };
+    pb::Event {
+        revision: e.revision,
+        kind: kind.into(),
+        service_name: e.service.name.clone(),
+        service: Some(pb::Service::from(&e.service)),
+        realserver: e.realserver.as_ref().map(pb::RealServer::from),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
+    #[tracing::instrument(skip_all, err)]
+    async fn create_service(&self, req: Request<pb::CreateServiceRequest>) -> Result<Response<pb::ServiceResponse>, Status> {
+        let service = service_spec(req.into_inner().service)?;
+        self.write(Command::CreateService { service }).await
+    }
+
+    async fn get_service(&self, req: Request<pb::GetServiceRequest>) -> Result<Response<pb::ServiceResponse>, Status> {
+        let req = req.into_inner();
+        name_field("name", &req.name)?;
+        self.app.read_barrier(req.stale).await.map_err(status)?;
+        let data = self.app.state.read();
+        let service = data
+            .state
+            .services
+            .get(&req.name)
+            .ok_or_else(|| Status::not_found(format!("service {} not found", req.name)))?;
+        Ok(Response::new(pb::ServiceResponse {
+            service: Some(service.into()),
+            revision: data.state.revision,
+        }))
+    }
+
+    async fn list_services(&self, req: Request<pb::ListServicesRequest>) -> Result<Response<pb::ListServicesResponse>, Status> {
+        self.app.read_barrier(req.into_inner().stale).await.map_err(status)?;
+        let data = self.app.state.read();
+        Ok(Response::new(pb::ListServicesResponse {
+            services: data.state.services.values().map(pb::Service::from).collect(),
+            revision: data.state.revision,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn update_service(&self, req: Request<pb::UpdateServiceRequest>) -> Result<Response<pb::ServiceResponse>, Status> {
+        let req = req.into_inner();
+        let service = service_spec(req.service)?;
+        self.write(Command::UpdateService {
+            service,
+            expected_mod_revision: req.expected_mod_revision,
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn delete_service(&self, req: Request<pb::DeleteServiceRequest>) -> Result<Response<pb::DeleteServiceResponse>, Status> {
+        let name = req.into_inner().name;
+        name_field("name", &name)?;
+        let applied = self.app.write(Command::DeleteService { name }).await.map_err(status)?;
+        Ok(Response::new(pb::DeleteServiceResponse {
+            revision: applied.revision,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn add_real_server(&self, req: Request<pb::AddRealServerRequest>) -> Result<Response<pb::ServiceResponse>, Status> {
+        let req = req.into_inner();
+        name_field("service", &req.service)?;
+        let rs = req
+            .realserver
+            .ok_or_else(|| FieldError::new("realserver", "is required"))
+            .and_then(|rs| realserver("realserver", rs))
+            .map_err(|e| status(e.into()))?;
+        self.write(Command::AddRealServer {
+            service: req.service,
+            realserver: rs,
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn update_real_server(&self, req: Request<pb::UpdateRealServerRequest>) -> Result<Response<pb::ServiceResponse>, Status> {
+        let req = req.into_inner();
+        name_field("service", &req.service)?;
+        let (address, port) = realserver_key(&req.address, req.port).map_err(|e| status(e.into()))?;
+        let patch = RealServerPatch::try_from(&req).map_err(|e| status(e.into()))?;
+        self.write(Command::UpdateRealServer {
+            service: req.service,
+            address,
+            port,
+            patch,
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn remove_real_server(&self, req: Request<pb::RemoveRealServerRequest>) -> Result<Response<pb::ServiceResponse>, Status> {
+        let req = req.into_inner();
+        name_field("service", &req.service)?;
+        let (address, port) = realserver_key(&req.address, req.port).map_err(|e| status(e.into()))?;
+        self.write(Command::RemoveRealServer {
+            service: req.service,
+            address,
+            port,
+        })
+        .await
+    }
+
+    async fn list_real_servers(&self, req: Request<pb::ListRealServersRequest>) -> Result<Response<pb::ListRealServersResponse>, Status> {
+        let req = req.into_inner();
+        self.app.read_barrier(req.stale).await.map_err(status)?;
+        let data = self.app.state.read();
+        if !req.service.is_empty() && !data.state.services.contains_key(&req.service) {
+            return Err(Status::not_found(format!("service {} not found", req.service)));
+        }
+        let realservers = data
+            .state
+            .services
+            .values()
+            .filter(|s| req.service.is_empty() || s.name == req.service)
+            .flat_map(|s| {
+                s.realservers.iter().map(|rs| pb::RealServerEntry {
+                    service: s.name.clone(),
+                    realserver: Some(rs.into()),
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::ListRealServersResponse {
+            realservers,
+            revision: data.state.revision,
+        }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(&self, req: Request<pb::WatchEventsRequest>) -> Result<Response<EventStream>, Status> {
+        let from = req.into_inner().from_revision;
+        let shared = self.app.state.clone();
+        // Subscribe before reading so no change slips between the read and the wait.
+        let mut changed = shared.subscribe();
+        let mut shutdown = self.app.shutdown.clone();
+        let mut next = if from == 0 { shared.read().state.revision + 1 } else { from };
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let batch = shared.read().state.events_since(next);
+                match batch {
+                    Err(c) => {
+                        let msg = format!(
+                            "from_revision: revision {next} is no longer kept (oldest is {}); list again and watch from the list's revision + 1",
+                            c.oldest
+                        );
+                        let _ = tx.send(Err(Status::out_of_range(msg))).await;
+                        return;
+                    }
+                    Ok(events) => {
+                        for e in &events {
+                            next = e.revision + 1;
+                            if tx.send(Ok(event(e))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { return },
+                    _ = shutdown.wait_for(|down| *down) => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

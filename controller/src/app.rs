@@ -1,0 +1,50 @@
+//! The running controller node: its Raft handle and its applied state, with
+//! the two operations every API handler needs — a replicated write, and a
+//! read barrier that makes a read linearizable.
+
+use std::sync::Arc;
+
+use openraft::error::ClientWriteError as WriteError;
+use tokio::sync::watch;
+
+use crate::api::ApiError;
+use crate::state::{Applied, Command};
+use crate::store::SharedState;
+use crate::typ::{NodeId, Raft, RaftError};
+
+pub struct App {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub state: Arc<SharedState>,
+    /// Turns true when the node shuts down; long streams end on it.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl App {
+    /// Replicates a command and returns what applying it answered.
+    pub async fn write(&self, cmd: Command) -> Result<Applied, ApiError> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.data?),
+            Err(RaftError::APIError(WriteError::ForwardToLeader(f))) => Err(ApiError::NotLeader {
+                leader: f.leader_node.map(|n| n.addr),
+            }),
+            Err(e) => Err(ApiError::Raft(e.to_string())),
+        }
+    }
+
+    /// Waits until this node's state reflects every write acknowledged before
+    /// the call (only the leader can answer); `stale` skips the wait.
+    pub async fn read_barrier(&self, stale: bool) -> Result<(), ApiError> {
+        if stale {
+            return Ok(());
+        }
+        self.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| {
+            match e.forward_to_leader() {
+                Some(f) => ApiError::NotLeader {
+                    leader: f.leader_node.clone().map(|n| n.addr),
+                },
+                None => ApiError::Raft(e.to_string()),
+            }
+        })
+    }
+}

@@ -1,0 +1,155 @@
+//! lb-controller: the Raft-replicated configuration of an lbfabric fabric.
+//!
+//! Layout: [`state`] is the replicated configuration and its commands (pure
+//! logic); [`store`] keeps the Raft log and the applied state in redb;
+//! [`network`] carries Raft RPCs to peers; [`api`] serves gRPC; [`app`] ties a
+//! node together. [`run`] starts one node and serves until shutdown.
+
+pub mod api;
+pub mod app;
+pub mod network;
+pub mod state;
+pub mod store;
+pub mod typ;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::app::App;
+use crate::typ::{Node, NodeId, Raft};
+
+/// Raft timing and log compaction.
+///
+/// The defaults suit a LAN: a dead leader is replaced within roughly the
+/// election timeout (≤ 0.6 s), well inside the 1 s lease a director holds a VIP
+/// by, so a controller leader change never costs a VIP.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind the snapshot, for slow followers.
+    pub keep_logs: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(300),
+            election_max: Duration::from_millis(600),
+            snapshot_every: 10_000,
+            keep_logs: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    /// Address peers and clients reach this node at; default: the listener's.
+    pub advertise: Option<String>,
+    /// Initialize a one-node cluster when the data dir is new.
+    pub bootstrap: bool,
+    pub raft: RaftTuning,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("raft configuration: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+    #[error("grpc server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("grpc reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Runs one controller node on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
+    let advertise = match &config.advertise {
+        Some(a) => a.clone(),
+        None => listener.local_addr()?.to_string(),
+    };
+    let raft_config = openraft::Config {
+        cluster_name: "lbfabric".to_string(),
+        heartbeat_interval: millis(config.raft.heartbeat),
+        election_timeout_min: millis(config.raft.election_min),
+        election_timeout_max: millis(config.raft.election_max),
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every),
+        max_in_snapshot_log_to_keep: config.raft.keep_logs,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    }
+    .validate()?;
+    let (log_store, sm_store) = store::open(&config.data_dir)?;
+    let state = sm_store.shared();
+    let raft = Raft::new(config.node_id, Arc::new(raft_config), network::Network, log_store, sm_store)
+        .await
+        .map_err(|e| ControllerError::Raft(e.to_string()))?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let app = Arc::new(App {
+        id: config.node_id,
+        raft: raft.clone(),
+        state,
+        shutdown: shutdown_rx,
+    });
+    let routes = api::router(app)?;
+    let mut down = shutdown_tx.subscribe();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = down.wait_for(|d| *d).await;
+            }),
+    );
+
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| ControllerError::Raft(e.to_string()))?;
+    if config.bootstrap && !initialized {
+        tracing::info!(node_id = config.node_id, address = %advertise, "initializing a new single-node cluster");
+        raft.initialize(BTreeMap::from([(config.node_id, Node::new(advertise.clone()))]))
+            .await
+            .map_err(|e| ControllerError::Raft(e.to_string()))?;
+    }
+    tracing::info!(node_id = config.node_id, address = %advertise, data_dir = %config.data_dir.display(), "controller serving");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let served = server.await;
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    match served {
+        Ok(r) => r.map_err(Into::into),
+        Err(join) => Err(ControllerError::Raft(format!("server task: {join}"))),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

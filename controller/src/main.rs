@@ -1,0 +1,90 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use lb_controller::{Config, RaftTuning};
+
+/// lbfabric controller: holds the fabric's configuration in a Raft cluster.
+///
+/// A fresh data directory initializes a single-node cluster (unless
+/// --no-bootstrap); grow it with `lbctl cluster add-learner` and `promote`.
+#[derive(Debug, Parser)]
+#[command(version, after_help = "Examples:\n  lb-controller --data-dir ./lb-data --listen 127.0.0.1:7070\n  lb-controller --node-id 2 --data-dir ./lb2 --listen 127.0.0.1:7071 --no-bootstrap")]
+struct Args {
+    /// This controller's Raft node id (unique in the cluster, at least 1).
+    #[arg(long, env = "LB_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    node_id: u64,
+    /// Where the Raft log and state live (one redb file).
+    #[arg(long, env = "LB_DATA_DIR", default_value = "./lb-data")]
+    data_dir: PathBuf,
+    /// gRPC address to listen on (API, Raft peers, health, reflection).
+    #[arg(long, env = "LB_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Address other controllers and clients use for this node (default: --listen).
+    #[arg(long, env = "LB_ADVERTISE")]
+    advertise: Option<String>,
+    /// Do not initialize a new cluster; wait to be added with `lbctl cluster add-learner`.
+    #[arg(long, env = "LB_NO_BOOTSTRAP")]
+    no_bootstrap: bool,
+    /// Leader heartbeat interval, in milliseconds.
+    #[arg(long, env = "LB_RAFT_HEARTBEAT_MS", default_value_t = 100)]
+    raft_heartbeat_ms: u64,
+    /// Lower bound of the election timeout, in milliseconds (upper bound is twice this).
+    #[arg(long, env = "LB_RAFT_ELECTION_MS", default_value_t = 300)]
+    raft_election_ms: u64,
+    /// Build a snapshot (and purge the log) every this many entries.
+    #[arg(long, env = "LB_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    snapshot_every: u64,
+    /// Log entries kept behind a snapshot for slow followers.
+    #[arg(long, env = "LB_KEEP_LOGS", default_value_t = 1_000)]
+    keep_logs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let config = Config {
+        node_id: args.node_id,
+        data_dir: args.data_dir,
+        advertise: args.advertise,
+        bootstrap: !args.no_bootstrap,
+        raft: RaftTuning {
+            heartbeat: Duration::from_millis(args.raft_heartbeat_ms),
+            election_min: Duration::from_millis(args.raft_election_ms),
+            election_max: Duration::from_millis(args.raft_election_ms * 2),
+            snapshot_every: args.snapshot_every,
+            keep_logs: args.keep_logs,
+        },
+    };
+    lb_controller::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}

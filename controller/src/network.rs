@@ -1,0 +1,132 @@
+//! Raft peer RPCs, client side: openraft messages as JSON over `lb.v1.Raft`.
+//!
+//! Anything that prevents a reply (connection refused, reset, deadline) is
+//! reported as `Unreachable` so openraft backs off instead of hammering a dead
+//! peer; an error the peer itself returned is passed on as a remote error.
+
+use lb_proto::pb;
+use lb_proto::pb::raft_client::RaftClient;
+use openraft::error::{NetworkError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::typ::*;
+
+/// Peer messages carry whole log batches and snapshot chunks.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Creates one [`PeerClient`] per target node.
+#[derive(Debug, Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            client: None,
+        }
+    }
+}
+
+/// A lazily connected client to one peer controller.
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    client: Option<RaftClient<Channel>>,
+}
+
+impl PeerClient {
+    fn client(&mut self) -> Result<RaftClient<Channel>, NetworkError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| NetworkError::new(&e))?
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_millis(500));
+        let client = RaftClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Sends one RPC and decodes `Result<Resp, RaftError<E>>` from the reply.
+    async fn call<Resp, E, F, Fut>(&mut self, option: &RPCOption, send: F) -> Result<Resp, RpcError<E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, std::time::Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<pb::RaftPayload>, tonic::Status>>,
+    {
+        let client = self.client().map_err(RpcError::Network)?;
+        let reply = match send(client, option.hard_ttl()).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::DeadlineExceeded {
+                    // Drop the channel so the next call dials afresh.
+                    self.client = None;
+                    return Err(RpcError::Unreachable(Unreachable::new(&status)));
+                }
+                return Err(RpcError::Network(NetworkError::new(&status)));
+            }
+        };
+        let result: Result<Resp, RaftError<E>> =
+            serde_json::from_slice(&reply.json).map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RpcError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn encode<T: Serialize, E>(value: &T) -> Result<Vec<u8>, RpcError<E>>
+where
+    E: std::error::Error,
+{
+    serde_json::to_vec(value).map_err(|e| RpcError::Network(NetworkError::new(&e)))
+}
+
+fn with_deadline<T>(msg: T, ttl: std::time::Duration) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(ttl);
+    req
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse, RpcError> {
+        let json = encode(&rpc)?;
+        self.call(&option, |mut c, ttl| async move {
+            c.append_entries(with_deadline(pb::RaftPayload { json }, ttl)).await
+        })
+        .await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RpcError> {
+        let json = encode(&rpc)?;
+        self.call(&option, |mut c, ttl| async move {
+            c.vote(with_deadline(pb::RaftPayload { json }, ttl)).await
+        })
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        mut rpc: InstallSnapshotRequest,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse, RpcError<InstallSnapshotError>> {
+        // Snapshot bytes travel in their own field, not inflated by JSON.
+        let data = std::mem::take(&mut rpc.data);
+        let json = encode(&rpc)?;
+        self.call(&option, |mut c, ttl| async move {
+            c.install_snapshot(with_deadline(pb::SnapshotChunk { json, data }, ttl)).await
+        })
+        .await
+    }
+}

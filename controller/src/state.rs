@@ -1,0 +1,368 @@
+//! The replicated configuration and the commands that change it.
+//!
+//! This is pure, deterministic logic: every controller applies the same
+//! commands in the same order and reaches the same [`State`]. A command that
+//! breaks a rule changes nothing — not the services, not the revision — and
+//! its error travels back to the client through the Raft response.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+
+use lb_proto::convert::{check_realserver, patch_realserver};
+use lb_proto::model::{RealServer, RealServerPatch, Service};
+use lb_proto::FieldError;
+use serde::{Deserialize, Serialize};
+
+/// How many events are kept for `WatchEvents` to resume from.
+pub const EVENT_HISTORY: usize = 10_000;
+
+/// A change to the configuration, as replicated in the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    CreateService {
+        service: Service,
+    },
+    UpdateService {
+        service: Service,
+        /// 0 = unconditional.
+        expected_mod_revision: u64,
+    },
+    DeleteService {
+        name: String,
+    },
+    AddRealServer {
+        service: String,
+        realserver: RealServer,
+    },
+    UpdateRealServer {
+        service: String,
+        address: IpAddr,
+        port: u16,
+        patch: RealServerPatch,
+    },
+    RemoveRealServer {
+        service: String,
+        address: IpAddr,
+        port: u16,
+    },
+}
+
+/// What applying a command answers.
+pub type CommandResult = Result<Applied, Rejected>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The revision this command produced.
+    pub revision: u64,
+    /// The service after the change (before it, for a deletion); `None` for
+    /// Raft's own entries (blank, membership).
+    pub service: Option<Service>,
+}
+
+impl Applied {
+    pub fn none() -> Self {
+        Applied {
+            revision: 0,
+            service: None,
+        }
+    }
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejected {
+    #[error("{0}")]
+    Invalid(FieldError),
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("service {name} changed: its mod_revision is {actual}, not {expected}")]
+    Conflict {
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    ServiceCreated,
+    ServiceUpdated,
+    ServiceDeleted,
+    RealServerAdded,
+    RealServerUpdated,
+    RealServerRemoved,
+}
+
+/// One committed change, in revision order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub revision: u64,
+    pub kind: EventKind,
+    pub service: Service,
+    pub realserver: Option<RealServer>,
+}
+
+/// The whole replicated configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Grows by one with every applied change; never reused.
+    pub revision: u64,
+    pub services: BTreeMap<String, Service>,
+    /// The last [`EVENT_HISTORY`] events, oldest first.
+    pub events: VecDeque<Event>,
+}
+
+/// The events a watcher asked for are no longer kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compacted {
+    pub oldest: u64,
+}
+
+impl State {
+    /// Applies a command; on rejection nothing changed.
+    pub fn apply(&mut self, cmd: Command) -> CommandResult {
+        let (kind, service, realserver) = match cmd {
+            Command::CreateService { service } => {
+                self.check_unique(&service, None)?;
+                (EventKind::ServiceCreated, service, None)
+            }
+            Command::UpdateService {
+                service,
+                expected_mod_revision,
+            } => {
+                let current = self.service(&service.name)?;
+                if expected_mod_revision != 0 && expected_mod_revision != current.mod_revision {
+                    return Err(Rejected::Conflict {
+                        name: service.name,
+                        expected: expected_mod_revision,
+                        actual: current.mod_revision,
+                    });
+                }
+                let create_revision = current.create_revision;
+                self.check_unique(&service, Some(&service.name))?;
+                let service = Service {
+                    create_revision,
+                    ..service
+                };
+                (EventKind::ServiceUpdated, service, None)
+            }
+            Command::DeleteService { name } => {
+                let service = self.service(&name)?.clone();
+                let revision = self.next_event(EventKind::ServiceDeleted, &service, None);
+                self.services.remove(&name);
+                return Ok(Applied {
+                    revision,
+                    service: Some(service),
+                });
+            }
+            Command::AddRealServer {
+                service,
+                realserver,
+            } => {
+                let mut next = self.service(&service)?.clone();
+                let rs = check_realserver(&next, realserver, "realserver").map_err(Rejected::Invalid)?;
+                next.realservers.push(rs.clone());
+                (EventKind::RealServerAdded, next, Some(rs))
+            }
+            Command::UpdateRealServer {
+                service,
+                address,
+                port,
+                patch,
+            } => {
+                let mut next = self.service(&service)?.clone();
+                let idx = realserver_index(&next, address, port)?;
+                let rs = patch_realserver(&next.realservers[idx], &patch).map_err(Rejected::Invalid)?;
+                next.realservers[idx] = rs.clone();
+                (EventKind::RealServerUpdated, next, Some(rs))
+            }
+            Command::RemoveRealServer {
+                service,
+                address,
+                port,
+            } => {
+                let mut next = self.service(&service)?.clone();
+                let idx = realserver_index(&next, address, port)?;
+                let rs = next.realservers.remove(idx);
+                (EventKind::RealServerRemoved, next, Some(rs))
+            }
+        };
+        let mut service = service;
+        let revision = self.revision + 1;
+        if kind == EventKind::ServiceCreated {
+            service.create_revision = revision;
+        }
+        service.mod_revision = revision;
+        self.next_event(kind, &service, realserver);
+        self.services.insert(service.name.clone(), service.clone());
+        Ok(Applied {
+            revision,
+            service: Some(service),
+        })
+    }
+
+    /// Events from `from` on; `Compacted` when some of them are gone.
+    pub fn events_since(&self, from: u64) -> Result<Vec<Event>, Compacted> {
+        let oldest = self.events.front().map_or(self.revision + 1, |e| e.revision);
+        if from < oldest && from <= self.revision {
+            return Err(Compacted { oldest });
+        }
+        Ok(self
+            .events
+            .iter()
+            .filter(|e| e.revision >= from)
+            .cloned()
+            .collect())
+    }
+
+    fn service(&self, name: &str) -> Result<&Service, Rejected> {
+        self.services.get(name).ok_or_else(|| Rejected::NotFound {
+            what: format!("service {name}"),
+        })
+    }
+
+    /// A name and a virtual address belong to one service only.
+    fn check_unique(&self, service: &Service, replacing: Option<&str>) -> Result<(), Rejected> {
+        if replacing.is_none() && self.services.contains_key(&service.name) {
+            return Err(Rejected::AlreadyExists {
+                what: format!("service {}", service.name),
+            });
+        }
+        match self
+            .services
+            .values()
+            .find(|s| s.address == service.address && Some(s.name.as_str()) != replacing)
+        {
+            Some(other) => Err(Rejected::AlreadyExists {
+                what: format!("virtual address {} (service {})", service.address, other.name),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn next_event(&mut self, kind: EventKind, service: &Service, realserver: Option<RealServer>) -> u64 {
+        self.revision += 1;
+        self.events.push_back(Event {
+            revision: self.revision,
+            kind,
+            service: service.clone(),
+            realserver,
+        });
+        while self.events.len() > EVENT_HISTORY {
+            self.events.pop_front();
+        }
+        self.revision
+    }
+}
+
+/// Finds a realserver; port 0 in a request means the service's default port.
+fn realserver_index(service: &Service, address: IpAddr, port: u16) -> Result<usize, Rejected> {
+    let port = if port == 0 {
+        service.default_realserver_port()
+    } else {
+        port
+    };
+    service
+        .realservers
+        .iter()
+        .position(|rs| rs.address == address && rs.port == port)
+        .ok_or_else(|| Rejected::NotFound {
+            what: format!("realserver {} in service {}", std::net::SocketAddr::new(address, port), service.name),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_proto::pb;
+
+    use super::*;
+
+    fn service(name: &str, vip: &str) -> Service {
+        Service::try_from(pb::Service {
+            name: name.into(),
+            virtual_address: Some(pb::service::VirtualAddress::Endpoint(pb::Endpoint {
+                address: vip.into(),
+                port: 80,
+                protocol: "tcp".into(),
+            })),
+            mode: "nat".into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn rs(addr: &str, port: u16) -> RealServer {
+        RealServer {
+            address: addr.parse().unwrap(),
+            port,
+            weight: 1,
+            upper_threshold: 0,
+            lower_threshold: 0,
+            admin_state: lb_proto::model::AdminState::Active,
+        }
+    }
+
+    #[test]
+    fn rejected_commands_change_nothing() {
+        let mut st = State::default();
+        st.apply(Command::CreateService { service: service("web", "10.0.0.1") }).unwrap();
+        let before = st.clone();
+        let rejected = [
+            Command::CreateService { service: service("web", "10.0.0.2") },
+            Command::CreateService { service: service("web2", "10.0.0.1") },
+            Command::DeleteService { name: "nope".into() },
+            Command::UpdateService { service: service("web", "10.0.0.1"), expected_mod_revision: 99 },
+            Command::RemoveRealServer { service: "web".into(), address: "10.1.1.1".parse().unwrap(), port: 80 },
+            Command::AddRealServer { service: "web".into(), realserver: rs("2001:db8::1", 80) },
+        ];
+        for cmd in rejected {
+            assert!(st.apply(cmd.clone()).is_err(), "{cmd:?} was accepted");
+            assert_eq!(st, before, "{cmd:?} changed the state");
+        }
+    }
+
+    #[test]
+    fn revisions_and_events_follow_changes() {
+        let mut st = State::default();
+        let a = st.apply(Command::CreateService { service: service("web", "10.0.0.1") }).unwrap();
+        assert_eq!((a.revision, a.service.unwrap().create_revision), (1, 1));
+        let b = st
+            .apply(Command::AddRealServer { service: "web".into(), realserver: rs("10.1.1.1", 0) })
+            .unwrap();
+        let svc = b.service.unwrap();
+        assert_eq!(svc.realservers[0].port, 80);
+        assert_eq!((b.revision, svc.create_revision, svc.mod_revision), (2, 1, 2));
+        st.apply(Command::UpdateRealServer {
+            service: "web".into(),
+            address: "10.1.1.1".parse().unwrap(),
+            port: 0,
+            patch: RealServerPatch { weight: Some(5), ..Default::default() },
+        })
+        .unwrap();
+        st.apply(Command::DeleteService { name: "web".into() }).unwrap();
+        let kinds: Vec<_> = st.events_since(1).unwrap().iter().map(|e| (e.revision, e.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (1, EventKind::ServiceCreated),
+                (2, EventKind::RealServerAdded),
+                (3, EventKind::RealServerUpdated),
+                (4, EventKind::ServiceDeleted)
+            ]
+        );
+        assert_eq!(st.events_since(5).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn old_events_are_compacted() {
+        let mut st = State::default();
+        for i in 0..(EVENT_HISTORY + 5) {
+            st.apply(Command::CreateService { service: service(&format!("s{i}"), &format!("10.0.{}.{}", i / 250, i % 250 + 1)) })
+                .unwrap();
+        }
+        assert_eq!(st.events_since(3), Err(Compacted { oldest: 6 }));
+        assert_eq!(st.events_since(6).unwrap().len(), EVENT_HISTORY);
+    }
+}

@@ -1,0 +1,169 @@
+//! The Raft log, vote and commit index in redb.
+
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{decode, StoreError, LOGS, RAFT_META};
+use crate::typ::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+
+/// The log half of the store; cheap to clone (it is also the log reader).
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    pub(super) fn new(db: Arc<Database>) -> Self {
+        LogStore { db }
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RAFT_META)?;
+        let value = table.get(key)?;
+        value.map(|v| decode(key, v.value())).transpose()
+    }
+
+    fn write_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value)?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(RAFT_META)?.insert(key, bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn entries<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LOGS)?;
+        let mut out = Vec::new();
+        for item in table.range(range)? {
+            let (index, bytes) = item?;
+            out.push(decode(format_args!("log entry {}", index.value()), bytes.value())?);
+        }
+        Ok(out)
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LOGS)?;
+        let last = table.last()?;
+        last.map(|(index, bytes)| {
+            decode::<Entry>(format_args!("log entry {}", index.value()), bytes.value()).map(|e| *e.get_log_id())
+        })
+        .transpose()
+    }
+
+    fn append_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(LOGS)?;
+            for entry in entries {
+                let bytes = serde_json::to_vec(&entry)?;
+                table.insert(entry.get_log_id().index, bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn delete_since(&self, index: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(LOGS)?.retain_in(index.., |_, _| false)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn purge_upto(&self, log_id: LogId) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(&log_id)?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(RAFT_META)?.insert(LAST_PURGED, bytes.as_slice())?;
+        txn.open_table(LOGS)?.retain_in(..=log_id.index, |_, _| false)?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.entries(range).map_err(|e| StorageIOError::read_logs(&e).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let read = || -> Result<_, StoreError> {
+            let last_purged: Option<LogId> = self.read_meta(LAST_PURGED)?;
+            let last = self.last_entry_id()?.or(last_purged);
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id: last,
+            })
+        };
+        read().map_err(|e| StorageIOError::read_logs(&e).into())
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_meta(VOTE, vote)
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(VOTE)
+            .map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.write_meta(COMMITTED, &committed)
+            .map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        self.read_meta::<Option<LogId>>(COMMITTED)
+            .map(Option::flatten)
+            .map_err(|e| StorageIOError::read(&e).into())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        // The commit has fsynced before the callback tells openraft the entries are durable.
+        self.append_entries(entries)
+            .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))?;
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(index = log_id.index, "truncating log");
+        self.delete_since(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(index = log_id.index, "purging log");
+        self.purge_upto(log_id)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}

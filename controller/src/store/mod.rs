@@ -1,0 +1,88 @@
+//! Durable storage for one controller: the Raft log and the state machine in a
+//! single redb file (`<data-dir>/lbfabric.redb`).
+//!
+//! Every write transaction commits with redb's default durability (fsync
+//! before `commit` returns), so a log append is on disk before openraft's
+//! callback fires, and an applied change is on disk before it is answered.
+//! Calls into redb are made inline from openraft's storage tasks, as the
+//! reference stores do: each is one short transaction.
+
+mod log;
+mod state_machine;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, TableDefinition};
+
+pub use log::LogStore;
+pub use state_machine::{SharedState, SmData, StateMachineStore};
+
+const LOGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
+const RAFT_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta");
+const SM_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_meta");
+const SERVICES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("services");
+const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
+const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshot");
+
+/// Why the store could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("creating data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("decoding stored record {what}: {source}")]
+    Decode {
+        what: String,
+        source: serde_json::Error,
+    },
+    #[error("encoding record: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// redb returns a different error type per call; all of them fold into `redb::Error`.
+macro_rules! from_redb {
+    ($($t:ty),+) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )+};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+fn decode<T: serde::de::DeserializeOwned>(what: impl std::fmt::Display, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode {
+        what: what.to_string(),
+        source,
+    })
+}
+
+/// Opens (or creates) the store under `data_dir` and returns its two halves.
+pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let db = Arc::new(Database::create(data_dir.join("lbfabric.redb"))?);
+    // Create every table once so readers never meet a missing one.
+    let txn = db.begin_write()?;
+    txn.open_table(LOGS)?;
+    txn.open_table(RAFT_META)?;
+    txn.open_table(SM_META)?;
+    txn.open_table(SERVICES)?;
+    txn.open_table(EVENTS)?;
+    txn.open_table(SNAPSHOT)?;
+    txn.commit()?;
+    let sm = StateMachineStore::load(db.clone())?;
+    Ok((LogStore::new(db), sm))
+}

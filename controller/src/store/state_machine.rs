@@ -1,0 +1,306 @@
+//! The applied configuration: kept in memory for reads, mirrored in redb.
+//!
+//! Each `apply` batch is one redb transaction holding the changed services,
+//! the new events and the applied log id, so after a crash the tables and
+//! `last_applied` always agree and openraft re-applies whatever came after.
+
+use std::io::Cursor;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{decode, StoreError, EVENTS, SERVICES, SM_META, SNAPSHOT};
+use crate::state::{CommandResult, Event, EventKind, State};
+use crate::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+const LAST_APPLIED: &str = "last_applied";
+const MEMBERSHIP: &str = "membership";
+const REVISION: &str = "revision";
+const SNAPSHOT_META: &str = "meta";
+const SNAPSHOT_DATA: &str = "data";
+
+/// What the state machine holds: the configuration and where in the log it stands.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SmData {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub state: State,
+}
+
+/// The applied state, shared with the API for reads and watches.
+#[derive(Debug)]
+pub struct SharedState {
+    data: RwLock<SmData>,
+    revision: watch::Sender<u64>,
+}
+
+impl SharedState {
+    /// A consistent view of the applied state; hold it briefly.
+    pub fn read(&self) -> RwLockReadGuard<'_, SmData> {
+        self.data.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Fires whenever a change has been applied on this node.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    fn replace(&self, f: impl FnOnce(&mut SmData)) {
+        let mut data = self.data.write().unwrap_or_else(PoisonError::into_inner);
+        f(&mut data);
+        self.revision.send_replace(data.state.revision);
+    }
+}
+
+/// The state-machine half of the store.
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    shared: Arc<SharedState>,
+    snapshot_seq: u64,
+}
+
+impl StateMachineStore {
+    pub(super) fn load(db: Arc<Database>) -> Result<Self, StoreError> {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(SM_META)?;
+        let read_meta = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(meta.get(key)?.map(|v| v.value().to_vec()))
+        };
+        let mut data = SmData::default();
+        if let Some(b) = read_meta(LAST_APPLIED)? {
+            data.last_applied = decode(LAST_APPLIED, &b)?;
+        }
+        if let Some(b) = read_meta(MEMBERSHIP)? {
+            data.membership = decode(MEMBERSHIP, &b)?;
+        }
+        if let Some(b) = read_meta(REVISION)? {
+            data.state.revision = decode(REVISION, &b)?;
+        }
+        for item in txn.open_table(SERVICES)?.iter()? {
+            let (name, bytes) = item?;
+            let service = decode(format_args!("service {}", name.value()), bytes.value())?;
+            data.state.services.insert(name.value().to_string(), service);
+        }
+        for item in txn.open_table(EVENTS)?.iter()? {
+            let (rev, bytes) = item?;
+            data.state
+                .events
+                .push_back(decode(format_args!("event {}", rev.value()), bytes.value())?);
+        }
+        let (revision, _) = watch::channel(data.state.revision);
+        Ok(StateMachineStore {
+            db,
+            shared: Arc::new(SharedState {
+                data: RwLock::new(data),
+                revision,
+            }),
+            snapshot_seq: 0,
+        })
+    }
+
+    pub fn shared(&self) -> Arc<SharedState> {
+        self.shared.clone()
+    }
+
+    fn apply_entries(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<Vec<CommandResult>, StoreError> {
+        let mut results = Vec::new();
+        let mut events: Vec<Event> = Vec::new();
+        let mut snapshot = None;
+        self.shared.replace(|data| {
+            for entry in entries {
+                data.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => results.push(Ok(crate::state::Applied::none())),
+                    EntryPayload::Normal(cmd) => {
+                        let result = data.state.apply(cmd);
+                        if result.is_ok() {
+                            events.extend(data.state.events.back().cloned());
+                        }
+                        results.push(result);
+                    }
+                    EntryPayload::Membership(m) => {
+                        data.membership = StoredMembership::new(Some(entry.log_id), m);
+                        results.push(Ok(crate::state::Applied::none()));
+                    }
+                }
+            }
+            snapshot = Some((
+                data.last_applied,
+                data.membership.clone(),
+                data.state.revision,
+                data.state.events.front().map(|e| e.revision),
+            ));
+        });
+        let Some((last_applied, membership, revision, oldest_event)) = snapshot else {
+            return Ok(results);
+        };
+        let txn = self.db.begin_write()?;
+        {
+            let mut services = txn.open_table(SERVICES)?;
+            let mut table = txn.open_table(EVENTS)?;
+            for event in &events {
+                if event.kind == EventKind::ServiceDeleted {
+                    services.remove(event.service.name.as_str())?;
+                } else {
+                    services.insert(event.service.name.as_str(), serde_json::to_vec(&event.service)?.as_slice())?;
+                }
+                table.insert(event.revision, serde_json::to_vec(event)?.as_slice())?;
+            }
+            if let Some(oldest) = oldest_event {
+                table.retain_in(..oldest, |_, _| false)?;
+            }
+        }
+        write_sm_meta(&txn, last_applied, &membership, revision)?;
+        txn.commit()?;
+        Ok(results)
+    }
+
+    fn install(&mut self, meta: &SnapshotMeta, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let state: State = decode("snapshot", &bytes)?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut services = txn.open_table(SERVICES)?;
+            services.retain(|_, _| false)?;
+            for (name, service) in &state.services {
+                services.insert(name.as_str(), serde_json::to_vec(service)?.as_slice())?;
+            }
+            let mut events = txn.open_table(EVENTS)?;
+            events.retain(|_, _| false)?;
+            for event in &state.events {
+                events.insert(event.revision, serde_json::to_vec(event)?.as_slice())?;
+            }
+            let mut snap = txn.open_table(SNAPSHOT)?;
+            snap.insert(SNAPSHOT_META, serde_json::to_vec(meta)?.as_slice())?;
+            snap.insert(SNAPSHOT_DATA, bytes.as_slice())?;
+        }
+        write_sm_meta(&txn, meta.last_log_id, &meta.last_membership, state.revision)?;
+        txn.commit()?;
+        self.shared.replace(|data| {
+            *data = SmData {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+                state,
+            }
+        });
+        Ok(())
+    }
+
+    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SNAPSHOT)?;
+        let (Some(meta), Some(data)) = (table.get(SNAPSHOT_META)?, table.get(SNAPSHOT_DATA)?) else {
+            return Ok(None);
+        };
+        Ok(Some(Snapshot {
+            meta: decode(SNAPSHOT_META, meta.value())?,
+            snapshot: Box::new(Cursor::new(data.value().to_vec())),
+        }))
+    }
+}
+
+fn write_sm_meta(
+    txn: &WriteTransaction,
+    last_applied: Option<LogId>,
+    membership: &StoredMembership,
+    revision: u64,
+) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(SM_META)?;
+    meta.insert(LAST_APPLIED, serde_json::to_vec(&last_applied)?.as_slice())?;
+    meta.insert(MEMBERSHIP, serde_json::to_vec(membership)?.as_slice())?;
+    meta.insert(REVISION, serde_json::to_vec(&revision)?.as_slice())?;
+    Ok(())
+}
+
+/// Builds a snapshot from a copy of the applied state taken when it starts.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    shared: Arc<SharedState>,
+    seq: u64,
+}
+
+impl SnapshotBuilder {
+    fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let (last_applied, membership, data) = {
+            let d = self.shared.read();
+            (d.last_applied, d.membership.clone(), serde_json::to_vec(&d.state)?)
+        };
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.seq),
+            None => format!("none-{}", self.seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let txn = self.db.begin_write()?;
+        {
+            let mut snap = txn.open_table(SNAPSHOT)?;
+            snap.insert(SNAPSHOT_META, serde_json::to_vec(&meta)?.as_slice())?;
+            snap.insert(SNAPSHOT_DATA, data.as_slice())?;
+        }
+        txn.commit()?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        self.build()
+            .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let d = self.shared.read();
+        Ok((d.last_applied, d.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.apply_entries(entries)
+            .map_err(|e| StorageIOError::write_state_machine(&e).into())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        SnapshotBuilder {
+            db: self.db.clone(),
+            shared: self.shared.clone(),
+            seq: self.snapshot_seq,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        tracing::info!(snapshot = %meta.snapshot_id, "installing snapshot");
+        self.install(meta, snapshot.into_inner())
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        self.current_snapshot()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
