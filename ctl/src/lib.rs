@@ -1,1 +1,417 @@
+//! lbctl: the operator's command line for an lbfabric fabric.
+//!
+//! [`cli`] declares the commands, [`spec`] turns words into API messages,
+//! [`client`] reaches the controller leader, [`output`] renders answers.
 
+pub mod cli;
+pub mod client;
+pub mod output;
+pub mod spec;
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use lb_proto::pb;
+use lb_proto::pb::cluster_admin_client::ClusterAdminClient;
+use lb_proto::pb::service_admin_client::ServiceAdminClient;
+use tokio_stream::StreamExt;
+
+use crate::cli::*;
+use crate::client::Controller;
+
+/// Runs one lbctl command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut ctl = Controller::new(&cli.controller, Duration::from_secs(cli.timeout))?;
+    let out = cli.output;
+    match cli.command {
+        Command::Service(cmd) => service(&mut ctl, out, cmd).await,
+        Command::Realserver(cmd) => realserver(&mut ctl, out, cmd).await,
+        Command::Cluster(cmd) => cluster(&mut ctl, out, cmd).await,
+        Command::Watch { from_revision } => watch(&mut ctl, out, from_revision).await,
+    }
+}
+
+/// Status errors read `CODE: message`, e.g. `InvalidArgument: service.endpoint.port: …`.
+fn api<T>(r: Result<T, tonic::Status>) -> anyhow::Result<T> {
+    r.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
+}
+
+async fn service(ctl: &mut Controller, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> {
+    match cmd {
+        ServiceCmd::Create { name, spec } => {
+            if spec.vip.is_none() && spec.fwmark.is_none() {
+                bail!("service create: give --vip ADDRESS:PORT[/PROTO] or --fwmark MARK");
+            }
+            let mut svc = pb::Service { name, ..Default::default() };
+            apply_flags(&mut svc, &spec)?;
+            let resp = api(ctl
+                .call(|ch| {
+                    let svc = svc.clone();
+                    async move { ServiceAdminClient::new(ch).create_service(pb::CreateServiceRequest { service: Some(svc) }).await }
+                })
+                .await)?;
+            show_service(out, &resp, "created")
+        }
+        ServiceCmd::List { stale } => {
+            let resp = api(ctl
+                .call(|ch| async move { ServiceAdminClient::new(ch).list_services(pb::ListServicesRequest { stale }).await })
+                .await)?;
+            if out == Output::Json {
+                return output::json(&resp, "lb.v1.ListServicesResponse");
+            }
+            let rows: Vec<Vec<String>> = resp
+                .services
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        output::virtual_address(s),
+                        s.scheduler.clone(),
+                        s.mode.clone(),
+                        output::persistence(s),
+                        s.realservers.len().to_string(),
+                        s.mod_revision.to_string(),
+                    ]
+                })
+                .collect();
+            output::table(&["NAME", "VIRTUAL ADDRESS", "SCHED", "MODE", "PERSIST", "REALSERVERS", "REVISION"], &rows);
+            Ok(())
+        }
+        ServiceCmd::Get { name, stale } => {
+            let resp = api(ctl
+                .call(|ch| {
+                    let name = name.clone();
+                    async move { ServiceAdminClient::new(ch).get_service(pb::GetServiceRequest { name, stale }).await }
+                })
+                .await)?;
+            show_service(out, &resp, "")
+        }
+        ServiceCmd::Update { name, spec } => {
+            let current = api(ctl
+                .call(|ch| {
+                    let name = name.clone();
+                    async move { ServiceAdminClient::new(ch).get_service(pb::GetServiceRequest { name, stale: false }).await }
+                })
+                .await)?;
+            let mut svc = current.service.context("controller returned no service")?;
+            let expected = svc.mod_revision;
+            apply_flags(&mut svc, &spec)?;
+            let resp = api(ctl
+                .call(|ch| {
+                    let svc = svc.clone();
+                    async move {
+                        ServiceAdminClient::new(ch)
+                            .update_service(pb::UpdateServiceRequest { service: Some(svc), expected_mod_revision: expected })
+                            .await
+                    }
+                })
+                .await)?;
+            show_service(out, &resp, "updated")
+        }
+        ServiceCmd::Delete { name } => {
+            let resp = api(ctl
+                .call(|ch| {
+                    let name = name.clone();
+                    async move { ServiceAdminClient::new(ch).delete_service(pb::DeleteServiceRequest { name }).await }
+                })
+                .await)?;
+            match out {
+                Output::Json => output::json(&resp, "lb.v1.DeleteServiceResponse"),
+                Output::Table => {
+                    println!("service {name} deleted (revision {})", resp.revision);
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+fn show_service(out: Output, resp: &pb::ServiceResponse, verb: &str) -> anyhow::Result<()> {
+    match out {
+        Output::Json => output::json(resp, "lb.v1.ServiceResponse"),
+        Output::Table => {
+            let svc = resp.service.as_ref().context("controller returned no service")?;
+            if !verb.is_empty() {
+                println!("service {} {verb} (revision {})", svc.name, resp.revision);
+            }
+            output::service_detail(svc, resp.revision);
+            Ok(())
+        }
+    }
+}
+
+/// Writes the given flags onto a service message; absent flags leave fields alone.
+fn apply_flags(svc: &mut pb::Service, f: &ServiceFlags) -> anyhow::Result<()> {
+    if let Some(vip) = &f.vip {
+        svc.virtual_address = Some(pb::service::VirtualAddress::Endpoint(spec::vip(vip)?));
+    }
+    if let Some(mark) = f.fwmark {
+        svc.virtual_address = Some(pb::service::VirtualAddress::Fwmark(pb::Fwmark {
+            mark,
+            family: f.family.clone().unwrap_or_default(),
+        }));
+    }
+    let set = |field: &mut String, v: &Option<String>| {
+        if let Some(v) = v {
+            *field = v.clone();
+        }
+    };
+    set(&mut svc.scheduler, &f.scheduler);
+    set(&mut svc.mode, &f.mode);
+    set(&mut svc.tunnel_type, &f.tunnel_type);
+    if !f.scheduler_flags.is_empty() {
+        svc.scheduler_flags = f.scheduler_flags.clone();
+    }
+    if f.persistence.is_some() || f.netmask.is_some() {
+        let p = svc.persistence.get_or_insert_with(Default::default);
+        if let Some(t) = f.persistence {
+            p.timeout_seconds = t;
+            if t == 0 && f.netmask.is_none() {
+                p.netmask.clear();
+            }
+        }
+        set(&mut p.netmask, &f.netmask);
+    }
+    if let Some(o) = f.one_packet {
+        svc.one_packet = o;
+    }
+    if f.default_weight.is_some() {
+        svc.default_weight = f.default_weight;
+    }
+    if !f.selector.is_empty() {
+        svc.realserver_selector = f.selector.iter().map(|l| spec::label(l)).collect::<anyhow::Result<_>>()?;
+    }
+    if !f.realservers.is_empty() {
+        svc.realservers = f
+            .realservers
+            .iter()
+            .map(|r| {
+                let (address, port) = spec::address_port(r).with_context(|| format!("--realserver {r:?}"))?;
+                Ok(pb::RealServer { address, port, ..Default::default() })
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(s) = &f.sorry_server {
+        let (address, port) = spec::address_port(s).with_context(|| format!("--sorry-server {s:?}"))?;
+        svc.sorry_server = Some(pb::Backend { address, port });
+    }
+    if let Some(q) = f.quorum {
+        svc.quorum = q;
+    }
+    if let Some(h) = f.hysteresis {
+        svc.hysteresis = h;
+    }
+    if !f.director_selector.is_empty() || !f.prefer_director.is_empty() {
+        let d = svc.directors.get_or_insert_with(Default::default);
+        if !f.director_selector.is_empty() {
+            d.selector = f.director_selector.iter().map(|l| spec::label(l)).collect::<anyhow::Result<_>>()?;
+        }
+        if !f.prefer_director.is_empty() {
+            d.preferred = f.prefer_director.clone();
+        }
+    }
+    apply_check(svc, &f.check)
+}
+
+fn apply_check(svc: &mut pb::Service, c: &CheckFlags) -> anyhow::Result<()> {
+    if c.check.as_deref() == Some("none") {
+        svc.health_check = None;
+        return Ok(());
+    }
+    let any = c.check.is_some()
+        || c.check_interval.is_some()
+        || c.check_timeout.is_some()
+        || c.check_rise.is_some()
+        || c.check_fall.is_some()
+        || c.check_port.is_some()
+        || c.check_path.is_some()
+        || !c.check_status.is_empty()
+        || c.check_regex.is_some()
+        || c.check_digest.is_some()
+        || c.check_host.is_some()
+        || c.check_command.is_some()
+        || !c.check_args.is_empty();
+    if !any {
+        return Ok(());
+    }
+    let h = svc.health_check.get_or_insert_with(Default::default);
+    if let Some(t) = &c.check {
+        h.r#type = t.clone();
+    }
+    if let Some(i) = &c.check_interval {
+        h.interval = Some(spec::duration(i).context("--check-interval")?);
+    }
+    if let Some(t) = &c.check_timeout {
+        h.timeout = Some(spec::duration(t).context("--check-timeout")?);
+    }
+    if c.check_rise.is_some() {
+        h.rise = c.check_rise;
+    }
+    if c.check_fall.is_some() {
+        h.fall = c.check_fall;
+    }
+    if let Some(p) = c.check_port {
+        h.port = p;
+    }
+    let set = |field: &mut String, v: &Option<String>| {
+        if let Some(v) = v {
+            *field = v.clone();
+        }
+    };
+    set(&mut h.http_path, &c.check_path);
+    set(&mut h.http_body_regex, &c.check_regex);
+    set(&mut h.http_digest, &c.check_digest);
+    set(&mut h.http_host, &c.check_host);
+    set(&mut h.exec_command, &c.check_command);
+    if !c.check_status.is_empty() {
+        h.http_status = c.check_status.clone();
+    }
+    if !c.check_args.is_empty() {
+        h.exec_args = c.check_args.clone();
+    }
+    Ok(())
+}
+
+async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> anyhow::Result<()> {
+    match cmd {
+        RealserverCmd::Add { service, address, fields } => {
+            let (addr, port) = spec::address_port(&address).with_context(|| format!("realserver {address:?}"))?;
+            let rs = pb::RealServer {
+                address: addr,
+                port,
+                weight: fields.weight,
+                upper_threshold: fields.upper_threshold.unwrap_or(0),
+                lower_threshold: fields.lower_threshold.unwrap_or(0),
+                admin_state: fields.state.clone().unwrap_or_default(),
+            };
+            let resp = api(ctl
+                .call(|ch| {
+                    let req = pb::AddRealServerRequest { service: service.clone(), realserver: Some(rs.clone()) };
+                    async move { ServiceAdminClient::new(ch).add_real_server(req).await }
+                })
+                .await)?;
+            show_service(out, &resp, "updated")
+        }
+        RealserverCmd::Update { service, address, fields } => {
+            let (addr, port) = spec::address_port(&address).with_context(|| format!("realserver {address:?}"))?;
+            let req = pb::UpdateRealServerRequest {
+                service,
+                address: addr,
+                port,
+                weight: fields.weight,
+                upper_threshold: fields.upper_threshold,
+                lower_threshold: fields.lower_threshold,
+                admin_state: fields.state,
+            };
+            let resp = api(ctl
+                .call(|ch| {
+                    let req = req.clone();
+                    async move { ServiceAdminClient::new(ch).update_real_server(req).await }
+                })
+                .await)?;
+            show_service(out, &resp, "updated")
+        }
+        RealserverCmd::Remove { service, address } => {
+            let (addr, port) = spec::address_port(&address).with_context(|| format!("realserver {address:?}"))?;
+            let req = pb::RemoveRealServerRequest { service, address: addr, port };
+            let resp = api(ctl
+                .call(|ch| {
+                    let req = req.clone();
+                    async move { ServiceAdminClient::new(ch).remove_real_server(req).await }
+                })
+                .await)?;
+            show_service(out, &resp, "updated")
+        }
+        RealserverCmd::List { service, stale } => {
+            let req = pb::ListRealServersRequest { service: service.unwrap_or_default(), stale };
+            let resp = api(ctl
+                .call(|ch| {
+                    let req = req.clone();
+                    async move { ServiceAdminClient::new(ch).list_real_servers(req).await }
+                })
+                .await)?;
+            if out == Output::Json {
+                return output::json(&resp, "lb.v1.ListRealServersResponse");
+            }
+            let rows: Vec<Vec<String>> = resp
+                .realservers
+                .iter()
+                .filter_map(|e| {
+                    let rs = e.realserver.as_ref()?;
+                    Some(vec![
+                        e.service.clone(),
+                        output::endpoint(&rs.address, rs.port),
+                        rs.weight.unwrap_or(1).to_string(),
+                        rs.admin_state.clone(),
+                        rs.upper_threshold.to_string(),
+                        rs.lower_threshold.to_string(),
+                    ])
+                })
+                .collect();
+            output::table(&["SERVICE", "REALSERVER", "WEIGHT", "STATE", "UPPER", "LOWER"], &rows);
+            Ok(())
+        }
+    }
+}
+
+async fn cluster(ctl: &mut Controller, out: Output, cmd: ClusterCmd) -> anyhow::Result<()> {
+    let status = match cmd {
+        ClusterCmd::Status => api(ctl
+            .call(|ch| async move { ClusterAdminClient::new(ch).status(pb::ClusterStatusRequest {}).await })
+            .await)?,
+        ClusterCmd::AddLearner { node_id, address } => api(ctl
+            .call(|ch| {
+                let req = pb::AddLearnerRequest { node_id, address: address.clone() };
+                async move { ClusterAdminClient::new(ch).add_learner(req).await }
+            })
+            .await)?,
+        ClusterCmd::Promote { node_id } => api(ctl
+            .call(|ch| async move { ClusterAdminClient::new(ch).promote(pb::PromoteRequest { node_id }).await })
+            .await)?,
+        ClusterCmd::Remove { node_id } => api(ctl
+            .call(|ch| async move { ClusterAdminClient::new(ch).remove(pb::RemoveMemberRequest { node_id }).await })
+            .await)?,
+    };
+    if out == Output::Json {
+        return output::json(&status, "lb.v1.ClusterStatus");
+    }
+    let leader = if status.has_leader {
+        format!("leader {} at {}", status.leader_id, status.leader_address)
+    } else {
+        "no leader".to_string()
+    };
+    println!("node {} is {} (term {}), {leader}", status.node_id, status.state, status.term);
+    println!(
+        "revision {}, log last {} applied {} snapshot {} purged {}",
+        status.revision, status.last_log_index, status.last_applied_index, status.snapshot_index, status.purged_index
+    );
+    let rows: Vec<Vec<String>> = status
+        .members
+        .iter()
+        .map(|m| vec![m.node_id.to_string(), m.address.clone(), m.role.clone()])
+        .collect();
+    output::table(&["ID", "ADDRESS", "ROLE"], &rows);
+    Ok(())
+}
+
+async fn watch(ctl: &mut Controller, out: Output, from_revision: u64) -> anyhow::Result<()> {
+    let mut stream = api(ctl
+        .call(|ch| async move { ServiceAdminClient::new(ch).watch_events(pb::WatchEventsRequest { from_revision }).await })
+        .await)?;
+    while let Some(event) = stream.next().await {
+        let e = api(event)?;
+        match out {
+            Output::Json => println!("{}", lb_proto::json::to_json(&e, "lb.v1.Event")?),
+            Output::Table => {
+                let kind = pb::EventKind::try_from(e.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN");
+                let what = match (&e.service, &e.realserver) {
+                    (_, Some(rs)) => output::endpoint(&rs.address, rs.port),
+                    (Some(s), None) => output::virtual_address(s),
+                    _ => String::new(),
+                };
+                println!("{} {} {} {}", e.revision, kind, e.service_name, what);
+            }
+        }
+    }
+    Ok(())
+}

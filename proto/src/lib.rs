@@ -19,6 +19,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/lb_v1_descriptor.bin"));
 
 pub mod convert;
+pub mod json;
 pub mod model;
 
 pub use convert::FieldError;

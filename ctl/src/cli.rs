@@ -1,0 +1,235 @@
+//! lbctl's command line.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lbctl",
+    version,
+    about = "Operate an lbfabric load-balancing fabric",
+    after_help = "Examples:\n  lbctl service create web --vip 10.10.1.30:80/tcp --scheduler wlc --mode nat --persistence 30\n  lbctl realserver add web 192.168.10.11:8080 --weight 2\n  lbctl service list -o json\n  lbctl --controller 10.0.0.1:7070,10.0.0.2:7070 cluster status"
+)]
+pub struct Cli {
+    /// Controller address(es), comma-separated; lbctl follows leader redirects.
+    #[arg(long, global = true, env = "LB_CONTROLLER", default_value = "127.0.0.1:7070")]
+    pub controller: String,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Give up after this many seconds (redirects and elections included).
+    #[arg(long, global = true, default_value_t = 15)]
+    pub timeout: u64,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Virtual services (VIP:port/proto or fwmark).
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Realservers of a service.
+    #[command(subcommand)]
+    Realserver(RealserverCmd),
+    /// Controller cluster membership.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Print configuration changes as they are committed, one line each.
+    #[command(after_help = "Examples:\n  lbctl watch\n  lbctl watch --from-revision 1 -o json")]
+    Watch {
+        /// First revision to print (0 = only new changes). Resume with the last seen + 1.
+        #[arg(long, default_value_t = 0)]
+        from_revision: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Create a virtual service.
+    #[command(after_help = "Examples:\n  lbctl service create web --vip 10.10.1.30:80/tcp --scheduler wlc --mode nat --persistence 30\n  lbctl service create dns --vip 10.10.1.53:53/udp --scheduler rr --mode dr --realserver 10.0.0.11 --realserver 10.0.0.12\n  lbctl service create shop --fwmark 80 --scheduler sh --scheduler-flag sh-port --mode tun\n  lbctl service create api --vip [2001:db8::80]:443 --check https --check-path /healthz")]
+    Create {
+        name: String,
+        #[command(flatten)]
+        spec: ServiceFlags,
+    },
+    /// List services.
+    List {
+        /// Answer from the contacted node without asking the leader (may be behind).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show one service with its realservers.
+    Get {
+        name: String,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Change a service; flags not given keep their value.
+    #[command(after_help = "Examples:\n  lbctl service update web --scheduler rr\n  lbctl service update web --persistence 0")]
+    Update {
+        name: String,
+        #[command(flatten)]
+        spec: ServiceFlags,
+    },
+    /// Delete a service.
+    Delete { name: String },
+}
+
+/// Service settings shared by `create` and `update`.
+#[derive(Debug, Args)]
+pub struct ServiceFlags {
+    /// Virtual address: ADDRESS:PORT[/tcp|udp|sctp], IPv6 in brackets.
+    #[arg(long, conflicts_with = "fwmark")]
+    pub vip: Option<String>,
+    /// Firewall-mark service instead of a VIP.
+    #[arg(long)]
+    pub fwmark: Option<u32>,
+    /// Address family of a fwmark service: inet or inet6.
+    #[arg(long, requires = "fwmark")]
+    pub family: Option<String>,
+    /// rr wrr lc wlc lblc lblcr dh sh sed nq mh fo ovf twos (default wlc).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// sh-fallback, sh-port, mh-fallback, mh-port (repeat for several).
+    #[arg(long = "scheduler-flag")]
+    pub scheduler_flags: Vec<String>,
+    /// nat, dr or tun (default dr).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Tunnel encapsulation for mode tun (ipip).
+    #[arg(long)]
+    pub tunnel_type: Option<String>,
+    /// Persistence timeout in seconds (0 = off).
+    #[arg(long)]
+    pub persistence: Option<u32>,
+    /// Persistence netmask: 255.255.255.0 or a prefix length.
+    #[arg(long)]
+    pub netmask: Option<String>,
+    /// One-packet scheduling (UDP).
+    #[arg(long)]
+    pub one_packet: Option<bool>,
+    /// Weight for auto-registered realservers.
+    #[arg(long)]
+    pub default_weight: Option<u32>,
+    /// Realserver agents whose labels match become backends (key=value, repeatable).
+    #[arg(long = "selector")]
+    pub selector: Vec<String>,
+    /// Realserver ADDRESS[:PORT] with weight 1 (repeatable; replaces the list on update).
+    #[arg(long = "realserver")]
+    pub realservers: Vec<String>,
+    /// Sorry server ADDRESS:PORT used below quorum.
+    #[arg(long)]
+    pub sorry_server: Option<String>,
+    /// Minimum total weight of healthy realservers.
+    #[arg(long)]
+    pub quorum: Option<u32>,
+    #[arg(long)]
+    pub hysteresis: Option<u32>,
+    /// Directors allowed to own the VIP (key=value, repeatable).
+    #[arg(long = "director-selector")]
+    pub director_selector: Vec<String>,
+    /// Preferred owner director, best first (repeatable).
+    #[arg(long = "prefer-director")]
+    pub prefer_director: Vec<String>,
+    #[command(flatten)]
+    pub check: CheckFlags,
+}
+
+/// Health check settings.
+#[derive(Debug, Args)]
+pub struct CheckFlags {
+    /// Health check type: tcp, http, https or exec ("none" removes it on update).
+    #[arg(long = "check")]
+    pub check: Option<String>,
+    /// e.g. 2s, 500ms.
+    #[arg(long = "check-interval")]
+    pub check_interval: Option<String>,
+    #[arg(long = "check-timeout")]
+    pub check_timeout: Option<String>,
+    #[arg(long = "check-rise")]
+    pub check_rise: Option<u32>,
+    #[arg(long = "check-fall")]
+    pub check_fall: Option<u32>,
+    #[arg(long = "check-port")]
+    pub check_port: Option<u32>,
+    #[arg(long = "check-path")]
+    pub check_path: Option<String>,
+    /// Accepted HTTP status (repeatable; default 200).
+    #[arg(long = "check-status")]
+    pub check_status: Vec<u32>,
+    #[arg(long = "check-regex")]
+    pub check_regex: Option<String>,
+    /// MD5 of the expected body (keepalived digest).
+    #[arg(long = "check-digest")]
+    pub check_digest: Option<String>,
+    #[arg(long = "check-host")]
+    pub check_host: Option<String>,
+    #[arg(long = "check-command")]
+    pub check_command: Option<String>,
+    #[arg(long = "check-arg")]
+    pub check_args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RealserverCmd {
+    /// Add a realserver to a service.
+    #[command(after_help = "Examples:\n  lbctl realserver add web 192.168.10.11:8080 --weight 2\n  lbctl realserver add dns 10.0.0.13")]
+    Add {
+        service: String,
+        /// ADDRESS[:PORT]; port 0 or omitted = the VIP's port.
+        address: String,
+        #[command(flatten)]
+        fields: RealserverFields,
+    },
+    /// List realservers of one service or of all.
+    List {
+        service: Option<String>,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Change a realserver; only given fields change.
+    #[command(after_help = "Examples:\n  lbctl realserver update web 192.168.10.11:8080 --weight 0\n  lbctl realserver update web 192.168.10.11:8080 --state draining")]
+    Update {
+        service: String,
+        address: String,
+        #[command(flatten)]
+        fields: RealserverFields,
+    },
+    /// Remove a realserver from a service.
+    Remove { service: String, address: String },
+}
+
+#[derive(Debug, Args)]
+pub struct RealserverFields {
+    /// 0..65535 (default 1).
+    #[arg(long)]
+    pub weight: Option<u32>,
+    /// Upper connection threshold (0 = none).
+    #[arg(long)]
+    pub upper_threshold: Option<u32>,
+    /// Lower connection threshold.
+    #[arg(long)]
+    pub lower_threshold: Option<u32>,
+    /// active, draining or disabled.
+    #[arg(long)]
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Show the contacted controller's view of the cluster.
+    Status,
+    /// Add a controller as a non-voting learner; returns when it has caught up.
+    #[command(after_help = "Example:\n  lbctl cluster add-learner 2 10.0.0.2:7070")]
+    AddLearner { node_id: u64, address: String },
+    /// Make a learner a voter.
+    Promote { node_id: u64 },
+    /// Remove a controller from the cluster.
+    Remove { node_id: u64 },
+}

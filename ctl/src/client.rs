@@ -1,0 +1,97 @@
+//! A connection to the controller cluster that follows leader redirects.
+//!
+//! `--controller` may list several addresses. A call that meets `UNAVAILABLE`
+//! retries at the address in the `x-lb-leader` metadata when there is one, at
+//! the next listed address when the node is unreachable, and waits briefly
+//! when no leader is elected yet — all within one deadline.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Response, Status};
+
+/// Metadata key the controller puts the leader's address in.
+const LEADER_METADATA: &str = "x-lb-leader";
+
+pub struct Controller {
+    addrs: Vec<String>,
+    current: usize,
+    channel: Option<Channel>,
+    deadline: Duration,
+}
+
+impl Controller {
+    pub fn new(addrs: &str, deadline: Duration) -> anyhow::Result<Self> {
+        let addrs: Vec<String> = addrs
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .collect();
+        anyhow::ensure!(!addrs.is_empty(), "--controller: no address given");
+        Ok(Controller {
+            addrs,
+            current: 0,
+            channel: None,
+            deadline,
+        })
+    }
+
+    fn channel(&mut self) -> Result<Channel, Status> {
+        if let Some(c) = &self.channel {
+            return Ok(c.clone());
+        }
+        let addr = &self.addrs[self.current];
+        let uri = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| Status::invalid_argument(format!("--controller {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2));
+        let channel = endpoint.connect_lazy();
+        self.channel = Some(channel.clone());
+        Ok(channel)
+    }
+
+    fn switch_to(&mut self, addr: String) {
+        self.channel = None;
+        match self.addrs.iter().position(|a| *a == addr) {
+            Some(i) => self.current = i,
+            None => {
+                self.addrs.push(addr);
+                self.current = self.addrs.len() - 1;
+            }
+        }
+    }
+
+    /// Runs `call` against the leader (or any node, for reads), following redirects.
+    pub async fn call<T, F, Fut>(&mut self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let give_up = Instant::now() + self.deadline;
+        loop {
+            let status = match call(self.channel()?).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => s,
+            };
+            if status.code() != Code::Unavailable || Instant::now() >= give_up {
+                return Err(status);
+            }
+            let leader = status
+                .metadata()
+                .get(LEADER_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
+            match leader {
+                Some(addr) => self.switch_to(addr),
+                None => {
+                    // Unreachable node or an election under way: try the next address.
+                    self.channel = None;
+                    self.current = (self.current + 1) % self.addrs.len();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
