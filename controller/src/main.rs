@@ -24,6 +24,9 @@ struct Args {
     /// Address other controllers and clients use for this node (default: --listen).
     #[arg(long, env = "LB_ADVERTISE")]
     advertise: Option<String>,
+    /// Write the bound listen address to this file once listening (useful with port 0).
+    #[arg(long, env = "LB_ADDR_FILE")]
+    addr_file: Option<PathBuf>,
     /// Do not initialize a new cluster; wait to be added with `lbctl cluster add-learner`.
     #[arg(long, env = "LB_NO_BOOTSTRAP")]
     no_bootstrap: bool,
@@ -53,6 +56,13 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
+    if let Some(path) = &args.addr_file {
+        let addr = listener.local_addr().context("reading the bound address")?;
+        // Write then rename so a watcher never reads a half-written file.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, addr.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing --addr-file {}", path.display()))?;
+    }
     let config = Config {
         node_id: args.node_id,
         data_dir: args.data_dir,

@@ -1,1 +1,223 @@
+//! lb-testkit: what the integration tests need to run the real thing.
+//!
+//! - [`bin`] finds the workspace's binaries (`lb-controller`, `lbctl`) in the
+//!   target directory the test itself was built into.
+//! - [`ControllerProc`] runs one controller as a child process on
+//!   127.0.0.1 with its own data directory; it can be SIGKILLed and restarted
+//!   on the same address and data.
+//! - [`lbctl`] runs the CLI against a controller, as an operator would.
+//! - [`require`] turns a missing prerequisite into a skip locally and into a
+//!   failure when `LB_REQUIRE_PRIVILEGED_TESTS=1` (as CI sets it).
 
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use lb_proto::pb;
+use lb_proto::pb::cluster_admin_client::ClusterAdminClient;
+use lb_proto::pb::service_admin_client::ServiceAdminClient;
+use tonic::transport::Channel;
+
+/// Environment variable that makes every skipped prerequisite a failure.
+pub const REQUIRE_ENV: &str = "LB_REQUIRE_PRIVILEGED_TESTS";
+
+/// Returns true when a prerequisite is met. When it is not, the test should
+/// return early — unless CI demands it, in which case this panics.
+pub fn require(met: bool, what: &str) -> bool {
+    if met {
+        return true;
+    }
+    if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
+        panic!("{what} is required ({REQUIRE_ENV}=1) but missing");
+    }
+    eprintln!("SKIPPED: {what} is missing (set {REQUIRE_ENV}=1 to make this a failure)");
+    false
+}
+
+/// Path of a workspace binary built next to the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// Finds an executable on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or fails after `within`.
+pub async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One `lb-controller` child process.
+pub struct ControllerProc {
+    pub node_id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl ControllerProc {
+    /// Starts a controller on 127.0.0.1 (a free port) with its data in `dir`.
+    /// `bootstrap` initializes a new one-node cluster; otherwise the node
+    /// waits to be added. `extra` are more `lb-controller` flags.
+    pub fn start(node_id: u64, dir: &Path, bootstrap: bool, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !bootstrap {
+            extra.push("--no-bootstrap".into());
+        }
+        let mut p = ControllerProc {
+            node_id,
+            addr: "127.0.0.1:0".into(),
+            data_dir: dir.join(format!("node{node_id}")),
+            log: dir.join(format!("node{node_id}.log")),
+            extra,
+            child: None,
+        };
+        p.spawn()?;
+        Ok(p)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let addr_file = self.data_dir.with_extension("addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .context("opening controller log")?;
+        let child = Command::new(bin("lb-controller"))
+            .arg("--node-id")
+            .arg(self.node_id.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(&self.addr)
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .args(&self.extra)
+            .env("RUST_LOG", "info,openraft=warn")
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning lb-controller")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !addr_file.exists() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("lb-controller {} exited early ({status}):\n{}", self.node_id, self.log_text());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "lb-controller {} did not start", self.node_id);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.addr = std::fs::read_to_string(&addr_file)?.trim().to_string();
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown path runs, as when a host dies.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the process again on the same address and data directory.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        // The bootstrap decision was made on the first start; a restart reuses the data.
+        self.spawn()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn admin(&self) -> anyhow::Result<ServiceAdminClient<Channel>> {
+        Ok(ServiceAdminClient::new(channel(&self.addr).await?))
+    }
+
+    pub async fn cluster(&self) -> anyhow::Result<ClusterAdminClient<Channel>> {
+        Ok(ClusterAdminClient::new(channel(&self.addr).await?))
+    }
+
+    /// This node's view of the cluster, or `None` if it does not answer.
+    pub async fn status(&self) -> Option<pb::ClusterStatus> {
+        let mut c = self.cluster().await.ok()?;
+        c.status(pb::ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
+    }
+}
+
+impl Drop for ControllerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A gRPC channel to `addr` (host:port), connected now.
+pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await?)
+}
+
+/// Runs `lbctl --controller <controller> <args…>`.
+pub fn lbctl(controller: &str, args: &[&str]) -> Output {
+    Command::new(bin("lbctl"))
+        .arg("--controller")
+        .arg(controller)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running lbctl")
+}
+
+/// Runs lbctl and returns its stdout, failing with stderr when it exits non-zero.
+pub fn lbctl_ok(controller: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = lbctl(controller, args);
+    if !out.status.success() {
+        bail!(
+            "lbctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,3 @@
+//! lb-controller integration tests.
+
+mod storage_suite;
