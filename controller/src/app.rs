@@ -38,13 +38,15 @@ impl App {
         if stale {
             return Ok(());
         }
-        self.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| {
-            match e.forward_to_leader() {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(|e| match e.forward_to_leader() {
                 Some(f) => ApiError::NotLeader {
                     leader: f.leader_node.clone().map(|n| n.addr),
                 },
                 None => ApiError::Raft(e.to_string()),
-            }
-        })
+            })
     }
 }

@@ -10,7 +10,10 @@ use lb_controller::{Config, RaftTuning};
 /// A fresh data directory initializes a single-node cluster (unless
 /// --no-bootstrap); grow it with `lbctl cluster add-learner` and `promote`.
 #[derive(Debug, Parser)]
-#[command(version, after_help = "Examples:\n  lb-controller --data-dir ./lb-data --listen 127.0.0.1:7070\n  lb-controller --node-id 2 --data-dir ./lb2 --listen 127.0.0.1:7071 --no-bootstrap")]
+#[command(
+    version,
+    after_help = "Examples:\n  lb-controller --data-dir ./lb-data --listen 127.0.0.1:7070\n  lb-controller --node-id 2 --data-dir ./lb2 --listen 127.0.0.1:7071 --no-bootstrap"
+)]
 struct Args {
     /// This controller's Raft node id (unique in the cluster, at least 1).
     #[arg(long, env = "LB_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -31,10 +34,10 @@ struct Args {
     #[arg(long, env = "LB_NO_BOOTSTRAP")]
     no_bootstrap: bool,
     /// Leader heartbeat interval, in milliseconds.
-    #[arg(long, env = "LB_RAFT_HEARTBEAT_MS", default_value_t = 100)]
+    #[arg(long, env = "LB_RAFT_HEARTBEAT_MS", default_value_t = 50)]
     raft_heartbeat_ms: u64,
     /// Lower bound of the election timeout, in milliseconds (upper bound is twice this).
-    #[arg(long, env = "LB_RAFT_ELECTION_MS", default_value_t = 300)]
+    #[arg(long, env = "LB_RAFT_ELECTION_MS", default_value_t = 150)]
     raft_election_ms: u64,
     /// Build a snapshot (and purge the log) every this many entries.
     #[arg(long, env = "LB_SNAPSHOT_EVERY", default_value_t = 10_000)]
@@ -60,8 +63,10 @@ async fn main() -> anyhow::Result<()> {
         let addr = listener.local_addr().context("reading the bound address")?;
         // Write then rename so a watcher never reads a half-written file.
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, addr.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing --addr-file {}", path.display()))?;
+        std::fs::write(&tmp, addr.to_string())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("writing --addr-file {}", path.display()))?;
     }
     let config = Config {
         node_id: args.node_id,

@@ -57,7 +57,11 @@ impl PeerClient {
     }
 
     /// Sends one RPC and decodes `Result<Resp, RaftError<E>>` from the reply.
-    async fn call<Resp, E, F, Fut>(&mut self, option: &RPCOption, send: F) -> Result<Resp, RpcError<E>>
+    async fn call<Resp, E, F, Fut>(
+        &mut self,
+        option: &RPCOption,
+        send: F,
+    ) -> Result<Resp, RpcError<E>>
     where
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
@@ -68,7 +72,9 @@ impl PeerClient {
         let reply = match send(client, option.hard_ttl()).await {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::DeadlineExceeded {
+                if status.code() == tonic::Code::Unavailable
+                    || status.code() == tonic::Code::DeadlineExceeded
+                {
                     // Drop the channel so the next call dials afresh.
                     self.client = None;
                     return Err(RpcError::Unreachable(Unreachable::new(&status)));
@@ -76,17 +82,14 @@ impl PeerClient {
                 return Err(RpcError::Network(NetworkError::new(&status)));
             }
         };
-        let result: Result<Resp, RaftError<E>> =
-            serde_json::from_slice(&reply.json).map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<E>> = serde_json::from_slice(&reply.json)
+            .map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RpcError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
-fn encode<T: Serialize, E>(value: &T) -> Result<Vec<u8>, RpcError<E>>
-where
-    E: std::error::Error,
-{
-    serde_json::to_vec(value).map_err(|e| RpcError::Network(NetworkError::new(&e)))
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, NetworkError> {
+    serde_json::to_vec(value).map_err(|e| NetworkError::new(&e))
 }
 
 fn with_deadline<T>(msg: T, ttl: std::time::Duration) -> tonic::Request<T> {
@@ -101,15 +104,20 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse, RpcError> {
-        let json = encode(&rpc)?;
+        let json = encode(&rpc).map_err(RpcError::Network)?;
         self.call(&option, |mut c, ttl| async move {
-            c.append_entries(with_deadline(pb::RaftPayload { json }, ttl)).await
+            c.append_entries(with_deadline(pb::RaftPayload { json }, ttl))
+                .await
         })
         .await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RpcError> {
-        let json = encode(&rpc)?;
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest,
+        option: RPCOption,
+    ) -> Result<VoteResponse, RpcError> {
+        let json = encode(&rpc).map_err(RpcError::Network)?;
         self.call(&option, |mut c, ttl| async move {
             c.vote(with_deadline(pb::RaftPayload { json }, ttl)).await
         })
@@ -123,9 +131,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<InstallSnapshotResponse, RpcError<InstallSnapshotError>> {
         // Snapshot bytes travel in their own field, not inflated by JSON.
         let data = std::mem::take(&mut rpc.data);
-        let json = encode(&rpc)?;
+        let json = encode(&rpc).map_err(RpcError::Network)?;
         self.call(&option, |mut c, ttl| async move {
-            c.install_snapshot(with_deadline(pb::SnapshotChunk { json, data }, ttl)).await
+            c.install_snapshot(with_deadline(pb::SnapshotChunk { json, data }, ttl))
+                .await
         })
         .await
     }

@@ -162,7 +162,8 @@ impl State {
                 realserver,
             } => {
                 let mut next = self.service(&service)?.clone();
-                let rs = check_realserver(&next, realserver, "realserver").map_err(Rejected::Invalid)?;
+                let rs =
+                    check_realserver(&next, realserver, "realserver").map_err(Rejected::Invalid)?;
                 next.realservers.push(rs.clone());
                 (EventKind::RealServerAdded, next, Some(rs))
             }
@@ -174,7 +175,8 @@ impl State {
             } => {
                 let mut next = self.service(&service)?.clone();
                 let idx = realserver_index(&next, address, port)?;
-                let rs = patch_realserver(&next.realservers[idx], &patch).map_err(Rejected::Invalid)?;
+                let rs =
+                    patch_realserver(&next.realservers[idx], &patch).map_err(Rejected::Invalid)?;
                 next.realservers[idx] = rs.clone();
                 (EventKind::RealServerUpdated, next, Some(rs))
             }
@@ -205,7 +207,10 @@ impl State {
 
     /// Events from `from` on; `Compacted` when some of them are gone.
     pub fn events_since(&self, from: u64) -> Result<Vec<Event>, Compacted> {
-        let oldest = self.events.front().map_or(self.revision + 1, |e| e.revision);
+        let oldest = self
+            .events
+            .front()
+            .map_or(self.revision + 1, |e| e.revision);
         if from < oldest && from <= self.revision {
             return Err(Compacted { oldest });
         }
@@ -236,13 +241,21 @@ impl State {
             .find(|s| s.address == service.address && Some(s.name.as_str()) != replacing)
         {
             Some(other) => Err(Rejected::AlreadyExists {
-                what: format!("virtual address {} (service {})", service.address, other.name),
+                what: format!(
+                    "virtual address {} (service {})",
+                    service.address, other.name
+                ),
             }),
             None => Ok(()),
         }
     }
 
-    fn next_event(&mut self, kind: EventKind, service: &Service, realserver: Option<RealServer>) -> u64 {
+    fn next_event(
+        &mut self,
+        kind: EventKind,
+        service: &Service,
+        realserver: Option<RealServer>,
+    ) -> u64 {
         self.revision += 1;
         self.events.push_back(Event {
             revision: self.revision,
@@ -269,7 +282,11 @@ fn realserver_index(service: &Service, address: IpAddr, port: u16) -> Result<usi
         .iter()
         .position(|rs| rs.address == address && rs.port == port)
         .ok_or_else(|| Rejected::NotFound {
-            what: format!("realserver {} in service {}", std::net::SocketAddr::new(address, port), service.name),
+            what: format!(
+                "realserver {} in service {}",
+                std::net::SocketAddr::new(address, port),
+                service.name
+            ),
         })
 }
 
@@ -307,15 +324,34 @@ mod tests {
     #[test]
     fn rejected_commands_change_nothing() {
         let mut st = State::default();
-        st.apply(Command::CreateService { service: service("web", "10.0.0.1") }).unwrap();
+        st.apply(Command::CreateService {
+            service: service("web", "10.0.0.1"),
+        })
+        .unwrap();
         let before = st.clone();
         let rejected = [
-            Command::CreateService { service: service("web", "10.0.0.2") },
-            Command::CreateService { service: service("web2", "10.0.0.1") },
-            Command::DeleteService { name: "nope".into() },
-            Command::UpdateService { service: service("web", "10.0.0.1"), expected_mod_revision: 99 },
-            Command::RemoveRealServer { service: "web".into(), address: "10.1.1.1".parse().unwrap(), port: 80 },
-            Command::AddRealServer { service: "web".into(), realserver: rs("2001:db8::1", 80) },
+            Command::CreateService {
+                service: service("web", "10.0.0.2"),
+            },
+            Command::CreateService {
+                service: service("web2", "10.0.0.1"),
+            },
+            Command::DeleteService {
+                name: "nope".into(),
+            },
+            Command::UpdateService {
+                service: service("web", "10.0.0.1"),
+                expected_mod_revision: 99,
+            },
+            Command::RemoveRealServer {
+                service: "web".into(),
+                address: "10.1.1.1".parse().unwrap(),
+                port: 80,
+            },
+            Command::AddRealServer {
+                service: "web".into(),
+                realserver: rs("2001:db8::1", 80),
+            },
         ];
         for cmd in rejected {
             assert!(st.apply(cmd.clone()).is_err(), "{cmd:?} was accepted");
@@ -326,23 +362,42 @@ mod tests {
     #[test]
     fn revisions_and_events_follow_changes() {
         let mut st = State::default();
-        let a = st.apply(Command::CreateService { service: service("web", "10.0.0.1") }).unwrap();
+        let a = st
+            .apply(Command::CreateService {
+                service: service("web", "10.0.0.1"),
+            })
+            .unwrap();
         assert_eq!((a.revision, a.service.unwrap().create_revision), (1, 1));
         let b = st
-            .apply(Command::AddRealServer { service: "web".into(), realserver: rs("10.1.1.1", 0) })
+            .apply(Command::AddRealServer {
+                service: "web".into(),
+                realserver: rs("10.1.1.1", 0),
+            })
             .unwrap();
         let svc = b.service.unwrap();
         assert_eq!(svc.realservers[0].port, 80);
-        assert_eq!((b.revision, svc.create_revision, svc.mod_revision), (2, 1, 2));
+        assert_eq!(
+            (b.revision, svc.create_revision, svc.mod_revision),
+            (2, 1, 2)
+        );
         st.apply(Command::UpdateRealServer {
             service: "web".into(),
             address: "10.1.1.1".parse().unwrap(),
             port: 0,
-            patch: RealServerPatch { weight: Some(5), ..Default::default() },
+            patch: RealServerPatch {
+                weight: Some(5),
+                ..Default::default()
+            },
         })
         .unwrap();
-        st.apply(Command::DeleteService { name: "web".into() }).unwrap();
-        let kinds: Vec<_> = st.events_since(1).unwrap().iter().map(|e| (e.revision, e.kind)).collect();
+        st.apply(Command::DeleteService { name: "web".into() })
+            .unwrap();
+        let kinds: Vec<_> = st
+            .events_since(1)
+            .unwrap()
+            .iter()
+            .map(|e| (e.revision, e.kind))
+            .collect();
         assert_eq!(
             kinds,
             vec![
@@ -359,8 +414,13 @@ mod tests {
     fn old_events_are_compacted() {
         let mut st = State::default();
         for i in 0..(EVENT_HISTORY + 5) {
-            st.apply(Command::CreateService { service: service(&format!("s{i}"), &format!("10.0.{}.{}", i / 250, i % 250 + 1)) })
-                .unwrap();
+            st.apply(Command::CreateService {
+                service: service(
+                    &format!("s{i}"),
+                    &format!("10.0.{}.{}", i / 250, i % 250 + 1),
+                ),
+            })
+            .unwrap();
         }
         assert_eq!(st.events_since(3), Err(Compacted { oldest: 6 }));
         assert_eq!(st.events_since(6).unwrap().len(), EVENT_HISTORY);

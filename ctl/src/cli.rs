@@ -11,7 +11,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 )]
 pub struct Cli {
     /// Controller address(es), comma-separated; lbctl follows leader redirects.
-    #[arg(long, global = true, env = "LB_CONTROLLER", default_value = "127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "LB_CONTROLLER",
+        default_value = "127.0.0.1:7070"
+    )]
     pub controller: String,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
@@ -29,6 +34,8 @@ pub enum Output {
     Json,
 }
 
+// Parsed once per process; boxing the large variants buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Virtual services (VIP:port/proto or fwmark).
@@ -49,10 +56,13 @@ pub enum Command {
     },
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum ServiceCmd {
     /// Create a virtual service.
-    #[command(after_help = "Examples:\n  lbctl service create web --vip 10.10.1.30:80/tcp --scheduler wlc --mode nat --persistence 30\n  lbctl service create dns --vip 10.10.1.53:53/udp --scheduler rr --mode dr --realserver 10.0.0.11 --realserver 10.0.0.12\n  lbctl service create shop --fwmark 80 --scheduler sh --scheduler-flag sh-port --mode tun\n  lbctl service create api --vip [2001:db8::80]:443 --check https --check-path /healthz")]
+    #[command(
+        after_help = "Examples:\n  lbctl service create web --vip 10.10.1.30:80/tcp --scheduler wlc --mode nat --persistence 30\n  lbctl service create dns --vip 10.10.1.53:53/udp --scheduler rr --mode dr --realserver 10.0.0.11 --realserver 10.0.0.12\n  lbctl service create shop --fwmark 80 --scheduler sh --scheduler-flag sh-port --mode tun\n  lbctl service create api --vip [2001:db8::80]:443 --check https --check-path /healthz"
+    )]
     Create {
         name: String,
         #[command(flatten)]
@@ -71,7 +81,9 @@ pub enum ServiceCmd {
         stale: bool,
     },
     /// Change a service; flags not given keep their value.
-    #[command(after_help = "Examples:\n  lbctl service update web --scheduler rr\n  lbctl service update web --persistence 0")]
+    #[command(
+        after_help = "Examples:\n  lbctl service update web --scheduler rr\n  lbctl service update web --persistence 0"
+    )]
     Update {
         name: String,
         #[command(flatten)]
@@ -179,7 +191,9 @@ pub struct CheckFlags {
 #[derive(Debug, Subcommand)]
 pub enum RealserverCmd {
     /// Add a realserver to a service.
-    #[command(after_help = "Examples:\n  lbctl realserver add web 192.168.10.11:8080 --weight 2\n  lbctl realserver add dns 10.0.0.13")]
+    #[command(
+        after_help = "Examples:\n  lbctl realserver add web 192.168.10.11:8080 --weight 2\n  lbctl realserver add dns 10.0.0.13"
+    )]
     Add {
         service: String,
         /// ADDRESS[:PORT]; port 0 or omitted = the VIP's port.
@@ -194,7 +208,9 @@ pub enum RealserverCmd {
         stale: bool,
     },
     /// Change a realserver; only given fields change.
-    #[command(after_help = "Examples:\n  lbctl realserver update web 192.168.10.11:8080 --weight 0\n  lbctl realserver update web 192.168.10.11:8080 --state draining")]
+    #[command(
+        after_help = "Examples:\n  lbctl realserver update web 192.168.10.11:8080 --weight 0\n  lbctl realserver update web 192.168.10.11:8080 --state draining"
+    )]
     Update {
         service: String,
         address: String,

@@ -43,7 +43,11 @@ impl Controller {
             return Ok(c.clone());
         }
         let addr = &self.addrs[self.current];
-        let uri = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
+        let uri = if addr.contains("://") {
+            addr.clone()
+        } else {
+            format!("http://{addr}")
+        };
         let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| Status::invalid_argument(format!("--controller {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(2));

@@ -42,19 +42,30 @@ async fn service(ctl: &mut Controller, out: Output, cmd: ServiceCmd) -> anyhow::
             if spec.vip.is_none() && spec.fwmark.is_none() {
                 bail!("service create: give --vip ADDRESS:PORT[/PROTO] or --fwmark MARK");
             }
-            let mut svc = pb::Service { name, ..Default::default() };
+            let mut svc = pb::Service {
+                name,
+                ..Default::default()
+            };
             apply_flags(&mut svc, &spec)?;
             let resp = api(ctl
                 .call(|ch| {
                     let svc = svc.clone();
-                    async move { ServiceAdminClient::new(ch).create_service(pb::CreateServiceRequest { service: Some(svc) }).await }
+                    async move {
+                        ServiceAdminClient::new(ch)
+                            .create_service(pb::CreateServiceRequest { service: Some(svc) })
+                            .await
+                    }
                 })
                 .await)?;
             show_service(out, &resp, "created")
         }
         ServiceCmd::List { stale } => {
             let resp = api(ctl
-                .call(|ch| async move { ServiceAdminClient::new(ch).list_services(pb::ListServicesRequest { stale }).await })
+                .call(|ch| async move {
+                    ServiceAdminClient::new(ch)
+                        .list_services(pb::ListServicesRequest { stale })
+                        .await
+                })
                 .await)?;
             if out == Output::Json {
                 return output::json(&resp, "lb.v1.ListServicesResponse");
@@ -74,14 +85,29 @@ async fn service(ctl: &mut Controller, out: Output, cmd: ServiceCmd) -> anyhow::
                     ]
                 })
                 .collect();
-            output::table(&["NAME", "VIRTUAL ADDRESS", "SCHED", "MODE", "PERSIST", "REALSERVERS", "REVISION"], &rows);
+            output::table(
+                &[
+                    "NAME",
+                    "VIRTUAL ADDRESS",
+                    "SCHED",
+                    "MODE",
+                    "PERSIST",
+                    "REALSERVERS",
+                    "REVISION",
+                ],
+                &rows,
+            );
             Ok(())
         }
         ServiceCmd::Get { name, stale } => {
             let resp = api(ctl
                 .call(|ch| {
                     let name = name.clone();
-                    async move { ServiceAdminClient::new(ch).get_service(pb::GetServiceRequest { name, stale }).await }
+                    async move {
+                        ServiceAdminClient::new(ch)
+                            .get_service(pb::GetServiceRequest { name, stale })
+                            .await
+                    }
                 })
                 .await)?;
             show_service(out, &resp, "")
@@ -90,7 +116,11 @@ async fn service(ctl: &mut Controller, out: Output, cmd: ServiceCmd) -> anyhow::
             let current = api(ctl
                 .call(|ch| {
                     let name = name.clone();
-                    async move { ServiceAdminClient::new(ch).get_service(pb::GetServiceRequest { name, stale: false }).await }
+                    async move {
+                        ServiceAdminClient::new(ch)
+                            .get_service(pb::GetServiceRequest { name, stale: false })
+                            .await
+                    }
                 })
                 .await)?;
             let mut svc = current.service.context("controller returned no service")?;
@@ -101,7 +131,10 @@ async fn service(ctl: &mut Controller, out: Output, cmd: ServiceCmd) -> anyhow::
                     let svc = svc.clone();
                     async move {
                         ServiceAdminClient::new(ch)
-                            .update_service(pb::UpdateServiceRequest { service: Some(svc), expected_mod_revision: expected })
+                            .update_service(pb::UpdateServiceRequest {
+                                service: Some(svc),
+                                expected_mod_revision: expected,
+                            })
                             .await
                     }
                 })
@@ -112,7 +145,11 @@ async fn service(ctl: &mut Controller, out: Output, cmd: ServiceCmd) -> anyhow::
             let resp = api(ctl
                 .call(|ch| {
                     let name = name.clone();
-                    async move { ServiceAdminClient::new(ch).delete_service(pb::DeleteServiceRequest { name }).await }
+                    async move {
+                        ServiceAdminClient::new(ch)
+                            .delete_service(pb::DeleteServiceRequest { name })
+                            .await
+                    }
                 })
                 .await)?;
             match out {
@@ -130,7 +167,10 @@ fn show_service(out: Output, resp: &pb::ServiceResponse, verb: &str) -> anyhow::
     match out {
         Output::Json => output::json(resp, "lb.v1.ServiceResponse"),
         Output::Table => {
-            let svc = resp.service.as_ref().context("controller returned no service")?;
+            let svc = resp
+                .service
+                .as_ref()
+                .context("controller returned no service")?;
             if !verb.is_empty() {
                 println!("service {} {verb} (revision {})", svc.name, resp.revision);
             }
@@ -179,20 +219,30 @@ fn apply_flags(svc: &mut pb::Service, f: &ServiceFlags) -> anyhow::Result<()> {
         svc.default_weight = f.default_weight;
     }
     if !f.selector.is_empty() {
-        svc.realserver_selector = f.selector.iter().map(|l| spec::label(l)).collect::<anyhow::Result<_>>()?;
+        svc.realserver_selector = f
+            .selector
+            .iter()
+            .map(|l| spec::label(l))
+            .collect::<anyhow::Result<_>>()?;
     }
     if !f.realservers.is_empty() {
         svc.realservers = f
             .realservers
             .iter()
             .map(|r| {
-                let (address, port) = spec::address_port(r).with_context(|| format!("--realserver {r:?}"))?;
-                Ok(pb::RealServer { address, port, ..Default::default() })
+                let (address, port) =
+                    spec::address_port(r).with_context(|| format!("--realserver {r:?}"))?;
+                Ok(pb::RealServer {
+                    address,
+                    port,
+                    ..Default::default()
+                })
             })
             .collect::<anyhow::Result<_>>()?;
     }
     if let Some(s) = &f.sorry_server {
-        let (address, port) = spec::address_port(s).with_context(|| format!("--sorry-server {s:?}"))?;
+        let (address, port) =
+            spec::address_port(s).with_context(|| format!("--sorry-server {s:?}"))?;
         svc.sorry_server = Some(pb::Backend { address, port });
     }
     if let Some(q) = f.quorum {
@@ -204,7 +254,11 @@ fn apply_flags(svc: &mut pb::Service, f: &ServiceFlags) -> anyhow::Result<()> {
     if !f.director_selector.is_empty() || !f.prefer_director.is_empty() {
         let d = svc.directors.get_or_insert_with(Default::default);
         if !f.director_selector.is_empty() {
-            d.selector = f.director_selector.iter().map(|l| spec::label(l)).collect::<anyhow::Result<_>>()?;
+            d.selector = f
+                .director_selector
+                .iter()
+                .map(|l| spec::label(l))
+                .collect::<anyhow::Result<_>>()?;
         }
         if !f.prefer_director.is_empty() {
             d.preferred = f.prefer_director.clone();
@@ -274,8 +328,13 @@ fn apply_check(svc: &mut pb::Service, c: &CheckFlags) -> anyhow::Result<()> {
 
 async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> anyhow::Result<()> {
     match cmd {
-        RealserverCmd::Add { service, address, fields } => {
-            let (addr, port) = spec::address_port(&address).with_context(|| format!("realserver {address:?}"))?;
+        RealserverCmd::Add {
+            service,
+            address,
+            fields,
+        } => {
+            let (addr, port) =
+                spec::address_port(&address).with_context(|| format!("realserver {address:?}"))?;
             let rs = pb::RealServer {
                 address: addr,
                 port,
@@ -286,14 +345,22 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
             };
             let resp = api(ctl
                 .call(|ch| {
-                    let req = pb::AddRealServerRequest { service: service.clone(), realserver: Some(rs.clone()) };
+                    let req = pb::AddRealServerRequest {
+                        service: service.clone(),
+                        realserver: Some(rs.clone()),
+                    };
                     async move { ServiceAdminClient::new(ch).add_real_server(req).await }
                 })
                 .await)?;
             show_service(out, &resp, "updated")
         }
-        RealserverCmd::Update { service, address, fields } => {
-            let (addr, port) = spec::address_port(&address).with_context(|| format!("realserver {address:?}"))?;
+        RealserverCmd::Update {
+            service,
+            address,
+            fields,
+        } => {
+            let (addr, port) =
+                spec::address_port(&address).with_context(|| format!("realserver {address:?}"))?;
             let req = pb::UpdateRealServerRequest {
                 service,
                 address: addr,
@@ -312,8 +379,13 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
             show_service(out, &resp, "updated")
         }
         RealserverCmd::Remove { service, address } => {
-            let (addr, port) = spec::address_port(&address).with_context(|| format!("realserver {address:?}"))?;
-            let req = pb::RemoveRealServerRequest { service, address: addr, port };
+            let (addr, port) =
+                spec::address_port(&address).with_context(|| format!("realserver {address:?}"))?;
+            let req = pb::RemoveRealServerRequest {
+                service,
+                address: addr,
+                port,
+            };
             let resp = api(ctl
                 .call(|ch| {
                     let req = req.clone();
@@ -323,7 +395,10 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
             show_service(out, &resp, "updated")
         }
         RealserverCmd::List { service, stale } => {
-            let req = pb::ListRealServersRequest { service: service.unwrap_or_default(), stale };
+            let req = pb::ListRealServersRequest {
+                service: service.unwrap_or_default(),
+                stale,
+            };
             let resp = api(ctl
                 .call(|ch| {
                     let req = req.clone();
@@ -348,7 +423,10 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
                     ])
                 })
                 .collect();
-            output::table(&["SERVICE", "REALSERVER", "WEIGHT", "STATE", "UPPER", "LOWER"], &rows);
+            output::table(
+                &["SERVICE", "REALSERVER", "WEIGHT", "STATE", "UPPER", "LOWER"],
+                &rows,
+            );
             Ok(())
         }
     }
@@ -357,19 +435,34 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
 async fn cluster(ctl: &mut Controller, out: Output, cmd: ClusterCmd) -> anyhow::Result<()> {
     let status = match cmd {
         ClusterCmd::Status => api(ctl
-            .call(|ch| async move { ClusterAdminClient::new(ch).status(pb::ClusterStatusRequest {}).await })
+            .call(|ch| async move {
+                ClusterAdminClient::new(ch)
+                    .status(pb::ClusterStatusRequest {})
+                    .await
+            })
             .await)?,
         ClusterCmd::AddLearner { node_id, address } => api(ctl
             .call(|ch| {
-                let req = pb::AddLearnerRequest { node_id, address: address.clone() };
+                let req = pb::AddLearnerRequest {
+                    node_id,
+                    address: address.clone(),
+                };
                 async move { ClusterAdminClient::new(ch).add_learner(req).await }
             })
             .await)?,
         ClusterCmd::Promote { node_id } => api(ctl
-            .call(|ch| async move { ClusterAdminClient::new(ch).promote(pb::PromoteRequest { node_id }).await })
+            .call(|ch| async move {
+                ClusterAdminClient::new(ch)
+                    .promote(pb::PromoteRequest { node_id })
+                    .await
+            })
             .await)?,
         ClusterCmd::Remove { node_id } => api(ctl
-            .call(|ch| async move { ClusterAdminClient::new(ch).remove(pb::RemoveMemberRequest { node_id }).await })
+            .call(|ch| async move {
+                ClusterAdminClient::new(ch)
+                    .remove(pb::RemoveMemberRequest { node_id })
+                    .await
+            })
             .await)?,
     };
     if out == Output::Json {
@@ -380,10 +473,17 @@ async fn cluster(ctl: &mut Controller, out: Output, cmd: ClusterCmd) -> anyhow::
     } else {
         "no leader".to_string()
     };
-    println!("node {} is {} (term {}), {leader}", status.node_id, status.state, status.term);
+    println!(
+        "node {} is {} (term {}), {leader}",
+        status.node_id, status.state, status.term
+    );
     println!(
         "revision {}, log last {} applied {} snapshot {} purged {}",
-        status.revision, status.last_log_index, status.last_applied_index, status.snapshot_index, status.purged_index
+        status.revision,
+        status.last_log_index,
+        status.last_applied_index,
+        status.snapshot_index,
+        status.purged_index
     );
     let rows: Vec<Vec<String>> = status
         .members
@@ -396,14 +496,20 @@ async fn cluster(ctl: &mut Controller, out: Output, cmd: ClusterCmd) -> anyhow::
 
 async fn watch(ctl: &mut Controller, out: Output, from_revision: u64) -> anyhow::Result<()> {
     let mut stream = api(ctl
-        .call(|ch| async move { ServiceAdminClient::new(ch).watch_events(pb::WatchEventsRequest { from_revision }).await })
+        .call(|ch| async move {
+            ServiceAdminClient::new(ch)
+                .watch_events(pb::WatchEventsRequest { from_revision })
+                .await
+        })
         .await)?;
     while let Some(event) = stream.next().await {
         let e = api(event)?;
         match out {
             Output::Json => println!("{}", lb_proto::json::to_json(&e, "lb.v1.Event")?),
             Output::Table => {
-                let kind = pb::EventKind::try_from(e.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN");
+                let kind = pb::EventKind::try_from(e.kind)
+                    .map(|k| k.as_str_name())
+                    .unwrap_or("UNKNOWN");
                 let what = match (&e.service, &e.realserver) {
                     (_, Some(rs)) => output::endpoint(&rs.address, rs.port),
                     (Some(s), None) => output::virtual_address(s),

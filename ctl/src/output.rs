@@ -25,7 +25,10 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 pub fn json<M: prost::Message>(msg: &M, full_name: &str) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(&lb_proto::json::to_json(msg, full_name)?)?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&lb_proto::json::to_json(msg, full_name)?)?
+    );
     Ok(())
 }
 
@@ -50,7 +53,9 @@ pub fn endpoint(address: &str, port: u32) -> String {
 
 pub fn persistence(s: &pb::Service) -> String {
     match &s.persistence {
-        Some(p) if p.timeout_seconds > 0 && !p.netmask.is_empty() => format!("{}s mask {}", p.timeout_seconds, p.netmask),
+        Some(p) if p.timeout_seconds > 0 && !p.netmask.is_empty() => {
+            format!("{}s mask {}", p.timeout_seconds, p.netmask)
+        }
         Some(p) if p.timeout_seconds > 0 => format!("{}s", p.timeout_seconds),
         _ => "-".into(),
     }
@@ -58,7 +63,10 @@ pub fn persistence(s: &pb::Service) -> String {
 
 /// The ipvsadm-like view of one service.
 pub fn service_detail(s: &pb::Service, revision: u64) {
-    println!("service {} (created at revision {}, changed at {}; fabric revision {revision})", s.name, s.create_revision, s.mod_revision);
+    println!(
+        "service {} (created at revision {}, changed at {}; fabric revision {revision})",
+        s.name, s.create_revision, s.mod_revision
+    );
     let mut line = format!("  {} {}", virtual_address(s), s.scheduler);
     if !s.scheduler_flags.is_empty() {
         line.push_str(&format!(" flags {}", s.scheduler_flags.join(",")));
@@ -75,14 +83,29 @@ pub fn service_detail(s: &pb::Service, revision: u64) {
         line.push_str(" ops");
     }
     println!("{line}");
-    let mode = if s.tunnel_type.is_empty() { s.mode.clone() } else { format!("{} ({})", s.mode, s.tunnel_type) };
-    println!("  mode {mode}, default weight {}", s.default_weight.unwrap_or(1));
+    let mode = if s.tunnel_type.is_empty() {
+        s.mode.clone()
+    } else {
+        format!("{} ({})", s.mode, s.tunnel_type)
+    };
+    println!(
+        "  mode {mode}, default weight {}",
+        s.default_weight.unwrap_or(1)
+    );
     if !s.realserver_selector.is_empty() {
-        let sel: Vec<String> = s.realserver_selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let sel: Vec<String> = s
+            .realserver_selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         println!("  realserver selector {}", sel.join(","));
     }
     if let Some(h) = &s.health_check {
-        let secs = |d: &Option<prost_types::Duration>| d.as_ref().map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9).unwrap_or(0.0);
+        let secs = |d: &Option<prost_types::Duration>| {
+            d.as_ref()
+                .map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+                .unwrap_or(0.0)
+        };
         println!(
             "  check {} every {}s timeout {}s rise {} fall {}",
             h.r#type,
@@ -93,9 +116,16 @@ pub fn service_detail(s: &pb::Service, revision: u64) {
         );
     }
     if let Some(b) = &s.sorry_server {
-        println!("  sorry server {} below quorum {}", endpoint(&b.address, b.port), s.quorum);
+        println!(
+            "  sorry server {} below quorum {}",
+            endpoint(&b.address, b.port),
+            s.quorum
+        );
     }
-    println!("  -> {:<28} {:>6}  {:<9} {:>6} {:>6}", "RemoteAddress:Port", "Weight", "State", "Upper", "Lower");
+    println!(
+        "  -> {:<28} {:>6}  {:<9} {:>6} {:>6}",
+        "RemoteAddress:Port", "Weight", "State", "Upper", "Lower"
+    );
     for rs in &s.realservers {
         println!(
             "  -> {:<28} {:>6}  {:<9} {:>6} {:>6}",

@@ -11,14 +11,21 @@ pub fn vip(text: &str) -> anyhow::Result<pb::Endpoint> {
         Some((a, p)) => (a, p.to_string()),
         None => (text, String::new()),
     };
-    let (address, port) = host_port(addr_port).with_context(|| format!("--vip {text:?}: expected ADDRESS:PORT[/PROTOCOL]"))?;
-    Ok(pb::Endpoint { address, port, protocol })
+    let (address, port) = host_port(addr_port)
+        .with_context(|| format!("--vip {text:?}: expected ADDRESS:PORT[/PROTOCOL]"))?;
+    Ok(pb::Endpoint {
+        address,
+        port,
+        protocol,
+    })
 }
 
 /// `ADDRESS`, `ADDRESS:PORT`, `[V6]`, `[V6]:PORT`; a bare IPv6 address has no port.
 pub fn address_port(text: &str) -> anyhow::Result<(String, u32)> {
     if let Some(rest) = text.strip_prefix('[') {
-        let (addr, after) = rest.split_once(']').context("missing ] after the IPv6 address")?;
+        let (addr, after) = rest
+            .split_once(']')
+            .context("missing ] after the IPv6 address")?;
         let port = match after.strip_prefix(':') {
             Some(p) => number(p)?,
             None if after.is_empty() => 0,
@@ -42,7 +49,8 @@ fn host_port(text: &str) -> anyhow::Result<(String, u32)> {
 }
 
 fn number(text: &str) -> anyhow::Result<u32> {
-    text.parse().with_context(|| format!("port {text:?} is not a number"))
+    text.parse()
+        .with_context(|| format!("port {text:?} is not a number"))
 }
 
 /// `2s`, `500ms`, `1.5s`, `1m`; a leading `-` is kept so the controller can reject it by name.
@@ -60,7 +68,9 @@ pub fn duration(text: &str) -> anyhow::Result<prost_types::Duration> {
     } else {
         bail!("duration {text:?} needs a unit: ms, s or m")
     };
-    let value: f64 = value.parse().with_context(|| format!("duration {text:?} is not a number"))?;
+    let value: f64 = value
+        .parse()
+        .with_context(|| format!("duration {text:?} is not a number"))?;
     let ms = (value * scale_ms).round() as i64 * if negative { -1 } else { 1 };
     Ok(prost_types::Duration {
         seconds: ms / 1000,
@@ -70,7 +80,9 @@ pub fn duration(text: &str) -> anyhow::Result<prost_types::Duration> {
 
 /// `key=value`.
 pub fn label(text: &str) -> anyhow::Result<(String, String)> {
-    let (k, v) = text.split_once('=').with_context(|| format!("label {text:?}: expected key=value"))?;
+    let (k, v) = text
+        .split_once('=')
+        .with_context(|| format!("label {text:?}: expected key=value"))?;
     Ok((k.to_string(), v.to_string()))
 }
 
@@ -81,10 +93,20 @@ mod tests {
     #[test]
     fn vip_forms() {
         let e = vip("10.10.1.30:80/tcp").unwrap();
-        assert_eq!((e.address.as_str(), e.port, e.protocol.as_str()), ("10.10.1.30", 80, "tcp"));
+        assert_eq!(
+            (e.address.as_str(), e.port, e.protocol.as_str()),
+            ("10.10.1.30", 80, "tcp")
+        );
         let e = vip("[2001:db8::1]:443").unwrap();
-        assert_eq!((e.address.as_str(), e.port, e.protocol.as_str()), ("2001:db8::1", 443, ""));
-        assert_eq!(vip("10.0.0.1:70000/udp").unwrap().port, 70000, "range is the controller's rule");
+        assert_eq!(
+            (e.address.as_str(), e.port, e.protocol.as_str()),
+            ("2001:db8::1", 443, "")
+        );
+        assert_eq!(
+            vip("10.0.0.1:70000/udp").unwrap().port,
+            70000,
+            "range is the controller's rule"
+        );
         assert!(vip("10.0.0.1").is_err());
         assert!(vip("10.0.0.1:http").is_err());
     }
@@ -92,15 +114,36 @@ mod tests {
     #[test]
     fn realserver_forms() {
         assert_eq!(address_port("10.0.0.1").unwrap(), ("10.0.0.1".into(), 0));
-        assert_eq!(address_port("10.0.0.1:8080").unwrap(), ("10.0.0.1".into(), 8080));
-        assert_eq!(address_port("2001:db8::2").unwrap(), ("2001:db8::2".into(), 0));
-        assert_eq!(address_port("[2001:db8::2]:80").unwrap(), ("2001:db8::2".into(), 80));
+        assert_eq!(
+            address_port("10.0.0.1:8080").unwrap(),
+            ("10.0.0.1".into(), 8080)
+        );
+        assert_eq!(
+            address_port("2001:db8::2").unwrap(),
+            ("2001:db8::2".into(), 0)
+        );
+        assert_eq!(
+            address_port("[2001:db8::2]:80").unwrap(),
+            ("2001:db8::2".into(), 80)
+        );
     }
 
     #[test]
     fn durations() {
-        assert_eq!(duration("1.5s").unwrap(), prost_types::Duration { seconds: 1, nanos: 500_000_000 });
-        assert_eq!(duration("250ms").unwrap(), prost_types::Duration { seconds: 0, nanos: 250_000_000 });
+        assert_eq!(
+            duration("1.5s").unwrap(),
+            prost_types::Duration {
+                seconds: 1,
+                nanos: 500_000_000
+            }
+        );
+        assert_eq!(
+            duration("250ms").unwrap(),
+            prost_types::Duration {
+                seconds: 0,
+                nanos: 250_000_000
+            }
+        );
         assert_eq!(duration("-1s").unwrap().seconds, -1);
         assert!(duration("5").is_err());
     }

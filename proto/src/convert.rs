@@ -44,8 +44,12 @@ fn word<T: FromStr + Copy>(field: &str, value: &str, default: T, accepted: Strin
     if value.is_empty() {
         return Ok(default);
     }
-    T::from_str(value)
-        .map_err(|_| FieldError::new(field, format!("unknown value {value:?}; expected one of {accepted}")))
+    T::from_str(value).map_err(|_| {
+        FieldError::new(
+            field,
+            format!("unknown value {value:?}; expected one of {accepted}"),
+        )
+    })
 }
 
 fn ip(field: &str, value: &str) -> Result<IpAddr> {
@@ -67,7 +71,10 @@ fn unicast_ip(field: &str, value: &str) -> Result<IpAddr> {
     if ok {
         Ok(addr)
     } else {
-        Err(FieldError::new(field, format!("{addr} is not a unicast address")))
+        Err(FieldError::new(
+            field,
+            format!("{addr} is not a unicast address"),
+        ))
     }
 }
 
@@ -115,7 +122,8 @@ fn labels(field: &str, map: BTreeMap<String, String>) -> Result<BTreeMap<String,
     for (k, v) in &map {
         let ok_key = !k.is_empty()
             && k.len() <= 63
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
         if !ok_key {
             return Err(FieldError::new(
                 field,
@@ -172,7 +180,9 @@ fn netmask(field: &str, value: &str, family: Family) -> Result<u8> {
                 Ok(len as u8)
             }
         }
-        (Family::Inet6, Ok(_)) => Err(bad("is an IPv4 netmask; IPv6 services take a prefix length")),
+        (Family::Inet6, Ok(_)) => Err(bad(
+            "is an IPv4 netmask; IPv6 services take a prefix length",
+        )),
         _ => Err(bad("is neither a netmask nor a prefix length")),
     }
 }
@@ -192,38 +202,78 @@ impl TryFrom<pb::Service> for Service {
             Some(pb::service::VirtualAddress::Endpoint(e)) => VirtualAddress::Endpoint {
                 address: unicast_ip("service.endpoint.address", &e.address)?,
                 port: port("service.endpoint.port", e.port, false)?,
-                protocol: word("service.endpoint.protocol", &e.protocol, Protocol::Tcp, Protocol::words())?,
+                protocol: word(
+                    "service.endpoint.protocol",
+                    &e.protocol,
+                    Protocol::Tcp,
+                    Protocol::words(),
+                )?,
             },
             Some(pb::service::VirtualAddress::Fwmark(f)) => {
                 if f.mark == 0 {
-                    return Err(FieldError::new("service.fwmark.mark", "must be 1..=4294967295, got 0"));
+                    return Err(FieldError::new(
+                        "service.fwmark.mark",
+                        "must be 1..=4294967295, got 0",
+                    ));
                 }
                 VirtualAddress::Fwmark {
                     mark: f.mark,
-                    family: word("service.fwmark.family", &f.family, Family::Inet, Family::words())?,
+                    family: word(
+                        "service.fwmark.family",
+                        &f.family,
+                        Family::Inet,
+                        Family::words(),
+                    )?,
                 }
             }
         };
         let family = address.family();
-        let scheduler = word("service.scheduler", &s.scheduler, Scheduler::Wlc, Scheduler::words())?;
+        let scheduler = word(
+            "service.scheduler",
+            &s.scheduler,
+            Scheduler::Wlc,
+            Scheduler::words(),
+        )?;
         let mut scheduler_flags = BTreeSet::new();
         for (i, f) in s.scheduler_flags.iter().enumerate() {
             let field = format!("service.scheduler_flags[{i}]");
             let flag = SchedulerFlag::from_str(f).map_err(|_| {
-                FieldError::new(&field, format!("unknown flag {f:?}; expected one of {}", SchedulerFlag::words()))
+                FieldError::new(
+                    &field,
+                    format!(
+                        "unknown flag {f:?}; expected one of {}",
+                        SchedulerFlag::words()
+                    ),
+                )
             })?;
             if flag.scheduler() != scheduler {
                 return Err(FieldError::new(
                     field,
-                    format!("{flag} applies to scheduler {}, not {scheduler}", flag.scheduler()),
+                    format!(
+                        "{flag} applies to scheduler {}, not {scheduler}",
+                        flag.scheduler()
+                    ),
                 ));
             }
             scheduler_flags.insert(flag);
         }
-        let mode = word("service.mode", &s.mode, ForwardingMode::Dr, ForwardingMode::words())?;
-        let tunnel_type = word("service.tunnel_type", &s.tunnel_type, TunnelType::Ipip, TunnelType::words())?;
+        let mode = word(
+            "service.mode",
+            &s.mode,
+            ForwardingMode::Dr,
+            ForwardingMode::words(),
+        )?;
+        let tunnel_type = word(
+            "service.tunnel_type",
+            &s.tunnel_type,
+            TunnelType::Ipip,
+            TunnelType::words(),
+        )?;
         if mode != ForwardingMode::Tun && !s.tunnel_type.is_empty() {
-            return Err(FieldError::new("service.tunnel_type", format!("only applies to mode tun, not {mode}")));
+            return Err(FieldError::new(
+                "service.tunnel_type",
+                format!("only applies to mode tun, not {mode}"),
+            ));
         }
         let persistence = match s.persistence {
             None => None,
@@ -238,7 +288,10 @@ impl TryFrom<pb::Service> for Service {
                 if p.timeout_seconds > MAX_PERSISTENCE_SECS {
                     return Err(FieldError::new(
                         "service.persistence.timeout_seconds",
-                        format!("must be 1..={MAX_PERSISTENCE_SECS} (31 days), got {}", p.timeout_seconds),
+                        format!(
+                            "must be 1..={MAX_PERSISTENCE_SECS} (31 days), got {}",
+                            p.timeout_seconds
+                        ),
                     ));
                 }
                 let prefix_len = if p.netmask.is_empty() {
@@ -246,14 +299,20 @@ impl TryFrom<pb::Service> for Service {
                 } else {
                     Some(netmask("service.persistence.netmask", &p.netmask, family)?)
                 };
-                Some(Persistence { timeout_secs: p.timeout_seconds, prefix_len })
+                Some(Persistence {
+                    timeout_secs: p.timeout_seconds,
+                    prefix_len,
+                })
             }
         };
         let one_packet = s.one_packet;
         if one_packet {
             if let VirtualAddress::Endpoint { protocol, .. } = address {
                 if protocol != Protocol::Udp {
-                    return Err(FieldError::new("service.one_packet", format!("only applies to udp, not {protocol}")));
+                    return Err(FieldError::new(
+                        "service.one_packet",
+                        format!("only applies to udp, not {protocol}"),
+                    ));
                 }
             }
         }
@@ -268,7 +327,10 @@ impl TryFrom<pb::Service> for Service {
                         format!("{addr} is {}, the service is {family}", Family::of(addr)),
                     ));
                 }
-                Some(SocketAddr::new(addr, port("service.sorry_server.port", b.port, true)?))
+                Some(SocketAddr::new(
+                    addr,
+                    port("service.sorry_server.port", b.port, true)?,
+                ))
             }
         };
         if s.hysteresis > s.quorum {
@@ -282,11 +344,17 @@ impl TryFrom<pb::Service> for Service {
             Some(d) => {
                 for (i, name) in d.preferred.iter().enumerate() {
                     if name.is_empty() {
-                        return Err(FieldError::new(format!("service.directors.preferred[{i}]"), "is empty"));
+                        return Err(FieldError::new(
+                            format!("service.directors.preferred[{i}]"),
+                            "is empty",
+                        ));
                     }
                 }
                 DirectorPlacement {
-                    selector: labels("service.directors.selector", d.selector.into_iter().collect())?,
+                    selector: labels(
+                        "service.directors.selector",
+                        d.selector.into_iter().collect(),
+                    )?,
                     preferred: d.preferred,
                 }
             }
@@ -301,7 +369,10 @@ impl TryFrom<pb::Service> for Service {
             persistence,
             one_packet,
             realservers: Vec::with_capacity(s.realservers.len()),
-            realserver_selector: labels("service.realserver_selector", s.realserver_selector.into_iter().collect())?,
+            realserver_selector: labels(
+                "service.realserver_selector",
+                s.realserver_selector.into_iter().collect(),
+            )?,
             default_weight: weight("service.default_weight", s.default_weight, 1)?,
             health_check,
             sorry_server,
@@ -337,7 +408,12 @@ pub fn realserver(field: &str, rs: pb::RealServer) -> Result<RealServer> {
         weight: weight(&format!("{field}.weight"), rs.weight, 1)?,
         upper_threshold,
         lower_threshold,
-        admin_state: word(&format!("{field}.admin_state"), &rs.admin_state, AdminState::Active, AdminState::words())?,
+        admin_state: word(
+            &format!("{field}.admin_state"),
+            &rs.admin_state,
+            AdminState::Active,
+            AdminState::words(),
+        )?,
     })
 }
 
@@ -348,7 +424,11 @@ pub fn check_realserver(service: &Service, mut rs: RealServer, field: &str) -> R
     if Family::of(rs.address) != family {
         return Err(FieldError::new(
             format!("{field}.address"),
-            format!("{} is {}, the service is {family}: address families cannot be mixed", rs.address, Family::of(rs.address)),
+            format!(
+                "{} is {}, the service is {family}: address families cannot be mixed",
+                rs.address,
+                Family::of(rs.address)
+            ),
         ));
     }
     if rs.port == 0 {
@@ -357,18 +437,27 @@ pub fn check_realserver(service: &Service, mut rs: RealServer, field: &str) -> R
     let keeps_port = matches!(service.mode, ForwardingMode::Dr | ForwardingMode::Tun);
     if keeps_port && rs.port != service.default_realserver_port() {
         let must = match service.address {
-            VirtualAddress::Endpoint { port, .. } => format!("equal the VIP port {port} (or be omitted)"),
+            VirtualAddress::Endpoint { port, .. } => {
+                format!("equal the VIP port {port} (or be omitted)")
+            }
             VirtualAddress::Fwmark { .. } => "be omitted for a fwmark service".to_string(),
         };
         return Err(FieldError::new(
             format!("{field}.port"),
-            format!("mode {} cannot change the destination port: {} must {must}", service.mode, rs.port),
+            format!(
+                "mode {} cannot change the destination port: {} must {must}",
+                service.mode, rs.port
+            ),
         ));
     }
     if service.realserver(rs.address, rs.port).is_some() {
         return Err(FieldError::new(
             format!("{field}.address"),
-            format!("duplicate realserver {} in service {}", rs.endpoint(), service.name),
+            format!(
+                "duplicate realserver {} in service {}",
+                rs.endpoint(),
+                service.name
+            ),
         ));
     }
     Ok(rs)
@@ -379,9 +468,16 @@ impl TryFrom<pb::HealthCheck> for HealthCheck {
 
     fn try_from(h: pb::HealthCheck) -> Result<HealthCheck> {
         let http = |h: &pb::HealthCheck| -> Result<HttpProbe> {
-            let path = if h.http_path.is_empty() { "/".to_string() } else { h.http_path.clone() };
+            let path = if h.http_path.is_empty() {
+                "/".to_string()
+            } else {
+                h.http_path.clone()
+            };
             if !path.starts_with('/') {
-                return Err(FieldError::new("service.health_check.http_path", format!("{path:?} must start with /")));
+                return Err(FieldError::new(
+                    "service.health_check.http_path",
+                    format!("{path:?} must start with /"),
+                ));
             }
             let mut status = Vec::new();
             for (i, code) in h.http_status.iter().enumerate() {
@@ -400,7 +496,9 @@ impl TryFrom<pb::HealthCheck> for HealthCheck {
             }
             let digest = if h.http_digest.is_empty() {
                 None
-            } else if h.http_digest.len() == 32 && h.http_digest.chars().all(|c| c.is_ascii_hexdigit()) {
+            } else if h.http_digest.len() == 32
+                && h.http_digest.chars().all(|c| c.is_ascii_hexdigit())
+            {
                 Some(h.http_digest.to_ascii_lowercase())
             } else {
                 return Err(FieldError::new(
@@ -422,11 +520,22 @@ impl TryFrom<pb::HealthCheck> for HealthCheck {
             "https" => Probe::Https(http(&h)?),
             "exec" => {
                 if h.exec_command.is_empty() {
-                    return Err(FieldError::new("service.health_check.exec_command", "is required for type exec"));
+                    return Err(FieldError::new(
+                        "service.health_check.exec_command",
+                        "is required for type exec",
+                    ));
                 }
-                Probe::Exec { command: h.exec_command.clone(), args: h.exec_args.clone() }
+                Probe::Exec {
+                    command: h.exec_command.clone(),
+                    args: h.exec_args.clone(),
+                }
             }
-            "" => return Err(FieldError::new("service.health_check.type", "is required: tcp, http, https or exec")),
+            "" => {
+                return Err(FieldError::new(
+                    "service.health_check.type",
+                    "is required: tcp, http, https or exec",
+                ))
+            }
             other => {
                 return Err(FieldError::new(
                     "service.health_check.type",
@@ -434,8 +543,16 @@ impl TryFrom<pb::HealthCheck> for HealthCheck {
                 ))
             }
         };
-        let interval_ms = millis("service.health_check.interval", h.interval, DEFAULT_INTERVAL_MS)?;
-        let timeout_ms = millis("service.health_check.timeout", h.timeout, DEFAULT_TIMEOUT_MS.min(interval_ms))?;
+        let interval_ms = millis(
+            "service.health_check.interval",
+            h.interval,
+            DEFAULT_INTERVAL_MS,
+        )?;
+        let timeout_ms = millis(
+            "service.health_check.timeout",
+            h.timeout,
+            DEFAULT_TIMEOUT_MS.min(interval_ms),
+        )?;
         if timeout_ms > interval_ms {
             return Err(FieldError::new(
                 "service.health_check.timeout",
@@ -507,7 +624,10 @@ pub fn patch_realserver(rs: &RealServer, patch: &RealServerPatch) -> Result<Real
     if next.upper_threshold > 0 && next.lower_threshold > next.upper_threshold {
         return Err(FieldError::new(
             "lower_threshold",
-            format!("must not exceed upper_threshold {}, got {}", next.upper_threshold, next.lower_threshold),
+            format!(
+                "must not exceed upper_threshold {}, got {}",
+                next.upper_threshold, next.lower_threshold
+            ),
         ));
     }
     Ok(next)
@@ -518,17 +638,21 @@ pub fn patch_realserver(rs: &RealServer, patch: &RealServerPatch) -> Result<Real
 impl From<&Service> for pb::Service {
     fn from(s: &Service) -> pb::Service {
         let virtual_address = Some(match s.address {
-            VirtualAddress::Endpoint { address, port, protocol } => {
-                pb::service::VirtualAddress::Endpoint(pb::Endpoint {
-                    address: address.to_string(),
-                    port: port.into(),
-                    protocol: protocol.to_string(),
+            VirtualAddress::Endpoint {
+                address,
+                port,
+                protocol,
+            } => pb::service::VirtualAddress::Endpoint(pb::Endpoint {
+                address: address.to_string(),
+                port: port.into(),
+                protocol: protocol.to_string(),
+            }),
+            VirtualAddress::Fwmark { mark, family } => {
+                pb::service::VirtualAddress::Fwmark(pb::Fwmark {
+                    mark,
+                    family: family.to_string(),
                 })
             }
-            VirtualAddress::Fwmark { mark, family } => pb::service::VirtualAddress::Fwmark(pb::Fwmark {
-                mark,
-                family: family.to_string(),
-            }),
         });
         pb::Service {
             name: s.name.clone(),
@@ -536,17 +660,27 @@ impl From<&Service> for pb::Service {
             scheduler: s.scheduler.to_string(),
             scheduler_flags: s.scheduler_flags.iter().map(ToString::to_string).collect(),
             mode: s.mode.to_string(),
-            tunnel_type: if s.mode == ForwardingMode::Tun { s.tunnel_type.to_string() } else { String::new() },
+            tunnel_type: if s.mode == ForwardingMode::Tun {
+                s.tunnel_type.to_string()
+            } else {
+                String::new()
+            },
             persistence: s.persistence.map(|p| pb::Persistence {
                 timeout_seconds: p.timeout_secs,
-                netmask: p.prefix_len.map(|l| prefix_to_netmask(s.family(), l)).unwrap_or_default(),
+                netmask: p
+                    .prefix_len
+                    .map(|l| prefix_to_netmask(s.family(), l))
+                    .unwrap_or_default(),
             }),
             one_packet: s.one_packet,
             realservers: s.realservers.iter().map(pb::RealServer::from).collect(),
             realserver_selector: s.realserver_selector.clone().into_iter().collect(),
             default_weight: Some(s.default_weight.into()),
             health_check: s.health_check.as_ref().map(pb::HealthCheck::from),
-            sorry_server: s.sorry_server.map(|a| pb::Backend { address: a.ip().to_string(), port: a.port().into() }),
+            sorry_server: s.sorry_server.map(|a| pb::Backend {
+                address: a.ip().to_string(),
+                port: a.port().into(),
+            }),
             quorum: s.quorum,
             hysteresis: s.hysteresis,
             directors: Some(pb::DirectorPlacement {
@@ -630,8 +764,15 @@ mod tests {
             })),
             scheduler: "wlc".into(),
             mode: "nat".into(),
-            persistence: Some(pb::Persistence { timeout_seconds: 30, netmask: "255.255.255.0".into() }),
-            realservers: vec![pb::RealServer { address: "10.0.0.1".into(), port: 8080, ..Default::default() }],
+            persistence: Some(pb::Persistence {
+                timeout_seconds: 30,
+                netmask: "255.255.255.0".into(),
+            }),
+            realservers: vec![pb::RealServer {
+                address: "10.0.0.1".into(),
+                port: 8080,
+                ..Default::default()
+            }],
             ..Default::default()
         }
     }
@@ -646,7 +787,13 @@ mod tests {
     #[test]
     fn valid_service_round_trips() {
         let s = Service::try_from(web()).unwrap();
-        assert_eq!(s.persistence, Some(Persistence { timeout_secs: 30, prefix_len: Some(24) }));
+        assert_eq!(
+            s.persistence,
+            Some(Persistence {
+                timeout_secs: 30,
+                prefix_len: Some(24)
+            })
+        );
         assert_eq!(s.realservers[0].weight, 1);
         let back = pb::Service::from(&s);
         assert_eq!(Service::try_from(back).unwrap(), s);
@@ -665,28 +812,81 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut pb::Service)>)> = vec![
-            ("service.name", Box::new(|s| s.name = "Web!".into())),
-            ("service.endpoint.address", Box::new(|s| {
-                if let Some(pb::service::VirtualAddress::Endpoint(e)) = &mut s.virtual_address { e.address = "10.1".into() }
-            })),
-            ("service.endpoint.port", Box::new(|s| {
-                if let Some(pb::service::VirtualAddress::Endpoint(e)) = &mut s.virtual_address { e.port = 70000 }
-            })),
-            ("service.scheduler", Box::new(|s| s.scheduler = "fastest".into())),
-            ("service.scheduler_flags[0]", Box::new(|s| s.scheduler_flags = vec!["sh-port".into()])),
-            ("service.realservers[0].weight", Box::new(|s| s.realservers[0].weight = Some(70000))),
-            ("service.realservers[0].address", Box::new(|s| s.realservers[0].address = "2001:db8::1".into())),
-            ("service.persistence.netmask", Box::new(|s| s.persistence.as_mut().unwrap().netmask = "255.0.255.0".into())),
-            ("service.one_packet", Box::new(|s| s.one_packet = true)),
-            ("service.tunnel_type", Box::new(|s| s.tunnel_type = "ipip".into())),
-            ("service.fwmark.mark", Box::new(|s| s.virtual_address = Some(pb::service::VirtualAddress::Fwmark(pb::Fwmark { mark: 0, family: String::new() })))),
-            ("service.realservers[1].address", Box::new(|s| s.realservers.push(s.realservers[0].clone()))),
-            ("service.realservers[0].port", Box::new(|s| s.mode = "dr".into())),
-            ("service.health_check.rise", Box::new(|s| s.health_check = Some(pb::HealthCheck { r#type: "tcp".into(), rise: Some(0), ..Default::default() }))),
-            ("service.health_check.interval", Box::new(|s| s.health_check = Some(pb::HealthCheck {
-                r#type: "tcp".into(), interval: Some(prost_types::Duration { seconds: -1, nanos: 0 }), ..Default::default()
-            }))),
+        type Mutation = fn(&mut pb::Service);
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("service.name", (|s| s.name = "Web!".into())),
+            (
+                "service.endpoint.address",
+                (|s| {
+                    if let Some(pb::service::VirtualAddress::Endpoint(e)) = &mut s.virtual_address {
+                        e.address = "10.1".into()
+                    }
+                }),
+            ),
+            (
+                "service.endpoint.port",
+                (|s| {
+                    if let Some(pb::service::VirtualAddress::Endpoint(e)) = &mut s.virtual_address {
+                        e.port = 70000
+                    }
+                }),
+            ),
+            ("service.scheduler", (|s| s.scheduler = "fastest".into())),
+            (
+                "service.scheduler_flags[0]",
+                (|s| s.scheduler_flags = vec!["sh-port".into()]),
+            ),
+            (
+                "service.realservers[0].weight",
+                (|s| s.realservers[0].weight = Some(70000)),
+            ),
+            (
+                "service.realservers[0].address",
+                (|s| s.realservers[0].address = "2001:db8::1".into()),
+            ),
+            (
+                "service.persistence.netmask",
+                (|s| s.persistence.as_mut().unwrap().netmask = "255.0.255.0".into()),
+            ),
+            ("service.one_packet", (|s| s.one_packet = true)),
+            ("service.tunnel_type", (|s| s.tunnel_type = "ipip".into())),
+            (
+                "service.fwmark.mark",
+                (|s| {
+                    s.virtual_address = Some(pb::service::VirtualAddress::Fwmark(pb::Fwmark {
+                        mark: 0,
+                        family: String::new(),
+                    }))
+                }),
+            ),
+            (
+                "service.realservers[1].address",
+                (|s| s.realservers.push(s.realservers[0].clone())),
+            ),
+            ("service.realservers[0].port", (|s| s.mode = "dr".into())),
+            (
+                "service.health_check.rise",
+                (|s| {
+                    s.health_check = Some(pb::HealthCheck {
+                        r#type: "tcp".into(),
+                        rise: Some(0),
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                "service.health_check.interval",
+                (|s| {
+                    s.health_check = Some(pb::HealthCheck {
+                        r#type: "tcp".into(),
+                        interval: Some(prost_types::Duration {
+                            seconds: -1,
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    })
+                }),
+            ),
         ];
         for (field, mutate) in cases {
             let mut s = web();

@@ -30,7 +30,10 @@ fn descriptor(full_name: &str) -> Result<MessageDescriptor, JsonError> {
 }
 
 /// Renders `msg` (of protobuf type `full_name`, e.g. `lb.v1.Service`) as JSON.
-pub fn to_json<M: prost::Message>(msg: &M, full_name: &str) -> Result<serde_json::Value, JsonError> {
+pub fn to_json<M: prost::Message>(
+    msg: &M,
+    full_name: &str,
+) -> Result<serde_json::Value, JsonError> {
     let dynamic = DynamicMessage::decode(descriptor(full_name)?, msg.encode_to_vec().as_slice())?;
     let options = SerializeOptions::new().skip_default_fields(true);
     Ok(dynamic.serialize_with_options(serde_json::value::Serializer, &options)?)

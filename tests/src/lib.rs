@@ -36,21 +36,23 @@ pub fn require(met: bool, what: &str) -> bool {
     false
 }
 
-/// Path of a workspace binary built next to the running test.
+/// Path of a workspace binary built into the same target directory as the
+/// running executable: a test (`target/<profile>/deps/`) or a tool
+/// (`target/<profile>/`).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current test executable");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not found: build the binaries first (cargo build --workspace --bins)",
-        path.display()
-    );
-    path
+    let exe = std::env::current_exe().expect("current executable");
+    let dir = exe.parent().expect("executable has a directory");
+    let found = [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name} not found beside {}: build the binaries first (cargo build --workspace --bins)",
+            exe.display()
+        )
+    })
 }
 
 /// Finds an executable on PATH.
@@ -94,7 +96,12 @@ impl ControllerProc {
     /// Starts a controller on 127.0.0.1 (a free port) with its data in `dir`.
     /// `bootstrap` initializes a new one-node cluster; otherwise the node
     /// waits to be added. `extra` are more `lb-controller` flags.
-    pub fn start(node_id: u64, dir: &Path, bootstrap: bool, extra: &[&str]) -> anyhow::Result<Self> {
+    pub fn start(
+        node_id: u64,
+        dir: &Path,
+        bootstrap: bool,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         if !bootstrap {
             extra.push("--no-bootstrap".into());
@@ -138,10 +145,22 @@ impl ControllerProc {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !addr_file.exists() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("lb-controller {} exited early ({status}):\n{}", self.node_id, self.log_text());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "lb-controller {} exited early ({status}):\n{}",
+                    self.node_id,
+                    self.log_text()
+                );
             }
-            anyhow::ensure!(Instant::now() < deadline, "lb-controller {} did not start", self.node_id);
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "lb-controller {} did not start",
+                self.node_id
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         self.addr = std::fs::read_to_string(&addr_file)?.trim().to_string();
@@ -178,7 +197,10 @@ impl ControllerProc {
     /// This node's view of the cluster, or `None` if it does not answer.
     pub async fn status(&self) -> Option<pb::ClusterStatus> {
         let mut c = self.cluster().await.ok()?;
-        c.status(pb::ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
+        c.status(pb::ClusterStatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
     }
 }
 
@@ -220,4 +242,36 @@ pub fn lbctl_ok(controller: &str, args: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Starts `n` controllers under `dir` and joins them into one cluster through
+/// `ClusterAdmin` (node 1 bootstraps, the others are added and promoted).
+pub async fn start_cluster(
+    n: u64,
+    dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<Vec<ControllerProc>> {
+    let mut nodes = vec![ControllerProc::start(1, dir, true, extra)?];
+    for id in 2..=n {
+        nodes.push(ControllerProc::start(id, dir, false, extra)?);
+    }
+    wait_for(Duration::from_secs(10), "node 1 to lead", || async {
+        nodes[0].status().await.filter(|s| s.state == "leader")
+    })
+    .await?;
+    let mut admin = nodes[0].cluster().await?;
+    for node in &nodes[1..] {
+        admin
+            .add_learner(pb::AddLearnerRequest {
+                node_id: node.node_id,
+                address: node.addr.clone(),
+            })
+            .await?;
+        admin
+            .promote(pb::PromoteRequest {
+                node_id: node.node_id,
+            })
+            .await?;
+    }
+    Ok(nodes)
 }

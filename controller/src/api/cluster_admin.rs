@@ -30,7 +30,12 @@ impl ClusterAdmin {
             .map(|(id, node)| pb::Member {
                 node_id: *id,
                 address: node.addr.clone(),
-                role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .to_string(),
             })
             .collect();
         let leader_address = m
@@ -60,7 +65,10 @@ impl ClusterAdmin {
         }
     }
 
-    async fn change(&self, members: ChangeMembers<NodeId, Node>) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn change(
+        &self,
+        members: ChangeMembers<NodeId, Node>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
         let result = self.app.raft.change_membership(members, false).await;
         membership_result(result)?;
         Ok(Response::new(self.status()))
@@ -73,7 +81,9 @@ fn membership_result<T>(result: Result<T, RaftError<ClientWriteError>>) -> Resul
             RaftError::APIError(WriteError::ForwardToLeader(f)) => ApiError::NotLeader {
                 leader: f.leader_node.map(|n| n.addr),
             },
-            RaftError::APIError(WriteError::ChangeMembershipError(c)) => ApiError::Membership(c.to_string()),
+            RaftError::APIError(WriteError::ChangeMembershipError(c)) => {
+                ApiError::Membership(c.to_string())
+            }
             other => ApiError::Raft(other.to_string()),
         })
     })
@@ -81,44 +91,63 @@ fn membership_result<T>(result: Result<T, RaftError<ClientWriteError>>) -> Resul
 
 fn node_id(id: u64) -> Result<NodeId, Status> {
     if id == 0 {
-        return Err(status(FieldError::new("node_id", "must be at least 1").into()));
+        return Err(status(
+            FieldError::new("node_id", "must be at least 1").into(),
+        ));
     }
     Ok(id)
 }
 
 #[tonic::async_trait]
 impl pb::cluster_admin_server::ClusterAdmin for ClusterAdmin {
-    async fn status(&self, _req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
         Ok(Response::new(self.status()))
     }
 
     #[tracing::instrument(skip_all, err)]
-    async fn add_learner(&self, req: Request<pb::AddLearnerRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
         let req = req.into_inner();
         let id = node_id(req.node_id)?;
-        let port_ok = req
-            .address
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        let port_ok = req.address.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
         if !port_ok {
             return Err(status(
                 FieldError::new("address", format!("{:?} must be host:port", req.address)).into(),
             ));
         }
         tracing::info!(node_id = id, address = %req.address, "adding learner");
-        membership_result(self.app.raft.add_learner(id, Node::new(req.address), true).await)?;
+        membership_result(
+            self.app
+                .raft
+                .add_learner(id, Node::new(req.address), true)
+                .await,
+        )?;
         Ok(Response::new(self.status()))
     }
 
     #[tracing::instrument(skip_all, err)]
-    async fn promote(&self, req: Request<pb::PromoteRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn promote(
+        &self,
+        req: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
         let id = node_id(req.into_inner().node_id)?;
         tracing::info!(node_id = id, "promoting to voter");
-        self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await
+        self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+            .await
     }
 
     #[tracing::instrument(skip_all, err)]
-    async fn remove(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
         let id = node_id(req.into_inner().node_id)?;
         let (is_voter, is_member) = {
             let m = self.app.raft.metrics().borrow().clone();
@@ -128,9 +157,11 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterAdmin {
         };
         tracing::info!(node_id = id, voter = is_voter, "removing member");
         if is_voter {
-            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                .await
         } else if is_member {
-            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                .await
         } else {
             Err(Status::not_found(format!("node {id} is not a member")))
         }

@@ -53,7 +53,9 @@ pub fn status(e: ApiError) -> Status {
             }
             s
         }
-        ApiError::NotLeader { leader: None } => Status::unavailable("no leader elected yet; retry shortly"),
+        ApiError::NotLeader { leader: None } => {
+            Status::unavailable("no leader elected yet; retry shortly")
+        }
         ApiError::Membership(m) => Status::failed_precondition(m),
         ApiError::Raft(m) => Status::internal(m),
     }
@@ -82,8 +84,12 @@ pub fn router(app: Arc<App>) -> Result<tonic::service::Routes, tonic_reflection:
     let mut routes = tonic::service::Routes::new(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(pb::service_admin_server::ServiceAdminServer::new(service_admin::ServiceAdmin::new(app.clone())))
-        .add_service(pb::cluster_admin_server::ClusterAdminServer::new(cluster_admin::ClusterAdmin::new(app.clone())))
+        .add_service(pb::service_admin_server::ServiceAdminServer::new(
+            service_admin::ServiceAdmin::new(app.clone()),
+        ))
+        .add_service(pb::cluster_admin_server::ClusterAdminServer::new(
+            cluster_admin::ClusterAdmin::new(app.clone()),
+        ))
         .add_service(
             pb::raft_server::RaftServer::new(raft::RaftPeer::new(app))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -21,28 +21,39 @@ impl RaftPeer {
 }
 
 fn decode<T: DeserializeOwned>(json: &[u8]) -> Result<T, Status> {
-    serde_json::from_slice(json).map_err(|e| Status::invalid_argument(format!("json: undecodable raft message: {e}")))
+    serde_json::from_slice(json)
+        .map_err(|e| Status::invalid_argument(format!("json: undecodable raft message: {e}")))
 }
 
 /// Encodes openraft's own result, errors included, for the peer to decode.
 fn reply<T: Serialize>(result: &T) -> Result<Response<pb::RaftPayload>, Status> {
-    let json = serde_json::to_vec(result).map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
+    let json = serde_json::to_vec(result)
+        .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
     Ok(Response::new(pb::RaftPayload { json }))
 }
 
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftPeer {
-    async fn append_entries(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc = decode(&req.into_inner().json)?;
         reply(&self.app.raft.append_entries(rpc).await)
     }
 
-    async fn vote(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+    async fn vote(
+        &self,
+        req: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc = decode(&req.into_inner().json)?;
         reply(&self.app.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(&self, req: Request<pb::SnapshotChunk>) -> Result<Response<pb::RaftPayload>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<pb::SnapshotChunk>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
         let chunk = req.into_inner();
         let mut rpc: InstallSnapshotRequest = decode(&chunk.json)?;
         rpc.data = chunk.data;

@@ -35,7 +35,8 @@ impl ServiceAdmin {
 }
 
 fn service_spec(s: Option<pb::Service>) -> Result<Service, Status> {
-    let s = s.ok_or_else(|| FieldError::new("service", "is required"))
+    let s = s
+        .ok_or_else(|| FieldError::new("service", "is required"))
         .map_err(|e| status(e.into()))?;
     Service::try_from(s).map_err(|e| status(e.into()))
 }
@@ -67,12 +68,18 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>
 #[tonic::async_trait]
 impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
     #[tracing::instrument(skip_all, err)]
-    async fn create_service(&self, req: Request<pb::CreateServiceRequest>) -> Result<Response<pb::ServiceResponse>, Status> {
+    async fn create_service(
+        &self,
+        req: Request<pb::CreateServiceRequest>,
+    ) -> Result<Response<pb::ServiceResponse>, Status> {
         let service = service_spec(req.into_inner().service)?;
         self.write(Command::CreateService { service }).await
     }
 
-    async fn get_service(&self, req: Request<pb::GetServiceRequest>) -> Result<Response<pb::ServiceResponse>, Status> {
+    async fn get_service(
+        &self,
+        req: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::ServiceResponse>, Status> {
         let req = req.into_inner();
         name_field("name", &req.name)?;
         self.app.read_barrier(req.stale).await.map_err(status)?;
@@ -88,17 +95,31 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         }))
     }
 
-    async fn list_services(&self, req: Request<pb::ListServicesRequest>) -> Result<Response<pb::ListServicesResponse>, Status> {
-        self.app.read_barrier(req.into_inner().stale).await.map_err(status)?;
+    async fn list_services(
+        &self,
+        req: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        self.app
+            .read_barrier(req.into_inner().stale)
+            .await
+            .map_err(status)?;
         let data = self.app.state.read();
         Ok(Response::new(pb::ListServicesResponse {
-            services: data.state.services.values().map(pb::Service::from).collect(),
+            services: data
+                .state
+                .services
+                .values()
+                .map(pb::Service::from)
+                .collect(),
             revision: data.state.revision,
         }))
     }
 
     #[tracing::instrument(skip_all, err)]
-    async fn update_service(&self, req: Request<pb::UpdateServiceRequest>) -> Result<Response<pb::ServiceResponse>, Status> {
+    async fn update_service(
+        &self,
+        req: Request<pb::UpdateServiceRequest>,
+    ) -> Result<Response<pb::ServiceResponse>, Status> {
         let req = req.into_inner();
         let service = service_spec(req.service)?;
         self.write(Command::UpdateService {
@@ -109,17 +130,27 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
     }
 
     #[tracing::instrument(skip_all, err)]
-    async fn delete_service(&self, req: Request<pb::DeleteServiceRequest>) -> Result<Response<pb::DeleteServiceResponse>, Status> {
+    async fn delete_service(
+        &self,
+        req: Request<pb::DeleteServiceRequest>,
+    ) -> Result<Response<pb::DeleteServiceResponse>, Status> {
         let name = req.into_inner().name;
         name_field("name", &name)?;
-        let applied = self.app.write(Command::DeleteService { name }).await.map_err(status)?;
+        let applied = self
+            .app
+            .write(Command::DeleteService { name })
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::DeleteServiceResponse {
             revision: applied.revision,
         }))
     }
 
     #[tracing::instrument(skip_all, err)]
-    async fn add_real_server(&self, req: Request<pb::AddRealServerRequest>) -> Result<Response<pb::ServiceResponse>, Status> {
+    async fn add_real_server(
+        &self,
+        req: Request<pb::AddRealServerRequest>,
+    ) -> Result<Response<pb::ServiceResponse>, Status> {
         let req = req.into_inner();
         name_field("service", &req.service)?;
         let rs = req
@@ -135,10 +166,14 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
     }
 
     #[tracing::instrument(skip_all, err)]
-    async fn update_real_server(&self, req: Request<pb::UpdateRealServerRequest>) -> Result<Response<pb::ServiceResponse>, Status> {
+    async fn update_real_server(
+        &self,
+        req: Request<pb::UpdateRealServerRequest>,
+    ) -> Result<Response<pb::ServiceResponse>, Status> {
         let req = req.into_inner();
         name_field("service", &req.service)?;
-        let (address, port) = realserver_key(&req.address, req.port).map_err(|e| status(e.into()))?;
+        let (address, port) =
+            realserver_key(&req.address, req.port).map_err(|e| status(e.into()))?;
         let patch = RealServerPatch::try_from(&req).map_err(|e| status(e.into()))?;
         self.write(Command::UpdateRealServer {
             service: req.service,
@@ -150,10 +185,14 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
     }
 
     #[tracing::instrument(skip_all, err)]
-    async fn remove_real_server(&self, req: Request<pb::RemoveRealServerRequest>) -> Result<Response<pb::ServiceResponse>, Status> {
+    async fn remove_real_server(
+        &self,
+        req: Request<pb::RemoveRealServerRequest>,
+    ) -> Result<Response<pb::ServiceResponse>, Status> {
         let req = req.into_inner();
         name_field("service", &req.service)?;
-        let (address, port) = realserver_key(&req.address, req.port).map_err(|e| status(e.into()))?;
+        let (address, port) =
+            realserver_key(&req.address, req.port).map_err(|e| status(e.into()))?;
         self.write(Command::RemoveRealServer {
             service: req.service,
             address,
@@ -162,12 +201,18 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         .await
     }
 
-    async fn list_real_servers(&self, req: Request<pb::ListRealServersRequest>) -> Result<Response<pb::ListRealServersResponse>, Status> {
+    async fn list_real_servers(
+        &self,
+        req: Request<pb::ListRealServersRequest>,
+    ) -> Result<Response<pb::ListRealServersResponse>, Status> {
         let req = req.into_inner();
         self.app.read_barrier(req.stale).await.map_err(status)?;
         let data = self.app.state.read();
         if !req.service.is_empty() && !data.state.services.contains_key(&req.service) {
-            return Err(Status::not_found(format!("service {} not found", req.service)));
+            return Err(Status::not_found(format!(
+                "service {} not found",
+                req.service
+            )));
         }
         let realservers = data
             .state
@@ -189,13 +234,20 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
 
     type WatchEventsStream = EventStream;
 
-    async fn watch_events(&self, req: Request<pb::WatchEventsRequest>) -> Result<Response<EventStream>, Status> {
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let from = req.into_inner().from_revision;
         let shared = self.app.state.clone();
         // Subscribe before reading so no change slips between the read and the wait.
         let mut changed = shared.subscribe();
         let mut shutdown = self.app.shutdown.clone();
-        let mut next = if from == 0 { shared.read().state.revision + 1 } else { from };
+        let mut next = if from == 0 {
+            shared.read().state.revision + 1
+        } else {
+            from
+        };
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             loop {

@@ -49,7 +49,10 @@ impl LogStore {
         let mut out = Vec::new();
         for item in table.range(range)? {
             let (index, bytes) = item?;
-            out.push(decode(format_args!("log entry {}", index.value()), bytes.value())?);
+            out.push(decode(
+                format_args!("log entry {}", index.value()),
+                bytes.value(),
+            )?);
         }
         Ok(out)
     }
@@ -59,7 +62,8 @@ impl LogStore {
         let table = txn.open_table(LOGS)?;
         let last = table.last()?;
         last.map(|(index, bytes)| {
-            decode::<Entry>(format_args!("log entry {}", index.value()), bytes.value()).map(|e| *e.get_log_id())
+            decode::<Entry>(format_args!("log entry {}", index.value()), bytes.value())
+                .map(|e| *e.get_log_id())
         })
         .transpose()
     }
@@ -87,8 +91,10 @@ impl LogStore {
     fn purge_upto(&self, log_id: LogId) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(&log_id)?;
         let txn = self.db.begin_write()?;
-        txn.open_table(RAFT_META)?.insert(LAST_PURGED, bytes.as_slice())?;
-        txn.open_table(LOGS)?.retain_in(..=log_id.index, |_, _| false)?;
+        txn.open_table(RAFT_META)?
+            .insert(LAST_PURGED, bytes.as_slice())?;
+        txn.open_table(LOGS)?
+            .retain_in(..=log_id.index, |_, _| false)?;
         txn.commit()?;
         Ok(())
     }
@@ -99,7 +105,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.entries(range).map_err(|e| StorageIOError::read_logs(&e).into())
+        self.entries(range)
+            .map_err(|e| StorageIOError::read_logs(&e).into())
     }
 }
 
@@ -143,7 +150,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read(&e).into())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

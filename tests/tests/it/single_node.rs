@@ -7,7 +7,8 @@ use lb_testkit::{lbctl, lbctl_ok, wait_for, ControllerProc};
 use serde_json::Value;
 
 fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("lbctl printed invalid JSON ({e}):\n{text}"))
+    serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("lbctl printed invalid JSON ({e}):\n{text}"))
 }
 
 #[tokio::test]
@@ -17,20 +18,96 @@ async fn lbctl_crud_survives_restart() -> anyhow::Result<()> {
     let a = node.addr.clone();
 
     // The example from the issue, exactly as an operator types it.
-    let out = lbctl_ok(&a, &["service", "create", "web", "--vip", "10.10.1.30:80/tcp", "--scheduler", "wlc", "--mode", "nat", "--persistence", "30"])?;
+    let out = lbctl_ok(
+        &a,
+        &[
+            "service",
+            "create",
+            "web",
+            "--vip",
+            "10.10.1.30:80/tcp",
+            "--scheduler",
+            "wlc",
+            "--mode",
+            "nat",
+            "--persistence",
+            "30",
+        ],
+    )?;
     assert!(out.contains("10.10.1.30:80/tcp wlc persistent 30"), "{out}");
-    lbctl_ok(&a, &["service", "create", "dns", "--vip", "10.10.1.53:53/udp", "--scheduler", "rr", "--mode", "dr", "--realserver", "10.0.0.11", "--realserver", "10.0.0.12"])?;
-    lbctl_ok(&a, &["service", "create", "tmp", "--fwmark", "7", "--mode", "tun"])?;
-    lbctl_ok(&a, &["realserver", "add", "web", "192.168.10.11:8080", "--weight", "2"])?;
+    lbctl_ok(
+        &a,
+        &[
+            "service",
+            "create",
+            "dns",
+            "--vip",
+            "10.10.1.53:53/udp",
+            "--scheduler",
+            "rr",
+            "--mode",
+            "dr",
+            "--realserver",
+            "10.0.0.11",
+            "--realserver",
+            "10.0.0.12",
+        ],
+    )?;
+    lbctl_ok(
+        &a,
+        &["service", "create", "tmp", "--fwmark", "7", "--mode", "tun"],
+    )?;
+    lbctl_ok(
+        &a,
+        &[
+            "realserver",
+            "add",
+            "web",
+            "192.168.10.11:8080",
+            "--weight",
+            "2",
+        ],
+    )?;
     lbctl_ok(&a, &["realserver", "add", "web", "192.168.10.12:8080"])?;
-    lbctl_ok(&a, &["realserver", "update", "web", "192.168.10.12:8080", "--weight", "5", "--state", "draining"])?;
-    lbctl_ok(&a, &["service", "update", "web", "--scheduler", "rr", "--persistence", "60", "--netmask", "255.255.255.0"])?;
+    lbctl_ok(
+        &a,
+        &[
+            "realserver",
+            "update",
+            "web",
+            "192.168.10.12:8080",
+            "--weight",
+            "5",
+            "--state",
+            "draining",
+        ],
+    )?;
+    lbctl_ok(
+        &a,
+        &[
+            "service",
+            "update",
+            "web",
+            "--scheduler",
+            "rr",
+            "--persistence",
+            "60",
+            "--netmask",
+            "255.255.255.0",
+        ],
+    )?;
     lbctl_ok(&a, &["realserver", "remove", "dns", "10.0.0.12"])?;
     lbctl_ok(&a, &["service", "delete", "tmp"])?;
 
     let get = lbctl_ok(&a, &["service", "get", "web"])?;
-    assert!(get.contains("10.10.1.30:80/tcp rr persistent 60 mask 255.255.255.0"), "{get}");
-    assert!(get.contains("192.168.10.12:8080") && get.contains("draining"), "{get}");
+    assert!(
+        get.contains("10.10.1.30:80/tcp rr persistent 60 mask 255.255.255.0"),
+        "{get}"
+    );
+    assert!(
+        get.contains("192.168.10.12:8080") && get.contains("draining"),
+        "{get}"
+    );
 
     let before = json(&lbctl_ok(&a, &["service", "list", "-o", "json"])?);
     let services = before["services"].as_array().expect("services array");
@@ -44,24 +121,47 @@ async fn lbctl_crud_survives_restart() -> anyhow::Result<()> {
     assert_eq!(web["realservers"][1]["adminState"], "draining");
     let dns = &services[0];
     assert_eq!(dns["realservers"].as_array().map(Vec::len), Some(1));
-    assert_eq!(dns["realservers"][0]["port"], 53, "port 0 takes the VIP port");
+    assert_eq!(
+        dns["realservers"][0]["port"], 53,
+        "port 0 takes the VIP port"
+    );
     let rs_before = lbctl_ok(&a, &["realserver", "list"])?;
 
     // A hard kill, not a clean shutdown: only what was fsynced survives.
     node.restart()?;
     let addr = node.addr.clone();
-    wait_for(Duration::from_secs(10), "the restarted node to lead", || async {
-        node.status().await.filter(|s| s.state == "leader").map(|_| ())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the restarted node to lead",
+        || async {
+            node.status()
+                .await
+                .filter(|s| s.state == "leader")
+                .map(|_| ())
+        },
+    )
     .await?;
     let after = json(&lbctl_ok(&addr, &["service", "list", "-o", "json"])?);
     assert_eq!(before, after, "configuration changed across a restart");
     assert_eq!(rs_before, lbctl_ok(&addr, &["realserver", "list"])?);
 
     // Errors reach the operator with the field named and a failing exit code.
-    let bad = lbctl(&addr, &["realserver", "add", "web", "192.168.10.13:8080", "--weight", "70000"]);
+    let bad = lbctl(
+        &addr,
+        &[
+            "realserver",
+            "add",
+            "web",
+            "192.168.10.13:8080",
+            "--weight",
+            "70000",
+        ],
+    );
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("InvalidArgument") && err.contains("realserver.weight"), "{err}");
+    assert!(
+        err.contains("InvalidArgument") && err.contains("realserver.weight"),
+        "{err}"
+    );
     Ok(())
 }
