@@ -9,6 +9,8 @@
 //! - [`require`] turns a missing prerequisite into a skip locally and into a
 //!   failure when `LB_REQUIRE_PRIVILEGED_TESTS=1` (as CI sets it).
 
+pub mod vm;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
