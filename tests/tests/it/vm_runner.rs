@@ -1,0 +1,81 @@
+//! The VM runner from the host: a command's exit status and output come back
+//! intact, and a failing test inside the VM fails the run.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use lb_testkit::{bin, require, vm};
+
+fn vm_ready() -> bool {
+    let missing = vm::missing_prerequisites();
+    require(
+        missing.is_empty(),
+        &format!("the VM test bed ({})", missing.join(", ")),
+    )
+}
+
+fn run_in_vm(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("lb-vm"))
+        .args(["run", "--timeout", "300", "--"])
+        .args(args)
+        .output()
+        .expect("running lb-vm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The newest build of the `vm` integration test binary.
+fn vm_test_binary() -> PathBuf {
+    let deps = bin("lb-vm").parent().expect("target dir").join("deps");
+    std::fs::read_dir(&deps)
+        .expect("target/<profile>/deps")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("vm-") && !name.contains('.')
+        })
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .expect("the vm test binary (cargo test --no-run -p lb-testkit --test vm)")
+}
+
+#[test]
+fn exit_status_and_output_come_back_intact() {
+    if !vm_ready() {
+        return;
+    }
+    let (code, out, err) = run_in_vm(&[
+        "/bin/sh",
+        "-c",
+        "echo out-marker $(uname -r); echo err-marker >&2; exit 7",
+    ]);
+    assert_eq!(code, 7, "stdout: {out}\nstderr: {err}");
+    let kernel = vm::find_kernel().expect("kernel");
+    assert_eq!(out.trim(), format!("out-marker {kernel}"));
+    assert!(err.contains("err-marker"), "{err}");
+}
+
+#[test]
+fn a_failing_test_inside_the_vm_fails_the_run() {
+    if !vm_ready() {
+        return;
+    }
+    let test = vm_test_binary();
+    let test = test.to_str().expect("path");
+    let (code, out, err) = run_in_vm(&[test, "--ignored", "--exact", "meta::fails_on_purpose"]);
+    assert_eq!(code, 101, "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("test meta::fails_on_purpose ... FAILED"),
+        "{out}"
+    );
+    assert!(out.contains("stdout from inside the VM"), "{out}");
+    assert!(
+        out.contains("deliberate failure inside the VM")
+            || err.contains("deliberate failure inside the VM"),
+        "{out}\n{err}"
+    );
+    assert!(out.contains("test result: FAILED"), "{out}");
+}
