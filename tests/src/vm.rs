@@ -47,8 +47,10 @@ $B mount -t sysfs sysfs /sys
 $B mount -t devtmpfs devtmpfs /dev
 for m in $($B cat /modules.order); do $B insmod /modules/$m || fail "insmod $m"; done
 $B mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /newroot || fail "mount host root"
-$B mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 work "/newroot$LBVM_WORK" || fail "mount workspace"
 for d in run tmp var/tmp var/log; do $B mount -t tmpfs tmpfs "/newroot/$d" || fail "tmpfs /$d"; done
+# After the tmpfs mounts, so a workspace under /tmp is not hidden by them.
+$B mkdir -p "/newroot$LBVM_WORK" 2>/dev/null
+$B mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 work "/newroot$LBVM_WORK" || fail "mount workspace"
 for d in proc sys dev; do $B mount --move /$d /newroot/$d || fail "move /$d"; done
 exec $B switch_root /newroot "$LBVM_GUEST" guest "$LBVM_RUN"
 "#;
