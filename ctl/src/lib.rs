@@ -31,6 +31,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Calls `$method` of a `$client` through the leader-following connection;
+/// the request is cloned for each retry.
+macro_rules! call {
+    ($ctl:expr, $client:ident, $method:ident, $req:expr) => {{
+        let req = $req;
+        api($ctl
+            .call(|ch| {
+                let req = req.clone();
+                async move { $client::new(ch).$method(req).await }
+            })
+            .await)
+    }};
+}
+
 /// Status errors read `CODE: message`, e.g. `InvalidArgument: service.endpoint.port: …`.
 fn api<T>(r: Result<T, tonic::Status>) -> anyhow::Result<T> {
     r.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
@@ -47,26 +61,21 @@ async fn service(ctl: &mut Controller, out: Output, cmd: ServiceCmd) -> anyhow::
                 ..Default::default()
             };
             apply_flags(&mut svc, &spec)?;
-            let resp = api(ctl
-                .call(|ch| {
-                    let svc = svc.clone();
-                    async move {
-                        ServiceAdminClient::new(ch)
-                            .create_service(pb::CreateServiceRequest { service: Some(svc) })
-                            .await
-                    }
-                })
-                .await)?;
+            let resp = call!(
+                ctl,
+                ServiceAdminClient,
+                create_service,
+                pb::CreateServiceRequest { service: Some(svc) }
+            )?;
             show_service(out, &resp, "created")
         }
         ServiceCmd::List { stale } => {
-            let resp = api(ctl
-                .call(|ch| async move {
-                    ServiceAdminClient::new(ch)
-                        .list_services(pb::ListServicesRequest { stale })
-                        .await
-                })
-                .await)?;
+            let resp = call!(
+                ctl,
+                ServiceAdminClient,
+                list_services,
+                pb::ListServicesRequest { stale }
+            )?;
             if out == Output::Json {
                 return output::json(&resp, "lb.v1.ListServicesResponse");
             }
@@ -100,58 +109,48 @@ async fn service(ctl: &mut Controller, out: Output, cmd: ServiceCmd) -> anyhow::
             Ok(())
         }
         ServiceCmd::Get { name, stale } => {
-            let resp = api(ctl
-                .call(|ch| {
-                    let name = name.clone();
-                    async move {
-                        ServiceAdminClient::new(ch)
-                            .get_service(pb::GetServiceRequest { name, stale })
-                            .await
-                    }
-                })
-                .await)?;
+            let resp = call!(
+                ctl,
+                ServiceAdminClient,
+                get_service,
+                pb::GetServiceRequest {
+                    name: name.clone(),
+                    stale
+                }
+            )?;
             show_service(out, &resp, "")
         }
         ServiceCmd::Update { name, spec } => {
-            let current = api(ctl
-                .call(|ch| {
-                    let name = name.clone();
-                    async move {
-                        ServiceAdminClient::new(ch)
-                            .get_service(pb::GetServiceRequest { name, stale: false })
-                            .await
-                    }
-                })
-                .await)?;
+            let current = call!(
+                ctl,
+                ServiceAdminClient,
+                get_service,
+                pb::GetServiceRequest {
+                    name: name.clone(),
+                    stale: false
+                }
+            )?;
             let mut svc = current.service.context("controller returned no service")?;
             let expected = svc.mod_revision;
             apply_flags(&mut svc, &spec)?;
-            let resp = api(ctl
-                .call(|ch| {
-                    let svc = svc.clone();
-                    async move {
-                        ServiceAdminClient::new(ch)
-                            .update_service(pb::UpdateServiceRequest {
-                                service: Some(svc),
-                                expected_mod_revision: expected,
-                            })
-                            .await
-                    }
-                })
-                .await)?;
+            let resp = call!(
+                ctl,
+                ServiceAdminClient,
+                update_service,
+                pb::UpdateServiceRequest {
+                    service: Some(svc),
+                    expected_mod_revision: expected
+                }
+            )?;
             show_service(out, &resp, "updated")
         }
         ServiceCmd::Delete { name } => {
-            let resp = api(ctl
-                .call(|ch| {
-                    let name = name.clone();
-                    async move {
-                        ServiceAdminClient::new(ch)
-                            .delete_service(pb::DeleteServiceRequest { name })
-                            .await
-                    }
-                })
-                .await)?;
+            let resp = call!(
+                ctl,
+                ServiceAdminClient,
+                delete_service,
+                pb::DeleteServiceRequest { name: name.clone() }
+            )?;
             match out {
                 Output::Json => output::json(&resp, "lb.v1.DeleteServiceResponse"),
                 Output::Table => {
@@ -333,8 +332,7 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
             address,
             fields,
         } => {
-            let (addr, port) =
-                spec::address_port(&address).with_context(|| format!("realserver {address:?}"))?;
+            let (addr, port) = spec::realserver(&address)?;
             let rs = pb::RealServer {
                 address: addr,
                 port,
@@ -343,15 +341,15 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
                 lower_threshold: fields.lower_threshold.unwrap_or(0),
                 admin_state: fields.state.clone().unwrap_or_default(),
             };
-            let resp = api(ctl
-                .call(|ch| {
-                    let req = pb::AddRealServerRequest {
-                        service: service.clone(),
-                        realserver: Some(rs.clone()),
-                    };
-                    async move { ServiceAdminClient::new(ch).add_real_server(req).await }
-                })
-                .await)?;
+            let resp = call!(
+                ctl,
+                ServiceAdminClient,
+                add_real_server,
+                pb::AddRealServerRequest {
+                    service,
+                    realserver: Some(rs)
+                }
+            )?;
             show_service(out, &resp, "updated")
         }
         RealserverCmd::Update {
@@ -359,8 +357,7 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
             address,
             fields,
         } => {
-            let (addr, port) =
-                spec::address_port(&address).with_context(|| format!("realserver {address:?}"))?;
+            let (addr, port) = spec::realserver(&address)?;
             let req = pb::UpdateRealServerRequest {
                 service,
                 address: addr,
@@ -370,28 +367,17 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
                 lower_threshold: fields.lower_threshold,
                 admin_state: fields.state,
             };
-            let resp = api(ctl
-                .call(|ch| {
-                    let req = req.clone();
-                    async move { ServiceAdminClient::new(ch).update_real_server(req).await }
-                })
-                .await)?;
+            let resp = call!(ctl, ServiceAdminClient, update_real_server, req)?;
             show_service(out, &resp, "updated")
         }
         RealserverCmd::Remove { service, address } => {
-            let (addr, port) =
-                spec::address_port(&address).with_context(|| format!("realserver {address:?}"))?;
+            let (addr, port) = spec::realserver(&address)?;
             let req = pb::RemoveRealServerRequest {
                 service,
                 address: addr,
                 port,
             };
-            let resp = api(ctl
-                .call(|ch| {
-                    let req = req.clone();
-                    async move { ServiceAdminClient::new(ch).remove_real_server(req).await }
-                })
-                .await)?;
+            let resp = call!(ctl, ServiceAdminClient, remove_real_server, req)?;
             show_service(out, &resp, "updated")
         }
         RealserverCmd::List { service, stale } => {
@@ -399,12 +385,7 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
                 service: service.unwrap_or_default(),
                 stale,
             };
-            let resp = api(ctl
-                .call(|ch| {
-                    let req = req.clone();
-                    async move { ServiceAdminClient::new(ch).list_real_servers(req).await }
-                })
-                .await)?;
+            let resp = call!(ctl, ServiceAdminClient, list_real_servers, req)?;
             if out == Output::Json {
                 return output::json(&resp, "lb.v1.ListRealServersResponse");
             }
@@ -434,36 +415,25 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
 
 async fn cluster(ctl: &mut Controller, out: Output, cmd: ClusterCmd) -> anyhow::Result<()> {
     let status = match cmd {
-        ClusterCmd::Status => api(ctl
-            .call(|ch| async move {
-                ClusterAdminClient::new(ch)
-                    .status(pb::ClusterStatusRequest {})
-                    .await
-            })
-            .await)?,
-        ClusterCmd::AddLearner { node_id, address } => api(ctl
-            .call(|ch| {
-                let req = pb::AddLearnerRequest {
-                    node_id,
-                    address: address.clone(),
-                };
-                async move { ClusterAdminClient::new(ch).add_learner(req).await }
-            })
-            .await)?,
-        ClusterCmd::Promote { node_id } => api(ctl
-            .call(|ch| async move {
-                ClusterAdminClient::new(ch)
-                    .promote(pb::PromoteRequest { node_id })
-                    .await
-            })
-            .await)?,
-        ClusterCmd::Remove { node_id } => api(ctl
-            .call(|ch| async move {
-                ClusterAdminClient::new(ch)
-                    .remove(pb::RemoveMemberRequest { node_id })
-                    .await
-            })
-            .await)?,
+        ClusterCmd::Status => call!(ctl, ClusterAdminClient, status, pb::ClusterStatusRequest {})?,
+        ClusterCmd::AddLearner { node_id, address } => call!(
+            ctl,
+            ClusterAdminClient,
+            add_learner,
+            pb::AddLearnerRequest { node_id, address }
+        )?,
+        ClusterCmd::Promote { node_id } => call!(
+            ctl,
+            ClusterAdminClient,
+            promote,
+            pb::PromoteRequest { node_id }
+        )?,
+        ClusterCmd::Remove { node_id } => call!(
+            ctl,
+            ClusterAdminClient,
+            remove,
+            pb::RemoveMemberRequest { node_id }
+        )?,
     };
     if out == Output::Json {
         return output::json(&status, "lb.v1.ClusterStatus");
@@ -495,13 +465,12 @@ async fn cluster(ctl: &mut Controller, out: Output, cmd: ClusterCmd) -> anyhow::
 }
 
 async fn watch(ctl: &mut Controller, out: Output, from_revision: u64) -> anyhow::Result<()> {
-    let mut stream = api(ctl
-        .call(|ch| async move {
-            ServiceAdminClient::new(ch)
-                .watch_events(pb::WatchEventsRequest { from_revision })
-                .await
-        })
-        .await)?;
+    let mut stream = call!(
+        ctl,
+        ServiceAdminClient,
+        watch_events,
+        pb::WatchEventsRequest { from_revision }
+    )?;
     while let Some(event) = stream.next().await {
         let e = api(event)?;
         match out {

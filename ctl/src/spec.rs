@@ -40,6 +40,11 @@ pub fn address_port(text: &str) -> anyhow::Result<(String, u32)> {
     }
 }
 
+/// A realserver argument, `ADDRESS[:PORT]`.
+pub fn realserver(text: &str) -> anyhow::Result<(String, u32)> {
+    address_port(text).with_context(|| format!("realserver {text:?}"))
+}
+
 fn host_port(text: &str) -> anyhow::Result<(String, u32)> {
     if text.starts_with('[') {
         return address_port(text);

@@ -49,6 +49,19 @@ fn realserver_holds_vip(t: &Topology, rs: &str, dev: &str) {
     .unwrap();
 }
 
+/// The director schedules the VIP round-robin to rs1 and rs2 with `forward` (-g, -i).
+fn director_balances(t: &Topology, forward: &str) {
+    t.sh(
+        "dir",
+        &format!(
+            "ipvsadm -A -t {VIP}:80 -s rr
+             ipvsadm -a -t {VIP}:80 -r 10.0.3.11:80 {forward}
+             ipvsadm -a -t {VIP}:80 -r 10.0.3.12:80 {forward}"
+        ),
+    )
+    .unwrap();
+}
+
 #[test]
 fn nat_balances_across_realservers() {
     if !super::in_vm() {
@@ -99,15 +112,7 @@ fn dr_balances_with_vip_on_realserver_loopback() {
         realserver_holds_vip(&t, rs, "lo");
         t.http_backend(rs, rs, "0.0.0.0:80").unwrap();
     }
-    t.sh(
-        "dir",
-        &format!(
-            "ipvsadm -A -t {VIP}:80 -s rr
-             ipvsadm -a -t {VIP}:80 -r 10.0.3.11:80 -g
-             ipvsadm -a -t {VIP}:80 -r 10.0.3.12:80 -g"
-        ),
-    )
-    .unwrap();
+    director_balances(&t, "-g");
     assert_alternates(&t, &format!("http://{VIP}/"));
 }
 
@@ -134,14 +139,6 @@ fn tun_balances_with_vip_on_realserver_tunl0() {
         realserver_holds_vip(&t, rs, "tunl0");
         t.http_backend(rs, rs, "0.0.0.0:80").unwrap();
     }
-    t.sh(
-        "dir",
-        &format!(
-            "ipvsadm -A -t {VIP}:80 -s rr
-             ipvsadm -a -t {VIP}:80 -r 10.0.3.11:80 -i
-             ipvsadm -a -t {VIP}:80 -r 10.0.3.12:80 -i"
-        ),
-    )
-    .unwrap();
+    director_balances(&t, "-i");
     assert_alternates(&t, &format!("http://{VIP}/"));
 }
