@@ -7,3 +7,4 @@ mod grpcurl;
 mod netns;
 mod single_node;
 mod vm_runner;
+mod watch;
