@@ -1,54 +1,36 @@
 //! The kernel's IP Virtual Server over generic netlink (family "IPVS",
 //! version 1), through neli — never by running ipvsadm.
 //!
-//! Resolving the family makes the kernel load `ip_vs` on demand, so opening a
-//! client is also how a director finds out that IPVS is there at all.
+//! [`wire`] has the kernel's numbers and byte layouts, [`service`] and
+//! [`dest`] the two kinds of table entries, [`Ipvs`] the connection. Message
+//! construction ([`request`]) is separate from sending so that unit tests can
+//! compare the bytes with the uapi layouts. Resolving the family makes the
+//! kernel load `ip_vs` on demand, so opening a client is also how a director
+//! finds out that IPVS is there at all.
 
+pub mod dest;
+pub mod service;
+pub mod stats;
+pub mod wire;
+
+use neli::consts::genl::NlAttrType;
 use neli::consts::nl::NlmF;
 use neli::consts::socket::NlFamily;
-use neli::genl::{Genlmsghdr, GenlmsghdrBuilder};
-use neli::neli_enum;
+use neli::err::RouterError;
+use neli::genl::{Genlmsghdr, GenlmsghdrBuilder, Nlattr};
 use neli::nl::NlPayload;
 use neli::router::synchronous::NlRouter;
-use neli::types::GenlBuffer;
+use neli::types::{Buffer, GenlBuffer};
 use neli::utils::Groups;
 
-/// Generic netlink family name and version of IPVS (`include/uapi/linux/ip_vs.h`).
+pub use dest::{Dest, DestSpec, Forward};
+pub use service::{Service, ServiceKey, ServiceSpec};
+pub use stats::Stats;
+use wire::{Cmd, CmdAttr, DestAttr, InfoAttr, SvcAttr};
+
+/// Generic netlink family name and version of IPVS.
 pub const FAMILY: &str = "IPVS";
 pub const FAMILY_VERSION: u8 = 1;
-
-/// IPVS generic netlink commands (`IPVS_CMD_*`).
-#[neli_enum(serialized_type = "u8")]
-pub enum Cmd {
-    Unspec = 0,
-    NewService = 1,
-    SetService = 2,
-    DelService = 3,
-    GetService = 4,
-    NewDest = 5,
-    SetDest = 6,
-    DelDest = 7,
-    GetDest = 8,
-    NewDaemon = 9,
-    DelDaemon = 10,
-    GetDaemon = 11,
-    SetConfig = 12,
-    GetConfig = 13,
-    SetInfo = 14,
-    GetInfo = 15,
-    Zero = 16,
-    Flush = 17,
-}
-impl neli::consts::genl::Cmd for Cmd {}
-
-/// Attributes of an `IPVS_CMD_GET_INFO` reply (`IPVS_INFO_ATTR_*`).
-#[neli_enum(serialized_type = "u16")]
-pub enum InfoAttr {
-    Unspec = 0,
-    Version = 1,
-    ConnTabSize = 2,
-}
-impl neli::consts::genl::NlAttrType for InfoAttr {}
 
 /// What went wrong talking to IPVS; every variant says which operation.
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +39,18 @@ pub enum IpvsError {
     Socket(String),
     #[error("IPVS is not available in this kernel (generic netlink family {FAMILY:?}): {0}")]
     NoFamily(String),
-    #[error("{op}: {detail}")]
-    Netlink { op: &'static str, detail: String },
+    #[error("{op} {object}: {}", std::io::Error::from_raw_os_error(*.errno))]
+    Kernel {
+        op: &'static str,
+        object: String,
+        errno: i32,
+    },
+    #[error("{op} {object}: {detail}")]
+    Netlink {
+        op: &'static str,
+        object: String,
+        detail: String,
+    },
     #[error("{op}: the kernel's reply lacks {what}")]
     Reply {
         op: &'static str,
@@ -84,7 +76,91 @@ impl Info {
     }
 }
 
+type Message = Genlmsghdr<Cmd, CmdAttr>;
+
+/// Builders of every request the director sends.
+pub mod request {
+    use super::*;
+
+    fn message(cmd: Cmd, attrs: Vec<Nlattr<CmdAttr, Buffer>>) -> Result<Message, String> {
+        GenlmsghdrBuilder::default()
+            .cmd(cmd)
+            .version(FAMILY_VERSION)
+            .attrs(attrs.into_iter().collect::<GenlBuffer<CmdAttr, Buffer>>())
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn get_info() -> Result<Genlmsghdr<Cmd, InfoAttr>, String> {
+        GenlmsghdrBuilder::default()
+            .cmd(Cmd::GetInfo)
+            .version(FAMILY_VERSION)
+            .attrs(GenlBuffer::new())
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn new_service(spec: &ServiceSpec) -> Result<Message, String> {
+        message(
+            Cmd::NewService,
+            vec![wire::nest(CmdAttr::Service, &spec.attrs()?)?],
+        )
+    }
+
+    pub fn set_service(spec: &ServiceSpec) -> Result<Message, String> {
+        message(
+            Cmd::SetService,
+            vec![wire::nest(CmdAttr::Service, &spec.attrs()?)?],
+        )
+    }
+
+    pub fn del_service(key: &ServiceKey) -> Result<Message, String> {
+        message(
+            Cmd::DelService,
+            vec![wire::nest(CmdAttr::Service, &key.attrs()?)?],
+        )
+    }
+
+    pub fn get_services() -> Result<Message, String> {
+        message(Cmd::GetService, Vec::new())
+    }
+
+    fn dest_message(
+        cmd: Cmd,
+        key: &ServiceKey,
+        dest: Vec<Nlattr<DestAttr, Buffer>>,
+    ) -> Result<Message, String> {
+        message(
+            cmd,
+            vec![
+                wire::nest(CmdAttr::Service, &key.attrs()?)?,
+                wire::nest(CmdAttr::Dest, &dest)?,
+            ],
+        )
+    }
+
+    pub fn new_dest(key: &ServiceKey, dest: &DestSpec) -> Result<Message, String> {
+        dest_message(Cmd::NewDest, key, dest.attrs()?)
+    }
+
+    pub fn set_dest(key: &ServiceKey, dest: &DestSpec) -> Result<Message, String> {
+        dest_message(Cmd::SetDest, key, dest.attrs()?)
+    }
+
+    pub fn del_dest(key: &ServiceKey, dest: &DestSpec) -> Result<Message, String> {
+        dest_message(Cmd::DelDest, key, dest.key_attrs()?)
+    }
+
+    pub fn get_dests(key: &ServiceKey) -> Result<Message, String> {
+        message(
+            Cmd::GetDest,
+            vec![wire::nest(CmdAttr::Service, &key.attrs()?)?],
+        )
+    }
+}
+
 /// A generic netlink connection to IPVS in the caller's network namespace.
+/// Calls block; async callers use `spawn_blocking`.
 pub struct Ipvs {
     router: NlRouter,
     family: u16,
@@ -101,61 +177,180 @@ impl Ipvs {
         Ok(Ipvs { router, family })
     }
 
+    /// Sends one request and collects the replies' payloads.
+    fn exchange<T: NlAttrType>(
+        &self,
+        op: &'static str,
+        object: String,
+        msg: Result<Genlmsghdr<Cmd, T>, String>,
+        flags: NlmF,
+    ) -> Result<Vec<Genlmsghdr<Cmd, T>>, IpvsError> {
+        let msg = msg.map_err(|detail| IpvsError::Netlink {
+            op,
+            object: object.clone(),
+            detail,
+        })?;
+        let fail = |e: RouterError<u16, Genlmsghdr<Cmd, T>>| match e {
+            RouterError::Nlmsgerr(err) => IpvsError::Kernel {
+                op,
+                object: object.clone(),
+                errno: -*err.error(),
+            },
+            other => IpvsError::Netlink {
+                op,
+                object: object.clone(),
+                detail: other.to_string(),
+            },
+        };
+        let replies = self
+            .router
+            .send::<_, _, u16, Genlmsghdr<Cmd, T>>(self.family, flags, NlPayload::Payload(msg))
+            .map_err(|e| IpvsError::Netlink {
+                op,
+                object: object.clone(),
+                detail: e.to_string(),
+            })?;
+        let mut out = Vec::new();
+        for reply in replies {
+            let reply = reply.map_err(fail)?;
+            if let NlPayload::Payload(p) = reply.nl_payload() {
+                out.push(p.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends a change and waits for the kernel's acknowledgement.
+    fn change(
+        &self,
+        op: &'static str,
+        object: String,
+        msg: Result<Message, String>,
+    ) -> Result<(), IpvsError> {
+        tracing::debug!(op, object = %object, "ipvs");
+        self.exchange(op, object, msg, NlmF::ACK).map(|_| ())
+    }
+
     /// Reads the IPVS version and connection table size.
     pub fn info(&self) -> Result<Info, IpvsError> {
         const OP: &str = "get info";
-        let netlink = |e: &dyn std::fmt::Display| IpvsError::Netlink {
-            op: OP,
-            detail: e.to_string(),
-        };
-        let msg = GenlmsghdrBuilder::<Cmd, InfoAttr>::default()
-            .cmd(Cmd::GetInfo)
-            .version(FAMILY_VERSION)
-            .attrs(GenlBuffer::new())
-            .build()
-            .map_err(|e| netlink(&e))?;
-        let replies = self
-            .router
-            .send::<_, _, u16, Genlmsghdr<Cmd, InfoAttr>>(
-                self.family,
-                NlmF::empty(),
-                NlPayload::Payload(msg),
-            )
-            .map_err(|e| netlink(&e))?;
-        for reply in replies {
-            let reply = reply.map_err(|e| netlink(&e))?;
-            let Some(payload) = reply.get_payload() else {
-                continue;
-            };
-            let attrs = payload.attrs().get_attr_handle();
-            let version = attrs
-                .get_attr_payload_as::<u32>(InfoAttr::Version)
-                .map_err(|_| IpvsError::Reply {
-                    op: OP,
-                    what: "the version",
-                })?;
-            let size = attrs
-                .get_attr_payload_as::<u32>(InfoAttr::ConnTabSize)
-                .map_err(|_| IpvsError::Reply {
-                    op: OP,
-                    what: "the connection table size",
-                })?;
-            return Ok(Info::from_code(version, size));
-        }
-        Err(IpvsError::Reply {
+        let replies = self.exchange(OP, String::new(), request::get_info(), NlmF::empty())?;
+        let reply = replies.first().ok_or(IpvsError::Reply {
             op: OP,
             what: "any message",
-        })
+        })?;
+        let attrs = reply.attrs().get_attr_handle();
+        let raw = |t: InfoAttr| attrs.get_attribute(t).map(|a| a.nla_payload().as_ref());
+        let version = raw(InfoAttr::Version)
+            .and_then(wire::u32_ne)
+            .ok_or(IpvsError::Reply {
+                op: OP,
+                what: "the version",
+            })?;
+        let size = raw(InfoAttr::ConnTabSize)
+            .and_then(wire::u32_ne)
+            .ok_or(IpvsError::Reply {
+                op: OP,
+                what: "the connection table size",
+            })?;
+        Ok(Info::from_code(version, size))
     }
+
+    pub fn add_service(&self, spec: &ServiceSpec) -> Result<(), IpvsError> {
+        self.change(
+            "add service",
+            spec.key.to_string(),
+            request::new_service(spec),
+        )
+    }
+
+    pub fn update_service(&self, spec: &ServiceSpec) -> Result<(), IpvsError> {
+        self.change(
+            "update service",
+            spec.key.to_string(),
+            request::set_service(spec),
+        )
+    }
+
+    pub fn delete_service(&self, key: &ServiceKey) -> Result<(), IpvsError> {
+        self.change("delete service", key.to_string(), request::del_service(key))
+    }
+
+    /// Every service in this network namespace.
+    pub fn services(&self) -> Result<Vec<Service>, IpvsError> {
+        const OP: &str = "list services";
+        let mut out = Vec::new();
+        for reply in self.exchange(OP, String::new(), request::get_services(), NlmF::DUMP)? {
+            out.push(parse_service(&reply).ok_or(IpvsError::Reply {
+                op: OP,
+                what: "a complete service",
+            })?);
+        }
+        Ok(out)
+    }
+
+    pub fn add_dest(&self, key: &ServiceKey, dest: &DestSpec) -> Result<(), IpvsError> {
+        self.change(
+            "add destination",
+            dest_object(key, dest),
+            request::new_dest(key, dest),
+        )
+    }
+
+    pub fn update_dest(&self, key: &ServiceKey, dest: &DestSpec) -> Result<(), IpvsError> {
+        self.change(
+            "update destination",
+            dest_object(key, dest),
+            request::set_dest(key, dest),
+        )
+    }
+
+    pub fn delete_dest(&self, key: &ServiceKey, dest: &DestSpec) -> Result<(), IpvsError> {
+        self.change(
+            "delete destination",
+            dest_object(key, dest),
+            request::del_dest(key, dest),
+        )
+    }
+
+    /// The destinations of one service.
+    pub fn dests(&self, key: &ServiceKey) -> Result<Vec<Dest>, IpvsError> {
+        const OP: &str = "list destinations";
+        let mut out = Vec::new();
+        for reply in self.exchange(OP, key.to_string(), request::get_dests(key), NlmF::DUMP)? {
+            out.push(parse_dest(&reply, key.af()).ok_or(IpvsError::Reply {
+                op: OP,
+                what: "a complete destination",
+            })?);
+        }
+        Ok(out)
+    }
+}
+
+fn dest_object(key: &ServiceKey, dest: &DestSpec) -> String {
+    format!(
+        "{key} -> {}",
+        std::net::SocketAddr::new(dest.addr, dest.port)
+    )
+}
+
+/// Reads the service of a GET_SERVICE reply.
+pub fn parse_service(reply: &Message) -> Option<Service> {
+    let attrs = reply.attrs().get_attr_handle();
+    let nested = attrs
+        .get_nested_attributes::<SvcAttr>(CmdAttr::Service)
+        .ok()?;
+    service::parse(&nested)
+}
+
+/// Reads the destination of a GET_DEST reply.
+pub fn parse_dest(reply: &Message, service_af: u16) -> Option<Dest> {
+    let attrs = reply.attrs().get_attr_handle();
+    let nested = attrs
+        .get_nested_attributes::<DestAttr>(CmdAttr::Dest)
+        .ok()?;
+    dest::parse(&nested, service_af)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn version_code_is_major_minor_patch() {
-        // ip_vs.h: IP_VS_VERSION_CODE 0x010201 is 1.2.1.
-        assert_eq!(Info::from_code(0x010201, 4096).version, (1, 2, 1));
-    }
-}
+mod tests;

@@ -1,0 +1,188 @@
+//! The director's IPVS client against the real kernel: what it writes is what
+//! `ipvsadm` reads back, what it reads back is what it wrote, and kernel
+//! errors name the operation, the object and the errno.
+
+use std::process::Command;
+
+use lb_director::ipvs::wire::*;
+use lb_director::ipvs::{DestSpec, Forward, Ipvs, IpvsError, ServiceKey, ServiceSpec};
+
+fn ipvsadm_save() -> Vec<String> {
+    let out = Command::new("ipvsadm")
+        .arg("-Sn")
+        .output()
+        .expect("ipvsadm");
+    assert!(out.status.success());
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn sorted(lines: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn services_and_destinations_round_trip_through_the_kernel() {
+    if !super::in_vm() {
+        return;
+    }
+    let ipvs = Ipvs::open().expect("open IPVS");
+    for s in ipvs.services().expect("dump") {
+        ipvs.delete_service(&s.spec.key).expect("clear");
+    }
+    let web = ServiceSpec {
+        key: ServiceKey::Endpoint {
+            addr: "10.9.0.1".parse().unwrap(),
+            port: 80,
+            protocol: IPPROTO_TCP,
+        },
+        scheduler: "wlc".into(),
+        flags: SVC_F_PERSISTENT,
+        timeout: 30,
+        netmask: 0xffff_ff00,
+    };
+    let mark = ServiceSpec {
+        key: ServiceKey::Fwmark {
+            mark: 7,
+            af: AF_INET,
+        },
+        scheduler: "sh".into(),
+        flags: SVC_F_SCHED1 | SVC_F_SCHED2,
+        timeout: 0,
+        netmask: ServiceSpec::full_netmask(AF_INET),
+    };
+    let v6 = ServiceSpec {
+        key: ServiceKey::Endpoint {
+            addr: "2001:db8::1".parse().unwrap(),
+            port: 443,
+            protocol: IPPROTO_UDP,
+        },
+        scheduler: "rr".into(),
+        flags: SVC_F_ONEPACKET,
+        timeout: 0,
+        netmask: ServiceSpec::full_netmask(AF_INET6),
+    };
+    let nat = DestSpec {
+        addr: "10.9.1.11".parse().unwrap(),
+        port: 8080,
+        forward: Forward::Masquerade,
+        weight: 2,
+        upper_threshold: 100,
+        lower_threshold: 10,
+    };
+    let tun = DestSpec {
+        addr: "10.9.1.13".parse().unwrap(),
+        port: 0,
+        forward: Forward::Tunnel,
+        weight: 1,
+        upper_threshold: 0,
+        lower_threshold: 0,
+    };
+    let dr6 = DestSpec {
+        addr: "2001:db8::11".parse().unwrap(),
+        port: 443,
+        forward: Forward::Route,
+        weight: 1,
+        upper_threshold: 0,
+        lower_threshold: 0,
+    };
+    for s in [&web, &mark, &v6] {
+        ipvs.add_service(s).expect("add service");
+    }
+    ipvs.add_dest(&web.key, &nat).expect("add nat dest");
+    ipvs.add_dest(&mark.key, &tun).expect("add tunnel dest");
+    ipvs.add_dest(&v6.key, &dr6).expect("add v6 dest");
+
+    assert_eq!(
+        ipvsadm_save(),
+        sorted(&[
+            "-A -t 10.9.0.1:80 -s wlc -p 30 -M 255.255.255.0",
+            "-a -t 10.9.0.1:80 -r 10.9.1.11:8080 -m -w 2",
+            "-A -f 7 -s sh -b sh-fallback,sh-port",
+            "-a -f 7 -r 10.9.1.13:0 -i -w 1 --tun-type ipip",
+            "-A -u [2001:db8::1]:443 -s rr -o",
+            "-a -u [2001:db8::1]:443 -r [2001:db8::11]:443 -g -w 1",
+        ])
+    );
+
+    // Reading back gives exactly what was written.
+    let mut specs: Vec<ServiceSpec> = ipvs
+        .services()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.spec)
+        .collect();
+    specs.sort_by_key(|s| s.key);
+    let mut want = vec![web.clone(), mark.clone(), v6.clone()];
+    want.sort_by_key(|s| s.key);
+    assert_eq!(specs, want);
+    let dests: Vec<DestSpec> = ipvs
+        .dests(&web.key)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.spec)
+        .collect();
+    assert_eq!(dests, vec![nat.clone()]);
+    assert_eq!(ipvs.dests(&mark.key).unwrap()[0].spec, tun);
+
+    // Edits change only what they name.
+    let web_rr = ServiceSpec {
+        scheduler: "rr".into(),
+        timeout: 60,
+        ..web.clone()
+    };
+    ipvs.update_service(&web_rr).expect("update service");
+    ipvs.update_dest(
+        &web.key,
+        &DestSpec {
+            weight: 5,
+            ..nat.clone()
+        },
+    )
+    .expect("update dest");
+    ipvs.delete_dest(&v6.key, &dr6).expect("delete dest");
+    let save = ipvsadm_save();
+    assert!(
+        save.contains(&"-A -t 10.9.0.1:80 -s rr -p 60 -M 255.255.255.0".to_string()),
+        "{save:?}"
+    );
+    assert!(
+        save.contains(&"-a -t 10.9.0.1:80 -r 10.9.1.11:8080 -m -w 5".to_string()),
+        "{save:?}"
+    );
+    assert!(!save.iter().any(|l| l.contains("2001:db8::11")), "{save:?}");
+    assert!(
+        save.contains(&"-a -f 7 -r 10.9.1.13:0 -i -w 1 --tun-type ipip".to_string()),
+        "{save:?}"
+    );
+
+    // Kernel errors carry operation, object and errno.
+    match ipvs.add_service(&web) {
+        Err(IpvsError::Kernel { op, object, errno }) => {
+            assert_eq!(
+                (op, object.as_str(), errno),
+                ("add service", "TCP 10.9.0.1:80", 17)
+            );
+        }
+        other => panic!("duplicate add: {other:?}"),
+    }
+    let err = ipvs
+        .delete_dest(&web.key, &tun)
+        .expect_err("deleting a missing destination");
+    assert!(
+        err.to_string()
+            .starts_with("delete destination TCP 10.9.0.1:80 -> 10.9.1.13:0: "),
+        "{err}"
+    );
+
+    for s in [&web, &mark, &v6] {
+        ipvs.delete_service(&s.key).expect("delete service");
+    }
+    assert!(ipvsadm_save().is_empty());
+}
