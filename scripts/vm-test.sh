@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q -p lb-testkit --bins
 target/debug/lb-vm prepare >/dev/null
+# Build first so the wall time below is the suite's, not the compiler's.
+cargo test -q -p lb-testkit --test vm --no-run
 started=$(date +%s%N)
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/target/debug/lb-vm run --" \
     cargo test -p lb-testkit --test vm -- --test-threads 1 "$@"

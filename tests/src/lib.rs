@@ -197,6 +197,15 @@ impl ControllerProc {
         Ok(ClusterAdminClient::new(channel(&self.addr).await?))
     }
 
+    /// Waits (up to 10 s) until this node says it is the leader.
+    pub async fn wait_leader(&self) -> anyhow::Result<pb::ClusterStatus> {
+        let what = format!("node {} to lead", self.node_id);
+        wait_for(Duration::from_secs(10), &what, || async {
+            self.status().await.filter(|s| s.state == "leader")
+        })
+        .await
+    }
+
     /// This node's view of the cluster, or `None` if it does not answer.
     pub async fn status(&self) -> Option<pb::ClusterStatus> {
         let mut c = self.cluster().await.ok()?;
@@ -258,10 +267,7 @@ pub async fn start_cluster(
     for id in 2..=n {
         nodes.push(ControllerProc::start(id, dir, false, extra)?);
     }
-    wait_for(Duration::from_secs(10), "node 1 to lead", || async {
-        nodes[0].status().await.filter(|s| s.state == "leader")
-    })
-    .await?;
+    nodes[0].wait_leader().await?;
     let mut admin = nodes[0].cluster().await?;
     for node in &nodes[1..] {
         admin

@@ -43,10 +43,7 @@ async fn leader_kill_elects_fast_loses_nothing_and_rejoins_by_snapshot() -> anyh
         ControllerProc::start(2, dir.path(), false, COMPACTION)?,
         ControllerProc::start(3, dir.path(), false, COMPACTION)?,
     ];
-    wait_for(Duration::from_secs(10), "node 1 to lead", || async {
-        nodes[0].status().await.filter(|s| s.state == "leader")
-    })
-    .await?;
+    nodes[0].wait_leader().await?;
 
     // Form the cluster the way an operator would.
     let first = nodes[0].addr.clone();

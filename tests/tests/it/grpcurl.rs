@@ -27,10 +27,7 @@ async fn grpcurl_lists_describes_calls_and_checks_health() -> anyhow::Result<()>
     let dir = tempfile::tempdir()?;
     let node = ControllerProc::start(1, dir.path(), true, &[])?;
     let a = node.addr.as_str();
-    lb_testkit::wait_for(std::time::Duration::from_secs(10), "a leader", || async {
-        node.status().await.filter(|s| s.state == "leader")
-    })
-    .await?;
+    node.wait_leader().await?;
 
     let (ok, list, err) = grpcurl(&["-plaintext", a, "list"]);
     assert!(ok, "{err}");

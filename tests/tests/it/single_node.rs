@@ -1,9 +1,7 @@
 //! An operator's day one: CRUD through lbctl on a single-node controller, and
 //! nothing lost across a hard restart.
 
-use std::time::Duration;
-
-use lb_testkit::{lbctl, lbctl_ok, wait_for, ControllerProc};
+use lb_testkit::{lbctl, lbctl_ok, ControllerProc};
 use serde_json::Value;
 
 fn json(text: &str) -> Value {
@@ -130,17 +128,7 @@ async fn lbctl_crud_survives_restart() -> anyhow::Result<()> {
     // A hard kill, not a clean shutdown: only what was fsynced survives.
     node.restart()?;
     let addr = node.addr.clone();
-    wait_for(
-        Duration::from_secs(10),
-        "the restarted node to lead",
-        || async {
-            node.status()
-                .await
-                .filter(|s| s.state == "leader")
-                .map(|_| ())
-        },
-    )
-    .await?;
+    node.wait_leader().await?;
     let after = json(&lbctl_ok(&addr, &["service", "list", "-o", "json"])?);
     assert_eq!(before, after, "configuration changed across a restart");
     assert_eq!(rs_before, lbctl_ok(&addr, &["realserver", "list"])?);

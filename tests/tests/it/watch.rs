@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use lb_proto::pb;
-use lb_testkit::{bin, lbctl_ok, wait_for, ControllerProc};
+use lb_testkit::{bin, lbctl_ok, ControllerProc};
 use tokio_stream::StreamExt;
 
 #[tokio::test]
@@ -14,10 +14,7 @@ async fn watch_is_ordered_resumable_and_live() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let node = ControllerProc::start(1, dir.path(), true, &[])?;
     let a = node.addr.clone();
-    wait_for(Duration::from_secs(10), "a leader", || async {
-        node.status().await.filter(|s| s.state == "leader")
-    })
-    .await?;
+    node.wait_leader().await?;
     lbctl_ok(
         &a,
         &[
