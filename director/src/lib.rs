@@ -1,6 +1,10 @@
 //! lb-director: makes the kernel do what the controller decided for each VIP.
 //!
-//! [`ipvs`] talks to the kernel's IP Virtual Server over generic netlink. The
-//! reconcile loop, VIP ownership and gratuitous ARP arrive with issue #4.
+//! [`ipvs`] talks to the kernel's IP Virtual Server over generic netlink;
+//! [`desired`] turns lbfabric services into IPVS table entries; [`reconcile`]
+//! compares that with what the kernel holds and applies the difference. The
+//! agent loop, VIP ownership and gratuitous ARP arrive with the rest of #4.
 
+pub mod desired;
 pub mod ipvs;
+pub mod reconcile;

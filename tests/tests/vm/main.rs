@@ -10,6 +10,7 @@ mod forwarding;
 mod ipvs_client;
 mod ipvs_netlink;
 mod meta;
+mod reconcile;
 
 /// True when the test may run: inside the VM.
 fn in_vm() -> bool {
