@@ -2,12 +2,13 @@
 //! the two operations every API handler needs — a replicated write, and a
 //! read barrier that makes a read linearizable.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use openraft::error::ClientWriteError as WriteError;
 use tokio::sync::watch;
 
-use crate::api::ApiError;
+use crate::api::{ApiError, DirectorSeen};
 use crate::state::{Applied, Command};
 use crate::store::SharedState;
 use crate::typ::{NodeId, Raft, RaftError};
@@ -16,6 +17,8 @@ pub struct App {
     pub id: NodeId,
     pub raft: Raft,
     pub state: Arc<SharedState>,
+    /// Leader-only soft state: what each director last reported.
+    pub directors: Mutex<BTreeMap<String, DirectorSeen>>,
     /// Turns true when the node shuts down; long streams end on it.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -30,6 +33,21 @@ impl App {
             }),
             Err(e) => Err(ApiError::Raft(e.to_string())),
         }
+    }
+
+    /// Succeeds only on the leader; otherwise names the leader to redirect to.
+    pub fn require_leader(&self) -> Result<(), ApiError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state == openraft::ServerState::Leader {
+            return Ok(());
+        }
+        let leader = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        });
+        Err(ApiError::NotLeader { leader })
     }
 
     /// Waits until this node's state reflects every write acknowledged before

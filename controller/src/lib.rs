@@ -121,6 +121,7 @@ pub async fn run(
         id: config.node_id,
         raft: raft.clone(),
         state,
+        directors: Default::default(),
         shutdown: shutdown_rx,
     });
     let routes = api::router(app)?;

@@ -44,6 +44,9 @@ pub enum Command {
     /// Realservers of a service.
     #[command(subcommand)]
     Realserver(RealserverCmd),
+    /// Director agents as the controller leader sees them.
+    #[command(subcommand)]
+    Director(DirectorCmd),
     /// Controller cluster membership.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -235,6 +238,12 @@ pub struct RealserverFields {
     /// active, draining or disabled.
     #[arg(long)]
     pub state: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DirectorCmd {
+    /// List directors: connection, last report, applied revision, errors, foreign IPVS services.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,10 +1,9 @@
 //! lbctl: the operator's command line for an lbfabric fabric.
 //!
 //! [`cli`] declares the commands, [`spec`] turns words into API messages,
-//! [`client`] reaches the controller leader, [`output`] renders answers.
+//! [`output`] renders answers; `lb_proto::client` reaches the controller leader.
 
 pub mod cli;
-pub mod client;
 pub mod output;
 pub mod spec;
 
@@ -17,7 +16,7 @@ use lb_proto::pb::service_admin_client::ServiceAdminClient;
 use tokio_stream::StreamExt;
 
 use crate::cli::*;
-use crate::client::Controller;
+use lb_proto::client::Controller;
 
 /// Runs one lbctl command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -26,6 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Service(cmd) => service(&mut ctl, out, cmd).await,
         Command::Realserver(cmd) => realserver(&mut ctl, out, cmd).await,
+        Command::Director(DirectorCmd::List) => directors(&mut ctl, out).await,
         Command::Cluster(cmd) => cluster(&mut ctl, out, cmd).await,
         Command::Watch { from_revision } => watch(&mut ctl, out, from_revision).await,
     }
@@ -411,6 +411,46 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
             Ok(())
         }
     }
+}
+
+async fn directors(ctl: &mut Controller, out: Output) -> anyhow::Result<()> {
+    let resp = call!(
+        ctl,
+        ServiceAdminClient,
+        list_directors,
+        pb::ListDirectorsRequest {}
+    )?;
+    if out == Output::Json {
+        return output::json(&resp, "lb.v1.ListDirectorsResponse");
+    }
+    let rows: Vec<Vec<String>> = resp
+        .directors
+        .iter()
+        .map(|d| {
+            vec![
+                d.node_id.clone(),
+                if d.connected { "connected" } else { "lost" }.to_string(),
+                format!("{:.1}s", d.last_seen_ms as f64 / 1000.0),
+                d.applied_revision.to_string(),
+                d.changes_applied.to_string(),
+                d.errors.len().to_string(),
+                d.foreign_services.join(","),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "NODE",
+            "STREAM",
+            "LAST SEEN",
+            "APPLIED",
+            "CHANGES",
+            "ERRORS",
+            "FOREIGN",
+        ],
+        &rows,
+    );
+    Ok(())
 }
 
 async fn cluster(ctl: &mut Controller, out: Output, cmd: ClusterCmd) -> anyhow::Result<()> {

@@ -1,10 +1,12 @@
 //! lb-director: makes the kernel do what the controller decided for each VIP.
 //!
-//! [`ipvs`] talks to the kernel's IP Virtual Server over generic netlink;
+//! [`agent`] is the process: a session with the controller and a reconcile
+//! loop. [`ipvs`] talks to the kernel's IP Virtual Server over generic netlink;
 //! [`desired`] turns lbfabric services into IPVS table entries; [`reconcile`]
-//! compares that with what the kernel holds and applies the difference. The
-//! agent loop, VIP ownership and gratuitous ARP arrive with the rest of #4.
+//! compares that with what the kernel holds and applies the difference. VIP
+//! ownership, addresses and gratuitous ARP arrive with the rest of #4.
 
+pub mod agent;
 pub mod desired;
 pub mod ipvs;
 pub mod reconcile;

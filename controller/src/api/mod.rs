@@ -1,11 +1,14 @@
 //! The controller's gRPC surface: `lb.v1.ServiceAdmin`, `lb.v1.ClusterAdmin`,
-//! `lb.v1.Raft`, `grpc.health.v1.Health` and server reflection (v1 and
+//! `lb.v1.DirectorSync`, `lb.v1.Raft`, `grpc.health.v1.Health` and server reflection (v1 and
 //! v1alpha, so grpcurl 1.8 can `list` and `describe`). [`status`] is the one
 //! place domain errors become gRPC statuses.
 
 mod cluster_admin;
+mod director_sync;
 mod raft;
 mod service_admin;
+
+pub use director_sync::DirectorSeen;
 
 use std::sync::Arc;
 
@@ -70,7 +73,12 @@ pub fn router(app: Arc<App>) -> Result<tonic::service::Routes, tonic_reflection:
         health_reporter
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
-        for name in ["lb.v1.ServiceAdmin", "lb.v1.ClusterAdmin", "lb.v1.Raft"] {
+        for name in [
+            "lb.v1.ServiceAdmin",
+            "lb.v1.ClusterAdmin",
+            "lb.v1.Raft",
+            "lb.v1.DirectorSync",
+        ] {
             health_reporter
                 .set_service_status(name, tonic_health::ServingStatus::Serving)
                 .await;
@@ -89,6 +97,9 @@ pub fn router(app: Arc<App>) -> Result<tonic::service::Routes, tonic_reflection:
         ))
         .add_service(pb::cluster_admin_server::ClusterAdminServer::new(
             cluster_admin::ClusterAdmin::new(app.clone()),
+        ))
+        .add_service(pb::director_sync_server::DirectorSyncServer::new(
+            director_sync::DirectorSync::new(app.clone()),
         ))
         .add_service(
             pb::raft_server::RaftServer::new(raft::RaftPeer::new(app))

@@ -232,6 +232,17 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         }))
     }
 
+    async fn list_directors(
+        &self,
+        _req: Request<pb::ListDirectorsRequest>,
+    ) -> Result<Response<pb::ListDirectorsResponse>, Status> {
+        self.app.require_leader().map_err(status)?;
+        Ok(Response::new(pb::ListDirectorsResponse {
+            directors: super::director_sync::list(&self.app),
+            revision: self.app.state.read().state.revision,
+        }))
+    }
+
     type WatchEventsStream = EventStream;
 
     async fn watch_events(

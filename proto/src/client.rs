@@ -12,7 +12,39 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
 
 /// Metadata key the controller puts the leader's address in.
-const LEADER_METADATA: &str = "x-lb-leader";
+pub const LEADER_METADATA: &str = "x-lb-leader";
+
+/// The leader's address from an `UNAVAILABLE` redirect, if the status carries one.
+pub fn leader_hint(status: &Status) -> Option<String> {
+    status
+        .metadata()
+        .get(LEADER_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+}
+
+/// A lazily connected channel to `addr` (`host:port`, or a URI).
+pub fn channel(addr: &str) -> Result<Channel, Status> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| Status::invalid_argument(format!("controller address {addr}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// Splits `a:1,b:2` into addresses.
+pub fn addresses(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect()
+}
 
 pub struct Controller {
     addrs: Vec<String>,
@@ -22,14 +54,11 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(addrs: &str, deadline: Duration) -> anyhow::Result<Self> {
-        let addrs: Vec<String> = addrs
-            .split(',')
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .map(String::from)
-            .collect();
-        anyhow::ensure!(!addrs.is_empty(), "--controller: no address given");
+    pub fn new(addrs: &str, deadline: Duration) -> Result<Self, Status> {
+        let addrs = addresses(addrs);
+        if addrs.is_empty() {
+            return Err(Status::invalid_argument("controller: no address given"));
+        }
         Ok(Controller {
             addrs,
             current: 0,
@@ -82,12 +111,7 @@ impl Controller {
             if status.code() != Code::Unavailable || Instant::now() >= give_up {
                 return Err(status);
             }
-            let leader = status
-                .metadata()
-                .get(LEADER_METADATA)
-                .and_then(|v| v.to_str().ok())
-                .map(String::from);
-            match leader {
+            match leader_hint(&status) {
                 Some(addr) => self.switch_to(addr),
                 None => {
                     // Unreachable node or an election under way: try the next address.

@@ -1,0 +1,177 @@
+//! `lb.v1.DirectorSync`: one stream per director, served by the leader only.
+//!
+//! The leader keeps what it hears from each director (liveness, applied
+//! revision, errors, foreign services) as soft state: it is rebuilt from the
+//! reports after a leader change, when the directors reconnect. A stream ends
+//! when this node stops leading, so the director follows the new leader.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use lb_proto::convert::check_name;
+use lb_proto::pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::status;
+use crate::app::App;
+
+/// What the leader last heard from a director.
+#[derive(Debug, Clone)]
+pub struct DirectorSeen {
+    pub labels: BTreeMap<String, String>,
+    pub connected: bool,
+    pub last_seen: Instant,
+    pub applied_revision: u64,
+    pub errors: Vec<String>,
+    pub foreign_services: Vec<String>,
+    pub changes_applied: u64,
+}
+
+pub(super) struct DirectorSync {
+    app: Arc<App>,
+}
+
+impl DirectorSync {
+    pub(super) fn new(app: Arc<App>) -> Self {
+        DirectorSync { app }
+    }
+}
+
+fn record(app: &App, report: &pb::DirectorReport, connected: bool) {
+    let mut directors = app
+        .directors
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    directors.insert(
+        report.node_id.clone(),
+        DirectorSeen {
+            labels: report.labels.clone().into_iter().collect(),
+            connected,
+            last_seen: Instant::now(),
+            applied_revision: report.applied_revision,
+            errors: report.errors.clone(),
+            foreign_services: report.foreign_services.clone(),
+            changes_applied: report.changes_applied,
+        },
+    );
+}
+
+fn disconnect(app: &App, node_id: &str) {
+    let mut directors = app
+        .directors
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(d) = directors.get_mut(node_id) {
+        d.connected = false;
+    }
+}
+
+fn desired(app: &App, heartbeat_ack: u64, with_config: bool) -> pb::DirectorDesired {
+    let data = app.state.read();
+    pb::DirectorDesired {
+        revision: data.state.revision,
+        config: with_config.then(|| pb::DesiredConfig {
+            services: data
+                .state
+                .services
+                .values()
+                .map(pb::Service::from)
+                .collect(),
+        }),
+        heartbeat_ack,
+    }
+}
+
+type DesiredStream = Pin<Box<dyn Stream<Item = Result<pb::DirectorDesired, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::director_sync_server::DirectorSync for DirectorSync {
+    type SyncStream = DesiredStream;
+
+    #[tracing::instrument(skip_all, err)]
+    async fn sync(
+        &self,
+        req: Request<Streaming<pb::DirectorReport>>,
+    ) -> Result<Response<DesiredStream>, Status> {
+        self.app.require_leader().map_err(status)?;
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("node_id: the stream ended before the first report")
+        })?;
+        check_name("node_id", &first.node_id).map_err(|e| status(e.into()))?;
+        let node = first.node_id.clone();
+        record(&self.app, &first, true);
+        tracing::info!(director = %node, "director connected");
+
+        let app = self.app.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut changed = app.state.subscribe();
+            let mut metrics = app.raft.metrics();
+            let mut shutdown = app.shutdown.clone();
+            let mut sent_revision = None;
+            let mut ack = first.heartbeat;
+            loop {
+                let revision = app.state.read().state.revision;
+                let with_config = sent_revision != Some(revision);
+                if tx.send(Ok(desired(&app, ack, with_config))).await.is_err() {
+                    break;
+                }
+                sent_revision = Some(revision);
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(report)) if report.node_id == node => {
+                            ack = report.heartbeat;
+                            record(&app, &report, true);
+                        }
+                        Ok(Some(report)) => {
+                            let msg = format!("node_id: this stream belongs to {node}, not {}", report.node_id);
+                            let _ = tx.send(Err(Status::invalid_argument(msg))).await;
+                            break;
+                        }
+                        Ok(None) | Err(_) => break,
+                    },
+                    r = changed.changed() => if r.is_err() { break },
+                    r = metrics.changed() => {
+                        if r.is_err() { break }
+                        if let Err(e) = app.require_leader() {
+                            let _ = tx.send(Err(status(e))).await;
+                            break;
+                        }
+                    }
+                    // Drop the non-Send watch::Ref before any arm awaits.
+                    _ = async { let _ = shutdown.wait_for(|down| *down).await; } => break,
+                }
+            }
+            disconnect(&app, &node);
+            tracing::info!(director = %node, "director disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// The leader's view of the directors, for `ListDirectors`.
+pub(super) fn list(app: &App) -> Vec<pb::DirectorStatus> {
+    let directors = app
+        .directors
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    directors
+        .iter()
+        .map(|(node_id, d)| pb::DirectorStatus {
+            node_id: node_id.clone(),
+            labels: d.labels.clone().into_iter().collect(),
+            connected: d.connected,
+            last_seen_ms: u64::try_from(d.last_seen.elapsed().as_millis()).unwrap_or(u64::MAX),
+            applied_revision: d.applied_revision,
+            errors: d.errors.clone(),
+            foreign_services: d.foreign_services.clone(),
+            changes_applied: d.changes_applied,
+        })
+        .collect()
+}

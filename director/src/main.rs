@@ -1,0 +1,73 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use lb_director::agent::{run, Config};
+
+/// lbfabric director agent: programs IPVS as the controller says.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Example:\n  lb-director --controller 10.0.0.1:7070,10.0.0.2:7070 --node-id dir-a --labels site=ams"
+)]
+struct Args {
+    /// Controller address(es), comma-separated.
+    #[arg(long, env = "LB_CONTROLLER", default_value = "127.0.0.1:7070")]
+    controller: String,
+    /// This director's name (unique among directors).
+    #[arg(long, env = "LB_NODE_ID")]
+    node_id: String,
+    /// Labels services can select directors by: key=value, comma-separated or repeated.
+    #[arg(long, env = "LB_LABELS", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Report interval, in milliseconds.
+    #[arg(long, env = "LB_HEARTBEAT_MS", default_value_t = 200)]
+    heartbeat_ms: u64,
+    /// Compare the kernel with the desired state at least this often, in milliseconds.
+    #[arg(long, env = "LB_RESYNC_MS", default_value_t = 5000)]
+    resync_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    lb_proto::convert::check_name("--node-id", &args.node_id)?;
+    let mut labels = BTreeMap::new();
+    for l in &args.labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--labels {l:?}: expected key=value"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let config = Config {
+        controllers: args.controller,
+        node_id: args.node_id,
+        labels,
+        heartbeat: Duration::from_millis(args.heartbeat_ms),
+        resync: Duration::from_millis(args.resync_ms),
+    };
+    run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}

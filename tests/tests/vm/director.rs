@@ -1,0 +1,256 @@
+//! The director agent against a real kernel: services created with lbctl
+//! appear in IPVS exactly, edits change only what they name, hand edits are
+//! repaired within the resync period, foreign services are reported and left
+//! alone, and a kill -9 / restart of the agent never empties the table.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lb_testkit::{bin, lbctl_ok, wait_for, ControllerProc};
+
+fn saved() -> Vec<String> {
+    let out = Command::new("ipvsadm")
+        .arg("-Sn")
+        .output()
+        .expect("ipvsadm");
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn sorted(lines: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+fn ipvsadm(args: &str) {
+    let ok = Command::new("ipvsadm")
+        .args(args.split_whitespace())
+        .status()
+        .expect("ipvsadm")
+        .success();
+    assert!(ok, "ipvsadm {args}");
+}
+
+/// The agent process; killed (SIGKILL) when dropped, also when a test fails.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_director(controller: &str, log: &std::path::Path) -> Agent {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("director log");
+    Agent(
+        Command::new(bin("lb-director"))
+            .args([
+                "--controller",
+                controller,
+                "--node-id",
+                "dir-a",
+                "--resync-ms",
+                "1000",
+                "--heartbeat-ms",
+                "100",
+            ])
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting lb-director"),
+    )
+}
+
+async fn kernel_shows(want: &[&str], within: Duration, what: &str) -> Duration {
+    let want = sorted(want);
+    let t0 = Instant::now();
+    let got = wait_for(within, what, || {
+        let want = want.clone();
+        async move { (saved() == want).then_some(()) }
+    })
+    .await;
+    if let Err(e) = got {
+        panic!("{e}: the kernel has {:#?}, want {want:#?}", saved());
+    }
+    t0.elapsed()
+}
+
+const FIRST: &[&str] = &[
+    "-A -t 10.10.1.30:80 -s wlc -p 30",
+    "-a -t 10.10.1.30:80 -r 192.168.10.11:8080 -m -w 2",
+    "-a -t 10.10.1.30:80 -r 192.168.10.12:8080 -m -w 1",
+    "-A -u 10.10.1.53:53 -s rr",
+    "-a -u 10.10.1.53:53 -r 10.0.0.11:53 -g -w 1",
+    "-a -u 10.10.1.53:53 -r 10.0.0.12:53 -g -w 1",
+    "-A -f 80 -s sh -b sh-port",
+    "-a -f 80 -r 10.0.0.21:0 -i -w 1 --tun-type ipip",
+];
+
+const EDITED: &[&str] = &[
+    "-A -t 10.10.1.30:80 -s wlc -p 30",
+    "-a -t 10.10.1.30:80 -r 192.168.10.11:8080 -m -w 5",
+    "-a -t 10.10.1.30:80 -r 192.168.10.12:8080 -m -w 1",
+    "-A -u 10.10.1.53:53 -s wrr",
+    "-a -u 10.10.1.53:53 -r 10.0.0.11:53 -g -w 1",
+    "-A -f 80 -s sh -b sh-port",
+    "-a -f 80 -r 10.0.0.21:0 -i -w 1 --tun-type ipip",
+];
+
+#[tokio::test]
+async fn director_programs_repairs_and_survives_restart() -> anyhow::Result<()> {
+    if !super::in_vm() {
+        return Ok(());
+    }
+    ipvsadm("-C");
+    let dir = tempfile::tempdir()?;
+    let node = ControllerProc::start(1, dir.path(), true, &[])?;
+    node.wait_leader().await?;
+    let a = node.addr.clone();
+    lbctl_ok(
+        &a,
+        &[
+            "service",
+            "create",
+            "web",
+            "--vip",
+            "10.10.1.30:80/tcp",
+            "--scheduler",
+            "wlc",
+            "--mode",
+            "nat",
+            "--persistence",
+            "30",
+        ],
+    )?;
+    lbctl_ok(
+        &a,
+        &[
+            "realserver",
+            "add",
+            "web",
+            "192.168.10.11:8080",
+            "--weight",
+            "2",
+        ],
+    )?;
+    lbctl_ok(&a, &["realserver", "add", "web", "192.168.10.12:8080"])?;
+    lbctl_ok(
+        &a,
+        &[
+            "service",
+            "create",
+            "dns",
+            "--vip",
+            "10.10.1.53:53/udp",
+            "--scheduler",
+            "rr",
+            "--mode",
+            "dr",
+            "--realserver",
+            "10.0.0.11",
+            "--realserver",
+            "10.0.0.12",
+        ],
+    )?;
+    lbctl_ok(
+        &a,
+        &[
+            "service",
+            "create",
+            "shop",
+            "--fwmark",
+            "80",
+            "--scheduler",
+            "sh",
+            "--scheduler-flag",
+            "sh-port",
+            "--mode",
+            "tun",
+            "--realserver",
+            "10.0.0.21",
+        ],
+    )?;
+
+    let log = dir.path().join("director.log");
+    let director = start_director(&a, &log);
+    kernel_shows(FIRST, Duration::from_secs(20), "the services in the kernel").await;
+
+    // Edits reach the kernel and touch only what they name.
+    lbctl_ok(
+        &a,
+        &[
+            "realserver",
+            "update",
+            "web",
+            "192.168.10.11:8080",
+            "--weight",
+            "5",
+        ],
+    )?;
+    lbctl_ok(&a, &["service", "update", "dns", "--scheduler", "wrr"])?;
+    lbctl_ok(&a, &["realserver", "remove", "dns", "10.0.0.12"])?;
+    let took = kernel_shows(EDITED, Duration::from_secs(10), "the edits in the kernel").await;
+    println!("configuration edits reached the kernel in {took:?}");
+
+    // Hand edits are repaired within the resync period (1 s here); a foreign service stays.
+    ipvsadm("-D -u 10.10.1.53:53");
+    ipvsadm("-e -t 10.10.1.30:80 -r 192.168.10.12:8080 -m -w 9");
+    ipvsadm("-A -t 10.99.0.1:80 -s rr");
+    let mut with_foreign = EDITED.to_vec();
+    with_foreign.push("-A -t 10.99.0.1:80 -s rr");
+    let took = kernel_shows(&with_foreign, Duration::from_secs(5), "drift repaired").await;
+    println!("hand edits repaired in {took:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "repair took {took:?} with a 1 s resync"
+    );
+    let listed = wait_for(
+        Duration::from_secs(5),
+        "the foreign service in lbctl director list",
+        || async {
+            lbctl_ok(&a, &["director", "list"])
+                .ok()
+                .filter(|out| out.contains("TCP 10.99.0.1:80") && out.contains("connected"))
+        },
+    )
+    .await?;
+    println!("{listed}");
+
+    // kill -9: the kernel keeps its table, during the outage and across the restart.
+    drop(director);
+    let want = sorted(&with_foreign);
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(saved(), want, "the table changed while the agent was dead");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let director = start_director(&a, &log);
+    let restarted = Instant::now();
+    while restarted.elapsed() < Duration::from_secs(3) {
+        assert_eq!(saved(), want, "the table changed while the agent restarted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The restarted agent reconnected and reports the current revision as applied.
+    wait_for(Duration::from_secs(10), "the restarted agent to report", || async {
+        let out = lbctl_ok(&a, &["director", "list", "-o", "json"]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let d = &v["directors"][0];
+        (d["connected"] == true && d["appliedRevision"] == v["revision"]).then_some(())
+    })
+    .await?;
+    drop(director);
+    ipvsadm("-C");
+    Ok(())
+}
