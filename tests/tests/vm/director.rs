@@ -243,12 +243,16 @@ async fn director_programs_repairs_and_survives_restart() -> anyhow::Result<()> 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The restarted agent reconnected and reports the current revision as applied.
-    wait_for(Duration::from_secs(10), "the restarted agent to report", || async {
-        let out = lbctl_ok(&a, &["director", "list", "-o", "json"]).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        let d = &v["directors"][0];
-        (d["connected"] == true && d["appliedRevision"] == v["revision"]).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the restarted agent to report",
+        || async {
+            let out = lbctl_ok(&a, &["director", "list", "-o", "json"]).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+            let d = &v["directors"][0];
+            (d["connected"] == true && d["appliedRevision"] == v["revision"]).then_some(())
+        },
+    )
     .await?;
     drop(director);
     ipvsadm("-C");
