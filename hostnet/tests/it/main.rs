@@ -1,0 +1,119 @@
+//! lb-hostnet against a real kernel, in a network namespace of the test's
+//! own: the test binary runs itself again inside the namespace (`ip netns
+//! exec`) to make the changes, and the parent checks them with `ip`.
+
+use std::process::Command;
+
+use lb_hostnet::{sysctl, Address, NetError, Rtnl};
+use lb_testkit::netns::{can_create_namespaces, Topology};
+use lb_testkit::require;
+
+/// Set in the child run inside the namespace.
+const CHILD: &str = "LB_HOSTNET_TEST_CHILD";
+
+fn rerun_inside(t: &Topology, ns: &str, test: &str) {
+    let exe = std::env::current_exe().expect("test binary");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.ns(ns)])
+        .arg(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(CHILD, "1")
+        .output()
+        .expect("re-running the test inside the namespace");
+    assert!(
+        out.status.success(),
+        "inside the namespace:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn child_changes() {
+    let rtnl = Rtnl::open().unwrap();
+    let idx = rtnl.link_index("a0").unwrap();
+    rtnl.set_up(idx).unwrap();
+    let v4 = Address {
+        ifindex: idx,
+        addr: "10.55.0.1".parse().unwrap(),
+        prefix_len: 32,
+    };
+    let v6 = Address {
+        ifindex: idx,
+        addr: "2001:db8::55".parse().unwrap(),
+        prefix_len: 128,
+    };
+    let gone = Address {
+        ifindex: idx,
+        addr: "10.55.0.2".parse().unwrap(),
+        prefix_len: 32,
+    };
+    assert!(rtnl.add_address(&v4).unwrap(), "first add");
+    assert!(!rtnl.add_address(&v4).unwrap(), "second add is a no-op");
+    assert!(rtnl.add_address(&v6).unwrap());
+    assert!(rtnl.add_address(&gone).unwrap());
+    assert!(rtnl.del_address(&gone).unwrap());
+    assert!(
+        !rtnl.del_address(&gone).unwrap(),
+        "deleting twice is a no-op"
+    );
+    let have = rtnl.addresses(idx).unwrap();
+    assert!(
+        have.contains(&v4) && have.contains(&v6) && !have.contains(&gone),
+        "{have:?}"
+    );
+    match rtnl.link_index("nope0") {
+        Err(NetError::NoSuchLink(name)) => assert_eq!(name, "nope0"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        sysctl::write("net.ipv4.conf.all.arp_ignore", "1").unwrap(),
+        "0"
+    );
+    assert_eq!(
+        sysctl::write(&sysctl::ipv4_conf("a0", "arp_announce"), "2").unwrap(),
+        "0"
+    );
+    assert_eq!(sysctl::read("net.ipv4.conf.all.arp_ignore").unwrap(), "1");
+    assert!(matches!(
+        sysctl::read("net.ipv4.conf.nope0.arp_ignore"),
+        Err(NetError::Sysctl { .. })
+    ));
+}
+
+#[test]
+fn addresses_links_and_sysctls_in_a_namespace() {
+    if std::env::var_os(CHILD).is_some() {
+        return child_changes();
+    }
+    if !require(can_create_namespaces(), "root and network namespaces") {
+        return;
+    }
+    let mut t = Topology::new();
+    t.add_ns("h").unwrap();
+    t.sh("h", "ip link add a0 type veth peer name b0").unwrap();
+    rerun_inside(&t, "h", "addresses_links_and_sysctls_in_a_namespace");
+
+    let shown = t
+        .sh("h", "ip -br addr show dev a0; ip -br link show a0")
+        .unwrap();
+    assert!(
+        shown.contains("10.55.0.1/32") && shown.contains("2001:db8::55/128"),
+        "{shown}"
+    );
+    assert!(!shown.contains("10.55.0.2"), "{shown}");
+    let link = t.sh("h", "ip -o link show a0").unwrap();
+    let flags: Vec<&str> = link
+        .split(['<', '>'])
+        .nth(1)
+        .unwrap_or("")
+        .split(',')
+        .collect();
+    assert!(flags.contains(&"UP"), "a0 was not set up: {link}");
+    let sys = t
+        .sh(
+            "h",
+            "cat /proc/sys/net/ipv4/conf/all/arp_ignore /proc/sys/net/ipv4/conf/a0/arp_announce",
+        )
+        .unwrap();
+    assert_eq!(sys.split_whitespace().collect::<Vec<_>>(), ["1", "2"]);
+}
