@@ -25,9 +25,9 @@ use lb_proto::pb::director_sync_client::DirectorSyncClient;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::desired;
 use crate::ipvs::{Ipvs, IpvsError, ServiceKey};
 use crate::reconcile::{apply, observe, plan};
+use crate::{desired, forwarding};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -111,12 +111,18 @@ async fn reconcile_loop(
                 let observed = observe(&ipvs)?;
                 let p = plan(&want, &observed, &previously);
                 let failed = apply(&ipvs, &p);
-                Ok::<_, IpvsError>((want.keys().copied().collect::<BTreeSet<_>>(), p, failed))
+                let host_errors = forwarding::ensure_for(&services);
+                Ok::<_, IpvsError>((
+                    want.keys().copied().collect::<BTreeSet<_>>(),
+                    p,
+                    failed,
+                    host_errors,
+                ))
             })
             .await;
             let mut prog = progress.lock().unwrap_or_else(PoisonError::into_inner);
             match round {
-                Ok(Ok((keys, p, failed))) => {
+                Ok(Ok((keys, p, failed, host_errors))) => {
                     managed = keys;
                     if !p.ops.is_empty() {
                         tracing::info!(
@@ -127,9 +133,13 @@ async fn reconcile_loop(
                         );
                     }
                     prog.changes_applied += (p.ops.len() - failed.len()) as u64;
-                    prog.errors = failed.iter().map(|(op, e)| format!("{op}: {e}")).collect();
+                    prog.errors = failed
+                        .iter()
+                        .map(|(op, e)| format!("{op}: {e}"))
+                        .chain(host_errors.iter().cloned())
+                        .collect();
                     prog.foreign_services = p.foreign.iter().map(ToString::to_string).collect();
-                    if failed.is_empty() {
+                    if failed.is_empty() && host_errors.is_empty() {
                         prog.applied_revision = revision;
                     }
                 }

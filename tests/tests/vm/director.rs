@@ -114,6 +114,7 @@ async fn director_programs_repairs_and_survives_restart() -> anyhow::Result<()> 
         return Ok(());
     }
     ipvsadm("-C");
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "0")?;
     let dir = tempfile::tempdir()?;
     let node = ControllerProc::start(1, dir.path(), true, &[])?;
     node.wait_leader().await?;
@@ -186,6 +187,13 @@ async fn director_programs_repairs_and_survives_restart() -> anyhow::Result<()> 
     let log = dir.path().join("director.log");
     let director = start_director(&a, &log);
     kernel_shows(FIRST, Duration::from_secs(20), "the services in the kernel").await;
+    // A NAT service is configured, so the director forwards.
+    let forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
+    assert_eq!(
+        forward.trim(),
+        "1",
+        "ip_forward after a NAT service was programmed"
+    );
 
     // Edits reach the kernel and touch only what they name.
     lbctl_ok(
