@@ -15,6 +15,7 @@ use crate::typ::{NodeId, Raft, RaftError};
 
 pub struct App {
     pub id: NodeId,
+    pub leases: crate::placement::LeaseTiming,
     pub raft: Raft,
     pub state: Arc<SharedState>,
     /// Leader-only soft state: what each director last reported.

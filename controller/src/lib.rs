@@ -2,12 +2,13 @@
 //!
 //! Layout: [`state`] is the replicated configuration and its commands (pure
 //! logic); [`store`] keeps the Raft log and the applied state in redb;
-//! [`network`] carries Raft RPCs to peers; [`api`] serves gRPC; [`app`] ties a
-//! node together. [`run`] starts one node and serves until shutdown.
+//! [`network`] carries Raft RPCs to peers; [`api`] serves gRPC; [`placement`]
+//! elects each VIP's director on the leader; [`app`] ties a node together. [`run`] starts one node and serves until shutdown.
 
 pub mod api;
 pub mod app;
 pub mod network;
+pub mod placement;
 pub mod state;
 pub mod store;
 pub mod typ;
@@ -65,6 +66,7 @@ pub struct Config {
     /// Initialize a one-node cluster when the data dir is new.
     pub bootstrap: bool,
     pub raft: RaftTuning,
+    pub leases: placement::LeaseTiming,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,12 +121,18 @@ pub async fn run(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let app = Arc::new(App {
         id: config.node_id,
+        leases: config.leases,
         raft: raft.clone(),
         state,
         directors: Default::default(),
         shutdown: shutdown_rx,
     });
-    let routes = api::router(app)?;
+    let routes = api::router(app.clone())?;
+    let placement = tokio::spawn(placement::run(
+        app.clone(),
+        config.leases,
+        shutdown_tx.subscribe(),
+    ));
     let mut down = shutdown_tx.subscribe();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -154,6 +162,7 @@ pub async fn run(
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     let served = server.await;
+    let _ = placement.await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }

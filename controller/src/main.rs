@@ -42,6 +42,12 @@ struct Args {
     /// Build a snapshot (and purge the log) every this many entries.
     #[arg(long, env = "LB_SNAPSHOT_EVERY", default_value_t = 10_000)]
     snapshot_every: u64,
+    /// A director drops a VIP this long after its last acknowledged heartbeat, in milliseconds.
+    #[arg(long, env = "LB_LEASE_MS", default_value_t = 600)]
+    lease_ms: u64,
+    /// The leader reassigns a silent director's VIPs after lease + this, in milliseconds.
+    #[arg(long, env = "LB_LEASE_MARGIN_MS", default_value_t = 200)]
+    lease_margin_ms: u64,
     /// Log entries kept behind a snapshot for slow followers.
     #[arg(long, env = "LB_KEEP_LOGS", default_value_t = 1_000)]
     keep_logs: u64,
@@ -79,6 +85,10 @@ async fn main() -> anyhow::Result<()> {
             election_max: Duration::from_millis(args.raft_election_ms * 2),
             snapshot_every: args.snapshot_every,
             keep_logs: args.keep_logs,
+        },
+        leases: lb_controller::placement::LeaseTiming {
+            fence: Duration::from_millis(args.lease_ms),
+            margin: Duration::from_millis(args.lease_margin_ms),
         },
     };
     lb_controller::run(config, listener, shutdown_signal()).await?;

@@ -45,6 +45,21 @@ pub enum Command {
         address: IpAddr,
         port: u16,
     },
+    /// Gives a VIP to a director; applies only if the VIP's epoch is still
+    /// `expected_epoch`, so a decision made on stale information is refused.
+    AssignVip {
+        vip: IpAddr,
+        director: String,
+        expected_epoch: u64,
+    },
+}
+
+/// The director that answers for a VIP, and the epoch it got it in. Epochs
+/// only grow; a director presents its epoch so stale owners can be told apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipOwner {
+    pub director: String,
+    pub epoch: u64,
 }
 
 /// What applying a command answers.
@@ -77,6 +92,12 @@ pub enum Rejected {
     AlreadyExists { what: String },
     #[error("{what} not found")]
     NotFound { what: String },
+    #[error("VIP {vip} changed owner meanwhile: its epoch is {actual}, not {expected}")]
+    StaleEpoch {
+        vip: IpAddr,
+        expected: u64,
+        actual: u64,
+    },
     #[error("service {name} changed: its mod_revision is {actual}, not {expected}")]
     Conflict {
         name: String,
@@ -112,6 +133,10 @@ pub struct State {
     pub services: BTreeMap<String, Service>,
     /// The last [`EVENT_HISTORY`] events, oldest first.
     pub events: VecDeque<Event>,
+    /// VIP ownership. Not part of the configuration `revision`: each VIP is
+    /// versioned by its own epoch.
+    #[serde(default)]
+    pub owners: BTreeMap<IpAddr, VipOwner>,
 }
 
 /// The events a watcher asked for are no longer kept.
@@ -124,6 +149,28 @@ impl State {
     /// Applies a command; on rejection nothing changed.
     pub fn apply(&mut self, cmd: Command) -> CommandResult {
         let (kind, service, realserver) = match cmd {
+            Command::AssignVip {
+                vip,
+                director,
+                expected_epoch,
+            } => {
+                let actual = self.owners.get(&vip).map_or(0, |o| o.epoch);
+                if actual != expected_epoch {
+                    return Err(Rejected::StaleEpoch {
+                        vip,
+                        expected: expected_epoch,
+                        actual,
+                    });
+                }
+                self.owners.insert(
+                    vip,
+                    VipOwner {
+                        director,
+                        epoch: actual + 1,
+                    },
+                );
+                return Ok(Applied::none());
+            }
             Command::CreateService { service } => {
                 self.check_unique(&service, None)?;
                 (EventKind::ServiceCreated, service, None)
@@ -408,6 +455,47 @@ mod tests {
             ]
         );
         assert_eq!(st.events_since(5).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn vip_assignment_is_fenced_by_epoch() {
+        let mut st = State::default();
+        let vip: IpAddr = "10.0.0.1".parse().unwrap();
+        let assign = |d: &str, e| Command::AssignVip {
+            vip,
+            director: d.into(),
+            expected_epoch: e,
+        };
+        st.apply(assign("a", 0)).unwrap();
+        assert_eq!(
+            st.owners[&vip],
+            VipOwner {
+                director: "a".into(),
+                epoch: 1
+            }
+        );
+        let before = st.clone();
+        assert_eq!(
+            st.apply(assign("b", 0)),
+            Err(Rejected::StaleEpoch {
+                vip,
+                expected: 0,
+                actual: 1
+            })
+        );
+        assert_eq!(st, before, "a stale assignment changed the state");
+        st.apply(assign("b", 1)).unwrap();
+        assert_eq!(
+            st.owners[&vip],
+            VipOwner {
+                director: "b".into(),
+                epoch: 2
+            }
+        );
+        assert_eq!(
+            st.revision, 0,
+            "ownership does not bump the configuration revision"
+        );
     }
 
     #[test]

@@ -18,15 +18,18 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use lb_hostnet::Rtnl;
 use lb_proto::client::{addresses, channel, leader_hint};
-use lb_proto::model::Service;
+use lb_proto::model::{Service, VirtualAddress};
 use lb_proto::pb;
 use lb_proto::pb::director_sync_client::DirectorSyncClient;
+use std::net::IpAddr;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::ipvs::{Ipvs, IpvsError, ServiceKey};
 use crate::reconcile::{apply, observe, plan};
+use crate::vip::{converge, lease_until, Lease, SentHeartbeats};
 use crate::{desired, forwarding};
 
 #[derive(Debug, Clone)]
@@ -35,6 +38,8 @@ pub struct Config {
     pub controllers: String,
     pub node_id: String,
     pub labels: BTreeMap<String, String>,
+    /// Interface the VIP addresses go on while this director owns them.
+    pub interface: String,
     pub heartbeat: Duration,
     /// How often the kernel is compared with the desired state even without a change.
     pub resync: Duration,
@@ -46,6 +51,8 @@ pub enum AgentError {
     NoController,
     #[error("IPVS: {0}")]
     Ipvs(#[from] IpvsError),
+    #[error("--interface: {0}")]
+    Interface(#[from] lb_hostnet::NetError),
 }
 
 /// What the next report tells the controller.
@@ -72,24 +79,104 @@ pub async fn run(
     let ipvs = tokio::task::spawn_blocking(Ipvs::open)
         .await
         .map_err(|e| IpvsError::Socket(e.to_string()))??;
+    let iface = config.interface.clone();
+    let (rtnl, ifindex) = tokio::task::spawn_blocking(move || {
+        let rtnl = Rtnl::open()?;
+        let idx = rtnl.link_index(&iface)?;
+        Ok::<_, lb_hostnet::NetError>((rtnl, idx))
+    })
+    .await
+    .map_err(|e| lb_hostnet::NetError::Socket(e.to_string()))??;
     let progress = Arc::new(Mutex::new(Progress::default()));
+    let lease = Arc::new(Mutex::new(Lease::default()));
     let (desired_tx, desired_rx) = watch::channel::<Desired>(None);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let reconciler = tokio::spawn(reconcile_loop(
         ipvs,
         config.resync,
-        desired_rx,
+        desired_rx.clone(),
         progress.clone(),
         stop_rx.clone(),
     ));
-    let session = tokio::spawn(session_loop(config, desired_tx, progress, stop_rx));
+    let vips = tokio::spawn(vip_loop(
+        rtnl,
+        ifindex,
+        desired_rx,
+        lease.clone(),
+        stop_rx.clone(),
+    ));
+    let session = tokio::spawn(session_loop(config, desired_tx, progress, lease, stop_rx));
     shutdown.await;
-    tracing::info!("shutting down; the IPVS table stays as it is");
+    tracing::info!("shutting down: releasing VIPs; the IPVS table stays as it is");
     let _ = stop_tx.send(true);
     let _ = reconciler.await;
+    let _ = vips.await;
     let _ = session.await;
     Ok(())
+}
+
+/// The VIP addresses of the desired configuration.
+fn managed_vips(desired: &Desired) -> BTreeSet<IpAddr> {
+    desired
+        .as_ref()
+        .map(|(_, services)| {
+            services
+                .iter()
+                .filter_map(|s| match s.address {
+                    VirtualAddress::Endpoint { address, .. } => Some(address),
+                    VirtualAddress::Fwmark { .. } => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Keeps the interface's VIP addresses equal to what the lease allows,
+/// checking often enough that an expired lease drops the address within a tick.
+async fn vip_loop(
+    rtnl: Rtnl,
+    ifindex: u32,
+    desired: watch::Receiver<Desired>,
+    lease: Arc<Mutex<Lease>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let rtnl = Arc::new(rtnl);
+    let tick = Duration::from_millis(20);
+    let mut last: Option<(BTreeSet<IpAddr>, BTreeSet<IpAddr>)> = None;
+    let mut last_check = std::time::Instant::now();
+    loop {
+        let stopping = *stop.borrow();
+        let managed = managed_vips(&desired.borrow());
+        let held: BTreeSet<IpAddr> = if stopping {
+            BTreeSet::new()
+        } else {
+            let l = lease.lock().unwrap_or_else(PoisonError::into_inner);
+            l.held(std::time::Instant::now()).into_keys().collect()
+        };
+        // Ask the kernel on every change, and every second to repair hand edits.
+        let state = (managed, held);
+        if last.as_ref() != Some(&state)
+            || stopping
+            || last_check.elapsed() > Duration::from_secs(1)
+        {
+            let r = rtnl.clone();
+            let (m, h) = state.clone();
+            match tokio::task::spawn_blocking(move || converge(&r, ifindex, &m, &h)).await {
+                Ok(Ok(())) => last = Some(state),
+                Ok(Err(e)) => tracing::warn!(error = %e, "VIP addresses"),
+                Err(e) => tracing::warn!(error = %e, "VIP task"),
+            }
+            last_check = std::time::Instant::now();
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }
 
 async fn reconcile_loop(
@@ -158,11 +245,20 @@ async fn reconcile_loop(
     }
 }
 
-fn report(config: &Config, heartbeat: u64, progress: &Mutex<Progress>) -> pb::DirectorReport {
+fn report(
+    config: &Config,
+    heartbeat: u64,
+    progress: &Mutex<Progress>,
+    lease: &Mutex<Lease>,
+) -> pb::DirectorReport {
     let p = progress
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
+    let held = lease
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .held(std::time::Instant::now());
     pb::DirectorReport {
         node_id: config.node_id.clone(),
         labels: config.labels.clone().into_iter().collect(),
@@ -171,6 +267,13 @@ fn report(config: &Config, heartbeat: u64, progress: &Mutex<Progress>) -> pb::Di
         errors: p.errors,
         foreign_services: p.foreign_services,
         changes_applied: p.changes_applied,
+        held: held
+            .into_iter()
+            .map(|(vip, epoch)| pb::VipLease {
+                vip: vip.to_string(),
+                epoch,
+            })
+            .collect(),
     }
 }
 
@@ -178,6 +281,7 @@ async fn session_loop(
     config: Config,
     desired: watch::Sender<Desired>,
     progress: Arc<Mutex<Progress>>,
+    lease: Arc<Mutex<Lease>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let addrs = addresses(&config.controllers);
@@ -187,7 +291,7 @@ async fn session_loop(
     let mut heartbeat = 0u64;
     loop {
         let outcome = tokio::select! {
-            o = session(&config, &target, &desired, &progress, &mut heartbeat) => o,
+            o = session(&config, &target, &desired, &progress, &lease, &mut heartbeat) => o,
             _ = stop.wait_for(|s| *s) => return,
         };
         match outcome {
@@ -219,11 +323,14 @@ async fn session(
     addr: &str,
     desired: &watch::Sender<Desired>,
     progress: &Mutex<Progress>,
+    lease: &Mutex<Lease>,
     heartbeat: &mut u64,
 ) -> Result<(), tonic::Status> {
     let (tx, rx) = mpsc::channel(8);
+    let mut sent = SentHeartbeats::default();
     *heartbeat += 1;
-    let _ = tx.send(report(config, *heartbeat, progress)).await;
+    sent.sent(*heartbeat, std::time::Instant::now());
+    let _ = tx.send(report(config, *heartbeat, progress, lease)).await;
     let mut inbound = DirectorSyncClient::new(channel(addr)?)
         .sync(ReceiverStream::new(rx))
         .await?
@@ -234,6 +341,13 @@ async fn session(
         tokio::select! {
             msg = inbound.message() => match msg? {
                 Some(d) => {
+                    {
+                        let mut l = lease.lock().unwrap_or_else(PoisonError::into_inner);
+                        if let Some(at) = sent.acked(d.heartbeat_ack) {
+                            l.until = Some(lease_until(at, d.lease_ms));
+                        }
+                        l.vips = d.leases.iter().filter_map(|v| Some((v.vip.parse().ok()?, v.epoch))).collect();
+                    }
                     if let Some(cfg) = d.config {
                         let services: Result<Vec<Service>, _> = cfg.services.into_iter().map(Service::try_from).collect();
                         match services {
@@ -246,7 +360,8 @@ async fn session(
             },
             _ = ticker.tick() => {
                 *heartbeat += 1;
-                if tx.send(report(config, *heartbeat, progress)).await.is_err() {
+                sent.sent(*heartbeat, std::time::Instant::now());
+                if tx.send(report(config, *heartbeat, progress, lease)).await.is_err() {
                     return Ok(());
                 }
             }

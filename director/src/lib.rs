@@ -4,11 +4,13 @@
 //! loop. [`ipvs`] talks to the kernel's IP Virtual Server over generic netlink;
 //! [`desired`] turns lbfabric services into IPVS table entries; [`reconcile`]
 //! compares that with what the kernel holds and applies the difference;
-//! [`forwarding`] turns on IP forwarding for NAT. VIP
-//! ownership, addresses and gratuitous ARP arrive with the rest of #4.
+//! [`forwarding`] turns on IP forwarding for NAT; [`vip`] holds the VIP
+//! addresses this director owns while its lease is fresh. Gratuitous ARP and
+//! connection sync arrive with the rest of #4.
 
 pub mod agent;
 pub mod desired;
 pub mod forwarding;
 pub mod ipvs;
 pub mod reconcile;
+pub mod vip;

@@ -18,6 +18,9 @@ struct Args {
     /// This director's name (unique among directors).
     #[arg(long, env = "LB_NODE_ID")]
     node_id: String,
+    /// Interface the VIP addresses go on while this director owns them.
+    #[arg(long, env = "LB_INTERFACE")]
+    interface: String,
     /// Labels services can select directors by: key=value, comma-separated or repeated.
     #[arg(long, env = "LB_LABELS", value_delimiter = ',')]
     labels: Vec<String>,
@@ -49,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         controllers: args.controller,
         node_id: args.node_id,
         labels,
+        interface: args.interface,
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         resync: Duration::from_millis(args.resync_ms),
     };

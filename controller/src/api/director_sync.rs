@@ -30,6 +30,7 @@ pub struct DirectorSeen {
     pub errors: Vec<String>,
     pub foreign_services: Vec<String>,
     pub changes_applied: u64,
+    pub held: Vec<pb::VipLease>,
 }
 
 pub(super) struct DirectorSync {
@@ -57,6 +58,7 @@ fn record(app: &App, report: &pb::DirectorReport, connected: bool) {
             errors: report.errors.clone(),
             foreign_services: report.foreign_services.clone(),
             changes_applied: report.changes_applied,
+            held: report.held.clone(),
         },
     );
 }
@@ -71,7 +73,23 @@ fn disconnect(app: &App, node_id: &str) {
     }
 }
 
-fn desired(app: &App, heartbeat_ack: u64, with_config: bool) -> pb::DirectorDesired {
+/// The VIPs `node` owns among those the configuration still has.
+fn leases(app: &App, node: &str) -> Vec<pb::VipLease> {
+    let data = app.state.read();
+    let vips = crate::placement::vips(data.state.services.values());
+    data.state
+        .owners
+        .iter()
+        .filter(|(vip, o)| o.director == node && vips.contains_key(vip))
+        .map(|(vip, o)| pb::VipLease {
+            vip: vip.to_string(),
+            epoch: o.epoch,
+        })
+        .collect()
+}
+
+fn desired(app: &App, node: &str, heartbeat_ack: u64, with_config: bool) -> pb::DirectorDesired {
+    let leases = leases(app, node);
     let data = app.state.read();
     pb::DirectorDesired {
         revision: data.state.revision,
@@ -84,6 +102,8 @@ fn desired(app: &App, heartbeat_ack: u64, with_config: bool) -> pb::DirectorDesi
                 .collect(),
         }),
         heartbeat_ack,
+        leases,
+        lease_ms: u32::try_from(app.leases.fence.as_millis()).unwrap_or(u32::MAX),
     }
 }
 
@@ -119,7 +139,11 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
             loop {
                 let revision = app.state.read().state.revision;
                 let with_config = sent_revision != Some(revision);
-                if tx.send(Ok(desired(&app, ack, with_config))).await.is_err() {
+                if tx
+                    .send(Ok(desired(&app, &node, ack, with_config)))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 sent_revision = Some(revision);
@@ -172,6 +196,8 @@ pub(super) fn list(app: &App) -> Vec<pb::DirectorStatus> {
             errors: d.errors.clone(),
             foreign_services: d.foreign_services.clone(),
             changes_applied: d.changes_applied,
+            held: d.held.clone(),
+            owns: leases(app, node_id),
         })
         .collect()
 }

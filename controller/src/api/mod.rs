@@ -47,7 +47,9 @@ pub fn status(e: ApiError) -> Status {
             Rejected::Invalid(f) => Status::invalid_argument(f.to_string()),
             Rejected::AlreadyExists { .. } => Status::already_exists(r.to_string()),
             Rejected::NotFound { .. } => Status::not_found(r.to_string()),
-            Rejected::Conflict { .. } => Status::aborted(r.to_string()),
+            Rejected::Conflict { .. } | Rejected::StaleEpoch { .. } => {
+                Status::aborted(r.to_string())
+            }
         },
         ApiError::NotLeader { leader: Some(addr) } => {
             let mut s = Status::unavailable(format!("not the leader; the leader is at {addr}"));

@@ -21,12 +21,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{decode, StoreError, EVENTS, SERVICES, SM_META, SNAPSHOT};
-use crate::state::{CommandResult, Event, EventKind, State};
+use crate::state::{Command, CommandResult, Event, EventKind, State};
 use crate::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
 const REVISION: &str = "revision";
+const OWNERS: &str = "owners";
 const SNAPSHOT_META: &str = "meta";
 const SNAPSHOT_DATA: &str = "data";
 
@@ -87,6 +88,9 @@ impl StateMachineStore {
         if let Some(b) = read_meta(REVISION)? {
             data.state.revision = decode(REVISION, &b)?;
         }
+        if let Some(b) = read_meta(OWNERS)? {
+            data.state.owners = decode(OWNERS, &b)?;
+        }
         for item in txn.open_table(SERVICES)?.iter()? {
             let (name, bytes) = item?;
             let service = decode(format_args!("service {}", name.value()), bytes.value())?;
@@ -122,6 +126,7 @@ impl StateMachineStore {
     ) -> Result<Vec<CommandResult>, StoreError> {
         let mut results = Vec::new();
         let mut events: Vec<Event> = Vec::new();
+        let mut owners_changed = false;
         let mut snapshot = None;
         self.shared.replace(|data| {
             for entry in entries {
@@ -129,10 +134,13 @@ impl StateMachineStore {
                 match entry.payload {
                     EntryPayload::Blank => results.push(Ok(crate::state::Applied::none())),
                     EntryPayload::Normal(cmd) => {
+                        let assigns = matches!(cmd, Command::AssignVip { .. });
+                        let revision = data.state.revision;
                         let result = data.state.apply(cmd);
-                        if result.is_ok() {
+                        if result.is_ok() && data.state.revision != revision {
                             events.extend(data.state.events.back().cloned());
                         }
+                        owners_changed |= assigns && result.is_ok();
                         results.push(result);
                     }
                     EntryPayload::Membership(m) => {
@@ -146,9 +154,10 @@ impl StateMachineStore {
                 data.membership.clone(),
                 data.state.revision,
                 data.state.events.front().map(|e| e.revision),
+                owners_changed.then(|| data.state.owners.clone()),
             ));
         });
-        let Some((last_applied, membership, revision, oldest_event)) = snapshot else {
+        let Some((last_applied, membership, revision, oldest_event, owners)) = snapshot else {
             return Ok(results);
         };
         let mut txn = self.db.begin_write()?;
@@ -172,6 +181,10 @@ impl StateMachineStore {
             }
         }
         write_sm_meta(&txn, last_applied, &membership, revision)?;
+        if let Some(owners) = owners {
+            txn.open_table(SM_META)?
+                .insert(OWNERS, serde_json::to_vec(&owners)?.as_slice())?;
+        }
         txn.commit()?;
         Ok(results)
     }

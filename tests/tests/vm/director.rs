@@ -27,6 +27,19 @@ fn sorted(lines: &[&str]) -> Vec<String> {
     v
 }
 
+/// The lbfabric VIPs (10.10.1.x) on lo, as `ADDR/PREFIX`.
+fn vips_on_lo() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "addr", "show", "dev", "lo"])
+        .output()
+        .expect("ip addr");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with("10.10.1."))
+        .map(String::from)
+        .collect()
+}
+
 fn ipvsadm(args: &str) {
     let ok = Command::new("ipvsadm")
         .args(args.split_whitespace())
@@ -63,6 +76,8 @@ fn start_director(controller: &str, log: &std::path::Path) -> Agent {
                 "1000",
                 "--heartbeat-ms",
                 "100",
+                "--interface",
+                "lo",
             ])
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().expect("log"))
@@ -187,6 +202,17 @@ async fn director_programs_repairs_and_survives_restart() -> anyhow::Result<()> 
     let log = dir.path().join("director.log");
     let director = start_director(&a, &log);
     kernel_shows(FIRST, Duration::from_secs(20), "the services in the kernel").await;
+    // The only director owns both VIPs and holds their addresses.
+    wait_for(
+        Duration::from_secs(10),
+        "the VIPs on the director's interface",
+        || async {
+            let v = vips_on_lo();
+            (v.contains(&"10.10.1.30/32".to_string()) && v.contains(&"10.10.1.53/32".to_string()))
+                .then_some(())
+        },
+    )
+    .await?;
     // A NAT service is configured, so the director forwards.
     let forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
     assert_eq!(
@@ -262,6 +288,26 @@ async fn director_programs_repairs_and_survives_restart() -> anyhow::Result<()> 
         },
     )
     .await?;
+    // Cut off from every controller, the director drops its VIPs when its
+    // lease ends, and keeps the IPVS table.
+    let mut node = node;
+    node.kill();
+    let cut = Instant::now();
+    wait_for(Duration::from_secs(5), "the VIPs to be dropped", || async {
+        vips_on_lo().is_empty().then_some(())
+    })
+    .await?;
+    let dropped = cut.elapsed();
+    println!("controller gone: VIPs dropped after {dropped:?} (lease 600 ms)");
+    assert!(
+        dropped < Duration::from_millis(1000),
+        "VIPs held {dropped:?} after the controller went away"
+    );
+    assert_eq!(
+        saved(),
+        want,
+        "the table changed when the controller went away"
+    );
     drop(director);
     ipvsadm("-C");
     Ok(())
