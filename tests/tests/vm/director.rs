@@ -6,26 +6,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::{ipvsadm, ipvsadm_save, sorted};
 use lb_testkit::{bin, lbctl_ok, wait_for, ControllerProc};
-
-fn saved() -> Vec<String> {
-    let out = Command::new("ipvsadm")
-        .arg("-Sn")
-        .output()
-        .expect("ipvsadm");
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
-    lines.sort();
-    lines
-}
-
-fn sorted(lines: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
-}
 
 /// The lbfabric VIPs (10.10.1.x) on lo, as `ADDR/PREFIX`.
 fn vips_on_lo() -> Vec<String> {
@@ -38,15 +20,6 @@ fn vips_on_lo() -> Vec<String> {
         .filter(|w| w.starts_with("10.10.1."))
         .map(String::from)
         .collect()
-}
-
-fn ipvsadm(args: &str) {
-    let ok = Command::new("ipvsadm")
-        .args(args.split_whitespace())
-        .status()
-        .expect("ipvsadm")
-        .success();
-    assert!(ok, "ipvsadm {args}");
 }
 
 /// The agent process; killed (SIGKILL) when dropped, also when a test fails.
@@ -93,11 +66,11 @@ async fn kernel_shows(want: &[&str], within: Duration, what: &str) -> Duration {
     let t0 = Instant::now();
     let got = wait_for(within, what, || {
         let want = want.clone();
-        async move { (saved() == want).then_some(()) }
+        async move { (ipvsadm_save() == want).then_some(()) }
     })
     .await;
     if let Err(e) = got {
-        panic!("{e}: the kernel has {:#?}, want {want:#?}", saved());
+        panic!("{e}: the kernel has {:#?}, want {want:#?}", ipvsadm_save());
     }
     t0.elapsed()
 }
@@ -267,13 +240,21 @@ async fn director_programs_repairs_and_survives_restart() -> anyhow::Result<()> 
     let want = sorted(&with_foreign);
     let outage = Instant::now();
     while outage.elapsed() < Duration::from_millis(1500) {
-        assert_eq!(saved(), want, "the table changed while the agent was dead");
+        assert_eq!(
+            ipvsadm_save(),
+            want,
+            "the table changed while the agent was dead"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let director = start_director(&a, &log);
     let restarted = Instant::now();
     while restarted.elapsed() < Duration::from_secs(3) {
-        assert_eq!(saved(), want, "the table changed while the agent restarted");
+        assert_eq!(
+            ipvsadm_save(),
+            want,
+            "the table changed while the agent restarted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The restarted agent reconnected and reports the current revision as applied.
@@ -304,7 +285,7 @@ async fn director_programs_repairs_and_survives_restart() -> anyhow::Result<()> 
         "VIPs held {dropped:?} after the controller went away"
     );
     assert_eq!(
-        saved(),
+        ipvsadm_save(),
         want,
         "the table changed when the controller went away"
     );

@@ -2,30 +2,9 @@
 //! `ipvsadm` reads back, what it reads back is what it wrote, and kernel
 //! errors name the operation, the object and the errno.
 
-use std::process::Command;
-
+use super::{ipvsadm_save, sorted};
 use lb_director::ipvs::wire::*;
 use lb_director::ipvs::{DestSpec, Forward, Ipvs, IpvsError, ServiceKey, ServiceSpec};
-
-fn ipvsadm_save() -> Vec<String> {
-    let out = Command::new("ipvsadm")
-        .arg("-Sn")
-        .output()
-        .expect("ipvsadm");
-    assert!(out.status.success());
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
-    lines.sort();
-    lines
-}
-
-fn sorted(lines: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn services_and_destinations_round_trip_through_the_kernel() {

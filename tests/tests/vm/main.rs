@@ -20,3 +20,35 @@ fn in_vm() -> bool {
         "the IPVS VM (run through scripts/vm-test.sh)",
     )
 }
+
+/// `ipvsadm -Sn`: the kernel's IPVS table as restore lines, sorted.
+fn ipvsadm_save() -> Vec<String> {
+    let out = std::process::Command::new("ipvsadm")
+        .arg("-Sn")
+        .output()
+        .expect("ipvsadm");
+    assert!(out.status.success(), "ipvsadm -Sn failed");
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Expected restore lines, sorted like [`ipvsadm_save`].
+fn sorted(lines: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// Runs ipvsadm with space-separated arguments (a hand edit, or a fixture).
+fn ipvsadm(args: &str) {
+    let ok = std::process::Command::new("ipvsadm")
+        .args(args.split_whitespace())
+        .status()
+        .expect("ipvsadm")
+        .success();
+    assert!(ok, "ipvsadm {args}");
+}

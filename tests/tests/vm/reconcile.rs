@@ -3,40 +3,13 @@
 //! by hand is reported and left alone, and nothing needs doing once in sync.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
+use super::{ipvsadm, ipvsadm_save, sorted};
 use lb_director::desired;
 use lb_director::ipvs::Ipvs;
 use lb_director::reconcile::{apply, observe, plan};
 use lb_proto::model::Service;
 use lb_proto::pb;
-
-fn ipvsadm(args: &str) {
-    let status = Command::new("ipvsadm")
-        .args(args.split_whitespace())
-        .status()
-        .expect("ipvsadm");
-    assert!(status.success(), "ipvsadm {args}");
-}
-
-fn saved() -> Vec<String> {
-    let out = Command::new("ipvsadm")
-        .arg("-Sn")
-        .output()
-        .expect("ipvsadm");
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
-    lines.sort();
-    lines
-}
-
-fn sorted(lines: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
-}
 
 fn services() -> Vec<Service> {
     let web = pb::Service {
@@ -112,7 +85,7 @@ fn hand_edits_are_repaired_and_foreign_services_left_alone() {
 
     let first = plan(&want, &observe(&ipvs).unwrap(), &BTreeSet::new());
     assert!(apply(&ipvs, &first).is_empty());
-    assert_eq!(saved(), sorted(WANT));
+    assert_eq!(ipvsadm_save(), sorted(WANT));
 
     // An operator's hand edits, and a service lbfabric does not own.
     ipvsadm("-D -t 10.10.1.30:80");
@@ -143,7 +116,7 @@ fn hand_edits_are_repaired_and_foreign_services_left_alone() {
     assert!(apply(&ipvs, &repair).is_empty());
     let mut with_foreign = WANT.to_vec();
     with_foreign.push("-A -t 10.99.0.1:80 -s rr");
-    assert_eq!(saved(), sorted(&with_foreign));
+    assert_eq!(ipvsadm_save(), sorted(&with_foreign));
 
     // In sync: nothing to do.
     assert!(plan(&want, &observe(&ipvs).unwrap(), &managed)
@@ -157,7 +130,7 @@ fn hand_edits_are_repaired_and_foreign_services_left_alone() {
     let p = plan(&only_web, &observe(&ipvs).unwrap(), &managed);
     assert!(apply(&ipvs, &p).is_empty());
     assert_eq!(
-        saved(),
+        ipvsadm_save(),
         sorted(&[
             "-A -t 10.10.1.30:80 -s wlc -p 30",
             "-a -t 10.10.1.30:80 -r 192.168.10.11:8080 -m -w 2",
