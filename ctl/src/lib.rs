@@ -190,14 +190,9 @@ fn apply_flags(svc: &mut pb::Service, f: &ServiceFlags) -> anyhow::Result<()> {
             family: f.family.clone().unwrap_or_default(),
         }));
     }
-    let set = |field: &mut String, v: &Option<String>| {
-        if let Some(v) = v {
-            *field = v.clone();
-        }
-    };
-    set(&mut svc.scheduler, &f.scheduler);
-    set(&mut svc.mode, &f.mode);
-    set(&mut svc.tunnel_type, &f.tunnel_type);
+    set_given(&mut svc.scheduler, &f.scheduler);
+    set_given(&mut svc.mode, &f.mode);
+    set_given(&mut svc.tunnel_type, &f.tunnel_type);
     if !f.scheduler_flags.is_empty() {
         svc.scheduler_flags = f.scheduler_flags.clone();
     }
@@ -209,7 +204,7 @@ fn apply_flags(svc: &mut pb::Service, f: &ServiceFlags) -> anyhow::Result<()> {
                 p.netmask.clear();
             }
         }
-        set(&mut p.netmask, &f.netmask);
+        set_given(&mut p.netmask, &f.netmask);
     }
     if let Some(o) = f.one_packet {
         svc.one_packet = o;
@@ -266,6 +261,13 @@ fn apply_flags(svc: &mut pb::Service, f: &ServiceFlags) -> anyhow::Result<()> {
     apply_check(svc, &f.check)
 }
 
+/// Overwrites `field` with the flag's value when the flag was given.
+fn set_given(field: &mut String, flag: &Option<String>) {
+    if let Some(v) = flag {
+        field.clone_from(v);
+    }
+}
+
 fn apply_check(svc: &mut pb::Service, c: &CheckFlags) -> anyhow::Result<()> {
     if c.check.as_deref() == Some("none") {
         svc.health_check = None;
@@ -306,16 +308,11 @@ fn apply_check(svc: &mut pb::Service, c: &CheckFlags) -> anyhow::Result<()> {
     if let Some(p) = c.check_port {
         h.port = p;
     }
-    let set = |field: &mut String, v: &Option<String>| {
-        if let Some(v) = v {
-            *field = v.clone();
-        }
-    };
-    set(&mut h.http_path, &c.check_path);
-    set(&mut h.http_body_regex, &c.check_regex);
-    set(&mut h.http_digest, &c.check_digest);
-    set(&mut h.http_host, &c.check_host);
-    set(&mut h.exec_command, &c.check_command);
+    set_given(&mut h.http_path, &c.check_path);
+    set_given(&mut h.http_body_regex, &c.check_regex);
+    set_given(&mut h.http_digest, &c.check_digest);
+    set_given(&mut h.http_host, &c.check_host);
+    set_given(&mut h.exec_command, &c.check_command);
     if !c.check_status.is_empty() {
         h.http_status = c.check_status.clone();
     }
