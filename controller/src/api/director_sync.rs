@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::status;
 use crate::app::App;
+use crate::state::State;
 
 /// What the leader last heard from a director.
 #[derive(Debug, Clone)]
@@ -74,10 +75,9 @@ fn disconnect(app: &App, node_id: &str) {
 }
 
 /// The VIPs `node` owns among those the configuration still has.
-fn leases(app: &App, node: &str) -> Vec<pb::VipLease> {
-    let data = app.state.read();
-    let vips = crate::placement::vips(data.state.services.values());
-    data.state
+fn leases(state: &State, node: &str) -> Vec<pb::VipLease> {
+    let vips = crate::placement::vips(state.services.values());
+    state
         .owners
         .iter()
         .filter(|(vip, o)| o.director == node && vips.contains_key(vip))
@@ -88,21 +88,19 @@ fn leases(app: &App, node: &str) -> Vec<pb::VipLease> {
         .collect()
 }
 
-fn desired(app: &App, node: &str, heartbeat_ack: u64, with_config: bool) -> pb::DirectorDesired {
-    let leases = leases(app, node);
+/// The next message for `node`: its leases always, the configuration only
+/// when the revision differs from `sent`. Read under one lock, so the
+/// revision, the configuration and the leases belong together.
+fn desired(app: &App, node: &str, heartbeat_ack: u64, sent: Option<u64>) -> pb::DirectorDesired {
     let data = app.state.read();
+    let state = &data.state;
     pb::DirectorDesired {
-        revision: data.state.revision,
-        config: with_config.then(|| pb::DesiredConfig {
-            services: data
-                .state
-                .services
-                .values()
-                .map(pb::Service::from)
-                .collect(),
+        revision: state.revision,
+        config: (sent != Some(state.revision)).then(|| pb::DesiredConfig {
+            services: state.services.values().map(pb::Service::from).collect(),
         }),
         heartbeat_ack,
-        leases,
+        leases: leases(state, node),
         lease_ms: u32::try_from(app.leases.fence.as_millis()).unwrap_or(u32::MAX),
     }
 }
@@ -137,13 +135,9 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
             let mut sent_revision = None;
             let mut ack = first.heartbeat;
             loop {
-                let revision = app.state.read().state.revision;
-                let with_config = sent_revision != Some(revision);
-                if tx
-                    .send(Ok(desired(&app, &node, ack, with_config)))
-                    .await
-                    .is_err()
-                {
+                let msg = desired(&app, &node, ack, sent_revision);
+                let revision = msg.revision;
+                if tx.send(Ok(msg)).await.is_err() {
                     break;
                 }
                 sent_revision = Some(revision);
@@ -197,7 +191,7 @@ pub(super) fn list(app: &App) -> Vec<pb::DirectorStatus> {
             foreign_services: d.foreign_services.clone(),
             changes_applied: d.changes_applied,
             held: d.held.clone(),
-            owns: leases(app, node_id),
+            owns: leases(&app.state.read().state, node_id),
         })
         .collect()
 }
