@@ -1,9 +1,11 @@
 //! lb-hostnet: the host networking both agents change, through the kernel's
 //! own interfaces — rtnetlink for links and addresses ([`Rtnl`], via neli),
-//! `/proc/sys` for sysctls ([`sysctl`]). Everything acts on the calling
-//! thread's network namespace. No shelling out to `ip` or `sysctl`.
+//! `/proc/sys` for sysctls ([`sysctl`]), raw sockets for gratuitous ARP and
+//! unsolicited NA ([`announce`]). Everything acts on the calling thread's
+//! network namespace. No shelling out to `ip`, `sysctl` or `arping`.
 
+pub mod announce;
 mod rtnl;
 pub mod sysctl;
 
-pub use rtnl::{Address, NetError, Rtnl};
+pub use rtnl::{Address, Link, NetError, Rtnl};

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use neli::consts::nl::NlmF;
-use neli::consts::rtnl::{Ifa, Iff, Ifla, RtAddrFamily, RtScope, Rtm};
+use neli::consts::rtnl::{Ifa, IfaF, Iff, Ifla, RtAddrFamily, RtScope, Rtm};
 use neli::consts::socket::NlFamily;
 use neli::err::RouterError;
 use neli::nl::NlPayload;
@@ -41,6 +41,13 @@ pub struct Address {
     pub ifindex: u32,
     pub addr: IpAddr,
     pub prefix_len: u8,
+}
+
+/// An interface: its index and, for Ethernet-like links, its MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub mac: Option<[u8; 6]>,
 }
 
 /// An rtnetlink connection in the calling thread's network namespace.
@@ -126,6 +133,11 @@ impl Rtnl {
 
     /// The index of interface `name`.
     pub fn link_index(&self, name: &str) -> Result<u32, NetError> {
+        self.link(name).map(|l| l.index)
+    }
+
+    /// Interface `name`: its index and hardware address.
+    pub fn link(&self, name: &str) -> Result<Link, NetError> {
         let msg = IfinfomsgBuilder::default()
             .ifi_family(RtAddrFamily::Unspecified)
             .build()
@@ -144,7 +156,16 @@ impl Rtnl {
                     .get_attr_payload_as_with_len::<String>(Ifla::Ifname)
                     .is_ok_and(|n| n.trim_end_matches('\0') == name)
             })
-            .and_then(|l| u32::try_from(*l.ifi_index()).ok())
+            .and_then(|l| {
+                let index = u32::try_from(*l.ifi_index()).ok()?;
+                let handle = l.rtattrs().get_attr_handle();
+                let mac = handle
+                    .get_attribute(Ifla::Address)
+                    .and_then(|a| <[u8; 6]>::try_from(a.rta_payload().as_ref()).ok())
+                    // Loopback reports all zeros: nothing to announce with.
+                    .filter(|m| m.iter().any(|b| *b != 0));
+                Some(Link { index, mac })
+            })
             .ok_or_else(|| NetError::NoSuchLink(name.to_string()))
     }
 
@@ -220,9 +241,17 @@ impl Rtnl {
                     .map_err(|e| err(e.to_string()))?,
             );
         }
+        // An IPv6 VIP must answer at once, not after duplicate address
+        // detection: ownership is decided by the controller, not by DAD.
+        let flags = if a.addr.is_ipv6() {
+            IfaF::NODAD
+        } else {
+            IfaF::empty()
+        };
         IfaddrmsgBuilder::default()
             .ifa_family(family(a.addr))
             .ifa_prefixlen(a.prefix_len)
+            .ifa_flags(flags)
             .ifa_scope(RtScope::Universe)
             .ifa_index(a.ifindex)
             .rtattrs(attrs)

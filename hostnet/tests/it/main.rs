@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use lb_hostnet::announce::announce;
 use lb_hostnet::{sysctl, Address, NetError, Rtnl};
 use lb_testkit::netns::{can_create_namespaces, Topology};
 use lb_testkit::require;
@@ -116,4 +117,64 @@ fn addresses_links_and_sysctls_in_a_namespace() {
         )
         .unwrap();
     assert_eq!(sys.split_whitespace().collect::<Vec<_>>(), ["1", "2"]);
+}
+
+fn child_announces() {
+    let rtnl = Rtnl::open().unwrap();
+    let link = rtnl.link("a1").unwrap();
+    let mac = link.mac.expect("a veth has a MAC");
+    announce(link.index, mac, "10.56.0.100".parse().unwrap()).unwrap();
+    announce(link.index, mac, "2001:db8:56::100".parse().unwrap()).unwrap();
+    assert_eq!(rtnl.link("lo").unwrap().mac, None, "loopback has no MAC");
+}
+
+/// The neighbour entry `ns` has for `ip` on `dev`, as `ip neigh` prints it.
+fn neighbour(t: &Topology, ns: &str, ip: &str, dev: &str) -> String {
+    t.sh(ns, &format!("ip neigh show {ip} dev {dev}"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A neighbour that cached another MAC for the VIP switches to the
+/// announcer's MAC on one gratuitous ARP / unsolicited NA.
+#[test]
+fn announcements_move_the_neighbours_entry() {
+    if std::env::var_os(CHILD).is_some() {
+        return child_announces();
+    }
+    if !require(can_create_namespaces(), "root and network namespaces") {
+        return;
+    }
+    let mut t = Topology::new();
+    t.add_ns("a").unwrap();
+    t.add_ns("b").unwrap();
+    t.link("a", "a1", "10.56.0.1/24", "b", "b1", "10.56.0.2/24")
+        .unwrap();
+    t.sh("a", "ip addr add 2001:db8:56::1/64 dev a1 nodad")
+        .unwrap();
+    t.sh("b", "ip addr add 2001:db8:56::2/64 dev b1 nodad")
+        .unwrap();
+    let old = "02:00:00:00:00:99";
+    for ip in ["10.56.0.100", "2001:db8:56::100"] {
+        t.sh(
+            "b",
+            &format!("ip neigh replace {ip} lladdr {old} dev b1 nud stale"),
+        )
+        .unwrap();
+        assert!(neighbour(&t, "b", ip, "b1").contains(old));
+    }
+    let mac = t
+        .sh("a", "cat /sys/class/net/a1/address")
+        .unwrap()
+        .trim()
+        .to_string();
+    rerun_inside(&t, "a", "announcements_move_the_neighbours_entry");
+    for ip in ["10.56.0.100", "2001:db8:56::100"] {
+        let entry = neighbour(&t, "b", ip, "b1");
+        assert!(
+            entry.contains(&mac),
+            "{ip}: b still has `{entry}`, want the announcer's {mac}"
+        );
+    }
 }
