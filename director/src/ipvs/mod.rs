@@ -8,6 +8,7 @@
 //! kernel load `ip_vs` on demand, so opening a client is also how a director
 //! finds out that IPVS is there at all.
 
+pub mod daemon;
 pub mod dest;
 pub mod service;
 pub mod stats;
@@ -23,10 +24,11 @@ use neli::router::synchronous::NlRouter;
 use neli::types::{Buffer, GenlBuffer};
 use neli::utils::Groups;
 
+pub use daemon::{SyncDaemon, SyncRole};
 pub use dest::{Dest, DestSpec, Forward};
 pub use service::{Service, ServiceKey, ServiceSpec};
 pub use stats::Stats;
-use wire::{Cmd, CmdAttr, DestAttr, InfoAttr, SvcAttr};
+use wire::{Cmd, CmdAttr, DaemonAttr, DestAttr, InfoAttr, SvcAttr};
 
 /// Generic netlink family name and version of IPVS.
 pub const FAMILY: &str = "IPVS";
@@ -149,6 +151,23 @@ pub mod request {
 
     pub fn del_dest(key: &ServiceKey, dest: &DestSpec) -> Result<Message, String> {
         dest_message(Cmd::DelDest, key, dest.key_attrs()?)
+    }
+
+    pub fn new_daemon(daemon: &SyncDaemon) -> Result<Message, String> {
+        message(
+            Cmd::NewDaemon,
+            vec![wire::nest(CmdAttr::Daemon, &daemon.attrs()?)?],
+        )
+    }
+
+    /// The kernel stops a daemon by its role alone.
+    pub fn del_daemon(role: SyncRole) -> Result<Message, String> {
+        let state = wire::attr(DaemonAttr::State, role.state().to_ne_bytes().to_vec())?;
+        message(Cmd::DelDaemon, vec![wire::nest(CmdAttr::Daemon, &[state])?])
+    }
+
+    pub fn get_daemons() -> Result<Message, String> {
+        message(Cmd::GetDaemon, Vec::new())
     }
 
     pub fn get_dests(key: &ServiceKey) -> Result<Message, String> {
@@ -325,6 +344,46 @@ impl Ipvs {
         }
         Ok(out)
     }
+}
+
+impl Ipvs {
+    pub fn start_daemon(&self, daemon: &SyncDaemon) -> Result<(), IpvsError> {
+        self.change(
+            "start sync daemon",
+            daemon.to_string(),
+            request::new_daemon(daemon),
+        )
+    }
+
+    pub fn stop_daemon(&self, role: SyncRole) -> Result<(), IpvsError> {
+        self.change(
+            "stop sync daemon",
+            role.to_string(),
+            request::del_daemon(role),
+        )
+    }
+
+    /// The sync daemons running in this network namespace.
+    pub fn daemons(&self) -> Result<Vec<SyncDaemon>, IpvsError> {
+        const OP: &str = "list sync daemons";
+        let mut out = Vec::new();
+        for reply in self.exchange(OP, String::new(), request::get_daemons(), NlmF::DUMP)? {
+            out.push(parse_daemon(&reply).ok_or(IpvsError::Reply {
+                op: OP,
+                what: "a complete sync daemon",
+            })?);
+        }
+        Ok(out)
+    }
+}
+
+/// Reads the daemon of a GET_DAEMON reply.
+pub fn parse_daemon(reply: &Message) -> Option<SyncDaemon> {
+    let attrs = reply.attrs().get_attr_handle();
+    let nested = attrs
+        .get_nested_attributes::<DaemonAttr>(CmdAttr::Daemon)
+        .ok()?;
+    daemon::SyncDaemon::parse(&nested)
 }
 
 fn dest_object(key: &ServiceKey, dest: &DestSpec) -> String {

@@ -329,3 +329,56 @@ fn version_code_is_major_minor_patch() {
     // ip_vs.h: IP_VS_VERSION_CODE 0x010201 is 1.2.1.
     assert_eq!(Info::from_code(0x010201, 4096).version, (1, 2, 1));
 }
+
+#[test]
+fn sync_daemon_commands_match_the_uapi_layout() {
+    let master = SyncDaemon {
+        role: SyncRole::Master,
+        interface: "eth1".into(),
+        sync_id: 7,
+    };
+    // IPVS_DAEMON_ATTR_STATE u32, _MCAST_IFN string, _SYNC_ID u32, nested
+    // in IPVS_CMD_ATTR_DAEMON (3).
+    let inner = [
+        nla(1, &1u32.to_ne_bytes()),
+        nla(2, b"eth1\0"),
+        nla(3, &7u32.to_ne_bytes()),
+    ]
+    .concat();
+    assert_eq!(
+        bytes(&request::new_daemon(&master).unwrap()),
+        genl(9, &[nest_nla(3, &inner)])
+    );
+    assert_eq!(
+        bytes(&request::del_daemon(SyncRole::Backup).unwrap()),
+        genl(10, &[nest_nla(3, &nla(1, &2u32.to_ne_bytes()))]),
+        "a daemon is stopped by its state alone"
+    );
+    assert_eq!(bytes(&request::get_daemons().unwrap()), genl(11, &[]));
+}
+
+#[test]
+fn sync_daemon_reply_decodes() {
+    // What ip_vs_genl_dump_daemon sends: state, interface, sync id, then the
+    // multicast settings (max length, port, TTL, group) this client ignores.
+    let inner = [
+        nla(1, &2u32.to_ne_bytes()),
+        nla(2, b"eth0\0"),
+        nla(3, &0u32.to_ne_bytes()),
+        nla(4, &1472u16.to_ne_bytes()),
+        nla(7, &8848u16.to_ne_bytes()),
+        nla(8, &[1]),
+        nla(5, &[224, 0, 0, 81]),
+    ]
+    .concat();
+    assert_eq!(
+        parse_daemon(&decode(&genl(11, &[nla(3, &inner)]))),
+        Some(SyncDaemon {
+            role: SyncRole::Backup,
+            interface: "eth0".into(),
+            sync_id: 0,
+        })
+    );
+    let no_state = [nla(2, b"eth0\0"), nla(3, &0u32.to_ne_bytes())].concat();
+    assert_eq!(parse_daemon(&decode(&genl(11, &[nla(3, &no_state)]))), None);
+}

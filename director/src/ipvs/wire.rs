@@ -93,6 +93,21 @@ pub enum DestAttr {
 }
 impl NlAttrType for DestAttr {}
 
+/// Sync daemon attributes (`IPVS_DAEMON_ATTR_*`).
+#[neli_enum(serialized_type = "u16")]
+pub enum DaemonAttr {
+    Unspec = 0,
+    State = 1,
+    McastIfn = 2,
+    SyncId = 3,
+    SyncMaxlen = 4,
+    McastGroup = 5,
+    McastGroup6 = 6,
+    McastPort = 7,
+    McastTtl = 8,
+}
+impl NlAttrType for DaemonAttr {}
+
 /// Counters (`IPVS_STATS_ATTR_*`), 64-bit in the `*_STATS64` nests.
 #[neli_enum(serialized_type = "u16")]
 pub enum StatsAttr {
