@@ -3,7 +3,8 @@
 //! read barrier that makes a read linearizable.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use openraft::error::ClientWriteError as WriteError;
 use tokio::sync::watch;
@@ -22,6 +23,9 @@ pub struct App {
     pub directors: Mutex<BTreeMap<String, DirectorSeen>>,
     /// Turns true when the node shuts down; long streams end on it.
     pub shutdown: watch::Receiver<bool>,
+    /// When the last leadership check that a quorum confirmed was *started*
+    /// (see `placement::confirm_leadership`).
+    pub leadership_confirmed: Mutex<Option<Instant>>,
 }
 
 impl App {
@@ -34,6 +38,18 @@ impl App {
             }),
             Err(e) => Err(ApiError::Raft(e.to_string())),
         }
+    }
+
+    /// True while this node may extend directors' leases: a quorum confirmed
+    /// its leadership less than `margin` ago. A deposed leader that has not
+    /// noticed yet stops granting within `margin` of the new leader's
+    /// election, and the new leader waits `fence + margin` before moving a
+    /// VIP — so the last lease it granted has run out by then.
+    pub fn may_grant_leases(&self) -> bool {
+        self.leadership_confirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < self.leases.margin)
     }
 
     /// Succeeds only on the leader; otherwise names the leader to redirect to.

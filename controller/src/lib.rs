@@ -126,9 +126,15 @@ pub async fn run(
         state,
         directors: Default::default(),
         shutdown: shutdown_rx,
+        leadership_confirmed: Default::default(),
     });
     let routes = api::router(app.clone())?;
     let placement = tokio::spawn(placement::run(
+        app.clone(),
+        config.leases,
+        shutdown_tx.subscribe(),
+    ));
+    let confirm = tokio::spawn(placement::confirm_leadership(
         app.clone(),
         config.leases,
         shutdown_tx.subscribe(),
@@ -163,6 +169,7 @@ pub async fn run(
     let _ = shutdown_tx.send(true);
     let served = server.await;
     let _ = placement.await;
+    let _ = confirm.await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }

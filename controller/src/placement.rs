@@ -105,6 +105,41 @@ pub fn decide(
         .map(|(name, _)| name.clone())
 }
 
+/// Keeps [`App::may_grant_leases`] current: on the leader, a quorum round
+/// (`ensure_linearizable`) every `period`; the start of a round that
+/// succeeds is when leadership was last known to hold.
+pub async fn confirm_leadership(
+    app: Arc<App>,
+    timing: LeaseTiming,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let period = Duration::from_millis(50);
+    loop {
+        let confirmed = if app.require_leader().is_ok() {
+            let started = Instant::now();
+            let round = tokio::time::timeout(timing.margin, app.raft.ensure_linearizable()).await;
+            matches!(round, Ok(Ok(_))).then_some(started)
+        } else {
+            None
+        };
+        {
+            let mut c = app
+                .leadership_confirmed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match confirmed {
+                Some(at) => *c = Some(at),
+                None if app.require_leader().is_err() => *c = None,
+                None => {} // a slow round: the previous confirmation ages out by itself
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.wait_for(|d| *d) => return,
+        }
+    }
+}
+
 /// The leader's placement loop; idle on followers.
 pub async fn run(app: Arc<App>, timing: LeaseTiming, mut shutdown: watch::Receiver<bool>) {
     let mut leader_since: Option<Instant> = None;
@@ -147,7 +182,10 @@ fn changes(app: &App, timing: LeaseTiming) -> Vec<(IpAddr, String, u64)> {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         seen.iter()
             .map(|(name, d)| {
-                let live = d.connected && d.last_seen.elapsed() < timing.fence + timing.margin;
+                // Not `connected`: a director whose stream just broke (its
+                // agent restarting, a controller failing over) still holds
+                // its VIPs until its lease runs out. Only silence counts.
+                let live = d.last_seen.elapsed() < timing.fence + timing.margin;
                 (
                     name.clone(),
                     Candidate {

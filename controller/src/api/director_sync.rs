@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,6 +27,9 @@ use crate::state::State;
 pub struct DirectorSeen {
     pub labels: BTreeMap<String, String>,
     pub connected: bool,
+    /// The stream the last report came on: when a director reconnects, the
+    /// end of its old stream must not mark the new one disconnected.
+    pub stream: u64,
     pub last_seen: Instant,
     pub applied_revision: u64,
     pub errors: Vec<String>,
@@ -44,7 +48,10 @@ impl DirectorSync {
     }
 }
 
-fn record(app: &App, report: &pb::DirectorReport, connected: bool) {
+/// Numbers the streams, for [`DirectorSeen::stream`].
+static STREAMS: AtomicU64 = AtomicU64::new(0);
+
+fn record(app: &App, report: &pb::DirectorReport, stream: u64) {
     let mut directors = app
         .directors
         .lock()
@@ -53,7 +60,8 @@ fn record(app: &App, report: &pb::DirectorReport, connected: bool) {
         report.node_id.clone(),
         DirectorSeen {
             labels: report.labels.clone().into_iter().collect(),
-            connected,
+            connected: true,
+            stream,
             last_seen: Instant::now(),
             applied_revision: report.applied_revision,
             errors: report.errors.clone(),
@@ -64,12 +72,12 @@ fn record(app: &App, report: &pb::DirectorReport, connected: bool) {
     );
 }
 
-fn disconnect(app: &App, node_id: &str) {
+fn disconnect(app: &App, node_id: &str, stream: u64) {
     let mut directors = app
         .directors
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(d) = directors.get_mut(node_id) {
+    if let Some(d) = directors.get_mut(node_id).filter(|d| d.stream == stream) {
         d.connected = false;
     }
 }
@@ -123,7 +131,8 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
         })?;
         check_name("node_id", &first.node_id).map_err(|e| status(e.into()))?;
         let node = first.node_id.clone();
-        record(&self.app, &first, true);
+        let stream = STREAMS.fetch_add(1, Ordering::Relaxed);
+        record(&self.app, &first, stream);
         tracing::info!(director = %node, "director connected");
 
         let app = self.app.clone();
@@ -133,7 +142,11 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
             let mut metrics = app.raft.metrics();
             let mut shutdown = app.shutdown.clone();
             let mut sent_revision = None;
-            let mut ack = first.heartbeat;
+            let mut ack = if app.may_grant_leases() {
+                first.heartbeat
+            } else {
+                0
+            };
             loop {
                 let msg = desired(&app, &node, ack, sent_revision);
                 let revision = msg.revision;
@@ -144,8 +157,12 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
                 tokio::select! {
                     msg = inbound.message() => match msg {
                         Ok(Some(report)) if report.node_id == node => {
-                            ack = report.heartbeat;
-                            record(&app, &report, true);
+                            // No ack, no lease: a leader that cannot show a
+                            // recent quorum may have been replaced.
+                            if app.may_grant_leases() {
+                                ack = report.heartbeat;
+                            }
+                            record(&app, &report, stream);
                         }
                         Ok(Some(report)) => {
                             let msg = format!("node_id: this stream belongs to {node}, not {}", report.node_id);
@@ -166,7 +183,7 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
                     _ = async { let _ = shutdown.wait_for(|down| *down).await; } => break,
                 }
             }
-            disconnect(&app, &node);
+            disconnect(&app, &node, stream);
             tracing::info!(director = %node, "director disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
