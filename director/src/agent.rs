@@ -7,7 +7,11 @@
 //! - the **reconciler** compares the desired table with the kernel's on every
 //!   new configuration and every `resync` period (so hand edits are
 //!   repaired), applies the difference, and records what it did for the next
-//!   report.
+//!   report;
+//! - the **VIP loop** keeps the interface's VIP addresses equal to what the
+//!   lease allows (adding one only once its services are programmed),
+//!   announces each VIP it takes (gratuitous ARP / unsolicited NA), and runs
+//!   the IPVS sync daemons: backup always, master while it holds a VIP.
 //!
 //! Losing the controller changes nothing in the kernel: the table stays as
 //! last reconciled until a new configuration arrives. Nothing is flushed, at
@@ -18,7 +22,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use lb_hostnet::Rtnl;
+use lb_hostnet::{Link, Rtnl};
 use lb_proto::client::{addresses, channel, leader_hint};
 use lb_proto::model::{Service, VirtualAddress};
 use lb_proto::pb;
@@ -27,9 +31,9 @@ use std::net::IpAddr;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::ipvs::{Ipvs, IpvsError, ServiceKey};
+use crate::ipvs::{Ipvs, IpvsError, ServiceKey, SyncDaemon, SyncRole};
 use crate::reconcile::{apply, observe, plan};
-use crate::vip::{converge, lease_until, Lease, SentHeartbeats};
+use crate::vip::{converge, lease_until, AnnounceConfig, Announcements, Lease, SentHeartbeats};
 use crate::{desired, forwarding};
 
 #[derive(Debug, Clone)]
@@ -43,6 +47,16 @@ pub struct Config {
     pub heartbeat: Duration,
     /// How often the kernel is compared with the desired state even without a change.
     pub resync: Duration,
+    pub announce: AnnounceConfig,
+    /// Connection sync over this interface; `None` leaves the daemons alone.
+    pub sync: Option<SyncConfig>,
+}
+
+/// The IPVS sync daemons' settings (the same on every director of a pool).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    pub interface: String,
+    pub sync_id: u8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,29 +94,40 @@ pub async fn run(
         .await
         .map_err(|e| IpvsError::Socket(e.to_string()))??;
     let iface = config.interface.clone();
-    let (rtnl, ifindex) = tokio::task::spawn_blocking(move || {
+    let (rtnl, link) = tokio::task::spawn_blocking(move || {
         let rtnl = Rtnl::open()?;
-        let idx = rtnl.link_index(&iface)?;
-        Ok::<_, lb_hostnet::NetError>((rtnl, idx))
+        let link = rtnl.link(&iface)?;
+        Ok::<_, lb_hostnet::NetError>((rtnl, link))
     })
     .await
     .map_err(|e| lb_hostnet::NetError::Socket(e.to_string()))??;
+    let host = Host {
+        rtnl,
+        link,
+        ipvs: tokio::task::spawn_blocking(Ipvs::open)
+            .await
+            .map_err(|e| IpvsError::Socket(e.to_string()))??,
+        announce: config.announce,
+        sync: config.sync.clone(),
+    };
     let progress = Arc::new(Mutex::new(Progress::default()));
     let lease = Arc::new(Mutex::new(Lease::default()));
     let (desired_tx, desired_rx) = watch::channel::<Desired>(None);
+    let (programmed_tx, programmed_rx) = watch::channel(BTreeSet::new());
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let reconciler = tokio::spawn(reconcile_loop(
         ipvs,
         config.resync,
         desired_rx.clone(),
+        programmed_tx,
         progress.clone(),
         stop_rx.clone(),
     ));
     let vips = tokio::spawn(vip_loop(
-        rtnl,
-        ifindex,
+        host,
         desired_rx,
+        programmed_rx,
         lease.clone(),
         stop_rx.clone(),
     ));
@@ -132,38 +157,111 @@ fn managed_vips(desired: &Desired) -> BTreeSet<IpAddr> {
         .unwrap_or_default()
 }
 
-/// Keeps the interface's VIP addresses equal to what the lease allows,
-/// checking often enough that an expired lease drops the address within a tick.
-async fn vip_loop(
+/// What the VIP loop changes on the host.
+struct Host {
     rtnl: Rtnl,
-    ifindex: u32,
+    link: Link,
+    /// A connection of its own, for the sync daemons.
+    ipvs: Ipvs,
+    announce: AnnounceConfig,
+    sync: Option<SyncConfig>,
+}
+
+impl Host {
+    /// Addresses, then sync daemons; returns the VIPs newly added.
+    fn converge(
+        &self,
+        managed: &BTreeSet<IpAddr>,
+        held: &BTreeSet<IpAddr>,
+        ready: &BTreeSet<IpAddr>,
+    ) -> Result<Vec<IpAddr>, String> {
+        let added = converge(&self.rtnl, self.link.index, managed, held, ready)
+            .map_err(|e| e.to_string())?;
+        if let Some(sync) = &self.sync {
+            self.converge_sync(sync, !held.is_empty())
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(added)
+    }
+
+    /// Backup always (to take over connections when a VIP moves here),
+    /// master while this director holds a VIP.
+    fn converge_sync(&self, sync: &SyncConfig, master: bool) -> Result<(), IpvsError> {
+        let daemon = |role| SyncDaemon {
+            role,
+            interface: sync.interface.clone(),
+            sync_id: sync.sync_id,
+        };
+        let mut want = vec![daemon(SyncRole::Backup)];
+        if master {
+            want.push(daemon(SyncRole::Master));
+        }
+        let running = self.ipvs.daemons()?;
+        for d in running.iter().filter(|d| !want.contains(d)) {
+            self.ipvs.stop_daemon(d.role)?;
+            tracing::info!(daemon = %d, "sync daemon stopped");
+        }
+        for d in want.iter().filter(|d| !running.contains(d)) {
+            self.ipvs.start_daemon(d)?;
+            tracing::info!(daemon = %d, "sync daemon started");
+        }
+        Ok(())
+    }
+
+    fn announce(&self, vips: &[IpAddr]) {
+        let Some(mac) = self.link.mac else {
+            return; // loopback and other links without neighbours
+        };
+        for vip in vips {
+            match lb_hostnet::announce::announce(self.link.index, mac, *vip) {
+                Ok(()) => tracing::debug!(vip = %vip, "announced"),
+                Err(e) => tracing::warn!(vip = %vip, error = %e, "announcing the VIP"),
+            }
+        }
+    }
+}
+
+/// Keeps the interface's VIP addresses equal to what the lease allows,
+/// checking often enough that an expired lease drops the address within a
+/// tick, and announces the VIPs it takes.
+async fn vip_loop(
+    host: Host,
     desired: watch::Receiver<Desired>,
+    programmed: watch::Receiver<BTreeSet<IpAddr>>,
     lease: Arc<Mutex<Lease>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let rtnl = Arc::new(rtnl);
+    let host = Arc::new(host);
     let tick = Duration::from_millis(20);
-    let mut last: Option<(BTreeSet<IpAddr>, BTreeSet<IpAddr>)> = None;
+    let mut last: Option<(BTreeSet<IpAddr>, BTreeSet<IpAddr>, BTreeSet<IpAddr>)> = None;
     let mut last_check = std::time::Instant::now();
+    let mut announcements = Announcements::default();
     loop {
         let stopping = *stop.borrow();
+        let now = std::time::Instant::now();
         let managed = managed_vips(&desired.borrow());
         let held: BTreeSet<IpAddr> = if stopping {
             BTreeSet::new()
         } else {
             let l = lease.lock().unwrap_or_else(PoisonError::into_inner);
-            l.held(std::time::Instant::now()).into_keys().collect()
+            l.held(now).into_keys().collect()
         };
+        let ready = programmed.borrow().clone();
         // Ask the kernel on every change, and every second to repair hand edits.
-        let state = (managed, held);
+        let state = (managed, held, ready);
         if last.as_ref() != Some(&state)
             || stopping
             || last_check.elapsed() > Duration::from_secs(1)
         {
-            let r = rtnl.clone();
-            let (m, h) = state.clone();
-            match tokio::task::spawn_blocking(move || converge(&r, ifindex, &m, &h)).await {
-                Ok(Ok(())) => last = Some(state),
+            let h = host.clone();
+            let (m, hd, r) = state.clone();
+            match tokio::task::spawn_blocking(move || h.converge(&m, &hd, &r)).await {
+                Ok(Ok(added)) => {
+                    for vip in added {
+                        announcements.taken(vip, now, &host.announce);
+                    }
+                    last = Some(state.clone());
+                }
                 Ok(Err(e)) => tracing::warn!(error = %e, "VIP addresses"),
                 Err(e) => tracing::warn!(error = %e, "VIP task"),
             }
@@ -172,6 +270,11 @@ async fn vip_loop(
         if stopping {
             return;
         }
+        let due = announcements.due(now, &state.1, &host.announce);
+        if !due.is_empty() {
+            let h = host.clone();
+            let _ = tokio::task::spawn_blocking(move || h.announce(&due)).await;
+        }
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = stop.changed() => {}
@@ -179,10 +282,27 @@ async fn vip_loop(
     }
 }
 
+/// The VIPs whose services were all programmed by a reconcile round.
+fn programmed_vips(
+    keys: &BTreeSet<ServiceKey>,
+    failed: &[(crate::reconcile::Op, IpvsError)],
+) -> BTreeSet<IpAddr> {
+    let vip = |k: &ServiceKey| match k {
+        ServiceKey::Endpoint { addr, .. } => Some(*addr),
+        ServiceKey::Fwmark { .. } => None,
+    };
+    let broken: BTreeSet<IpAddr> = failed.iter().filter_map(|(op, _)| vip(&op.key())).collect();
+    keys.iter()
+        .filter_map(vip)
+        .filter(|a| !broken.contains(a))
+        .collect()
+}
+
 async fn reconcile_loop(
     ipvs: Ipvs,
     resync: Duration,
     mut desired: watch::Receiver<Desired>,
+    programmed: watch::Sender<BTreeSet<IpAddr>>,
     progress: Arc<Mutex<Progress>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -210,6 +330,12 @@ async fn reconcile_loop(
             let mut prog = progress.lock().unwrap_or_else(PoisonError::into_inner);
             match round {
                 Ok(Ok((keys, p, failed, host_errors))) => {
+                    programmed.send_if_modified(|vips| {
+                        let now = programmed_vips(&keys, &failed);
+                        let changed = *vips != now;
+                        *vips = now;
+                        changed
+                    });
                     managed = keys;
                     if !p.ops.is_empty() {
                         tracing::info!(
@@ -287,23 +413,38 @@ async fn session_loop(
     let addrs = addresses(&config.controllers);
     let mut target = addrs[0].clone();
     let mut next = 0;
-    let mut backoff = Duration::from_millis(100);
+    // Retry fast: the lease is running out while no controller answers.
+    let first_backoff = Duration::from_millis(50);
+    let mut backoff = first_backoff;
     let mut heartbeat = 0u64;
+    // Followers keep naming a dead leader until they elect a new one;
+    // following such a hint again would only burn the lease.
+    let mut unreachable: BTreeMap<String, std::time::Instant> = BTreeMap::new();
     loop {
         let outcome = tokio::select! {
             o = session(&config, &target, &desired, &progress, &lease, &mut heartbeat) => o,
             _ = stop.wait_for(|s| *s) => return,
         };
+        let recently_failed = |addr: &str, failed: &BTreeMap<String, std::time::Instant>| {
+            failed
+                .get(addr)
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(2))
+        };
         match outcome {
-            Ok(()) => backoff = Duration::from_millis(100),
+            Ok(()) => backoff = first_backoff,
             Err(status) => match leader_hint(&status) {
-                Some(leader) => {
+                Some(leader) if leader != target && !recently_failed(&leader, &unreachable) => {
                     tracing::info!(leader = %leader, "following the controller leader");
                     target = leader;
                     continue;
                 }
-                None => {
+                _ => {
                     tracing::warn!(controller = %target, error = %status.message(), "controller stream lost");
+                    // Transport failures carry their cause; a controller's
+                    // own answer ("no leader elected yet") does not.
+                    if std::error::Error::source(&status).is_some() {
+                        unreachable.insert(target.clone(), std::time::Instant::now());
+                    }
                     next = (next + 1) % addrs.len();
                     target = addrs[next].clone();
                 }
@@ -313,7 +454,7 @@ async fn session_loop(
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(Duration::from_millis(250));
     }
 }
 

@@ -5,8 +5,9 @@
 //! [`desired`] turns lbfabric services into IPVS table entries; [`reconcile`]
 //! compares that with what the kernel holds and applies the difference;
 //! [`forwarding`] turns on IP forwarding for NAT; [`vip`] holds the VIP
-//! addresses this director owns while its lease is fresh. Gratuitous ARP and
-//! connection sync arrive with the rest of #4.
+//! addresses this director owns while its lease is fresh and schedules their
+//! announcements (the frames themselves are built and sent by
+//! `lb_hostnet::announce`); the agent also runs the IPVS sync daemons.
 
 pub mod agent;
 pub mod desired;

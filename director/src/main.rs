@@ -3,7 +3,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use lb_director::agent::{run, Config};
+use lb_director::agent::{run, Config, SyncConfig};
+use lb_director::vip::AnnounceConfig;
 
 /// lbfabric director agent: programs IPVS as the controller says.
 #[derive(Debug, Parser)]
@@ -30,6 +31,22 @@ struct Args {
     /// Compare the kernel with the desired state at least this often, in milliseconds.
     #[arg(long, env = "LB_RESYNC_MS", default_value_t = 5000)]
     resync_ms: u64,
+    /// Gratuitous ARPs / unsolicited NAs sent when a VIP is taken.
+    #[arg(long, env = "LB_GARP_BURST", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    garp_burst: u32,
+    /// Gap between the announcements of a burst, in milliseconds.
+    #[arg(long, env = "LB_GARP_INTERVAL_MS", default_value_t = 100)]
+    garp_interval_ms: u64,
+    /// Announce held VIPs again this often, in milliseconds (0: never).
+    #[arg(long, env = "LB_GARP_REFRESH_MS", default_value_t = 30_000)]
+    garp_refresh_ms: u64,
+    /// Run the IPVS connection sync daemons on this interface (backup always,
+    /// master while holding a VIP), so connections survive a failover.
+    #[arg(long, env = "LB_SYNC_INTERFACE")]
+    sync_interface: Option<String>,
+    /// Sync id shared by the directors of one pool (0-255).
+    #[arg(long, env = "LB_SYNC_ID", default_value_t = 0)]
+    sync_id: u8,
 }
 
 #[tokio::main]
@@ -55,6 +72,16 @@ async fn main() -> anyhow::Result<()> {
         interface: args.interface,
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         resync: Duration::from_millis(args.resync_ms),
+        announce: AnnounceConfig {
+            burst: args.garp_burst,
+            interval: Duration::from_millis(args.garp_interval_ms),
+            refresh: (args.garp_refresh_ms > 0)
+                .then(|| Duration::from_millis(args.garp_refresh_ms)),
+        },
+        sync: args.sync_interface.map(|interface| SyncConfig {
+            interface,
+            sync_id: args.sync_id,
+        }),
     };
     run(config, shutdown_signal()).await?;
     Ok(())

@@ -22,6 +22,19 @@ pub enum Op {
     DeleteDest(ServiceKey, DestSpec),
 }
 
+impl Op {
+    /// The service the operation changes.
+    pub fn key(&self) -> ServiceKey {
+        match self {
+            Op::AddService(s) | Op::UpdateService(s) => s.key,
+            Op::DeleteService(k)
+            | Op::AddDest(k, _)
+            | Op::UpdateDest(k, _)
+            | Op::DeleteDest(k, _) => *k,
+        }
+    }
+}
+
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dest = |d: &DestSpec| std::net::SocketAddr::new(d.addr, d.port);

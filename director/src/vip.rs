@@ -56,27 +56,36 @@ pub fn lease_until(sent: Instant, lease_ms: u32) -> Instant {
     sent + Duration::from_millis(u64::from(lease_ms))
 }
 
-/// Puts exactly the `held` VIPs among `managed` on interface `ifindex`;
-/// addresses that are not VIPs of the configuration are never touched.
+/// Makes the VIPs on interface `ifindex` those `held`: removes every VIP of
+/// `managed` that is not held, adds held VIPs that are also `ready` (their
+/// services are in the kernel — a VIP that attracts traffic before IPVS can
+/// take it black-holes it). Addresses that are not VIPs of the configuration
+/// are never touched. Returns the VIPs it added (to be announced).
 pub fn converge(
     rtnl: &Rtnl,
     ifindex: u32,
     managed: &BTreeSet<IpAddr>,
     held: &BTreeSet<IpAddr>,
-) -> Result<(), NetError> {
+    ready: &BTreeSet<IpAddr>,
+) -> Result<Vec<IpAddr>, NetError> {
     let on_iface: BTreeSet<IpAddr> = rtnl
         .addresses(ifindex)?
         .into_iter()
         .map(|a| a.addr)
         .collect();
     let host_prefix = |addr: &IpAddr| if addr.is_ipv4() { 32 } else { 128 };
-    for vip in held.iter().filter(|v| !on_iface.contains(v)) {
+    let mut added = Vec::new();
+    for vip in held
+        .iter()
+        .filter(|v| ready.contains(v) && !on_iface.contains(v))
+    {
         rtnl.add_address(&Address {
             ifindex,
             addr: *vip,
             prefix_len: host_prefix(vip),
         })?;
         tracing::info!(vip = %vip, "VIP added");
+        added.push(*vip);
     }
     for vip in on_iface
         .iter()
@@ -89,12 +98,98 @@ pub fn converge(
         })?;
         tracing::info!(vip = %vip, "VIP removed");
     }
-    Ok(())
+    Ok(added)
+}
+
+/// How a director announces a VIP it has just taken: a burst of
+/// gratuitous ARPs / unsolicited NAs, then one every `refresh`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnounceConfig {
+    pub burst: u32,
+    pub interval: Duration,
+    /// `None`: no periodic refresh.
+    pub refresh: Option<Duration>,
+}
+
+impl Default for AnnounceConfig {
+    fn default() -> Self {
+        AnnounceConfig {
+            burst: 3,
+            interval: Duration::from_millis(100),
+            refresh: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// When each held VIP is next announced.
+#[derive(Debug, Default)]
+pub struct Announcements {
+    /// VIP → (burst announcements still to send, when the next one is due).
+    next: BTreeMap<IpAddr, (u32, Instant)>,
+}
+
+impl Announcements {
+    /// A VIP was just added: announce it now, then the rest of the burst.
+    pub fn taken(&mut self, vip: IpAddr, now: Instant, config: &AnnounceConfig) {
+        self.next.insert(vip, (config.burst.max(1), now));
+    }
+
+    /// The VIPs to announce at `now`; forgets VIPs no longer `held`.
+    pub fn due(
+        &mut self,
+        now: Instant,
+        held: &BTreeSet<IpAddr>,
+        config: &AnnounceConfig,
+    ) -> Vec<IpAddr> {
+        self.next.retain(|vip, _| held.contains(vip));
+        let mut out = Vec::new();
+        for (vip, (left, at)) in self.next.iter_mut() {
+            if *at > now {
+                continue;
+            }
+            out.push(*vip);
+            if *left > 1 {
+                *left -= 1;
+                *at = now + config.interval;
+            } else if let Some(refresh) = config.refresh {
+                *at = now + refresh;
+            } else {
+                *at = now + Duration::from_secs(u64::from(u32::MAX));
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_vip_is_announced_in_a_burst_then_refreshed() {
+        let cfg = AnnounceConfig {
+            burst: 3,
+            interval: Duration::from_millis(100),
+            refresh: Some(Duration::from_secs(30)),
+        };
+        let vip: IpAddr = "10.0.0.100".parse().unwrap();
+        let held = BTreeSet::from([vip]);
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut a = Announcements::default();
+        a.taken(vip, t0, &cfg);
+        assert_eq!(a.due(t0, &held, &cfg), vec![vip], "at once");
+        assert!(a.due(ms(50), &held, &cfg).is_empty());
+        assert_eq!(a.due(ms(100), &held, &cfg), vec![vip]);
+        assert_eq!(a.due(ms(200), &held, &cfg), vec![vip], "third of the burst");
+        assert!(a.due(ms(300), &held, &cfg).is_empty(), "burst over");
+        assert_eq!(a.due(ms(30_200), &held, &cfg), vec![vip], "refresh");
+        assert!(
+            a.due(ms(60_200), &BTreeSet::new(), &cfg).is_empty(),
+            "a VIP let go is not announced"
+        );
+        assert!(a.due(ms(90_200), &held, &cfg).is_empty(), "and forgotten");
+    }
 
     #[test]
     fn lease_starts_at_the_send_of_the_acknowledged_heartbeat() {
