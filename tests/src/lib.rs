@@ -105,13 +105,25 @@ impl ControllerProc {
         bootstrap: bool,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_at("127.0.0.1", node_id, dir, bootstrap, extra)
+    }
+
+    /// Like [`ControllerProc::start`], listening on `ip` (a free port) — an
+    /// address agents in other network namespaces can reach.
+    pub fn start_at(
+        ip: &str,
+        node_id: u64,
+        dir: &Path,
+        bootstrap: bool,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         if !bootstrap {
             extra.push("--no-bootstrap".into());
         }
         let mut p = ControllerProc {
             node_id,
-            addr: "127.0.0.1:0".into(),
+            addr: format!("{ip}:0"),
             data_dir: dir.join(format!("node{node_id}")),
             log: dir.join(format!("node{node_id}.log")),
             extra,
@@ -263,9 +275,19 @@ pub async fn start_cluster(
     dir: &Path,
     extra: &[&str],
 ) -> anyhow::Result<Vec<ControllerProc>> {
-    let mut nodes = vec![ControllerProc::start(1, dir, true, extra)?];
+    start_cluster_at("127.0.0.1", n, dir, extra).await
+}
+
+/// [`start_cluster`] with every node listening on `ip`.
+pub async fn start_cluster_at(
+    ip: &str,
+    n: u64,
+    dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<Vec<ControllerProc>> {
+    let mut nodes = vec![ControllerProc::start_at(ip, 1, dir, true, extra)?];
     for id in 2..=n {
-        nodes.push(ControllerProc::start(id, dir, false, extra)?);
+        nodes.push(ControllerProc::start_at(ip, id, dir, false, extra)?);
     }
     nodes[0].wait_leader().await?;
     let mut admin = nodes[0].cluster().await?;

@@ -8,6 +8,7 @@
 //! of their own, so nothing is added to the caller's network namespace.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -95,6 +96,41 @@ impl Topology {
             &format!("ip addr add {cidr} dev {ifname} && ip link set {ifname} up"),
         )?;
         Ok(())
+    }
+
+    /// Plugs the *calling* process's namespace into `bridge` as `ifname` with
+    /// `cidr`, for processes that tests drive directly (e.g. controllers the
+    /// agents in the namespaces must reach). The interface goes away with the
+    /// bridge's namespace.
+    pub fn plug_caller(&mut self, bridge: &str, ifname: &str, cidr: &str) -> anyhow::Result<()> {
+        let b = self.ns(bridge);
+        let port = format!("p-caller-{ifname}");
+        anyhow::ensure!(port.len() <= 15, "interface name {port} is too long");
+        run(Command::new("ip").args([
+            "-n",
+            &b,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ifname,
+            "netns",
+            &std::process::id().to_string(),
+        ]))?;
+        run(Command::new("ip").args(["-n", &b, "link", "set", &port, "master", "br0", "up"]))?;
+        run(Command::new("ip").args(["addr", "add", cidr, "dev", ifname]))?;
+        run(Command::new("ip").args(["link", "set", ifname, "up"]))?;
+        Ok(())
+    }
+
+    /// A command that runs `program` inside namespace `name`; the caller owns the child.
+    pub fn command(&self, name: &str, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(name)]).arg(program);
+        c
     }
 
     /// Joins two namespaces directly with a veth pair.

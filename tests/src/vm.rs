@@ -290,10 +290,22 @@ impl Vm {
             run_dir.display(),
             self.guest.display()
         );
+        // One vCPU per host core (multi-threaded TCG): the fabric tests run
+        // controllers, directors and traffic at once.
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get().min(4))
+            .unwrap_or(1)
+            .to_string();
         let mut qemu = Command::new("qemu-system-x86_64")
             .args([
-                "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", "1",
+                "-accel",
+                "tcg,thread=multi",
+                "-machine",
+                "q35",
+                "-cpu",
+                "max",
             ])
+            .args(["-smp", &cpus])
             .args(["-m", &self.memory_mb.to_string()])
             .args([
                 "-nographic",

@@ -2,6 +2,13 @@
 //!
 //!   lb-http serve NAME ADDR:PORT      answer every request with "NAME\n"; prints "ready" once listening
 //!   lb-http get URL [COUNT] [GAP_MS]  make COUNT requests (new connection each), print one body (or ERR …) per line
+//!   lb-http probe URL SECONDS EVERY_MS TIMEOUT_MS
+//!                                     start a request every EVERY_MS for SECONDS, each on its own
+//!                                     connection and thread; print "START_MS OK BODY" or
+//!                                     "START_MS ERR WHY" per request (START_MS since the Unix epoch)
+//!   lb-http vipwatch ADDR SECONDS EVERY_MS
+//!                                     sample whether ADDR is local here (binding to it works);
+//!                                     print "MS 1" / "MS 0" at the start and on every change, "MS end"
 //!
 //! Only the Rust standard library: it starts fast in the VM, where every exec counts.
 
@@ -45,15 +52,14 @@ fn answer(conn: TcpStream, name: &str) -> std::io::Result<()> {
     conn.flush()
 }
 
-fn get_once(host_port: &str, path: &str) -> Result<String, String> {
+fn get_once(host_port: &str, path: &str, timeout: Duration) -> Result<String, String> {
     let addr = host_port
         .to_socket_addrs()
         .map_err(|e| e.to_string())?
         .next()
         .ok_or("no address")?;
-    let mut conn =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    conn.set_read_timeout(Some(Duration::from_secs(3)))
+    let mut conn = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     write!(
         conn,
@@ -72,6 +78,64 @@ fn get_once(host_port: &str, path: &str) -> Result<String, String> {
     Ok(body.trim().to_string())
 }
 
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// `http://host[:port]/path` → ("host:port", "/path").
+fn split_url(url: &str) -> Option<(String, String)> {
+    let target = url.strip_prefix("http://")?;
+    let (host_port, path) = match target.find('/') {
+        Some(i) => (&target[..i], &target[i..]),
+        None => (target, "/"),
+    };
+    let host_port = if host_port.contains(':') && !host_port.ends_with(']') {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:80")
+    };
+    Some((host_port, path.to_string()))
+}
+
+/// Requests at a fixed rate, whatever happens to earlier ones: a request
+/// stuck on a dead director does not delay the next, so the log shows when
+/// service stopped and resumed to within one interval.
+fn probe(host_port: &str, path: &str, seconds: u64, every: Duration, timeout: Duration) {
+    let end = std::time::Instant::now() + Duration::from_secs(seconds);
+    let mut workers = Vec::new();
+    while std::time::Instant::now() < end {
+        let (hp, p) = (host_port.to_string(), path.to_string());
+        workers.push(std::thread::spawn(move || {
+            let start = unix_ms();
+            match get_once(&hp, &p, timeout) {
+                Ok(body) => println!("{start} OK {body}"),
+                Err(e) => println!("{start} ERR {e}"),
+            }
+        }));
+        std::thread::sleep(every);
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
+fn vipwatch(addr: std::net::IpAddr, seconds: u64, every: Duration) {
+    let end = std::time::Instant::now() + Duration::from_secs(seconds);
+    let mut last = None;
+    while std::time::Instant::now() < end {
+        let local = std::net::UdpSocket::bind((addr, 0)).is_ok();
+        if last != Some(local) {
+            println!("{} {}", unix_ms(), u8::from(local));
+            last = Some(local);
+        }
+        std::thread::sleep(every);
+    }
+    println!("{} end", unix_ms());
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
@@ -87,24 +151,38 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        ["probe", url, seconds, every, timeout] => {
+            let (Some((host_port, path)), Ok(seconds), Ok(every), Ok(timeout)) = (
+                split_url(url),
+                seconds.parse(),
+                every.parse(),
+                timeout.parse(),
+            ) else {
+                eprintln!("lb-http probe: expected http://URL SECONDS EVERY_MS TIMEOUT_MS");
+                return ExitCode::FAILURE;
+            };
+            let ms = Duration::from_millis;
+            probe(&host_port, &path, seconds, ms(every), ms(timeout));
+            ExitCode::SUCCESS
+        }
+        ["vipwatch", addr, seconds, every] => {
+            let (Ok(addr), Ok(seconds), Ok(every)) = (addr.parse(), seconds.parse(), every.parse())
+            else {
+                eprintln!("lb-http vipwatch: expected ADDR SECONDS EVERY_MS");
+                return ExitCode::FAILURE;
+            };
+            vipwatch(addr, seconds, Duration::from_millis(every));
+            ExitCode::SUCCESS
+        }
         ["get", url, rest @ ..] => {
             let count: usize = rest.first().and_then(|c| c.parse().ok()).unwrap_or(1);
             let gap: u64 = rest.get(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-            let Some(target) = url.strip_prefix("http://") else {
+            let Some((host_port, path)) = split_url(url) else {
                 eprintln!("lb-http get: only http:// URLs");
                 return ExitCode::FAILURE;
             };
-            let (host_port, path) = match target.find('/') {
-                Some(i) => (&target[..i], &target[i..]),
-                None => (target, "/"),
-            };
-            let host_port = if host_port.contains(':') && !host_port.ends_with(']') {
-                host_port.to_string()
-            } else {
-                format!("{host_port}:80")
-            };
             for i in 0..count {
-                match get_once(&host_port, path) {
+                match get_once(&host_port, &path, Duration::from_secs(3)) {
                     Ok(body) => println!("{body}"),
                     Err(e) => println!("ERR {e}"),
                 }
@@ -115,7 +193,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: lb-http serve NAME ADDR:PORT | lb-http get URL [COUNT] [GAP_MS]");
+            eprintln!("usage: lb-http serve NAME ADDR:PORT | get URL [COUNT] [GAP_MS] | probe URL SECONDS EVERY_MS TIMEOUT_MS | vipwatch ADDR SECONDS EVERY_MS");
             ExitCode::FAILURE
         }
     }

@@ -7,6 +7,7 @@
 //! Run anywhere else, each test skips — or fails under LB_REQUIRE_PRIVILEGED_TESTS=1.
 
 mod director;
+mod fabric;
 mod forwarding;
 mod ipvs_client;
 mod ipvs_netlink;

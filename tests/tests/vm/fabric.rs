@@ -1,0 +1,715 @@
+//! The whole fabric with real traffic: three controllers, two directors in
+//! their own network namespaces (each with its own IPVS table), realservers
+//! and a client on one LAN, and what an operator cares about:
+//! - services created with lbctl reach the owner's kernel (and the standby's,
+//!   warm) exactly, and requests are balanced in NAT, DR and TUN;
+//! - kill -9 of the owner's agent and its restart fail no request;
+//! - killing the controller leader moves no VIP and fails no request;
+//! - cutting the owner off from the controllers (nftables) moves the VIP
+//!   without both directors ever holding it, and clients are served after;
+//! - freezing the owner's host (SIGSTOP + link down) moves the VIP; the
+//!   client's gap is measured and gratuitous ARPs are seen on the wire.
+//!
+//! Topology (all namespaces; the test process itself runs the controllers
+//! on 10.0.0.1, plugged into the LAN):
+//!
+//! ```text
+//!  lan 10.0.0.0/24: ctl .1 (controllers)  cl .2 (client)  d1 .11  d2 .12  rs1 .21  rs2 .22
+//!  int 192.168.50.0/24:                   d1 .11  d2 .12  rs3 .23  rs4 .24 (NAT, via d1)
+//!  VIPs: 10.0.0.100 DR, 10.0.0.101 TUN (rs1, rs2), 10.0.0.102 NAT (rs3, rs4)
+//! ```
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lb_testkit::netns::Topology;
+use lb_testkit::{bin, lbctl_ok, start_cluster_at, wait_for, ControllerProc};
+
+const DR_VIP: &str = "10.0.0.100";
+const TUN_VIP: &str = "10.0.0.101";
+const NAT_VIP: &str = "10.0.0.102";
+const VIPS: [&str; 3] = [DR_VIP, TUN_VIP, NAT_VIP];
+
+/// A child process killed (SIGKILL) when dropped, also when the test fails.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            // A frozen process must be thawed to die promptly.
+            signal(self.0.id(), "CONT");
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+struct Fabric {
+    t: Topology,
+    dir: tempfile::TempDir,
+    controllers: Vec<ControllerProc>,
+    /// `--controller` for the agents and lbctl: every node.
+    addrs: String,
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in ["d1", "d2"] {
+                let log = std::fs::read_to_string(self.log(node)).unwrap_or_default();
+                eprintln!("---- {node} log ----\n{log}");
+            }
+            for c in &self.controllers {
+                let log = c.log_text();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                eprintln!("---- controller {} log (tail) ----\n{tail}", c.node_id);
+            }
+        }
+    }
+}
+
+impl Fabric {
+    /// Builds the topology and a three-node controller cluster with `controller_flags`.
+    async fn new(controller_flags: &[&str]) -> anyhow::Result<Fabric> {
+        let ok = Command::new("modprobe").arg("ipip").status()?.success();
+        anyhow::ensure!(ok, "modprobe ipip");
+        let mut t = Topology::new();
+        t.add_bridge("lan")?;
+        t.add_bridge("int")?;
+        t.plug_caller("lan", "lbc0", "10.0.0.1/24")?;
+        for (ns, ip) in [
+            ("cl", "10.0.0.2/24"),
+            ("d1", "10.0.0.11/24"),
+            ("d2", "10.0.0.12/24"),
+            ("rs1", "10.0.0.21/24"),
+            ("rs2", "10.0.0.22/24"),
+        ] {
+            t.add_ns(ns)?;
+            t.plug(ns, "lan", "eth0", ip)?;
+        }
+        t.plug("d1", "int", "eth1", "192.168.50.11/24")?;
+        t.plug("d2", "int", "eth1", "192.168.50.12/24")?;
+        for (rs, ip) in [("rs3", "192.168.50.23/24"), ("rs4", "192.168.50.24/24")] {
+            t.add_ns(rs)?;
+            t.plug(rs, "int", "eth0", ip)?;
+            // NAT replies must pass the director that rewrote the request.
+            t.sh(rs, "ip route add default via 192.168.50.11")?;
+            t.http_backend(rs, rs, "0.0.0.0:8080")?;
+        }
+        for rs in ["rs1", "rs2"] {
+            // What a DR/TUN realserver needs (the realserver agent's job, #5).
+            t.sh(
+                rs,
+                &format!(
+                    "ip addr add {DR_VIP}/32 dev lo
+                     ip link set tunl0 up
+                     ip addr add {TUN_VIP}/32 dev tunl0
+                     sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.tunl0.rp_filter=0
+                     sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.eth0.arp_ignore=1
+                     sysctl -qw net.ipv4.conf.all.arp_announce=2 net.ipv4.conf.eth0.arp_announce=2"
+                ),
+            )?;
+            t.http_backend(rs, rs, "0.0.0.0:80")?;
+        }
+        let dir = tempfile::tempdir()?;
+        let controllers = start_cluster_at("10.0.0.1", 3, dir.path(), controller_flags).await?;
+        let addrs = controllers
+            .iter()
+            .map(|c| c.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Fabric {
+            t,
+            dir,
+            controllers,
+            addrs,
+        })
+    }
+
+    fn lbctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        lbctl_ok(&self.addrs, args)
+    }
+
+    fn create_services(&self) -> anyhow::Result<()> {
+        let rr = ["--scheduler", "rr"];
+        let lan_rs = ["--realserver", "10.0.0.21", "--realserver", "10.0.0.22"];
+        let dr = [
+            &[
+                "service",
+                "create",
+                "dr",
+                "--vip",
+                "10.0.0.100:80/tcp",
+                "--mode",
+                "dr",
+            ][..],
+            &rr,
+            &lan_rs,
+        ]
+        .concat();
+        let tun = [
+            &[
+                "service",
+                "create",
+                "tun",
+                "--vip",
+                "10.0.0.101:80/tcp",
+                "--mode",
+                "tun",
+            ][..],
+            &rr,
+            &lan_rs,
+        ]
+        .concat();
+        let nat = [
+            &[
+                "service",
+                "create",
+                "nat",
+                "--vip",
+                "10.0.0.102:80/tcp",
+                "--mode",
+                "nat",
+            ][..],
+            &rr,
+            &[
+                "--realserver",
+                "192.168.50.23:8080",
+                "--realserver",
+                "192.168.50.24:8080",
+            ],
+            // The NAT realservers route through d1.
+            &["--prefer-director", "d1"],
+        ]
+        .concat();
+        for args in [dr, tun, nat] {
+            self.lbctl(&args)?;
+        }
+        Ok(())
+    }
+
+    fn start_director(&self, node: &str, extra: &[&str]) -> anyhow::Result<Proc> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(node))?;
+        let child = self
+            .t
+            .command(node, &bin("lb-director"))
+            .args(["--controller", &self.addrs, "--node-id", node])
+            .args(["--interface", "eth0", "--sync-interface", "eth0"])
+            .args(["--resync-ms", "1000"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        Ok(Proc(child))
+    }
+
+    fn log(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("{node}.log"))
+    }
+
+    /// `ipvsadm -Sn` in namespace `ns`, sorted.
+    fn ipvs(&self, ns: &str) -> Vec<String> {
+        let out = self.t.sh(ns, "ipvsadm -Sn").unwrap_or_default();
+        let mut lines: Vec<String> = out.lines().map(String::from).collect();
+        lines.sort();
+        lines
+    }
+
+    /// Which of `VIPS` namespace `ns` has on eth0.
+    fn held(&self, ns: &str) -> Vec<&'static str> {
+        let out = self
+            .t
+            .sh(ns, "ip -o -4 addr show dev eth0")
+            .unwrap_or_default();
+        VIPS.into_iter()
+            .filter(|v| out.contains(&format!("inet {v}/32")))
+            .collect()
+    }
+
+    async fn wait_held(&self, ns: &str, vips: &[&str], within: Duration) -> anyhow::Result<()> {
+        let what = format!("{ns} to hold {vips:?}");
+        wait_for(within, &what, || async {
+            let h = self.held(ns);
+            vips.iter().all(|v| h.contains(v)).then_some(())
+        })
+        .await
+    }
+
+    /// The owners (director, epoch) of every VIP, from `lbctl director list`.
+    fn owners(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let out = self.lbctl(&["director", "list", "-o", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let mut owners = Vec::new();
+        for d in v["directors"].as_array().into_iter().flatten() {
+            for o in d["owns"].as_array().into_iter().flatten() {
+                owners.push((
+                    o["vip"].as_str().unwrap_or_default().to_string(),
+                    d["nodeId"].as_str().unwrap_or_default().to_string(),
+                    o["epoch"].to_string(),
+                ));
+            }
+        }
+        owners.sort();
+        Ok(owners)
+    }
+
+    /// Requests from the client to `url` every `every_ms` for `seconds`.
+    fn probe(&self, url: &str, seconds: u64, every_ms: u64) -> anyhow::Result<Probe> {
+        let child = self
+            .t
+            .command("cl", &bin("lb-http"))
+            .args([
+                "probe",
+                url,
+                &seconds.to_string(),
+                &every_ms.to_string(),
+                "500",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        Ok(Probe(Proc(child)))
+    }
+
+    /// Samples every 10 ms whether `ns` holds `vip`.
+    fn vipwatch(&self, ns: &str, vip: &str, seconds: u64) -> anyhow::Result<Watch> {
+        let child = self
+            .t
+            .command(ns, &bin("lb-http"))
+            .args(["vipwatch", vip, &seconds.to_string(), "10"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        Ok(Watch(Proc(child)))
+    }
+
+    /// Index of the node that leads now.
+    async fn leader(&self) -> anyhow::Result<usize> {
+        wait_for(Duration::from_secs(10), "a leader", || async {
+            for (i, c) in self.controllers.iter().enumerate() {
+                if c.status().await.is_some_and(|s| s.state == "leader") {
+                    return Some(i);
+                }
+            }
+            None
+        })
+        .await
+    }
+}
+
+fn stdout_of(p: &mut Proc) -> String {
+    let mut out = String::new();
+    if let Some(mut s) = p.0.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    let _ = p.0.wait();
+    out
+}
+
+struct Probe(Proc);
+
+/// What the client saw: requests in start order.
+struct Seen {
+    /// (start, Ok(body) | Err(why)), start in ms since the epoch.
+    requests: Vec<(u128, Result<String, String>)>,
+}
+
+impl Probe {
+    fn finish(mut self) -> Seen {
+        let out = stdout_of(&mut self.0);
+        let mut requests: Vec<(u128, Result<String, String>)> = out
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, ' ');
+                let start = parts.next()?.parse().ok()?;
+                let kind = parts.next()?;
+                let rest = parts.next().unwrap_or_default().to_string();
+                Some((start, if kind == "OK" { Ok(rest) } else { Err(rest) }))
+            })
+            .collect();
+        requests.sort_by_key(|r| r.0);
+        Seen { requests }
+    }
+}
+
+impl Seen {
+    fn failed(&self) -> Vec<&(u128, Result<String, String>)> {
+        self.requests.iter().filter(|r| r.1.is_err()).collect()
+    }
+
+    /// The longest stretch without service: from the first failed request's
+    /// start to the start of the next request that succeeded.
+    fn gap(&self) -> Duration {
+        let mut worst = 0;
+        let mut down_since = None;
+        for (start, r) in &self.requests {
+            match (r, down_since) {
+                (Err(_), None) => down_since = Some(*start),
+                (Ok(_), Some(since)) => {
+                    worst = worst.max(start - since);
+                    down_since = None;
+                }
+                _ => {}
+            }
+        }
+        Duration::from_millis(worst as u64)
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} requests, {} failed, longest gap {:?}",
+            self.requests.len(),
+            self.failed().len(),
+            self.gap()
+        )
+    }
+}
+
+struct Watch(Proc);
+
+impl Watch {
+    /// Intervals [from, to) in ms during which the address was held.
+    fn finish(mut self) -> Vec<(u128, u128)> {
+        let out = stdout_of(&mut self.0);
+        let mut held = Vec::new();
+        let mut since = None;
+        for line in out.lines() {
+            let Some((t, what)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(t) = t.parse::<u128>() else { continue };
+            match what {
+                "1" => since = Some(t),
+                "0" | "end" => {
+                    if let Some(s) = since.take() {
+                        held.push((s, t));
+                    }
+                }
+                _ => {}
+            }
+        }
+        held
+    }
+}
+
+/// Overlaps between two sets of held intervals (both holding at once).
+fn overlaps(a: &[(u128, u128)], b: &[(u128, u128)]) -> Vec<(u128, u128)> {
+    let mut out = Vec::new();
+    for &(a0, a1) in a {
+        for &(b0, b1) in b {
+            let (s, e) = (a0.max(b0), a1.min(b1));
+            if s < e {
+                out.push((s, e));
+            }
+        }
+    }
+    out
+}
+
+/// `requests` balanced across `backends` (rr: each answers, alternately).
+fn assert_balanced(answers: &[String], backends: [&str; 2], what: &str) {
+    assert!(
+        answers.iter().all(|a| backends.contains(&a.as_str())),
+        "{what}: {answers:?}"
+    );
+    for pair in answers.windows(2) {
+        assert_ne!(
+            pair[0], pair[1],
+            "{what}: rr did not alternate: {answers:?}"
+        );
+    }
+}
+
+/// Captures ARP on the client's interface until dropped; `lines` reads what was seen.
+struct Capture(Proc);
+
+impl Capture {
+    fn start(f: &Fabric) -> anyhow::Result<Capture> {
+        let tcpdump = lb_testkit::which("tcpdump").ok_or_else(|| anyhow::anyhow!("tcpdump"))?;
+        let mut child =
+            f.t.command("cl", &tcpdump)
+                .args(["-l", "-n", "-i", "eth0", "arp"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?;
+        // tcpdump says "listening on …" on stderr once capturing.
+        let mut err = BufReader::new(
+            child
+                .stderr
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("stderr"))?,
+        );
+        let mut line = String::new();
+        while !line.contains("listening on") {
+            line.clear();
+            anyhow::ensure!(err.read_line(&mut line)? > 0, "tcpdump did not start");
+        }
+        Ok(Capture(Proc(child)))
+    }
+
+    fn lines(mut self) -> Vec<String> {
+        signal(self.0 .0.id(), "INT");
+        stdout_of(&mut self.0).lines().map(String::from).collect()
+    }
+}
+
+fn gratuitous_arps<'a>(lines: &'a [String], vip: &str) -> Vec<&'a String> {
+    let who = format!("who-has {vip} tell {vip}");
+    lines.iter().filter(|l| l.contains(&who)).collect()
+}
+
+/// Timers for the VM: it emulates its CPUs (TCG), tens of times slower than
+/// the host, and a gRPC round trip there can exceed the LAN defaults' 50 ms
+/// Raft heartbeat. Everything is scaled up alike; the figures printed are
+/// for these timers.
+const VM_CONTROLLER_TIMERS: [&str; 8] = [
+    "--raft-heartbeat-ms",
+    "120",
+    "--raft-election-ms",
+    "400",
+    "--lease-ms",
+    "3000",
+    "--lease-margin-ms",
+    "500",
+];
+const VM_DIRECTOR_HEARTBEAT: [&str; 2] = ["--heartbeat-ms", "250"];
+
+#[tokio::test]
+async fn fabric_with_traffic() -> anyhow::Result<()> {
+    if !super::in_vm() {
+        return Ok(());
+    }
+    let mut f = Fabric::new(&VM_CONTROLLER_TIMERS).await?;
+    f.create_services()?;
+    let hb = VM_DIRECTOR_HEARTBEAT;
+    // d1 first, so it owns every VIP; then d2 joins as warm standby.
+    let mut d1 = f.start_director("d1", &hb)?;
+    f.wait_held("d1", &VIPS, Duration::from_secs(30)).await?;
+    let d2 = f.start_director("d2", &hb)?;
+
+    // 1. The configuration in both kernels, exactly; the VIPs only on the owner.
+    let want = super::sorted(&[
+        "-A -t 10.0.0.100:80 -s rr",
+        "-a -t 10.0.0.100:80 -r 10.0.0.21:80 -g -w 1",
+        "-a -t 10.0.0.100:80 -r 10.0.0.22:80 -g -w 1",
+        "-A -t 10.0.0.101:80 -s rr",
+        "-a -t 10.0.0.101:80 -r 10.0.0.21:80 -i -w 1 --tun-type ipip",
+        "-a -t 10.0.0.101:80 -r 10.0.0.22:80 -i -w 1 --tun-type ipip",
+        "-A -t 10.0.0.102:80 -s rr",
+        "-a -t 10.0.0.102:80 -r 192.168.50.23:8080 -m -w 1",
+        "-a -t 10.0.0.102:80 -r 192.168.50.24:8080 -m -w 1",
+    ]);
+    assert_eq!(f.ipvs("d1"), want, "the owner's IPVS table");
+    wait_for(
+        Duration::from_secs(20),
+        "d2's warm standby table",
+        || async { (f.ipvs("d2") == want).then_some(()) },
+    )
+    .await?;
+    assert!(
+        f.held("d2").is_empty(),
+        "the standby holds {:?}",
+        f.held("d2")
+    );
+    for (vip, backends) in [
+        (DR_VIP, ["rs1", "rs2"]),
+        (TUN_VIP, ["rs1", "rs2"]),
+        (NAT_VIP, ["rs3", "rs4"]),
+    ] {
+        let answers = f.t.http_get("cl", &format!("http://{vip}/"), 4)?;
+        println!("{vip}: {answers:?}");
+        assert_balanced(&answers, backends, vip);
+    }
+    // Connection sync: master on the owner, backup on both; the standby
+    // learns the owner's connections.
+    let daemons = |ns| f.t.sh(ns, "ipvsadm -L --daemon").unwrap_or_default();
+    wait_for(Duration::from_secs(10), "the sync daemons", || async {
+        let (a, b) = (daemons("d1"), daemons("d2"));
+        (a.contains("master sync daemon")
+            && a.contains("backup sync daemon")
+            && b.contains("backup sync daemon")
+            && !b.contains("master"))
+        .then_some(())
+    })
+    .await?;
+    println!("d1: {}d2: {}", daemons("d1"), daemons("d2"));
+    f.t.http_get("cl", &format!("http://{DR_VIP}/"), 6)?;
+    let synced = wait_for(
+        Duration::from_secs(10),
+        "connections synced to d2",
+        || async {
+            let conns = f.t.sh("d2", "ipvsadm -Lnc").unwrap_or_default();
+            conns.contains(&format!("{DR_VIP}:80")).then_some(conns)
+        },
+    )
+    .await?;
+    println!("d2 learned from d1:\n{synced}");
+
+    // 5. kill -9 of the owner's agent and its restart, under traffic.
+    let owners = f.owners()?;
+    let probe = f.probe(&format!("http://{DR_VIP}/"), 5, 20)?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    drop(d1);
+    let restarted = Instant::now();
+    d1 = f.start_director("d1", &hb)?;
+    let seen = probe.finish();
+    println!(
+        "agent kill -9 + restart ({:?} ago): {}",
+        restarted.elapsed(),
+        seen.summary()
+    );
+    assert!(
+        seen.failed().is_empty(),
+        "failed during the agent restart: {:?}",
+        seen.failed()
+    );
+    assert_eq!(f.ipvs("d1"), want, "the table after the agent restart");
+    assert_eq!(f.owners()?, owners, "a VIP moved across the agent restart");
+
+    // 6. The controller leader killed while traffic flows: nothing moves.
+    let w1 = f.vipwatch("d1", DR_VIP, 5)?;
+    let w2 = f.vipwatch("d2", DR_VIP, 5)?;
+    let probe = f.probe(&format!("http://{DR_VIP}/"), 5, 20)?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let leader = f.leader().await?;
+    f.controllers[leader].kill();
+    let killed = Instant::now();
+    let new_leader = f.leader().await?;
+    println!(
+        "controller {} killed; node {} leads after {:?}",
+        leader + 1,
+        new_leader + 1,
+        killed.elapsed()
+    );
+    let seen = probe.finish();
+    let (h1, h2) = (w1.finish(), w2.finish());
+    println!(
+        "controller leader killed: {}; d1 held {h1:?}, d2 held {h2:?}",
+        seen.summary()
+    );
+    assert!(
+        seen.failed().is_empty(),
+        "failed while the leader changed: {:?}",
+        seen.failed()
+    );
+    assert_eq!(
+        h1.len(),
+        1,
+        "d1 let go of the VIP during the leader change: {h1:?}"
+    );
+    assert!(
+        h2.is_empty(),
+        "d2 took the VIP during the leader change: {h2:?}"
+    );
+    assert_eq!(f.owners()?, owners, "a VIP moved when the leader changed");
+    f.controllers[leader].restart()?;
+
+    // 4. Partition: d1 cut from the controllers, not from clients. The
+    // table and chains exist beforehand (loading nf_tables is slow in the
+    // VM), so the cut is one quick rule change.
+    f.t.sh(
+        "d1",
+        "nft add table inet cut
+         nft add chain inet cut in '{ type filter hook input priority 0; }'
+         nft add chain inet cut out '{ type filter hook output priority 0; }'",
+    )?;
+    let w1 = f.vipwatch("d1", DR_VIP, 12)?;
+    let w2 = f.vipwatch("d2", DR_VIP, 12)?;
+    let probe = f.probe(&format!("http://{DR_VIP}/"), 12, 20)?;
+    let capture = Capture::start(&f)?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    f.t.sh(
+        "d1",
+        "nft add rule inet cut in ip saddr 10.0.0.1 drop; nft add rule inet cut out ip daddr 10.0.0.1 drop",
+    )?;
+    let cut = Instant::now();
+    f.wait_held("d2", &[DR_VIP], Duration::from_secs(8)).await?;
+    println!(
+        "partition: the VIP reached d2 {:?} after the cut",
+        cut.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f.t.sh("d1", "nft delete table inet cut")?;
+    let seen = probe.finish();
+    let (h1, h2) = (w1.finish(), w2.finish());
+    let both = overlaps(&h1, &h2);
+    println!(
+        "partition: {}; d1 held {h1:?}, d2 held {h2:?}",
+        seen.summary()
+    );
+    assert!(
+        both.is_empty(),
+        "both directors held {DR_VIP} during {both:?}"
+    );
+    assert!(!h2.is_empty(), "the VIP never reached d2");
+    let last = seen.requests.last().map(|r| r.1.clone());
+    assert!(
+        matches!(last, Some(Ok(_))),
+        "clients not served after healing: {last:?}"
+    );
+    let arps = capture.lines();
+    let garps = gratuitous_arps(&arps, DR_VIP);
+    println!(
+        "gratuitous ARPs for {DR_VIP} seen by the client:\n{}",
+        garps
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        garps.len() >= 3,
+        "expected a burst of gratuitous ARPs, saw {arps:#?}"
+    );
+
+    // 3. Host loss, measured three times: freeze the owner.
+    let mut gaps = Vec::new();
+    let mut owner = ("d2", d2);
+    let mut standby = ("d1", d1);
+    for round in 1..=3 {
+        let probe = f.probe(&format!("http://{DR_VIP}/"), 5, 10)?;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        signal(owner.1 .0.id(), "STOP");
+        f.t.sh(owner.0, "ip link set eth0 down")?;
+        f.wait_held(standby.0, &[DR_VIP], Duration::from_secs(5))
+            .await?;
+        let seen = probe.finish();
+        println!(
+            "failover {round} ({} -> {}): {}",
+            owner.0,
+            standby.0,
+            seen.summary()
+        );
+        gaps.push(seen.gap());
+        // The frozen host comes back: its agent sees the lease expired and
+        // drops the VIP before the link is back; the VIP stays where it is.
+        signal(owner.1 .0.id(), "CONT");
+        wait_for(
+            Duration::from_secs(10),
+            "the old owner to drop the VIP",
+            || async { f.held(owner.0).is_empty().then_some(()) },
+        )
+        .await?;
+        f.t.sh(owner.0, "ip link set eth0 up")?;
+        std::mem::swap(&mut owner, &mut standby);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    gaps.sort();
+    println!("host-loss failover gaps (VM timers: fence 3000 ms, margin 500 ms, heartbeat 250 ms): {gaps:?}, p50 {:?}", gaps[1]);
+    Ok(())
+}
