@@ -3,10 +3,10 @@
 //! repaired within the resync period, foreign services are reported and left
 //! alone, and a kill -9 / restart of the agent never empties the table.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{ipvsadm, ipvsadm_save, sorted};
+use super::{ipvsadm, ipvsadm_save, sorted, Proc};
 use lb_testkit::{bin, lbctl_ok, wait_for, ControllerProc};
 
 /// The lbfabric VIPs (10.10.1.x) on lo, as `ADDR/PREFIX`.
@@ -23,22 +23,13 @@ fn vips_on_lo() -> Vec<String> {
 }
 
 /// The agent process; killed (SIGKILL) when dropped, also when a test fails.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_director(controller: &str, log: &std::path::Path) -> Agent {
+fn start_director(controller: &str, log: &std::path::Path) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("director log");
-    Agent(
+    Proc(
         Command::new(bin("lb-director"))
             .args([
                 "--controller",

@@ -21,9 +21,10 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::{signal, Proc};
 use lb_testkit::netns::Topology;
 use lb_testkit::{bin, lbctl_ok, start_cluster_at, wait_for, ControllerProc};
 
@@ -31,26 +32,6 @@ const DR_VIP: &str = "10.0.0.100";
 const TUN_VIP: &str = "10.0.0.101";
 const NAT_VIP: &str = "10.0.0.102";
 const VIPS: [&str; 3] = [DR_VIP, TUN_VIP, NAT_VIP];
-
-/// A child process killed (SIGKILL) when dropped, also when the test fails.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            // A frozen process must be thawed to die promptly.
-            signal(self.0.id(), "CONT");
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status();
-}
 
 struct Fabric {
     t: Topology,
