@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::ipvs::{Ipvs, IpvsError, ServiceKey, SyncDaemon, SyncRole};
+use crate::lease_file::LeaseFile;
 use crate::reconcile::{apply, observe, plan};
 use crate::vip::{converge, lease_until, AnnounceConfig, Announcements, Lease, SentHeartbeats};
 use crate::{desired, forwarding};
@@ -50,6 +52,8 @@ pub struct Config {
     pub announce: AnnounceConfig,
     /// Connection sync over this interface; `None` leaves the daemons alone.
     pub sync: Option<SyncConfig>,
+    /// Where the lease file goes (see [`crate::lease_file`]).
+    pub state_dir: PathBuf,
 }
 
 /// The IPVS sync daemons' settings (the same on every director of a pool).
@@ -110,8 +114,28 @@ pub async fn run(
         announce: config.announce,
         sync: config.sync.clone(),
     };
+    let lease_file = LeaseFile::new(&config.state_dir, &config.node_id);
+    let inherited = match lease_file.load() {
+        Ok(Some(l)) => {
+            let now = std::time::Instant::now();
+            let left = l.until.map(|u| u.saturating_duration_since(now));
+            tracing::info!(
+                vips = ?l.vips.keys().collect::<Vec<_>>(),
+                left_ms = left.map(|d| d.as_millis()),
+                "continuing the previous process's lease"
+            );
+            l
+        }
+        Ok(None) => Lease::default(),
+        Err(e) => {
+            // Without it the agent behaves as on first start: VIPs of the
+            // configuration it does not hold are removed once it knows them.
+            tracing::warn!(error = %e, "ignoring the lease file");
+            Lease::default()
+        }
+    };
     let progress = Arc::new(Mutex::new(Progress::default()));
-    let lease = Arc::new(Mutex::new(Lease::default()));
+    let lease = Arc::new(Mutex::new(inherited.clone()));
     let (desired_tx, desired_rx) = watch::channel::<Desired>(None);
     let (programmed_tx, programmed_rx) = watch::channel(BTreeSet::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -126,18 +150,31 @@ pub async fn run(
     ));
     let vips = tokio::spawn(vip_loop(
         host,
+        inherited.vips.keys().copied().collect(),
         desired_rx,
         programmed_rx,
         lease.clone(),
         stop_rx.clone(),
     ));
-    let session = tokio::spawn(session_loop(config, desired_tx, progress, lease, stop_rx));
+    let session = tokio::spawn(session_loop(
+        config,
+        desired_tx,
+        progress,
+        lease,
+        lease_file.clone(),
+        stop_rx,
+    ));
     shutdown.await;
     tracing::info!("shutting down: releasing VIPs; the IPVS table stays as it is");
     let _ = stop_tx.send(true);
     let _ = reconciler.await;
-    let _ = vips.await;
     let _ = session.await;
+    if let Ok(true) = vips.await {
+        // Released: nothing is left for a next process to continue.
+        if let Err(e) = lease_file.remove() {
+            tracing::warn!(error = %e, "removing the lease file");
+        }
+    }
     Ok(())
 }
 
@@ -226,11 +263,12 @@ impl Host {
 /// tick, and announces the VIPs it takes.
 async fn vip_loop(
     host: Host,
+    inherited: BTreeSet<IpAddr>,
     desired: watch::Receiver<Desired>,
     programmed: watch::Receiver<BTreeSet<IpAddr>>,
     lease: Arc<Mutex<Lease>>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> bool {
     let host = Arc::new(host);
     let tick = Duration::from_millis(20);
     let mut last: Option<(BTreeSet<IpAddr>, BTreeSet<IpAddr>, BTreeSet<IpAddr>)> = None;
@@ -239,7 +277,10 @@ async fn vip_loop(
     loop {
         let stopping = *stop.borrow();
         let now = std::time::Instant::now();
-        let managed = managed_vips(&desired.borrow());
+        // VIPs the previous process held are ours to remove even before (or
+        // without) a configuration naming them.
+        let mut managed = managed_vips(&desired.borrow());
+        managed.extend(inherited.iter().copied());
         let held: BTreeSet<IpAddr> = if stopping {
             BTreeSet::new()
         } else {
@@ -249,6 +290,7 @@ async fn vip_loop(
         let ready = programmed.borrow().clone();
         // Ask the kernel on every change, and every second to repair hand edits.
         let state = (managed, held, ready);
+        let mut converged = false;
         if last.as_ref() != Some(&state)
             || stopping
             || last_check.elapsed() > Duration::from_secs(1)
@@ -261,6 +303,7 @@ async fn vip_loop(
                         announcements.taken(vip, now, &host.announce);
                     }
                     last = Some(state.clone());
+                    converged = true;
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "VIP addresses"),
                 Err(e) => tracing::warn!(error = %e, "VIP task"),
@@ -268,7 +311,8 @@ async fn vip_loop(
             last_check = std::time::Instant::now();
         }
         if stopping {
-            return;
+            // Whether the VIPs are gone.
+            return converged;
         }
         let due = announcements.due(now, &state.1, &host.announce);
         if !due.is_empty() {
@@ -408,6 +452,7 @@ async fn session_loop(
     desired: watch::Sender<Desired>,
     progress: Arc<Mutex<Progress>>,
     lease: Arc<Mutex<Lease>>,
+    lease_file: LeaseFile,
     mut stop: watch::Receiver<bool>,
 ) {
     let addrs = addresses(&config.controllers);
@@ -422,7 +467,7 @@ async fn session_loop(
     let mut unreachable: BTreeMap<String, std::time::Instant> = BTreeMap::new();
     loop {
         let outcome = tokio::select! {
-            o = session(&config, &target, &desired, &progress, &lease, &mut heartbeat) => o,
+            o = session(&config, &target, &desired, &progress, (&lease, &lease_file), &mut heartbeat) => o,
             _ = stop.wait_for(|s| *s) => return,
         };
         let recently_failed = |addr: &str, failed: &BTreeMap<String, std::time::Instant>| {
@@ -464,7 +509,7 @@ async fn session(
     addr: &str,
     desired: &watch::Sender<Desired>,
     progress: &Mutex<Progress>,
-    lease: &Mutex<Lease>,
+    (lease, lease_file): (&Mutex<Lease>, &LeaseFile),
     heartbeat: &mut u64,
 ) -> Result<(), tonic::Status> {
     let (tx, rx) = mpsc::channel(8);
@@ -482,12 +527,21 @@ async fn session(
         tokio::select! {
             msg = inbound.message() => match msg? {
                 Some(d) => {
-                    {
+                    let changed = {
                         let mut l = lease.lock().unwrap_or_else(PoisonError::into_inner);
+                        let before = l.clone();
                         if let Some(at) = sent.acked(d.heartbeat_ack) {
                             l.until = Some(lease_until(at, d.lease_ms));
                         }
                         l.vips = d.leases.iter().filter_map(|v| Some((v.vip.parse().ok()?, v.epoch))).collect();
+                        (*l != before).then(|| l.clone())
+                    };
+                    // Before the next report (sent from this task) can tell
+                    // the controller what the lease now says.
+                    if let Some(l) = changed {
+                        if let Err(e) = lease_file.save(&l) {
+                            tracing::warn!(error = %e, "saving the lease");
+                        }
                     }
                     if let Some(cfg) = d.config {
                         let services: Result<Vec<Service>, _> = cfg.services.into_iter().map(Service::try_from).collect();

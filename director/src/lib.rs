@@ -7,11 +7,13 @@
 //! [`forwarding`] turns on IP forwarding for NAT; [`vip`] holds the VIP
 //! addresses this director owns while its lease is fresh and schedules their
 //! announcements (the frames themselves are built and sent by
-//! `lb_hostnet::announce`); the agent also runs the IPVS sync daemons.
+//! `lb_hostnet::announce`); [`lease_file`] lets a restarted agent continue
+//! its node's lease; the agent also runs the IPVS sync daemons.
 
 pub mod agent;
 pub mod desired;
 pub mod forwarding;
 pub mod ipvs;
+pub mod lease_file;
 pub mod reconcile;
 pub mod vip;

@@ -47,6 +47,10 @@ struct Args {
     /// Sync id shared by the directors of one pool (0-255).
     #[arg(long, env = "LB_SYNC_ID", default_value_t = 0)]
     sync_id: u8,
+    /// Directory for the lease file, which lets a restarted agent keep the
+    /// VIPs its node still holds (tmpfs, so a reboot clears it).
+    #[arg(long, env = "LB_STATE_DIR", default_value = "/run/lbfabric")]
+    state_dir: std::path::PathBuf,
 }
 
 #[tokio::main]
@@ -82,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
             interface,
             sync_id: args.sync_id,
         }),
+        state_dir: args.state_dir,
     };
     run(config, shutdown_signal()).await?;
     Ok(())

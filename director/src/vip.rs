@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use lb_hostnet::{Address, NetError, Rtnl};
 
 /// What the director may hold, and until when.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lease {
     pub until: Option<Instant>,
     /// VIP → epoch, as last assigned by the leader.

@@ -545,10 +545,17 @@ async fn fabric_with_traffic() -> anyhow::Result<()> {
     let owners = f.owners()?;
     let probe = f.probe(&format!("http://{DR_VIP}/"), 5, 20)?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
+    let log_before = std::fs::read_to_string(f.log("d1"))?.len();
     drop(d1);
     let restarted = Instant::now();
     d1 = f.start_director("d1", &hb)?;
     let seen = probe.finish();
+    let said = std::fs::read_to_string(f.log("d1"))?;
+    let said = &said[log_before..];
+    assert!(
+        said.contains("continuing the previous process's lease") && !said.contains("VIP removed"),
+        "the restarted agent must continue its lease and keep the VIPs:\n{said}"
+    );
     println!(
         "agent kill -9 + restart ({:?} ago): {}",
         restarted.elapsed(),

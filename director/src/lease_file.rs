@@ -1,0 +1,245 @@
+//! The lease, kept in a small file so a restarted agent continues it.
+//!
+//! The controller grants a lease to the *node*, not to the process. When the
+//! agent is killed and started again (`kill -9`, a crash, an upgrade), the VIP
+//! addresses stay on the interface — the kernel does not know the process
+//! died. Without this file the new process would know neither which of them
+//! it put there nor until when it may keep them: it would either drop them
+//! (a traffic gap until the first acknowledged heartbeat) or keep them on no
+//! authority (two owners if the VIP has moved meanwhile).
+//!
+//! With it, the new process holds exactly what the old one was granted,
+//! until the same moment: the file names the VIPs and the lease end on
+//! `CLOCK_MONOTONIC`, which all processes of one boot share. When the lease
+//! runs out before a controller acknowledges the new process, the addresses
+//! go, exactly as they would have in the old process. The file lives on
+//! tmpfs by default (`/run/lbfabric`): a reboot clears addresses and file
+//! together, and the monotonic clock restarts with them.
+//!
+//! The session writes the file as soon as a message changes the lease,
+//! before the next report can tell the controller anything new, so the file
+//! never grants more than the controller last heard this node hold.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::vip::Lease;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseFileError {
+    #[error("lease file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("lease file {path}, line {line}: {reason}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// `<dir>/director-<node>.lease`.
+#[derive(Debug, Clone)]
+pub struct LeaseFile {
+    path: PathBuf,
+}
+
+/// Nanoseconds on `CLOCK_MONOTONIC`, the clock `Instant` reads on Linux.
+fn monotonic_ns() -> u128 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    // The kernel never returns negative fields for this clock.
+    u128::from(t.tv_sec.unsigned_abs()) * 1_000_000_000 + u128::from(t.tv_nsec.unsigned_abs())
+}
+
+impl LeaseFile {
+    pub fn new(dir: &Path, node_id: &str) -> Self {
+        LeaseFile {
+            path: dir.join(format!("director-{node_id}.lease")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The lease a previous process of this node left; `None` without a file.
+    pub fn load(&self) -> Result<Option<Lease>, LeaseFileError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(LeaseFileError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        // Instant first: the lease end may come out a hair early, never late.
+        let now = Instant::now();
+        decode(&text, now, monotonic_ns())
+            .map(Some)
+            .map_err(|(line, reason)| LeaseFileError::Parse {
+                path: self.path.clone(),
+                line,
+                reason,
+            })
+    }
+
+    /// Replaces the file atomically (write a sibling, rename over).
+    pub fn save(&self, lease: &Lease) -> Result<(), LeaseFileError> {
+        let io = |source| LeaseFileError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = self.path.with_extension("lease.tmp");
+        // The shared clock first: the written end may be a hair early, never late.
+        let now_ns = monotonic_ns();
+        let text = encode(lease, Instant::now(), now_ns);
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)
+    }
+
+    /// After the VIPs were released on a clean shutdown.
+    pub fn remove(&self) -> Result<(), LeaseFileError> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LeaseFileError::Io {
+                path: self.path.clone(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The file's text; `now`/`now_ns` are the same moment on both clocks.
+fn encode(lease: &Lease, now: Instant, now_ns: u128) -> String {
+    let mut out =
+        String::from("# lbfabric director lease: the next process of this node continues it\n");
+    if let Some(until) = lease.until {
+        let left = until.saturating_duration_since(now).as_nanos();
+        out.push_str(&format!("until_monotonic_ns {}\n", now_ns + left));
+    }
+    for (vip, epoch) in &lease.vips {
+        out.push_str(&format!("vip {vip} {epoch}\n"));
+    }
+    out
+}
+
+/// Parses [`encode`]'s text; errors are (line number, reason).
+fn decode(text: &str, now: Instant, now_ns: u128) -> Result<Lease, (usize, String)> {
+    let mut lease = Lease::default();
+    let mut vips = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["until_monotonic_ns", ns] => {
+                let ns: u128 = ns
+                    .parse()
+                    .map_err(|e| (n, format!("until_monotonic_ns {ns:?}: {e}")))?;
+                let left = ns.saturating_sub(now_ns);
+                let left = Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX));
+                lease.until = Some(now.checked_add(left).unwrap_or(now));
+            }
+            ["vip", addr, epoch] => {
+                let addr: IpAddr = addr
+                    .parse()
+                    .map_err(|e| (n, format!("vip {addr:?}: {e}")))?;
+                let epoch: u64 = epoch
+                    .parse()
+                    .map_err(|e| (n, format!("epoch {epoch:?}: {e}")))?;
+                vips.insert(addr, epoch);
+            }
+            _ => return Err((n, format!("unknown line {line:?}"))),
+        }
+    }
+    lease.vips = vips;
+    Ok(lease)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(until: Option<Instant>) -> Lease {
+        Lease {
+            until,
+            vips: BTreeMap::from([
+                ("10.0.0.100".parse().unwrap(), 3),
+                ("2001:db8::100".parse().unwrap(), 7),
+            ]),
+        }
+    }
+
+    #[test]
+    fn a_restarted_process_keeps_the_same_lease_end() {
+        let t0 = Instant::now();
+        let text = encode(
+            &lease(Some(t0 + Duration::from_millis(900))),
+            t0,
+            5_000_000_000,
+        );
+        assert!(text.contains("until_monotonic_ns 5900000000\n"), "{text}");
+        // The new process reads it 400 ms later on the shared clock: 500 ms are left.
+        let t1 = Instant::now();
+        let back = decode(&text, t1, 5_400_000_000).unwrap();
+        assert_eq!(back.until, Some(t1 + Duration::from_millis(500)));
+        assert_eq!(back.vips, lease(None).vips);
+        assert_eq!(back.held(t1 + Duration::from_millis(499)).len(), 2);
+        assert!(back.held(t1 + Duration::from_millis(500)).is_empty());
+    }
+
+    #[test]
+    fn an_expired_or_absent_lease_holds_nothing() {
+        let t0 = Instant::now();
+        let text = encode(&lease(Some(t0 + Duration::from_millis(100))), t0, 1_000);
+        let back = decode(&text, t0, 1_000 + 200_000_000).unwrap();
+        assert!(back.held(t0).is_empty(), "ran out before the restart");
+        let text = encode(&lease(None), t0, 1_000);
+        let back = decode(&text, t0, 1_000).unwrap();
+        assert_eq!(
+            back.vips.len(),
+            2,
+            "the VIPs are still known (to be removed)"
+        );
+        assert!(back.held(t0).is_empty(), "never acknowledged");
+    }
+
+    #[test]
+    fn a_damaged_file_names_the_line() {
+        let t0 = Instant::now();
+        let err = decode("# x\nvip 10.0.0.300 1\n", t0, 0).unwrap_err();
+        assert_eq!(err.0, 2);
+        assert!(err.1.contains("10.0.0.300"), "{}", err.1);
+        let err = decode("until_monotonic_ns soon\n", t0, 0).unwrap_err();
+        assert!(err.1.contains("until_monotonic_ns"), "{}", err.1);
+    }
+
+    #[test]
+    fn save_load_remove_round_trip() {
+        let dir = std::env::temp_dir().join(format!("lb-lease-{}", std::process::id()));
+        let file = LeaseFile::new(&dir, "d1");
+        assert!(file.load().unwrap().is_none());
+        let until = Instant::now() + Duration::from_secs(5);
+        file.save(&lease(Some(until))).unwrap();
+        let back = file.load().unwrap().unwrap();
+        let end = back.until.unwrap();
+        // Nanosecond clocks read at slightly different moments.
+        assert!(end <= until + Duration::from_millis(5) && end + Duration::from_millis(5) >= until);
+        file.remove().unwrap();
+        assert!(file.load().unwrap().is_none());
+        file.remove().unwrap();
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
