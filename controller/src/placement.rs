@@ -182,15 +182,11 @@ fn changes(app: &App, timing: LeaseTiming) -> Vec<(IpAddr, String, u64)> {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         seen.iter()
             .map(|(name, d)| {
-                // Not `connected`: a director whose stream just broke (its
-                // agent restarting, a controller failing over) still holds
-                // its VIPs until its lease runs out. Only silence counts.
-                let live = d.last_seen.elapsed() < timing.fence + timing.margin;
                 (
                     name.clone(),
                     Candidate {
                         labels: d.labels.clone(),
-                        live,
+                        live: d.live(timing),
                     },
                 )
             })

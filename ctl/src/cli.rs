@@ -50,6 +50,9 @@ pub enum Command {
     /// Controller cluster membership.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Who answers for each VIP: owner, epoch, whether the owner holds the address, services.
+    #[command(after_help = "Examples:\n  lbctl status\n  lbctl status -o json")]
+    Status,
     /// Print configuration changes as they are committed, one line each.
     #[command(after_help = "Examples:\n  lbctl watch\n  lbctl watch --from-revision 1 -o json")]
     Watch {
@@ -242,7 +245,8 @@ pub struct RealserverFields {
 
 #[derive(Debug, Subcommand)]
 pub enum DirectorCmd {
-    /// List directors: connection, last report, applied revision, errors, foreign IPVS services.
+    /// List directors: liveness, stream, last report, applied revision, VIPs owned (VIP@epoch),
+    /// errors, foreign IPVS services.
     List,
 }
 

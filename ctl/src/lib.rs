@@ -27,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Realserver(cmd) => realserver(&mut ctl, out, cmd).await,
         Command::Director(DirectorCmd::List) => directors(&mut ctl, out).await,
         Command::Cluster(cmd) => cluster(&mut ctl, out, cmd).await,
+        Command::Status => status(&mut ctl, out).await,
         Command::Watch { from_revision } => watch(&mut ctl, out, from_revision).await,
     }
 }
@@ -410,13 +411,17 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
     }
 }
 
-async fn directors(ctl: &mut Controller, out: Output) -> anyhow::Result<()> {
-    let resp = call!(
+async fn list_directors(ctl: &mut Controller) -> anyhow::Result<pb::ListDirectorsResponse> {
+    call!(
         ctl,
         ServiceAdminClient,
         list_directors,
         pb::ListDirectorsRequest {}
-    )?;
+    )
+}
+
+async fn directors(ctl: &mut Controller, out: Output) -> anyhow::Result<()> {
+    let resp = list_directors(ctl).await?;
     if out == Output::Json {
         return output::json(&resp, "lb.v1.ListDirectorsResponse");
     }
@@ -424,28 +429,82 @@ async fn directors(ctl: &mut Controller, out: Output) -> anyhow::Result<()> {
         .directors
         .iter()
         .map(|d| {
+            let owns: Vec<String> = d
+                .owns
+                .iter()
+                .map(|l| format!("{}@{}", l.vip, l.epoch))
+                .collect();
             vec![
                 d.node_id.clone(),
+                if d.live { "live" } else { "dead" }.to_string(),
                 if d.connected { "connected" } else { "lost" }.to_string(),
                 format!("{:.1}s", d.last_seen_ms as f64 / 1000.0),
                 d.applied_revision.to_string(),
                 d.changes_applied.to_string(),
+                or_dash(owns.join(",")),
                 d.errors.len().to_string(),
-                d.foreign_services.join(","),
+                or_dash(d.foreign_services.join(",")),
             ]
         })
         .collect();
     output::table(
         &[
             "NODE",
+            "LIVE",
             "STREAM",
             "LAST SEEN",
             "APPLIED",
             "CHANGES",
+            "OWNS",
             "ERRORS",
             "FOREIGN",
         ],
         &rows,
+    );
+    Ok(())
+}
+
+fn or_dash(s: String) -> String {
+    if s.is_empty() {
+        "-".to_string()
+    } else {
+        s
+    }
+}
+
+/// `lbctl status`: one line per VIP.
+async fn status(ctl: &mut Controller, out: Output) -> anyhow::Result<()> {
+    let resp = list_directors(ctl).await?;
+    if out == Output::Json {
+        return output::json(&resp, "lb.v1.ListDirectorsResponse");
+    }
+    let live = |name: &str| resp.directors.iter().any(|d| d.node_id == name && d.live);
+    let rows: Vec<Vec<String>> = resp
+        .vips
+        .iter()
+        .map(|v| {
+            let state = match (v.owner.is_empty(), v.held) {
+                (true, _) => "unassigned",
+                (false, true) => "held",
+                // Assigned, the owner not (yet) holding it: taking over, or gone.
+                (false, false) if live(&v.owner) => "taking",
+                (false, false) => "owner dead",
+            };
+            vec![
+                v.vip.clone(),
+                or_dash(v.owner.clone()),
+                v.epoch.to_string(),
+                state.to_string(),
+                v.services.join(","),
+            ]
+        })
+        .collect();
+    output::table(&["VIP", "OWNER", "EPOCH", "STATE", "SERVICES"], &rows);
+    println!(
+        "revision {}, {} of {} directors live",
+        resp.revision,
+        resp.directors.iter().filter(|d| d.live).count(),
+        resp.directors.len()
     );
     Ok(())
 }

@@ -38,6 +38,15 @@ pub struct DirectorSeen {
     pub held: Vec<pb::VipLease>,
 }
 
+impl DirectorSeen {
+    /// Heard from within `fence + margin`. Not `connected`: a director whose
+    /// stream just broke (its agent restarting, a controller failing over)
+    /// still holds its VIPs until its lease runs out. Only silence counts.
+    pub fn live(&self, timing: crate::placement::LeaseTiming) -> bool {
+        self.last_seen.elapsed() < timing.fence + timing.margin
+    }
+}
+
 pub(super) struct DirectorSync {
     app: Arc<App>,
 }
@@ -209,6 +218,44 @@ pub(super) fn list(app: &App) -> Vec<pb::DirectorStatus> {
             changes_applied: d.changes_applied,
             held: d.held.clone(),
             owns: leases(&app.state.read().state, node_id),
+            live: d.live(app.leases),
         })
         .collect()
+}
+
+/// Every VIP of the configuration: owner, epoch, whether the owner reports
+/// holding it, and its services.
+pub(super) fn vips(app: &App) -> Vec<pb::VipStatus> {
+    let held: BTreeMap<String, Vec<pb::VipLease>> = app
+        .directors
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(name, d)| (name.clone(), d.held.clone()))
+        .collect();
+    let data = app.state.read();
+    let state = &data.state;
+    let mut out: BTreeMap<std::net::IpAddr, pb::VipStatus> = BTreeMap::new();
+    for s in state.services.values() {
+        if let lb_proto::model::VirtualAddress::Endpoint { address, .. } = s.address {
+            let entry = out.entry(address).or_insert_with(|| {
+                let owner = state.owners.get(&address);
+                let name = owner.map(|o| o.director.clone()).unwrap_or_default();
+                let epoch = owner.map_or(0, |o| o.epoch);
+                let vip = address.to_string();
+                let is_held = held
+                    .get(&name)
+                    .is_some_and(|h| h.iter().any(|l| l.vip == vip && l.epoch == epoch));
+                pb::VipStatus {
+                    vip,
+                    owner: name,
+                    epoch,
+                    held: is_held,
+                    services: Vec::new(),
+                }
+            });
+            entry.services.push(s.name.clone());
+        }
+    }
+    out.into_values().collect()
 }

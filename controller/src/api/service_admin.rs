@@ -240,6 +240,7 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         Ok(Response::new(pb::ListDirectorsResponse {
             directors: super::director_sync::list(&self.app),
             revision: self.app.state.read().state.revision,
+            vips: super::director_sync::vips(&self.app),
         }))
     }
 

@@ -5,6 +5,7 @@ mod bad_input;
 mod cluster;
 mod grpcurl;
 mod netns;
+mod ownership;
 mod single_node;
 mod vm_runner;
 mod watch;
