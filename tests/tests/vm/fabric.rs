@@ -497,6 +497,18 @@ async fn fabric_with_traffic() -> anyhow::Result<()> {
         "-a -t 10.0.0.102:80 -r 192.168.50.24:8080 -m -w 1",
     ]);
     assert_eq!(f.ipvs("d1"), want, "the owner's IPVS table");
+    let status = f.lbctl(&["status"])?;
+    println!("{status}");
+    for vip in VIPS {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(&format!("{vip} ")))
+            .unwrap_or_default();
+        assert!(
+            line.contains(" d1 ") && line.contains("held"),
+            "lbctl status for {vip}: {line:?}\n{status}"
+        );
+    }
     wait_for(
         Duration::from_secs(20),
         "d2's warm standby table",
