@@ -48,6 +48,10 @@ struct Args {
     /// The leader reassigns a silent director's VIPs after lease + this, in milliseconds.
     #[arg(long, env = "LB_LEASE_MARGIN_MS", default_value_t = 200)]
     lease_margin_ms: u64,
+    /// A preferred director (a service's --prefer-director) takes its VIP back
+    /// from another live director after being live this long, in milliseconds.
+    #[arg(long, env = "LB_PREEMPT_HOLD_DOWN_MS", default_value_t = 10_000)]
+    preempt_hold_down_ms: u64,
     /// Log entries kept behind a snapshot for slow followers.
     #[arg(long, env = "LB_KEEP_LOGS", default_value_t = 1_000)]
     keep_logs: u64,
@@ -89,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         leases: lb_controller::placement::LeaseTiming {
             fence: Duration::from_millis(args.lease_ms),
             margin: Duration::from_millis(args.lease_margin_ms),
+            hold_down: Duration::from_millis(args.preempt_hold_down_ms),
         },
     };
     lb_controller::run(config, listener, shutdown_signal()).await?;

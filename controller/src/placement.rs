@@ -6,7 +6,14 @@
 //!   `fence + margin`; it holds a VIP only while its own lease (`fence` after
 //!   the heartbeat the leader acknowledged) is fresh, so once the leader
 //!   considers it dead it has already let go — two directors never hold one VIP;
-//! - ownership is sticky: a live, eligible owner keeps its VIP;
+//! - ownership is sticky: a live, eligible owner keeps its VIP — except that
+//!   a preferred director which has been live for `hold_down` takes its VIP
+//!   back (preemption, like keepalived's `preempt_delay`);
+//! - a silent owner's VIP moves at once (its lease has run out); a *live*
+//!   owner's VIP (preemption, or the owner no longer matches the selector) is
+//!   first released — assigned to nobody — and given to the next owner only
+//!   once the old one reports it let go, or after `fence + margin`, so the two
+//!   never hold it together;
 //! - otherwise the VIP goes to the first live eligible director in the
 //!   services' preference list, else to the live eligible director owning the
 //!   fewest VIPs (ties by name), spreading VIPs across directors;
@@ -16,7 +23,7 @@
 //! Assignments are committed through Raft with the epoch they replace, so a
 //! decision made on stale state is refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +41,9 @@ pub struct LeaseTiming {
     pub fence: Duration,
     /// Extra wait before the leader gives a silent director's VIPs away.
     pub margin: Duration,
+    /// How long a preferred director must have been live before it takes
+    /// its VIP back from another live director.
+    pub hold_down: Duration,
 }
 
 impl Default for LeaseTiming {
@@ -41,6 +51,7 @@ impl Default for LeaseTiming {
         LeaseTiming {
             fence: Duration::from_millis(600),
             margin: Duration::from_millis(200),
+            hold_down: Duration::from_secs(10),
         }
     }
 }
@@ -70,10 +81,70 @@ pub fn vips<'a>(services: impl IntoIterator<Item = &'a Service>) -> BTreeMap<IpA
 }
 
 /// A director as the leader sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Candidate {
     pub labels: BTreeMap<String, String>,
     pub live: bool,
+    /// How long it has been live without a gap (zero when dead).
+    pub live_for: Duration,
+    /// The VIPs it last reported holding.
+    pub holds: BTreeSet<IpAddr>,
+}
+
+/// What to do with one VIP now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Keep,
+    Assign(String),
+    /// Take it from its live owner; assign it once that one has let go.
+    Release,
+    /// Released, and the old owner still holds it.
+    Wait,
+}
+
+/// The next step for `vip`: `current` is its owner (`None` when nobody
+/// owns it), `released` who gave it up and how long ago, when this leader
+/// released it.
+pub fn step(
+    vip: IpAddr,
+    needs: &Needs,
+    current: Option<&str>,
+    released: Option<(&str, Duration)>,
+    candidates: &BTreeMap<String, Candidate>,
+    load: &BTreeMap<String, usize>,
+    timing: LeaseTiming,
+) -> Step {
+    let ok = |name: &str| candidates.get(name).is_some_and(|c| eligible(needs, c));
+    let assign = || decide(needs, None, candidates, load).map_or(Step::Keep, Step::Assign);
+    match current {
+        Some(owner) if candidates.get(owner).is_some_and(|c| c.live) => {
+            if !ok(owner) {
+                return Step::Release;
+            }
+            let preferred = needs.preferred.iter().find(|p| ok(p));
+            match preferred {
+                Some(p) if p != owner && candidates[p.as_str()].live_for >= timing.hold_down => {
+                    Step::Release
+                }
+                _ => Step::Keep,
+            }
+        }
+        // Silent for fence + margin: its lease is over, move at once.
+        Some(_) => assign(),
+        None => {
+            let still_held = released.is_some_and(|(old, since)| {
+                since < timing.fence + timing.margin
+                    && candidates
+                        .get(old)
+                        .is_some_and(|c| c.live && c.holds.contains(&vip))
+            });
+            if still_held {
+                Step::Wait
+            } else {
+                assign()
+            }
+        }
+    }
 }
 
 fn eligible(needs: &Needs, c: &Candidate) -> bool {
@@ -143,6 +214,10 @@ pub async fn confirm_leadership(
 /// The leader's placement loop; idle on followers.
 pub async fn run(app: Arc<App>, timing: LeaseTiming, mut shutdown: watch::Receiver<bool>) {
     let mut leader_since: Option<Instant> = None;
+    // VIPs this leader took from a live owner: (old owner, when). Soft
+    // state: a new leader waits fence + margin before anything, which
+    // covers a release it did not see.
+    let mut released: BTreeMap<IpAddr, (String, Instant)> = BTreeMap::new();
     let period = Duration::from_millis(50);
     loop {
         tokio::select! {
@@ -151,30 +226,58 @@ pub async fn run(app: Arc<App>, timing: LeaseTiming, mut shutdown: watch::Receiv
         }
         if app.require_leader().is_err() {
             leader_since = None;
+            released.clear();
             continue;
         }
         let since = *leader_since.get_or_insert_with(Instant::now);
         if since.elapsed() < timing.fence + timing.margin {
             continue;
         }
-        for (vip, director, expected_epoch) in changes(&app, timing) {
-            tracing::info!(vip = %vip, director = %director, epoch = expected_epoch + 1, "assigning VIP");
-            if let Err(e) = app
+        for (vip, director, expected_epoch) in changes(&app, timing, &released) {
+            let previous = app
+                .state
+                .read()
+                .state
+                .owners
+                .get(&vip)
+                .map(|o| o.director.clone());
+            match &director {
+                Some(d) => {
+                    tracing::info!(vip = %vip, director = %d, epoch = expected_epoch + 1, "assigning VIP")
+                }
+                None => {
+                    tracing::info!(vip = %vip, from = ?previous, epoch = expected_epoch + 1, "releasing VIP")
+                }
+            }
+            let result = app
                 .write(Command::AssignVip {
                     vip,
-                    director,
+                    director: director.clone().unwrap_or_default(),
                     expected_epoch,
                 })
-                .await
-            {
-                tracing::warn!(vip = %vip, error = %e, "VIP assignment not committed");
+                .await;
+            match (result, director) {
+                (Err(e), _) => {
+                    tracing::warn!(vip = %vip, error = %e, "VIP assignment not committed")
+                }
+                (Ok(_), Some(_)) => {
+                    released.remove(&vip);
+                }
+                (Ok(_), None) => {
+                    released.insert(vip, (previous.unwrap_or_default(), Instant::now()));
+                }
             }
         }
     }
 }
 
-/// The assignments to make now: (vip, director, epoch being replaced).
-fn changes(app: &App, timing: LeaseTiming) -> Vec<(IpAddr, String, u64)> {
+/// The assignments to make now: (vip, director or `None` to release it,
+/// epoch being replaced).
+fn changes(
+    app: &App,
+    timing: LeaseTiming,
+    released: &BTreeMap<IpAddr, (String, Instant)>,
+) -> Vec<(IpAddr, Option<String>, u64)> {
     let candidates: BTreeMap<String, Candidate> = {
         let seen = app
             .directors
@@ -182,11 +285,18 @@ fn changes(app: &App, timing: LeaseTiming) -> Vec<(IpAddr, String, u64)> {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         seen.iter()
             .map(|(name, d)| {
+                let live = d.live(timing);
                 (
                     name.clone(),
                     Candidate {
                         labels: d.labels.clone(),
-                        live: d.live(timing),
+                        live,
+                        live_for: if live {
+                            d.live_since.elapsed()
+                        } else {
+                            Duration::ZERO
+                        },
+                        holds: d.held.iter().filter_map(|l| l.vip.parse().ok()).collect(),
                     },
                 )
             })
@@ -194,26 +304,39 @@ fn changes(app: &App, timing: LeaseTiming) -> Vec<(IpAddr, String, u64)> {
     };
     let data = app.state.read();
     let vips = vips(data.state.services.values());
+    let owner = |vip: &IpAddr| -> Option<&VipOwner> {
+        data.state
+            .owners
+            .get(vip)
+            .filter(|o| !o.director.is_empty())
+    };
     let mut load: BTreeMap<String, usize> = BTreeMap::new();
     for vip in vips.keys() {
-        if let Some(o) = data.state.owners.get(vip) {
+        if let Some(o) = owner(vip) {
             *load.entry(o.director.clone()).or_default() += 1;
         }
     }
     let mut out = Vec::new();
     for (vip, needs) in &vips {
-        let current: Option<&VipOwner> = data.state.owners.get(vip);
-        let Some(chosen) = decide(
+        let epoch = data.state.owners.get(vip).map_or(0, |o| o.epoch);
+        let gone = released
+            .get(vip)
+            .map(|(old, at)| (old.as_str(), at.elapsed()));
+        match step(
+            *vip,
             needs,
-            current.map(|o| o.director.as_str()),
+            owner(vip).map(|o| o.director.as_str()),
+            gone,
             &candidates,
             &load,
-        ) else {
-            continue;
-        };
-        if current.map(|o| o.director.as_str()) != Some(chosen.as_str()) {
-            *load.entry(chosen.clone()).or_default() += 1;
-            out.push((*vip, chosen, current.map_or(0, |o| o.epoch)));
+            timing,
+        ) {
+            Step::Keep | Step::Wait => {}
+            Step::Release => out.push((*vip, None, epoch)),
+            Step::Assign(chosen) => {
+                *load.entry(chosen.clone()).or_default() += 1;
+                out.push((*vip, Some(chosen), epoch));
+            }
         }
     }
     out
@@ -230,6 +353,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             live,
+            ..Default::default()
         }
     }
 
@@ -298,6 +422,80 @@ mod tests {
             decide(&needs, Some("a"), &d, &BTreeMap::new()).as_deref(),
             Some("b"),
             "a no longer eligible"
+        );
+    }
+
+    fn timing() -> LeaseTiming {
+        LeaseTiming {
+            fence: Duration::from_millis(600),
+            margin: Duration::from_millis(200),
+            hold_down: Duration::from_secs(10),
+        }
+    }
+
+    fn live_for(secs: u64, holds: &[IpAddr]) -> Candidate {
+        Candidate {
+            live: true,
+            live_for: Duration::from_secs(secs),
+            holds: holds.iter().copied().collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_returning_preferred_director_waits_out_the_hold_down_then_gets_a_clean_handoff() {
+        let vip: IpAddr = "10.0.0.100".parse().unwrap();
+        let prefer_a = Needs {
+            preferred: vec!["a".into()],
+            ..Default::default()
+        };
+        let none = BTreeMap::new();
+        let run = |d: &BTreeMap<String, Candidate>, current, released| {
+            step(vip, &prefer_a, current, released, d, &none, timing())
+        };
+        // a came back 3 s ago: b keeps the VIP.
+        let d = dirs(&[("a", live_for(3, &[])), ("b", live_for(60, &[vip]))]);
+        assert_eq!(run(&d, Some("b"), None), Step::Keep);
+        // 10 s: b must let go first — nobody owns it meanwhile.
+        let d = dirs(&[("a", live_for(10, &[])), ("b", live_for(67, &[vip]))]);
+        assert_eq!(run(&d, Some("b"), None), Step::Release);
+        let since = Some(("b", Duration::from_millis(100)));
+        assert_eq!(run(&d, None, since), Step::Wait, "b still reports it");
+        let d = dirs(&[("a", live_for(10, &[])), ("b", live_for(67, &[]))]);
+        assert_eq!(run(&d, None, since), Step::Assign("a".into()), "b let go");
+        // b never reports (a lost stream): after fence + margin it is safe anyway.
+        let d = dirs(&[("a", live_for(10, &[])), ("b", live_for(67, &[vip]))]);
+        let later = Some(("b", Duration::from_millis(800)));
+        assert_eq!(run(&d, None, later), Step::Assign("a".into()));
+    }
+
+    #[test]
+    fn a_silent_owner_loses_its_vip_at_once_a_mismatched_live_one_releases_it() {
+        let vip: IpAddr = "10.0.0.100".parse().unwrap();
+        let none = BTreeMap::new();
+        let dead_b = Candidate {
+            live: false,
+            holds: [vip].into(),
+            ..Default::default()
+        };
+        let d = dirs(&[("a", live_for(1, &[])), ("b", dead_b)]);
+        let any = Needs::default();
+        assert_eq!(
+            step(vip, &any, Some("b"), None, &d, &none, timing()),
+            Step::Assign("a".into())
+        );
+        let d = dirs(&[
+            ("a", cand(true, &[("site", "fra")])),
+            ("b", cand(true, &[("site", "ams")])),
+        ]);
+        let fra = Needs {
+            selectors: vec![BTreeMap::from([("site".into(), "fra".into())])],
+            ..Default::default()
+        };
+        assert_eq!(
+            step(vip, &fra, Some("b"), None, &d, &none, timing()),
+            Step::Release,
+            "b is live: it lets go before a takes over"
         );
     }
 }

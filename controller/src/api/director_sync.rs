@@ -31,6 +31,8 @@ pub struct DirectorSeen {
     /// end of its old stream must not mark the new one disconnected.
     pub stream: u64,
     pub last_seen: Instant,
+    /// Since when it has been live without a gap (for the preemption hold-down).
+    pub live_since: Instant,
     pub applied_revision: u64,
     pub errors: Vec<String>,
     pub foreign_services: Vec<String>,
@@ -65,13 +67,19 @@ fn record(app: &App, report: &pb::DirectorReport, stream: u64) {
         .directors
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = Instant::now();
+    let live_since = directors
+        .get(&report.node_id)
+        .filter(|d| d.live(app.leases))
+        .map_or(now, |d| d.live_since);
     directors.insert(
         report.node_id.clone(),
         DirectorSeen {
             labels: report.labels.clone().into_iter().collect(),
             connected: true,
             stream,
-            last_seen: Instant::now(),
+            last_seen: now,
+            live_since,
             applied_revision: report.applied_revision,
             errors: report.errors.clone(),
             foreign_services: report.foreign_services.clone(),

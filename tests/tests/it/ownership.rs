@@ -23,6 +23,8 @@ struct Heard {
     last_sent: Option<Instant>,
     /// VIP → (epoch, when an acknowledged message first granted it).
     granted: BTreeMap<String, (u64, Instant)>,
+    /// VIP → when a message last took it away.
+    lost: BTreeMap<String, Instant>,
 }
 
 /// A director agent without a kernel: reports every `heartbeat`, follows
@@ -54,6 +56,10 @@ impl ProtoDirector {
 
     fn granted(&self, vip: &str) -> Option<(u64, Instant)> {
         self.heard.lock().unwrap().granted.get(vip).copied()
+    }
+
+    fn lost(&self, vip: &str) -> Option<Instant> {
+        self.heard.lock().unwrap().lost.get(vip).copied()
     }
 }
 
@@ -111,7 +117,16 @@ async fn run(
                                 *entry = (l.epoch, now);
                             }
                         }
-                        h.granted.retain(|vip, _| d.leases.iter().any(|l| &l.vip == vip));
+                        let gone: Vec<String> = h
+                            .granted
+                            .keys()
+                            .filter(|vip| !d.leases.iter().any(|l| &l.vip == *vip))
+                            .cloned()
+                            .collect();
+                        for vip in gone {
+                            h.granted.remove(&vip);
+                            h.lost.insert(vip, Instant::now());
+                        }
                         held = d.leases.clone();
                     }
                     Ok(Some(_)) => {}
@@ -315,5 +330,61 @@ async fn failover_figures_at_default_and_tuned_timers() -> anyhow::Result<()> {
             d.freeze();
         }
     }
+    Ok(())
+}
+
+/// A preferred director that comes back takes its VIP back after the
+/// hold-down, and only once the interim owner has let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preferred_director_takes_its_vip_back_after_the_hold_down() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = start_cluster(3, dir.path(), &["--preempt-hold-down-ms", "1500"]).await?;
+    let a = nodes[0].addr.clone();
+    lbctl_ok(
+        &a,
+        &[
+            "service",
+            "create",
+            "web",
+            "--vip",
+            "10.1.0.1:80/tcp",
+            "--prefer-director",
+            "da",
+        ],
+    )?;
+    let hb = Duration::from_millis(200);
+    let db = ProtoDirector::start(&a, "db", hb);
+    wait_for(Duration::from_secs(10), "db granted the VIP", || async {
+        db.granted("10.1.0.1")
+    })
+    .await?;
+    let back = Instant::now();
+    let da = ProtoDirector::start(&a, "da", hb);
+    let (epoch, granted) = wait_for(Duration::from_secs(10), "da granted the VIP", || async {
+        da.granted("10.1.0.1")
+    })
+    .await?;
+    let lost = db.lost("10.1.0.1").expect("db was told to let go");
+    println!(
+        "preferred director back: db let go {:?} and da got the VIP {:?} after da returned (hold-down 1.5 s), epoch {epoch}",
+        lost.duration_since(back),
+        granted.duration_since(back)
+    );
+    assert!(
+        lost.duration_since(back) >= Duration::from_millis(1500),
+        "preempted before the hold-down"
+    );
+    assert!(granted > lost, "da granted before db let go");
+    assert_eq!(
+        epoch, 3,
+        "assigned to db (1), released (2), assigned to da (3)"
+    );
+    let v = status_json(&a)?;
+    assert_eq!(
+        owner_of(&v, "10.1.0.1").map(|o| o.0),
+        Some("da".to_string())
+    );
+    da.freeze();
+    db.freeze();
     Ok(())
 }

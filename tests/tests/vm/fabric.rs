@@ -333,7 +333,8 @@ impl Seen {
     }
 
     /// The longest stretch without service: from the first failed request's
-    /// start to the start of the next request that succeeded.
+    /// start to the start of the next request that succeeded (or of the
+    /// last request, when none did before the probe ended).
     fn gap(&self) -> Duration {
         let mut worst = 0;
         let mut down_since = None;
@@ -347,7 +348,14 @@ impl Seen {
                 _ => {}
             }
         }
+        if let (Some(since), Some((last, _))) = (down_since, self.requests.last()) {
+            worst = worst.max(last - since);
+        }
         Duration::from_millis(worst as u64)
+    }
+
+    fn recovered(&self) -> bool {
+        matches!(self.requests.last(), Some((_, Ok(_))))
     }
 
     fn summary(&self) -> String {
@@ -684,7 +692,7 @@ async fn fabric_with_traffic() -> anyhow::Result<()> {
     let mut owner = ("d2", d2);
     let mut standby = ("d1", d1);
     for round in 1..=3 {
-        let probe = f.probe(&format!("http://{DR_VIP}/"), 9, 10)?;
+        let probe = f.probe(&format!("http://{DR_VIP}/"), 13, 10)?;
         tokio::time::sleep(Duration::from_millis(1000)).await;
         signal(owner.1 .0.id(), "STOP");
         f.t.sh(owner.0, "ip link set eth0 down")?;
@@ -696,6 +704,10 @@ async fn fabric_with_traffic() -> anyhow::Result<()> {
             owner.0,
             standby.0,
             seen.summary()
+        );
+        assert!(
+            seen.recovered(),
+            "failover {round}: clients not served again before the probe ended"
         );
         gaps.push(seen.gap());
         // The frozen host comes back: its agent sees the lease expired and
