@@ -115,7 +115,7 @@ pub fn step(
     timing: LeaseTiming,
 ) -> Step {
     let ok = |name: &str| candidates.get(name).is_some_and(|c| eligible(needs, c));
-    let assign = || decide(needs, None, candidates, load).map_or(Step::Keep, Step::Assign);
+    let assign = || decide(needs, candidates, load).map_or(Step::Keep, Step::Assign);
     match current {
         Some(owner) if candidates.get(owner).is_some_and(|c| c.live) => {
             if !ok(owner) {
@@ -155,17 +155,14 @@ fn eligible(needs: &Needs, c: &Candidate) -> bool {
             .all(|sel| sel.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
 }
 
-/// The owner the VIP should have, or `None` when no director can take it.
+/// Who gets a VIP that has no live owner, or `None` when no director can
+/// take it. (Whether a live owner keeps it is [`step`]'s call.)
 pub fn decide(
     needs: &Needs,
-    current: Option<&str>,
     candidates: &BTreeMap<String, Candidate>,
     load: &BTreeMap<String, usize>,
 ) -> Option<String> {
     let ok = |name: &str| candidates.get(name).is_some_and(|c| eligible(needs, c));
-    if let Some(owner) = current.filter(|o| ok(o)) {
-        return Some(owner.to_string());
-    }
     if let Some(p) = needs.preferred.iter().find(|p| ok(p)) {
         return Some(p.clone());
     }
@@ -233,30 +230,20 @@ pub async fn run(app: Arc<App>, timing: LeaseTiming, mut shutdown: watch::Receiv
         if since.elapsed() < timing.fence + timing.margin {
             continue;
         }
-        for (vip, director, expected_epoch) in changes(&app, timing, &released) {
-            let previous = app
-                .state
-                .read()
-                .state
-                .owners
-                .get(&vip)
-                .map(|o| o.director.clone());
-            match &director {
-                Some(d) => {
-                    tracing::info!(vip = %vip, director = %d, epoch = expected_epoch + 1, "assigning VIP")
-                }
-                None => {
-                    tracing::info!(vip = %vip, from = ?previous, epoch = expected_epoch + 1, "releasing VIP")
-                }
+        for c in changes(&app, timing, &released) {
+            let (vip, epoch) = (c.vip, c.expected_epoch + 1);
+            match &c.to {
+                Some(d) => tracing::info!(vip = %vip, director = %d, epoch, "assigning VIP"),
+                None => tracing::info!(vip = %vip, from = ?c.from, epoch, "releasing VIP"),
             }
             let result = app
                 .write(Command::AssignVip {
                     vip,
-                    director: director.clone().unwrap_or_default(),
-                    expected_epoch,
+                    director: c.to.clone().unwrap_or_default(),
+                    expected_epoch: c.expected_epoch,
                 })
                 .await;
-            match (result, director) {
+            match (result, c.to) {
                 (Err(e), _) => {
                     tracing::warn!(vip = %vip, error = %e, "VIP assignment not committed")
                 }
@@ -264,20 +251,30 @@ pub async fn run(app: Arc<App>, timing: LeaseTiming, mut shutdown: watch::Receiv
                     released.remove(&vip);
                 }
                 (Ok(_), None) => {
-                    released.insert(vip, (previous.unwrap_or_default(), Instant::now()));
+                    released.insert(vip, (c.from.unwrap_or_default(), Instant::now()));
                 }
             }
         }
     }
 }
 
-/// The assignments to make now: (vip, director or `None` to release it,
-/// epoch being replaced).
+/// One ownership change to commit.
+struct Change {
+    vip: IpAddr,
+    /// The current owner, if any.
+    from: Option<String>,
+    /// The new owner; `None` releases the VIP.
+    to: Option<String>,
+    /// The epoch being replaced.
+    expected_epoch: u64,
+}
+
+/// The ownership changes to make now.
 fn changes(
     app: &App,
     timing: LeaseTiming,
     released: &BTreeMap<IpAddr, (String, Instant)>,
-) -> Vec<(IpAddr, Option<String>, u64)> {
+) -> Vec<Change> {
     let candidates: BTreeMap<String, Candidate> = {
         let seen = app
             .directors
@@ -318,26 +315,33 @@ fn changes(
     }
     let mut out = Vec::new();
     for (vip, needs) in &vips {
-        let epoch = data.state.owners.get(vip).map_or(0, |o| o.epoch);
+        let expected_epoch = data.state.owners.get(vip).map_or(0, |o| o.epoch);
+        let from = owner(vip).map(|o| o.director.clone());
         let gone = released
             .get(vip)
             .map(|(old, at)| (old.as_str(), at.elapsed()));
-        match step(
+        let to = match step(
             *vip,
             needs,
-            owner(vip).map(|o| o.director.as_str()),
+            from.as_deref(),
             gone,
             &candidates,
             &load,
             timing,
         ) {
-            Step::Keep | Step::Wait => {}
-            Step::Release => out.push((*vip, None, epoch)),
+            Step::Keep | Step::Wait => continue,
+            Step::Release => None,
             Step::Assign(chosen) => {
                 *load.entry(chosen.clone()).or_default() += 1;
-                out.push((*vip, Some(chosen), epoch));
+                Some(chosen)
             }
-        }
+        };
+        out.push(Change {
+            vip: *vip,
+            from,
+            to,
+            expected_epoch,
+        });
     }
     out
 }
@@ -365,22 +369,18 @@ mod tests {
 
     #[test]
     fn sticky_while_live_then_moves() {
+        let vip: IpAddr = "10.0.0.100".parse().unwrap();
         let needs = Needs::default();
+        let run = |d: &BTreeMap<String, Candidate>, load: &BTreeMap<String, usize>| {
+            step(vip, &needs, Some("a"), None, d, load, timing())
+        };
         let d = dirs(&[("a", cand(true, &[])), ("b", cand(true, &[]))]);
         let load = BTreeMap::from([("b".to_string(), 0), ("a".to_string(), 5)]);
-        assert_eq!(
-            decide(&needs, Some("a"), &d, &load).as_deref(),
-            Some("a"),
-            "a live owner keeps its VIP"
-        );
+        assert_eq!(run(&d, &load), Step::Keep, "a live owner keeps its VIP");
         let d = dirs(&[("a", cand(false, &[])), ("b", cand(true, &[]))]);
-        assert_eq!(decide(&needs, Some("a"), &d, &load).as_deref(), Some("b"));
+        assert_eq!(run(&d, &load), Step::Assign("b".into()));
         let d = dirs(&[("a", cand(false, &[]))]);
-        assert_eq!(
-            decide(&needs, Some("a"), &d, &load),
-            None,
-            "nobody to move it to"
-        );
+        assert_eq!(run(&d, &load), Step::Keep, "nobody to move it to");
     }
 
     #[test]
@@ -395,17 +395,14 @@ mod tests {
             preferred: vec!["x".into(), "b".into()],
             ..Default::default()
         };
-        assert_eq!(decide(&prefer_b, None, &d, &load).as_deref(), Some("b"));
+        assert_eq!(decide(&prefer_b, &d, &load).as_deref(), Some("b"));
         assert_eq!(
-            decide(&Needs::default(), None, &d, &load).as_deref(),
+            decide(&Needs::default(), &d, &load).as_deref(),
             Some("c"),
             "c owns nothing"
         );
         let even = BTreeMap::new();
-        assert_eq!(
-            decide(&Needs::default(), None, &d, &even).as_deref(),
-            Some("a")
-        );
+        assert_eq!(decide(&Needs::default(), &d, &even).as_deref(), Some("a"));
     }
 
     #[test]
@@ -419,9 +416,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            decide(&needs, Some("a"), &d, &BTreeMap::new()).as_deref(),
+            decide(&needs, &d, &BTreeMap::new()).as_deref(),
             Some("b"),
-            "a no longer eligible"
+            "a does not match the selector"
         );
     }
 

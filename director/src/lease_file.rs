@@ -62,10 +62,6 @@ impl LeaseFile {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The lease a previous process of this node left; `None` without a file.
     pub fn load(&self) -> Result<Option<Lease>, LeaseFileError> {
         let text = match std::fs::read_to_string(&self.path) {
