@@ -28,7 +28,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lb_proto::model::{Service, VirtualAddress};
+use lb_proto::model::Service;
 use tokio::sync::watch;
 
 use crate::app::App;
@@ -67,7 +67,7 @@ pub struct Needs {
 pub fn vips<'a>(services: impl IntoIterator<Item = &'a Service>) -> BTreeMap<IpAddr, Needs> {
     let mut out: BTreeMap<IpAddr, Needs> = BTreeMap::new();
     for s in services {
-        if let VirtualAddress::Endpoint { address, .. } = s.address {
+        if let Some(address) = s.vip() {
             let needs = out.entry(address).or_default();
             needs.selectors.push(s.directors.selector.clone());
             for p in &s.directors.preferred {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 
 use lb_proto::convert::{check_realserver, patch_realserver};
-use lb_proto::model::{RealServer, RealServerPatch, Service};
+use lb_proto::model::{RealServer, RealServerPatch, Service, VirtualAddress};
 use lb_proto::FieldError;
 use serde::{Deserialize, Serialize};
 
@@ -294,7 +294,17 @@ impl State {
                 ),
             }),
             None => Ok(()),
+        }?;
+        let others = self
+            .services
+            .values()
+            .filter(|s| s.name != service.name && Some(s.name.as_str()) != replacing);
+        for other in others {
+            if let Some(e) = mark_clash(service, other) {
+                return Err(Rejected::Invalid(e));
+            }
         }
+        Ok(())
     }
 
     fn next_event(
@@ -314,6 +324,51 @@ impl State {
             self.events.pop_front();
         }
         self.revision
+    }
+}
+
+/// Traffic two services would both claim. IPVS looks a packet's mark up
+/// before its address, so a fwmark service silently shadows an endpoint
+/// service on marked traffic; two overlapping marks make the rule order decide.
+fn mark_clash(service: &Service, other: &Service) -> Option<FieldError> {
+    match (&service.mark_match, &other.mark_match, other.address) {
+        (Some(mine), Some(theirs), _) if mine.overlaps(theirs) => Some(FieldError::new(
+            "service.fwmark.address",
+            format!(
+                "marks {mine}, which overlaps {theirs} marked for service {}",
+                other.name
+            ),
+        )),
+        (
+            Some(mine),
+            _,
+            VirtualAddress::Endpoint {
+                address,
+                port,
+                protocol,
+            },
+        ) if service.catches(address, protocol, port) => Some(FieldError::new(
+            "service.fwmark.address",
+            format!(
+                "marks {mine}, which includes {}, the VIP of service {}",
+                other.address, other.name
+            ),
+        )),
+        (None, Some(theirs), _) => match service.address {
+            VirtualAddress::Endpoint {
+                address,
+                port,
+                protocol,
+            } if other.catches(address, protocol, port) => Some(FieldError::new(
+                "service.endpoint",
+                format!(
+                    "{} is marked ({theirs}) for fwmark service {}",
+                    service.address, other.name
+                ),
+            )),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -366,6 +421,73 @@ mod tests {
             lower_threshold: 0,
             admin_state: lb_proto::model::AdminState::Active,
         }
+    }
+
+    fn marked(name: &str, mark: u32, vip: &str, ports: &[u32]) -> Service {
+        Service::try_from(pb::Service {
+            name: name.into(),
+            virtual_address: Some(pb::service::VirtualAddress::Fwmark(pb::Fwmark {
+                mark,
+                address: vip.into(),
+                ports: ports.to_vec(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn marked_traffic_is_claimed_once() {
+        let mut st = State::default();
+        st.apply(Command::CreateService {
+            service: marked("shop", 1, "10.0.0.9", &[80, 443]),
+        })
+        .unwrap();
+        let before = st.clone();
+        let clash =
+            |st: &mut State, s: Service| match st.apply(Command::CreateService { service: s }) {
+                Err(Rejected::Invalid(e)) => e.to_string(),
+                other => panic!("accepted a clash: {other:?}"),
+            };
+        let e = clash(&mut st, marked("shop2", 2, "10.0.0.9", &[443, 8443]));
+        assert!(
+            e.starts_with("service.fwmark.address: marks 10.0.0.9 tcp 443,8443, which overlaps 10.0.0.9 tcp 80,443 marked for service shop"),
+            "{e}"
+        );
+        let e = clash(&mut st, marked("all", 3, "10.0.0.9", &[]));
+        assert!(e.contains("overlaps"), "{e}");
+        let e = clash(&mut st, service("web", "10.0.0.9"));
+        assert!(
+            e.starts_with("service.endpoint: 10.0.0.9:80/tcp is marked (10.0.0.9 tcp 80,443) for fwmark service shop"),
+            "{e}"
+        );
+        assert_eq!(st, before);
+
+        // Other ports, another VIP, and a mark-only service are fine; an
+        // update of the service itself does not clash with its old self.
+        st.apply(Command::CreateService {
+            service: marked("alt", 4, "10.0.0.9", &[8080]),
+        })
+        .unwrap();
+        st.apply(Command::CreateService {
+            service: service("web", "10.0.0.10"),
+        })
+        .unwrap();
+        st.apply(Command::CreateService {
+            service: marked("manual", 5, "", &[]),
+        })
+        .unwrap();
+        st.apply(Command::UpdateService {
+            service: marked("shop", 1, "10.0.0.9", &[80, 443, 8443]),
+            expected_mod_revision: 0,
+        })
+        .unwrap();
+        let e = clash(&mut st, marked("web2", 6, "10.0.0.10", &[80]));
+        assert!(
+            e.contains("includes 10.0.0.10:80/tcp, the VIP of service web"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -111,6 +111,16 @@ pub struct ServiceFlags {
     /// Address family of a fwmark service: inet or inet6.
     #[arg(long, requires = "fwmark")]
     pub family: Option<String>,
+    /// fwmark service: the VIP whose packets the director marks (an nftables
+    /// rule) and whose address it owns. Without it you mark packets yourself.
+    #[arg(long, requires = "fwmark")]
+    pub mark_address: Option<String>,
+    /// fwmark service: protocol of the marked packets: tcp, udp or sctp (default tcp).
+    #[arg(long, requires = "mark_address")]
+    pub mark_protocol: Option<String>,
+    /// fwmark service: destination ports to mark, comma-separated (default every port).
+    #[arg(long, requires = "mark_address", value_delimiter = ',')]
+    pub mark_ports: Vec<u32>,
     /// rr wrr lc wlc lblc lblcr dh sh sed nq mh fo ovf twos (default wlc).
     #[arg(long)]
     pub scheduler: Option<String>,

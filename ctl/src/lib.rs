@@ -189,6 +189,9 @@ fn apply_flags(svc: &mut pb::Service, f: &ServiceFlags) -> anyhow::Result<()> {
         svc.virtual_address = Some(pb::service::VirtualAddress::Fwmark(pb::Fwmark {
             mark,
             family: f.family.clone().unwrap_or_default(),
+            address: f.mark_address.clone().unwrap_or_default(),
+            protocol: f.mark_protocol.clone().unwrap_or_default(),
+            ports: f.mark_ports.clone(),
         }));
     }
     set_given(&mut svc.scheduler, &f.scheduler);

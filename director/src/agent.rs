@@ -6,7 +6,8 @@
 //!   heartbeat and publishes each desired configuration it receives;
 //! - the **reconciler** compares the desired table with the kernel's on every
 //!   new configuration and every `resync` period (so hand edits are
-//!   repaired), applies the difference, and records what it did for the next
+//!   repaired), applies the difference, keeps the fwmark services' nftables
+//!   mark rules (see [`crate::marks`]), and records what it did for the next
 //!   report;
 //! - the **VIP loop** keeps the interface's VIP addresses equal to what the
 //!   lease allows (adding one only once its services are programmed),
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 use lb_hostnet::{Link, Rtnl};
 use lb_proto::client::{addresses, channel, leader_hint};
-use lb_proto::model::{Service, VirtualAddress};
+use lb_proto::model::Service;
 use lb_proto::pb;
 use lb_proto::pb::director_sync_client::DirectorSyncClient;
 use std::net::IpAddr;
@@ -34,6 +35,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::ipvs::{Ipvs, IpvsError, ServiceKey, SyncDaemon, SyncRole};
 use crate::lease_file::LeaseFile;
+use crate::marks::{MarkChange, Marks};
 use crate::reconcile::{apply, observe, plan};
 use crate::vip::{converge, lease_until, AnnounceConfig, Announcements, Lease, SentHeartbeats};
 use crate::{desired, forwarding};
@@ -182,15 +184,7 @@ pub async fn run(
 fn managed_vips(desired: &Desired) -> BTreeSet<IpAddr> {
     desired
         .as_ref()
-        .map(|(_, services)| {
-            services
-                .iter()
-                .filter_map(|s| match s.address {
-                    VirtualAddress::Endpoint { address, .. } => Some(address),
-                    VirtualAddress::Fwmark { .. } => None,
-                })
-                .collect()
-        })
+        .map(|(_, services)| services.iter().filter_map(Service::vip).collect())
         .unwrap_or_default()
 }
 
@@ -326,19 +320,20 @@ async fn vip_loop(
     }
 }
 
-/// The VIPs whose services were all programmed by a reconcile round.
+/// The VIPs whose services were all programmed by a reconcile round (and,
+/// for fwmark services naming their VIP, whose mark rules are in place).
 fn programmed_vips(
-    keys: &BTreeSet<ServiceKey>,
+    services: &[Service],
     failed: &[(crate::reconcile::Op, IpvsError)],
+    marks_ok: bool,
 ) -> BTreeSet<IpAddr> {
-    let vip = |k: &ServiceKey| match k {
-        ServiceKey::Endpoint { addr, .. } => Some(*addr),
-        ServiceKey::Fwmark { .. } => None,
+    let broken: BTreeSet<ServiceKey> = failed.iter().map(|(op, _)| op.key()).collect();
+    let ready = |s: &Service| {
+        !broken.contains(&desired::key(&s.address)) && (s.mark_match.is_none() || marks_ok)
     };
-    let broken: BTreeSet<IpAddr> = failed.iter().filter_map(|(op, _)| vip(&op.key())).collect();
-    keys.iter()
-        .filter_map(vip)
-        .filter(|a| !broken.contains(a))
+    let vips: BTreeSet<IpAddr> = services.iter().filter_map(Service::vip).collect();
+    vips.into_iter()
+        .filter(|v| services.iter().filter(|s| s.vip() == Some(*v)).all(ready))
         .collect()
 }
 
@@ -351,31 +346,50 @@ async fn reconcile_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let ipvs = Arc::new(ipvs);
+    let marks = Arc::new(Mutex::new(Marks::new(vec!["nft".into()])));
     let mut managed: BTreeSet<ServiceKey> = BTreeSet::new();
     loop {
         let current = desired.borrow_and_update().clone();
         if let Some((revision, services)) = current {
             let ipvs = ipvs.clone();
+            let marks = marks.clone();
             let previously = managed.clone();
             let round = tokio::task::spawn_blocking(move || {
                 let want = desired::table(&services);
                 let observed = observe(&ipvs)?;
                 let p = plan(&want, &observed, &previously);
                 let failed = apply(&ipvs, &p);
-                let host_errors = forwarding::ensure_for(&services);
+                let mut host_errors = forwarding::ensure_for(&services);
+                // Rules after services: a mark with no IPVS service yet
+                // would only send packets to the local stack.
+                let marked = marks
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .converge(&services);
+                let marks_ok = marked.is_ok();
+                let marks_changed = match marked {
+                    Ok(change) => change != MarkChange::None,
+                    Err(e) => {
+                        host_errors.push(e.to_string());
+                        false
+                    }
+                };
+                let ready = programmed_vips(&services, &failed, marks_ok);
                 Ok::<_, IpvsError>((
                     want.keys().copied().collect::<BTreeSet<_>>(),
                     p,
                     failed,
                     host_errors,
+                    ready,
+                    marks_changed,
                 ))
             })
             .await;
             let mut prog = progress.lock().unwrap_or_else(PoisonError::into_inner);
             match round {
-                Ok(Ok((keys, p, failed, host_errors))) => {
+                Ok(Ok((keys, p, failed, host_errors, ready, marks_changed))) => {
                     programmed.send_if_modified(|vips| {
-                        let now = programmed_vips(&keys, &failed);
+                        let now = ready;
                         let changed = *vips != now;
                         *vips = now;
                         changed
@@ -389,7 +403,8 @@ async fn reconcile_loop(
                             "reconciled"
                         );
                     }
-                    prog.changes_applied += (p.ops.len() - failed.len()) as u64;
+                    prog.changes_applied +=
+                        (p.ops.len() - failed.len()) as u64 + u64::from(marks_changed);
                     prog.errors = failed
                         .iter()
                         .map(|(op, e)| format!("{op}: {e}"))

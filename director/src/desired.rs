@@ -198,6 +198,7 @@ mod tests {
             p.virtual_address = Some(pb::service::VirtualAddress::Fwmark(pb::Fwmark {
                 mark: 9,
                 family: "inet6".into(),
+                ..Default::default()
             }));
             p.scheduler = "mh".into();
             p.scheduler_flags = vec!["mh-port".into(), "mh-fallback".into()];

@@ -192,6 +192,7 @@ impl TryFrom<pb::Service> for Service {
 
     fn try_from(s: pb::Service) -> Result<Service> {
         check_name("service.name", &s.name)?;
+        let mut mark_match = None;
         let address = match s.virtual_address {
             None => {
                 return Err(FieldError::new(
@@ -216,14 +217,16 @@ impl TryFrom<pb::Service> for Service {
                         "must be 1..=4294967295, got 0",
                     ));
                 }
+                let family = word(
+                    "service.fwmark.family",
+                    &f.family,
+                    Family::Inet,
+                    Family::words(),
+                )?;
+                mark_match = fwmark_match(&f, family)?;
                 VirtualAddress::Fwmark {
                     mark: f.mark,
-                    family: word(
-                        "service.fwmark.family",
-                        &f.family,
-                        Family::Inet,
-                        Family::words(),
-                    )?,
+                    family,
                 }
             }
         };
@@ -379,6 +382,7 @@ impl TryFrom<pb::Service> for Service {
             quorum: s.quorum,
             hysteresis: s.hysteresis,
             directors,
+            mark_match,
             create_revision: 0,
             mod_revision: 0,
         };
@@ -390,6 +394,58 @@ impl TryFrom<pb::Service> for Service {
         }
         Ok(service)
     }
+}
+
+/// Most ports one fwmark service may mark; a longer list is a typo or a range.
+const MAX_MARK_PORTS: usize = 64;
+
+/// The packets a fwmark service marks itself, if it names an address.
+fn fwmark_match(f: &pb::Fwmark, family: Family) -> Result<Option<MarkMatch>> {
+    if f.address.is_empty() {
+        if !f.protocol.is_empty() || !f.ports.is_empty() {
+            return Err(FieldError::new(
+                "service.fwmark.address",
+                "is required when protocol or ports are set (the VIP whose packets get the mark)",
+            ));
+        }
+        return Ok(None);
+    }
+    let address = unicast_ip("service.fwmark.address", &f.address)?;
+    if Family::of(address) != family {
+        return Err(FieldError::new(
+            "service.fwmark.address",
+            format!("must be an {family} address (service.fwmark.family), got {address}"),
+        ));
+    }
+    let protocol = word(
+        "service.fwmark.protocol",
+        &f.protocol,
+        Protocol::Tcp,
+        Protocol::words(),
+    )?;
+    if f.ports.len() > MAX_MARK_PORTS {
+        return Err(FieldError::new(
+            "service.fwmark.ports",
+            format!("has {} ports; at most {MAX_MARK_PORTS}", f.ports.len()),
+        ));
+    }
+    let mut ports = Vec::with_capacity(f.ports.len());
+    for (i, p) in f.ports.iter().enumerate() {
+        let p = port(&format!("service.fwmark.ports[{i}]"), *p, false)?;
+        if ports.contains(&p) {
+            return Err(FieldError::new(
+                format!("service.fwmark.ports[{i}]"),
+                format!("repeats port {p}"),
+            ));
+        }
+        ports.push(p);
+    }
+    ports.sort_unstable();
+    Ok(Some(MarkMatch {
+        address,
+        protocol,
+        ports,
+    }))
 }
 
 /// Parses a realserver on its own; [`check_realserver`] relates it to a service.
@@ -648,9 +704,15 @@ impl From<&Service> for pb::Service {
                 protocol: protocol.to_string(),
             }),
             VirtualAddress::Fwmark { mark, family } => {
+                let m = s.mark_match.as_ref();
                 pb::service::VirtualAddress::Fwmark(pb::Fwmark {
                     mark,
                     family: family.to_string(),
+                    address: m.map(|m| m.address.to_string()).unwrap_or_default(),
+                    protocol: m.map(|m| m.protocol.to_string()).unwrap_or_default(),
+                    ports: m
+                        .map(|m| m.ports.iter().map(|&p| u32::from(p)).collect())
+                        .unwrap_or_default(),
                 })
             }
         });
@@ -784,6 +846,39 @@ mod tests {
         }
     }
 
+    fn set_mark(s: &mut pb::Service, address: &str, protocol: &str, ports: &[u32]) {
+        s.mode = "dr".into();
+        s.realservers.iter_mut().for_each(|r| r.port = 0);
+        s.virtual_address = Some(pb::service::VirtualAddress::Fwmark(pb::Fwmark {
+            mark: 7,
+            family: String::new(),
+            address: address.into(),
+            protocol: protocol.into(),
+            ports: ports.to_vec(),
+        }));
+    }
+
+    #[test]
+    fn fwmark_match_is_parsed_sorted_and_round_trips() {
+        let mut p = web();
+        set_mark(&mut p, "10.0.0.1", "", &[443, 80]);
+        let s = Service::try_from(p).unwrap();
+        let m = s.mark_match.clone().unwrap();
+        assert_eq!(m.to_string(), "10.0.0.1 tcp 80,443");
+        assert_eq!(s.vip(), Some("10.0.0.1".parse().unwrap()));
+        assert!(s.catches("10.0.0.1".parse().unwrap(), Protocol::Tcp, 443));
+        assert!(!s.catches("10.0.0.1".parse().unwrap(), Protocol::Udp, 443));
+        assert!(!s.catches("10.0.0.1".parse().unwrap(), Protocol::Tcp, 8080));
+        let back = pb::Service::from(&s);
+        assert_eq!(Service::try_from(back).unwrap(), s);
+
+        // Without an address the operator marks packets; no VIP is placed.
+        let mut p = web();
+        set_mark(&mut p, "", "", &[]);
+        let s = Service::try_from(p).unwrap();
+        assert_eq!((s.vip(), s.mark_match), (None, None));
+    }
+
     #[test]
     fn valid_service_round_trips() {
         let s = Service::try_from(web()).unwrap();
@@ -855,9 +950,29 @@ mod tests {
                 (|s| {
                     s.virtual_address = Some(pb::service::VirtualAddress::Fwmark(pb::Fwmark {
                         mark: 0,
-                        family: String::new(),
+                        ..Default::default()
                     }))
                 }),
+            ),
+            (
+                "service.fwmark.address",
+                (|s| set_mark(s, "", "tcp", &[80])),
+            ),
+            (
+                "service.fwmark.address",
+                (|s| set_mark(s, "2001:db8::1", "", &[])),
+            ),
+            (
+                "service.fwmark.protocol",
+                (|s| set_mark(s, "10.0.0.1", "icmp", &[])),
+            ),
+            (
+                "service.fwmark.ports[1]",
+                (|s| set_mark(s, "10.0.0.1", "", &[80, 0])),
+            ),
+            (
+                "service.fwmark.ports[2]",
+                (|s| set_mark(s, "10.0.0.1", "", &[80, 443, 80])),
             ),
             (
                 "service.realservers[1].address",

@@ -29,6 +29,11 @@ pub struct Service {
     pub quorum: u32,
     pub hysteresis: u32,
     pub directors: DirectorPlacement,
+    /// fwmark services only: the packets the director marks itself (an
+    /// nftables rule), and whose VIP address it owns. `None` = the operator
+    /// marks packets, and no VIP address is placed for the service.
+    #[serde(default)]
+    pub mark_match: Option<MarkMatch>,
     /// Revision of the change that created the service (set by the controller).
     pub create_revision: u64,
     /// Revision of the last change to the service (set by the controller).
@@ -47,6 +52,35 @@ impl Service {
         match self.address {
             VirtualAddress::Endpoint { port, .. } => port,
             VirtualAddress::Fwmark { .. } => 0,
+        }
+    }
+
+    /// The VIP address a director must own for this service: the endpoint's
+    /// address, or the marked address of a fwmark service.
+    pub fn vip(&self) -> Option<IpAddr> {
+        match self.address {
+            VirtualAddress::Endpoint { address, .. } => Some(address),
+            VirtualAddress::Fwmark { .. } => self.mark_match.as_ref().map(|m| m.address),
+        }
+    }
+
+    /// Whether clients sending `protocol` to `address:port` reach this service.
+    pub fn catches(&self, address: IpAddr, protocol: Protocol, port: u16) -> bool {
+        match (&self.address, &self.mark_match) {
+            (
+                VirtualAddress::Endpoint {
+                    address: a,
+                    port: p,
+                    protocol: pr,
+                },
+                _,
+            ) => *a == address && *pr == protocol && *p == port,
+            (VirtualAddress::Fwmark { .. }, Some(m)) => {
+                m.address == address
+                    && m.protocol == protocol
+                    && (m.ports.is_empty() || m.ports.contains(&port))
+            }
+            (VirtualAddress::Fwmark { .. }, None) => false,
         }
     }
 
@@ -91,6 +125,40 @@ impl fmt::Display for VirtualAddress {
             } => write!(f, "{}/{}", SocketAddr::new(*address, *port), protocol),
             VirtualAddress::Fwmark { mark, family } => write!(f, "fwmark {mark} ({family})"),
         }
+    }
+}
+
+/// The traffic a fwmark service's director marks: packets to `address` with
+/// `protocol` and one of `ports` (any port when empty), as in the classic
+/// `iptables -t mangle ... -j MARK` line an LVS operator writes by hand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkMatch {
+    pub address: IpAddr,
+    pub protocol: Protocol,
+    /// Sorted, without duplicates.
+    pub ports: Vec<u16>,
+}
+
+impl MarkMatch {
+    /// Whether some packet matches both.
+    pub fn overlaps(&self, other: &MarkMatch) -> bool {
+        self.address == other.address
+            && self.protocol == other.protocol
+            && (self.ports.is_empty()
+                || other.ports.is_empty()
+                || self.ports.iter().any(|p| other.ports.contains(p)))
+    }
+}
+
+impl fmt::Display for MarkMatch {
+    /// `10.0.0.1 tcp 80,443`, `10.0.0.1 udp` (every port).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.address, self.protocol)?;
+        if !self.ports.is_empty() {
+            let ports: Vec<String> = self.ports.iter().map(ToString::to_string).collect();
+            write!(f, " {}", ports.join(","))?;
+        }
+        Ok(())
     }
 }
 

@@ -245,7 +245,7 @@ pub(super) fn vips(app: &App) -> Vec<pb::VipStatus> {
     let state = &data.state;
     let mut out: BTreeMap<std::net::IpAddr, pb::VipStatus> = BTreeMap::new();
     for s in state.services.values() {
-        if let lb_proto::model::VirtualAddress::Endpoint { address, .. } = s.address {
+        if let Some(address) = s.vip() {
             let entry = out.entry(address).or_insert_with(|| {
                 let owner = state.owners.get(&address);
                 let name = owner.map(|o| o.director.clone()).unwrap_or_default();

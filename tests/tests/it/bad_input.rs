@@ -137,7 +137,7 @@ async fn bad_input_is_rejected_by_field_and_changes_nothing() -> anyhow::Result<
             create(|s| {
                 s.virtual_address = Some(pb::service::VirtualAddress::Fwmark(pb::Fwmark {
                     mark: 0,
-                    family: String::new(),
+                    ..Default::default()
                 }))
             }),
             Code::InvalidArgument,

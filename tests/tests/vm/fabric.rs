@@ -16,7 +16,8 @@
 //! ```text
 //!  lan 10.0.0.0/24: ctl .1 (controllers)  cl .2 (client)  d1 .11  d2 .12  rs1 .21  rs2 .22
 //!  int 192.168.50.0/24:                   d1 .11  d2 .12  rs3 .23  rs4 .24 (NAT, via d1)
-//!  VIPs: 10.0.0.100 DR, 10.0.0.101 TUN (rs1, rs2), 10.0.0.102 NAT (rs3, rs4)
+//!  VIPs: 10.0.0.100 DR, 10.0.0.101 TUN (rs1, rs2), 10.0.0.102 NAT (rs3, rs4),
+//!        10.0.0.103 tcp 80,443 marked 1 (fwmark, DR, rs1, rs2)
 //! ```
 
 use std::io::{BufRead, BufReader, Read};
@@ -31,7 +32,8 @@ use lb_testkit::{bin, lbctl_ok, start_cluster_at, wait_for, ControllerProc};
 const DR_VIP: &str = "10.0.0.100";
 const TUN_VIP: &str = "10.0.0.101";
 const NAT_VIP: &str = "10.0.0.102";
-const VIPS: [&str; 3] = [DR_VIP, TUN_VIP, NAT_VIP];
+const MARK_VIP: &str = "10.0.0.103";
+const VIPS: [&str; 4] = [DR_VIP, TUN_VIP, NAT_VIP, MARK_VIP];
 
 struct Fabric {
     t: Topology,
@@ -92,6 +94,7 @@ impl Fabric {
                 rs,
                 &format!(
                     "ip addr add {DR_VIP}/32 dev lo
+                     ip addr add {MARK_VIP}/32 dev lo
                      ip link set tunl0 up
                      ip addr add {TUN_VIP}/32 dev tunl0
                      sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.tunl0.rp_filter=0
@@ -100,6 +103,7 @@ impl Fabric {
                 ),
             )?;
             t.http_backend(rs, rs, "0.0.0.0:80")?;
+            t.http_backend(rs, rs, "0.0.0.0:443")?;
         }
         let dir = tempfile::tempdir()?;
         let controllers = start_cluster_at("10.0.0.1", 3, dir.path(), controller_flags).await?;
@@ -172,7 +176,26 @@ impl Fabric {
             &["--prefer-director", "d1"],
         ]
         .concat();
-        for args in [dr, tun, nat] {
+        // One service for two ports, marked by the directors themselves.
+        let fwm = [
+            &[
+                "service",
+                "create",
+                "fwm",
+                "--fwmark",
+                "1",
+                "--mark-address",
+                MARK_VIP,
+                "--mark-ports",
+                "80,443",
+                "--mode",
+                "dr",
+            ][..],
+            &rr,
+            &lan_rs,
+        ]
+        .concat();
+        for args in [dr, tun, nat, fwm] {
             self.lbctl(&args)?;
         }
         Ok(())
@@ -503,6 +526,9 @@ async fn fabric_with_traffic() -> anyhow::Result<()> {
         "-A -t 10.0.0.102:80 -s rr",
         "-a -t 10.0.0.102:80 -r 192.168.50.23:8080 -m -w 1",
         "-a -t 10.0.0.102:80 -r 192.168.50.24:8080 -m -w 1",
+        "-A -f 1 -s rr",
+        "-a -f 1 -r 10.0.0.21:0 -g -w 1",
+        "-a -f 1 -r 10.0.0.22:0 -g -w 1",
     ]);
     assert_eq!(f.ipvs("d1"), want, "the owner's IPVS table");
     let status = f.lbctl(&["status"])?;
@@ -528,15 +554,29 @@ async fn fabric_with_traffic() -> anyhow::Result<()> {
         "the standby holds {:?}",
         f.held("d2")
     );
+    let mark_443 = format!("{MARK_VIP}:443");
     for (vip, backends) in [
         (DR_VIP, ["rs1", "rs2"]),
         (TUN_VIP, ["rs1", "rs2"]),
         (NAT_VIP, ["rs3", "rs4"]),
+        (MARK_VIP, ["rs1", "rs2"]),
+        (mark_443.as_str(), ["rs1", "rs2"]),
     ] {
         let answers = f.t.http_get("cl", &format!("http://{vip}/"), 4)?;
         println!("{vip}: {answers:?}");
         assert_balanced(&answers, backends, vip);
     }
+    // The mark rule, on the owner and (warm) on the standby.
+    for ns in ["d1", "d2"] {
+        let rules = f.t.sh(ns, "nft list table inet lbfabric")?;
+        assert!(
+            rules.contains(&format!(
+                "ip daddr {MARK_VIP} tcp dport {{ 80, 443 }} meta mark set 0x00000001"
+            )),
+            "{ns}'s mark rules:\n{rules}"
+        );
+    }
+    println!("{}", f.t.sh("d1", "nft list table inet lbfabric")?);
     // Connection sync: master on the owner, backup on both; the standby
     // learns the owner's connections.
     let daemons = |ns| f.t.sh(ns, "ipvsadm -L --daemon").unwrap_or_default();

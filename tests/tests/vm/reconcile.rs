@@ -45,7 +45,7 @@ fn services() -> Vec<Service> {
         name: "shop".into(),
         virtual_address: Some(pb::service::VirtualAddress::Fwmark(pb::Fwmark {
             mark: 80,
-            family: String::new(),
+            ..Default::default()
         })),
         scheduler: "sh".into(),
         scheduler_flags: vec!["sh-port".into()],
