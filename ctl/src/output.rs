@@ -32,11 +32,20 @@ pub fn json<M: prost::Message>(msg: &M, full_name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `10.10.1.30:80/tcp`, `[2001:db8::1]:443/tcp`, `fwmark 7/inet6`.
+/// `10.10.1.30:80/tcp`, `[2001:db8::1]:443/tcp`, `fwmark 7/inet6`,
+/// `fwmark 1/inet (10.10.1.40 tcp 80,443)` when the directors mark it.
 pub fn virtual_address(s: &pb::Service) -> String {
     match &s.virtual_address {
         Some(pb::service::VirtualAddress::Endpoint(e)) => {
             format!("{}/{}", endpoint(&e.address, e.port), e.protocol)
+        }
+        Some(pb::service::VirtualAddress::Fwmark(f)) if !f.address.is_empty() => {
+            let mut what = format!("{} {}", f.address, f.protocol);
+            if !f.ports.is_empty() {
+                let ports: Vec<String> = f.ports.iter().map(ToString::to_string).collect();
+                what = format!("{what} {}", ports.join(","));
+            }
+            format!("fwmark {}/{} ({what})", f.mark, f.family)
         }
         Some(pb::service::VirtualAddress::Fwmark(f)) => format!("fwmark {}/{}", f.mark, f.family),
         None => "-".into(),

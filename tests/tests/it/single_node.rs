@@ -55,6 +55,36 @@ async fn lbctl_crud_survives_restart() -> anyhow::Result<()> {
         &a,
         &["service", "create", "tmp", "--fwmark", "7", "--mode", "tun"],
     )?;
+    // A fwmark service that names its traffic, and a VIP that would be shadowed by it.
+    let tls = lbctl_ok(
+        &a,
+        &[
+            "service",
+            "create",
+            "tls",
+            "--fwmark",
+            "1",
+            "--mark-address",
+            "10.10.1.40",
+            "--mark-ports",
+            "443,80",
+        ],
+    )?;
+    assert!(
+        tls.contains("fwmark 1/inet (10.10.1.40 tcp 80,443)"),
+        "{tls}"
+    );
+    let shadowed = lb_testkit::lbctl(
+        &a,
+        &["service", "create", "web2", "--vip", "10.10.1.40:443/tcp"],
+    );
+    let err = String::from_utf8_lossy(&shadowed.stderr);
+    assert!(
+        !shadowed.status.success()
+            && err.contains("service.endpoint: 10.10.1.40:443/tcp is marked (10.10.1.40 tcp 80,443) for fwmark service tls"),
+        "{err}"
+    );
+    lbctl_ok(&a, &["service", "delete", "tls"])?;
     lbctl_ok(
         &a,
         &[
