@@ -258,6 +258,17 @@ pub enum DirectorCmd {
     /// List directors: liveness, stream, last report, applied revision, VIPs owned (VIP@epoch),
     /// errors, foreign IPVS services.
     List,
+    /// IPVS counters per service and realserver, as each director's kernel reports them
+    /// (like `ipvsadm -Ln --stats`, or `--rate`); read every resync period (default 5 s).
+    #[command(after_help = "Examples:\n  lbctl director stats\n  lbctl director stats d1 --rate")]
+    Stats {
+        /// Only this director.
+        node: Option<String>,
+        /// Rates over the kernel's 2 s estimator (conns, packets and bytes per second)
+        /// instead of totals.
+        #[arg(long)]
+        rate: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -26,6 +26,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(cmd) => service(&mut ctl, out, cmd).await,
         Command::Realserver(cmd) => realserver(&mut ctl, out, cmd).await,
         Command::Director(DirectorCmd::List) => directors(&mut ctl, out).await,
+        Command::Director(DirectorCmd::Stats { node, rate }) => {
+            director_stats(&mut ctl, out, node.as_deref(), rate).await
+        }
         Command::Cluster(cmd) => cluster(&mut ctl, out, cmd).await,
         Command::Status => status(&mut ctl, out).await,
         Command::Watch { from_revision } => watch(&mut ctl, out, from_revision).await,
@@ -464,6 +467,106 @@ async fn directors(ctl: &mut Controller, out: Output) -> anyhow::Result<()> {
         ],
         &rows,
     );
+    Ok(())
+}
+
+/// `lbctl director stats`: per director, one row per service and one per realserver.
+async fn director_stats(
+    ctl: &mut Controller,
+    out: Output,
+    node: Option<&str>,
+    rate: bool,
+) -> anyhow::Result<()> {
+    let mut resp = list_directors(ctl).await?;
+    if let Some(node) = node {
+        resp.directors.retain(|d| d.node_id == node);
+        if resp.directors.is_empty() {
+            bail!("director {node} not found (see lbctl director list)");
+        }
+    }
+    if out == Output::Json {
+        return output::json(&resp, "lb.v1.ListDirectorsResponse");
+    }
+    let figures = |c: &Option<pb::Counters>| -> Vec<String> {
+        let c = c.unwrap_or_default();
+        let v = if rate {
+            [
+                c.conns_per_second,
+                c.in_packets_per_second,
+                c.out_packets_per_second,
+                c.in_bytes_per_second,
+                c.out_bytes_per_second,
+            ]
+        } else {
+            [
+                c.conns,
+                c.in_packets,
+                c.out_packets,
+                c.in_bytes,
+                c.out_bytes,
+            ]
+        };
+        v.iter().map(ToString::to_string).collect()
+    };
+    let headers: &[&str] = if rate {
+        &[
+            "SERVICE / REALSERVER",
+            "ACTIVE",
+            "INACT",
+            "CPS",
+            "INPPS",
+            "OUTPPS",
+            "INBPS",
+            "OUTBPS",
+        ]
+    } else {
+        &[
+            "SERVICE / REALSERVER",
+            "ACTIVE",
+            "INACT",
+            "CONNS",
+            "INPKTS",
+            "OUTPKTS",
+            "INBYTES",
+            "OUTBYTES",
+        ]
+    };
+    for (i, d) in resp.directors.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let Some(stats) = &d.stats else {
+            println!("director {}: no counters reported yet", d.node_id);
+            continue;
+        };
+        println!(
+            "director {} (counters read {:.1}s ago)",
+            d.node_id,
+            d.stats_age_ms as f64 / 1000.0
+        );
+        let mut rows = Vec::new();
+        for s in &stats.services {
+            let (active, inactive) = s.realservers.iter().fold((0, 0), |(a, i), r| {
+                (
+                    a + u64::from(r.active_conns),
+                    i + u64::from(r.inactive_conns),
+                )
+            });
+            let mut row = vec![s.service.clone(), active.to_string(), inactive.to_string()];
+            row.extend(figures(&s.counters));
+            rows.push(row);
+            for r in &s.realservers {
+                let mut row = vec![
+                    format!("  -> {}", output::endpoint(&r.address, r.port)),
+                    r.active_conns.to_string(),
+                    r.inactive_conns.to_string(),
+                ];
+                row.extend(figures(&r.counters));
+                rows.push(row);
+            }
+        }
+        output::table(headers, &rows);
+    }
     Ok(())
 }
 

@@ -36,7 +36,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::ipvs::{Ipvs, IpvsError, ServiceKey, SyncDaemon, SyncRole};
 use crate::lease_file::LeaseFile;
 use crate::marks::{MarkChange, Marks};
-use crate::reconcile::{apply, observe, plan};
+use crate::reconcile::{apply, observe_counted, plan};
+use crate::stats;
 use crate::vip::{converge, lease_until, AnnounceConfig, Announcements, Lease, SentHeartbeats};
 use crate::{desired, forwarding};
 
@@ -82,6 +83,10 @@ struct Progress {
     errors: Vec<String>,
     foreign_services: Vec<String>,
     changes_applied: u64,
+    /// The last reconcile round's counters, and that round's number (a
+    /// report carries them only when newer than what it last sent).
+    stats: Option<Arc<pb::IpvsStats>>,
+    stats_round: u64,
 }
 
 /// The latest desired configuration: revision and services.
@@ -356,7 +361,8 @@ async fn reconcile_loop(
             let previously = managed.clone();
             let round = tokio::task::spawn_blocking(move || {
                 let want = desired::table(&services);
-                let observed = observe(&ipvs)?;
+                let (observed, counted) = observe_counted(&ipvs)?;
+                let counters = stats::report(&services, &counted);
                 let p = plan(&want, &observed, &previously);
                 let failed = apply(&ipvs, &p);
                 let mut host_errors = forwarding::ensure_for(&services);
@@ -382,12 +388,15 @@ async fn reconcile_loop(
                     host_errors,
                     ready,
                     marks_changed,
+                    counters,
                 ))
             })
             .await;
             let mut prog = progress.lock().unwrap_or_else(PoisonError::into_inner);
             match round {
-                Ok(Ok((keys, p, failed, host_errors, ready, marks_changed))) => {
+                Ok(Ok((keys, p, failed, host_errors, ready, marks_changed, counters))) => {
+                    prog.stats = Some(Arc::new(counters));
+                    prog.stats_round += 1;
                     programmed.send_if_modified(|vips| {
                         let now = ready;
                         let changed = *vips != now;
@@ -435,11 +444,18 @@ fn report(
     heartbeat: u64,
     progress: &Mutex<Progress>,
     lease: &Mutex<Lease>,
+    stats_sent: &mut u64,
 ) -> pb::DirectorReport {
-    let p = progress
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
+    let p = progress.lock().unwrap_or_else(PoisonError::into_inner);
+    // Counters change every round; sending them with each heartbeat would
+    // multiply the stream's traffic for nothing.
+    let stats = (p.stats_round > *stats_sent)
+        .then(|| p.stats.as_deref().cloned())
+        .flatten();
+    *stats_sent = p.stats_round;
+    let (applied_revision, changes_applied) = (p.applied_revision, p.changes_applied);
+    let (errors, foreign_services) = (p.errors.clone(), p.foreign_services.clone());
+    drop(p);
     let held = lease
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -448,10 +464,10 @@ fn report(
         node_id: config.node_id.clone(),
         labels: config.labels.clone().into_iter().collect(),
         heartbeat,
-        applied_revision: p.applied_revision,
-        errors: p.errors,
-        foreign_services: p.foreign_services,
-        changes_applied: p.changes_applied,
+        applied_revision,
+        errors,
+        foreign_services,
+        changes_applied,
         held: held
             .into_iter()
             .map(|(vip, epoch)| pb::VipLease {
@@ -459,6 +475,7 @@ fn report(
                 epoch,
             })
             .collect(),
+        stats,
     }
 }
 
@@ -529,9 +546,13 @@ async fn session(
 ) -> Result<(), tonic::Status> {
     let (tx, rx) = mpsc::channel(8);
     let mut sent = SentHeartbeats::default();
+    // A new stream may reach a new leader, which has no counters yet.
+    let mut stats_sent = 0;
     *heartbeat += 1;
     sent.sent(*heartbeat, std::time::Instant::now());
-    let _ = tx.send(report(config, *heartbeat, progress, lease)).await;
+    let _ = tx
+        .send(report(config, *heartbeat, progress, lease, &mut stats_sent))
+        .await;
     let mut inbound = DirectorSyncClient::new(channel(addr)?)
         .sync(ReceiverStream::new(rx))
         .await?
@@ -571,7 +592,7 @@ async fn session(
             _ = ticker.tick() => {
                 *heartbeat += 1;
                 sent.sent(*heartbeat, std::time::Instant::now());
-                if tx.send(report(config, *heartbeat, progress, lease)).await.is_err() {
+                if tx.send(report(config, *heartbeat, progress, lease, &mut stats_sent)).await.is_err() {
                     return Ok(());
                 }
             }

@@ -4,7 +4,8 @@
 //! loop. [`ipvs`] talks to the kernel's IP Virtual Server over generic netlink;
 //! [`desired`] turns lbfabric services into IPVS table entries; [`reconcile`]
 //! compares that with what the kernel holds and applies the difference;
-//! [`forwarding`] turns on IP forwarding for NAT; [`marks`] keeps the nftables
+//! [`forwarding`] turns on IP forwarding for NAT; [`stats`] carries the
+//! kernel's counters into the report; [`marks`] keeps the nftables
 //! rules that mark fwmark services' traffic; [`vip`] holds the VIP
 //! addresses this director owns while its lease is fresh and schedules their
 //! announcements (the frames themselves are built and sent by
@@ -18,4 +19,5 @@ pub mod ipvs;
 pub mod lease_file;
 pub mod marks;
 pub mod reconcile;
+pub mod stats;
 pub mod vip;

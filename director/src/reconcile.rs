@@ -6,11 +6,11 @@
 //! removes it from the kernel); anything else is *foreign*: reported, never
 //! changed. Nothing is ever flushed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::desired::{Entry, Table};
-use crate::ipvs::{DestSpec, Ipvs, IpvsError, ServiceKey, ServiceSpec};
+use crate::ipvs::{Dest, DestSpec, Ipvs, IpvsError, ServiceKey, ServiceSpec, Stats};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -102,22 +102,42 @@ fn diff_dests(key: ServiceKey, want: &Entry, have: &Entry, ops: &mut Vec<Op>) {
 
 /// Reads the whole table back from the kernel.
 pub fn observe(ipvs: &Ipvs) -> Result<Table, IpvsError> {
+    Ok(observe_counted(ipvs)?.0)
+}
+
+/// The kernel's counters for one service and its destinations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    pub stats: Stats,
+    pub dests: Vec<Dest>,
+}
+
+/// Reads the whole table back, with the counters of every entry (the same
+/// dump carries both).
+pub fn observe_counted(ipvs: &Ipvs) -> Result<(Table, BTreeMap<ServiceKey, Counted>), IpvsError> {
     let mut table = Table::new();
+    let mut counted = BTreeMap::new();
     for s in ipvs.services()? {
-        let dests = ipvs
-            .dests(&s.spec.key)?
-            .into_iter()
-            .map(|d| (d.spec.key(), d.spec))
-            .collect();
+        let dests = ipvs.dests(&s.spec.key)?;
         table.insert(
             s.spec.key,
             Entry {
-                spec: s.spec,
+                spec: s.spec.clone(),
+                dests: dests
+                    .iter()
+                    .map(|d| (d.spec.key(), d.spec.clone()))
+                    .collect(),
+            },
+        );
+        counted.insert(
+            s.spec.key,
+            Counted {
+                stats: s.stats,
                 dests,
             },
         );
     }
-    Ok(table)
+    Ok((table, counted))
 }
 
 /// Carries out a plan; an operation that fails is reported and the rest go on

@@ -38,6 +38,10 @@ pub struct DirectorSeen {
     pub foreign_services: Vec<String>,
     pub changes_applied: u64,
     pub held: Vec<pb::VipLease>,
+    /// Its last IPVS counters and when they arrived (reports carry them
+    /// only when they are new). Leader memory only: counters are not
+    /// configuration and would flood the Raft log.
+    pub stats: Option<(Arc<pb::IpvsStats>, Instant)>,
 }
 
 impl DirectorSeen {
@@ -68,10 +72,14 @@ fn record(app: &App, report: &pb::DirectorReport, stream: u64) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let now = Instant::now();
-    let live_since = directors
-        .get(&report.node_id)
+    let before = directors.get(&report.node_id);
+    let live_since = before
         .filter(|d| d.live(app.leases))
         .map_or(now, |d| d.live_since);
+    let stats = match &report.stats {
+        Some(s) => Some((Arc::new(s.clone()), now)),
+        None => before.and_then(|d| d.stats.clone()),
+    };
     directors.insert(
         report.node_id.clone(),
         DirectorSeen {
@@ -85,6 +93,7 @@ fn record(app: &App, report: &pb::DirectorReport, stream: u64) {
             foreign_services: report.foreign_services.clone(),
             changes_applied: report.changes_applied,
             held: report.held.clone(),
+            stats,
         },
     );
 }
@@ -227,6 +236,10 @@ pub(super) fn list(app: &App) -> Vec<pb::DirectorStatus> {
             held: d.held.clone(),
             owns: leases(&app.state.read().state, node_id),
             live: d.live(app.leases),
+            stats: d.stats.as_ref().map(|(s, _)| (**s).clone()),
+            stats_age_ms: d.stats.as_ref().map_or(0, |(_, at)| {
+                u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)
+            }),
         })
         .collect()
 }

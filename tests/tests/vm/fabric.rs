@@ -432,6 +432,22 @@ fn overlaps(a: &[(u128, u128)], b: &[(u128, u128)]) -> Vec<(u128, u128)> {
     out
 }
 
+/// From `lbctl director stats`: a service's CONNS and each realserver's.
+fn service_conns(text: &str, service: &str) -> Option<(u64, Vec<(String, u64)>)> {
+    let mut lines = text
+        .lines()
+        .skip_while(|l| l.split_whitespace().next() != Some(service));
+    let conns = |l: &str, at: usize| l.split_whitespace().nth(at)?.parse().ok();
+    let total = conns(lines.next()?, 3)?;
+    let realservers = lines
+        .map_while(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            (t.first() == Some(&"->")).then(|| Some((t.get(1)?.to_string(), conns(l, 4)?)))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((total, realservers))
+}
+
 /// `requests` balanced across `backends` (rr: each answers, alternately).
 fn assert_balanced(answers: &[String], backends: [&str; 2], what: &str) {
     assert!(
@@ -566,6 +582,19 @@ async fn fabric_with_traffic() -> anyhow::Result<()> {
         println!("{vip}: {answers:?}");
         assert_balanced(&answers, backends, vip);
     }
+    // The owner's counters reach lbctl: 4 connections to the DR service, 2
+    // per realserver (rr). IPVS folds its per-CPU counters every 2 s.
+    let stats = wait_for(
+        Duration::from_secs(20),
+        "d1's counters in lbctl director stats",
+        || async {
+            let text = f.lbctl(&["director", "stats", "d1"]).ok()?;
+            let dr = service_conns(&text, "dr")?;
+            (dr.0 >= 4 && dr.1.len() == 2 && dr.1.iter().all(|(_, c)| *c >= 2)).then_some(text)
+        },
+    )
+    .await?;
+    println!("{stats}");
     // The mark rule, on the owner and (warm) on the standby.
     for ns in ["d1", "d2"] {
         let rules = f.t.sh(ns, "nft list table inet lbfabric")?;
