@@ -63,6 +63,10 @@ impl Drop for Fabric {
 impl Fabric {
     /// Builds the topology and a three-node controller cluster with `controller_flags`.
     async fn new(controller_flags: &[&str]) -> anyhow::Result<Fabric> {
+        Fabric::with_controllers(3, controller_flags).await
+    }
+
+    async fn with_controllers(count: u64, controller_flags: &[&str]) -> anyhow::Result<Fabric> {
         let ok = Command::new("modprobe").arg("ipip").status()?.success();
         anyhow::ensure!(ok, "modprobe ipip");
         let mut t = Topology::new();
@@ -106,7 +110,7 @@ impl Fabric {
             t.http_backend(rs, rs, "0.0.0.0:443")?;
         }
         let dir = tempfile::tempdir()?;
-        let controllers = start_cluster_at("10.0.0.1", 3, dir.path(), controller_flags).await?;
+        let controllers = start_cluster_at("10.0.0.1", count, dir.path(), controller_flags).await?;
         let addrs = controllers
             .iter()
             .map(|c| c.addr.clone())
@@ -212,6 +216,9 @@ impl Fabric {
             .args(["--controller", &self.addrs, "--node-id", node])
             .args(["--interface", "eth0", "--sync-interface", "eth0"])
             .args(["--resync-ms", "1000"])
+            // Its own lease file: the VM runs several fabrics, one after another.
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
             .args(extra)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -446,6 +453,69 @@ fn service_conns(text: &str, service: &str) -> Option<(u64, Vec<(String, u64)>)>
         })
         .collect::<Option<Vec<_>>>()?;
     Some((total, realservers))
+}
+
+/// Freezes the owner's host (link down, SIGSTOP) three times, alternating
+/// between the two directors; each time the client's gap is measured with a
+/// request every `every_ms` for `probe_secs`.
+async fn host_loss_gaps(
+    f: &Fabric,
+    mut owner: (&str, Proc),
+    mut standby: (&str, Proc),
+    (probe_secs, every_ms): (u64, u64),
+) -> anyhow::Result<Vec<Duration>> {
+    let mut gaps = Vec::new();
+    for round in 1..=3 {
+        // A failover needs a standby: the previous round's frozen owner
+        // must be back and reporting (its old stream's TCP retransmissions
+        // may take a while after the link comes back).
+        wait_for(
+            Duration::from_secs(20),
+            "the standby live again",
+            || async {
+                let list = f.lbctl(&["director", "list"]).ok()?;
+                list.lines()
+                    .any(|l| {
+                        l.starts_with(&format!("{} ", standby.0)) && l.contains(" live  connected ")
+                    })
+                    .then_some(())
+            },
+        )
+        .await?;
+        let probe = f.probe(&format!("http://{DR_VIP}/"), probe_secs, every_ms)?;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        // The link first: from that moment neither clients nor the
+        // controllers reach the host, as when it dies; then its processes.
+        f.t.sh(owner.0, "ip link set eth0 down")?;
+        signal(owner.1 .0.id(), "STOP");
+        f.wait_held(standby.0, &[DR_VIP], Duration::from_secs(9))
+            .await?;
+        let seen = probe.finish();
+        println!(
+            "failover {round} ({} -> {}): {}",
+            owner.0,
+            standby.0,
+            seen.summary()
+        );
+        assert!(
+            seen.recovered(),
+            "failover {round}: clients not served again before the probe ended"
+        );
+        gaps.push(seen.gap());
+        // The frozen host comes back: its agent sees the lease expired and
+        // drops the VIP before the link is back; the VIP stays where it is.
+        signal(owner.1 .0.id(), "CONT");
+        wait_for(
+            Duration::from_secs(10),
+            "the old owner to drop the VIP",
+            || async { f.held(owner.0).is_empty().then_some(()) },
+        )
+        .await?;
+        f.t.sh(owner.0, "ip link set eth0 up")?;
+        std::mem::swap(&mut owner, &mut standby);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(gaps)
 }
 
 /// `requests` balanced across `backends` (rr: each answers, alternately).
@@ -757,42 +827,60 @@ async fn fabric_with_traffic() -> anyhow::Result<()> {
     );
 
     // 3. Host loss, measured three times: freeze the owner.
-    let mut gaps = Vec::new();
-    let mut owner = ("d2", d2);
-    let mut standby = ("d1", d1);
-    for round in 1..=3 {
-        let probe = f.probe(&format!("http://{DR_VIP}/"), 13, 10)?;
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        signal(owner.1 .0.id(), "STOP");
-        f.t.sh(owner.0, "ip link set eth0 down")?;
-        f.wait_held(standby.0, &[DR_VIP], Duration::from_secs(9))
-            .await?;
-        let seen = probe.finish();
-        println!(
-            "failover {round} ({} -> {}): {}",
-            owner.0,
-            standby.0,
-            seen.summary()
-        );
-        assert!(
-            seen.recovered(),
-            "failover {round}: clients not served again before the probe ended"
-        );
-        gaps.push(seen.gap());
-        // The frozen host comes back: its agent sees the lease expired and
-        // drops the VIP before the link is back; the VIP stays where it is.
-        signal(owner.1 .0.id(), "CONT");
-        wait_for(
-            Duration::from_secs(10),
-            "the old owner to drop the VIP",
-            || async { f.held(owner.0).is_empty().then_some(()) },
-        )
-        .await?;
-        f.t.sh(owner.0, "ip link set eth0 up")?;
-        std::mem::swap(&mut owner, &mut standby);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let mut gaps = host_loss_gaps(&f, ("d2", d2), ("d1", d1), (13, 10)).await?;
     gaps.sort();
     println!("host-loss failover gaps (VM timers: fence 5000 ms, margin 500 ms, heartbeat 250 ms): {gaps:?}, p50 {:?}", gaps[1]);
+    Ok(())
+}
+
+/// Host loss at the shipped timers and at tuned ones (issue #4's targets:
+/// p50 ≤ 1 s at defaults, ≤ 0.3 s tuned). One controller: under software
+/// emulation the three-node cluster's quorum round trips are what force the
+/// other test's timers up, and a single node confirms its own leadership, so
+/// the director timers can be the real ones. The directors, the kernel and
+/// the client are the same as in the three-node test; the client asks every
+/// 20 ms (a thread per request: at 10 ms the emulated CPU starves the agents
+/// and their 600 ms leases lapse).
+#[tokio::test]
+async fn host_loss_gap_at_default_and_tuned_timers() -> anyhow::Result<()> {
+    if !super::in_vm() {
+        return Ok(());
+    }
+    let runs: [(&str, &[&str], &[&str]); 2] = [
+        (
+            "defaults: lease 600 ms, margin 200 ms, heartbeat 200 ms",
+            &[],
+            &[],
+        ),
+        (
+            "tuned: lease 200 ms, margin 50 ms, heartbeat 50 ms",
+            &["--lease-ms", "200", "--lease-margin-ms", "50"],
+            &["--heartbeat-ms", "50"],
+        ),
+    ];
+    let mut results = Vec::new();
+    for (timers, controller, director) in runs {
+        let f = Fabric::with_controllers(1, controller).await?;
+        f.create_services()?;
+        let d1 = f.start_director("d1", director)?;
+        f.wait_held("d1", &VIPS, Duration::from_secs(30)).await?;
+        let d2 = f.start_director("d2", director)?;
+        wait_for(
+            Duration::from_secs(20),
+            "d2's warm standby table",
+            || async { (f.ipvs("d2") == f.ipvs("d1")).then_some(()) },
+        )
+        .await?;
+        let mut gaps = host_loss_gaps(&f, ("d1", d1), ("d2", d2), (5, 20)).await?;
+        gaps.sort();
+        println!(
+            "host-loss failover gaps ({timers}): {gaps:?}, p50 {:?}",
+            gaps[1]
+        );
+        results.push((timers, gaps[1]));
+    }
+    for (timers, p50) in results {
+        println!("p50 client gap, {timers}: {p50:?}");
+    }
     Ok(())
 }
