@@ -96,25 +96,6 @@ async fn main() -> anyhow::Result<()> {
             hold_down: Duration::from_millis(args.preempt_hold_down_ms),
         },
     };
-    lb_controller::run(config, listener, shutdown_signal()).await?;
+    lb_controller::run(config, listener, lb_proto::process::shutdown_signal()).await?;
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
 }

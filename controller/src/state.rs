@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 
 use lb_proto::convert::{check_realserver, patch_realserver};
-use lb_proto::model::{RealServer, RealServerPatch, Service, VirtualAddress};
+use lb_proto::model::{AdminState, Family, RealServer, RealServerPatch, Service, VirtualAddress};
 use lb_proto::FieldError;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +52,33 @@ pub enum Command {
         director: String,
         expected_epoch: u64,
     },
+    /// A realserver agent (re)registers: it becomes a backend of every
+    /// service whose `realserver_selector` its labels match.
+    RegisterRealServer {
+        agent: Agent,
+    },
+}
+
+/// A registered realserver agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agent {
+    pub node_id: String,
+    /// Its RIP.
+    pub address: IpAddr,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Agent {
+    /// Whether the agent is a backend of `service` by selector (an empty
+    /// selector adopts nobody).
+    pub fn matches(&self, service: &Service) -> bool {
+        !service.realserver_selector.is_empty()
+            && Family::of(self.address) == service.family()
+            && service
+                .realserver_selector
+                .iter()
+                .all(|(k, v)| self.labels.get(k) == Some(v))
+    }
 }
 
 /// The director that answers for a VIP, and the epoch it got it in. Epochs
@@ -137,6 +164,9 @@ pub struct State {
     /// versioned by its own epoch.
     #[serde(default)]
     pub owners: BTreeMap<IpAddr, VipOwner>,
+    /// Registered realserver agents, by node id.
+    #[serde(default)]
+    pub agents: BTreeMap<String, Agent>,
 }
 
 /// The events a watcher asked for are no longer kept.
@@ -171,6 +201,7 @@ impl State {
                 );
                 return Ok(Applied::none());
             }
+            Command::RegisterRealServer { agent } => return self.register(agent),
             Command::CreateService { service } => {
                 self.check_unique(&service, None)?;
                 (EventKind::ServiceCreated, service, None)
@@ -250,6 +281,93 @@ impl State {
             revision,
             service: Some(service),
         })
+    }
+
+    /// A service as the directors program it: its own realservers, then
+    /// one per agent its selector adopts (port: the service's default;
+    /// weight: its default weight). A realserver listed in the service
+    /// wins over an agent at the same address.
+    pub fn effective(&self, service: &Service) -> Service {
+        let mut s = service.clone();
+        let port = s.default_realserver_port();
+        for agent in self.agents.values().filter(|a| a.matches(service)) {
+            if s.realservers.iter().any(|rs| rs.address == agent.address) {
+                continue;
+            }
+            s.realservers.push(RealServer {
+                address: agent.address,
+                port,
+                weight: s.default_weight,
+                upper_threshold: 0,
+                lower_threshold: 0,
+                admin_state: AdminState::Active,
+            });
+        }
+        s
+    }
+
+    /// Every service, [`State::effective`].
+    pub fn effective_services(&self) -> impl Iterator<Item = Service> + '_ {
+        self.services.values().map(|s| self.effective(s))
+    }
+
+    /// The agent behind a realserver of `service`, if it came by selector.
+    pub fn agent_for(&self, service: &Service, rs: &RealServer) -> Option<&Agent> {
+        if service.realserver(rs.address, rs.port).is_some() {
+            return None;
+        }
+        self.agents
+            .values()
+            .find(|a| a.address == rs.address && a.matches(service))
+    }
+
+    /// Registers (or updates) an agent; each service that gains or loses it
+    /// as a backend gets a realserver event (and a revision).
+    fn register(&mut self, agent: Agent) -> CommandResult {
+        if let Some(other) = self
+            .agents
+            .values()
+            .find(|a| a.address == agent.address && a.node_id != agent.node_id)
+        {
+            return Err(Rejected::Invalid(FieldError::new(
+                "address",
+                format!(
+                    "{} is already registered by realserver agent {}",
+                    agent.address, other.node_id
+                ),
+            )));
+        }
+        if self.agents.get(&agent.node_id) == Some(&agent) {
+            return Ok(Applied::none());
+        }
+        let before: Vec<Service> = self.effective_services().collect();
+        self.agents.insert(agent.node_id.clone(), agent);
+        let mut last = Applied::none();
+        for old in before {
+            let Some(current) = self.services.get(&old.name) else {
+                continue;
+            };
+            let new = self.effective(current);
+            let gone = old
+                .realservers
+                .iter()
+                .filter(|r| !new.realservers.contains(r));
+            let came = new
+                .realservers
+                .iter()
+                .filter(|r| !old.realservers.contains(r));
+            let changes: Vec<(EventKind, RealServer)> = gone
+                .map(|r| (EventKind::RealServerRemoved, r.clone()))
+                .chain(came.map(|r| (EventKind::RealServerAdded, r.clone())))
+                .collect();
+            for (kind, rs) in changes {
+                last = Applied {
+                    revision: self.next_event(kind, &new, Some(rs)),
+                    service: Some(new.clone()),
+                };
+            }
+        }
+        Ok(last)
     }
 
     /// Events from `from` on; `Compacted` when some of them are gone.
@@ -435,6 +553,84 @@ mod tests {
             ..Default::default()
         })
         .unwrap()
+    }
+
+    fn agent(node: &str, addr: &str, pool: &str) -> Agent {
+        Agent {
+            node_id: node.into(),
+            address: addr.parse().unwrap(),
+            labels: [("pool".to_string(), pool.to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn agents_become_backends_by_selector() {
+        let mut st = State::default();
+        let mut web = service("web", "10.0.0.1");
+        web.realserver_selector = [("pool".to_string(), "web".to_string())].into();
+        web.default_weight = 3;
+        st.apply(Command::CreateService { service: web }).unwrap();
+        st.apply(Command::CreateService {
+            service: service("other", "10.0.0.2"),
+        })
+        .unwrap();
+        let r = st
+            .apply(Command::RegisterRealServer {
+                agent: agent("rs1", "192.168.0.11", "web"),
+            })
+            .unwrap();
+        assert_eq!(r.revision, 3, "one event: web gained rs1");
+        st.apply(Command::RegisterRealServer {
+            agent: agent("rs2", "192.168.0.12", "web"),
+        })
+        .unwrap();
+        let eff = st.effective(&st.services["web"]);
+        let backends: Vec<(String, u16, u16)> = eff
+            .realservers
+            .iter()
+            .map(|r| (r.address.to_string(), r.port, r.weight))
+            .collect();
+        assert_eq!(
+            backends,
+            [
+                ("192.168.0.11".to_string(), 80, 3),
+                ("192.168.0.12".to_string(), 80, 3)
+            ]
+        );
+        assert!(st.effective(&st.services["other"]).realservers.is_empty());
+        assert_eq!(
+            st.agent_for(&st.services["web"], &eff.realservers[0])
+                .map(|a| a.node_id.as_str()),
+            Some("rs1")
+        );
+
+        // Re-registering unchanged changes nothing; relabelling drops it.
+        let before = st.revision;
+        st.apply(Command::RegisterRealServer {
+            agent: agent("rs2", "192.168.0.12", "web"),
+        })
+        .unwrap();
+        assert_eq!(st.revision, before);
+        st.apply(Command::RegisterRealServer {
+            agent: agent("rs2", "192.168.0.12", "db"),
+        })
+        .unwrap();
+        let last = st.events.back().unwrap();
+        assert_eq!(last.kind, EventKind::RealServerRemoved);
+        assert_eq!(st.effective(&st.services["web"]).realservers.len(), 1);
+
+        // One address, one agent.
+        let before = st.clone();
+        match st.apply(Command::RegisterRealServer {
+            agent: agent("rs3", "192.168.0.11", "web"),
+        }) {
+            Err(Rejected::Invalid(e)) => assert_eq!(
+                e.to_string(),
+                "address: 192.168.0.11 is already registered by realserver agent rs1"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(st, before);
     }
 
     #[test]

@@ -405,11 +405,25 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
                         rs.admin_state.clone(),
                         rs.upper_threshold.to_string(),
                         rs.lower_threshold.to_string(),
+                        // Where it comes from: listed in the service, or an agent's selector match.
+                        if e.agent.is_empty() {
+                            "listed".to_string()
+                        } else {
+                            format!("agent {}", e.agent)
+                        },
                     ])
                 })
                 .collect();
             output::table(
-                &["SERVICE", "REALSERVER", "WEIGHT", "STATE", "UPPER", "LOWER"],
+                &[
+                    "SERVICE",
+                    "REALSERVER",
+                    "WEIGHT",
+                    "STATE",
+                    "UPPER",
+                    "LOWER",
+                    "SOURCE",
+                ],
                 &rows,
             );
             Ok(())

@@ -1,7 +1,5 @@
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use lb_director::agent::{run, Config, SyncConfig};
 use lb_director::vip::AnnounceConfig;
@@ -62,13 +60,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     lb_proto::convert::check_name("--node-id", &args.node_id)?;
-    let mut labels = BTreeMap::new();
-    for l in &args.labels {
-        let (k, v) = l
-            .split_once('=')
-            .with_context(|| format!("--labels {l:?}: expected key=value"))?;
-        labels.insert(k.to_string(), v.to_string());
-    }
+    let labels = lb_proto::process::label_flags("--labels", &args.labels)?;
     let config = Config {
         controllers: args.controller,
         node_id: args.node_id,
@@ -88,22 +80,6 @@ async fn main() -> anyhow::Result<()> {
         }),
         state_dir: args.state_dir,
     };
-    run(config, shutdown_signal()).await?;
+    run(config, lb_proto::process::shutdown_signal()).await?;
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
 }

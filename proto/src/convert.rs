@@ -62,7 +62,7 @@ fn ip(field: &str, value: &str) -> Result<IpAddr> {
 }
 
 /// An address that can take unicast traffic (not 0.0.0.0, ::, multicast or broadcast).
-fn unicast_ip(field: &str, value: &str) -> Result<IpAddr> {
+pub fn unicast_ip(field: &str, value: &str) -> Result<IpAddr> {
     let addr = ip(field, value)?;
     let ok = match addr {
         IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
@@ -118,7 +118,7 @@ pub fn check_name(field: &str, name: &str) -> Result<()> {
     }
 }
 
-fn labels(field: &str, map: BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+pub fn labels(field: &str, map: BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
     for (k, v) in &map {
         let ok_key = !k.is_empty()
             && k.len() <= 63

@@ -22,5 +22,6 @@ pub mod client;
 pub mod convert;
 pub mod json;
 pub mod model;
+pub mod process;
 
 pub use convert::FieldError;

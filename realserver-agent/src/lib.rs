@@ -1,1 +1,10 @@
+//! lb-realserver: prepares a realserver host for the services it backs.
+//!
+//! [`agent`] is the process: it registers the host with the controller
+//! (services whose `realserver_selector` matches its labels adopt it as a
+//! backend) and keeps the host configured; [`host`] is what DR and TUN need
+//! on a realserver (VIP on `lo` / `tunl0`, ARP and reverse-path sysctls) and
+//! the code that sets it up and undoes it, through `lb_hostnet`.
 
+pub mod agent;
+pub mod host;

@@ -131,7 +131,10 @@ fn desired(app: &App, node: &str, heartbeat_ack: u64, sent: Option<u64>) -> pb::
     pb::DirectorDesired {
         revision: state.revision,
         config: (sent != Some(state.revision)).then(|| pb::DesiredConfig {
-            services: state.services.values().map(pb::Service::from).collect(),
+            services: state
+                .effective_services()
+                .map(|s| pb::Service::from(&s))
+                .collect(),
         }),
         heartbeat_ack,
         leases: leases(state, node),

@@ -1,11 +1,13 @@
 //! The controller's gRPC surface: `lb.v1.ServiceAdmin`, `lb.v1.ClusterAdmin`,
-//! `lb.v1.DirectorSync`, `lb.v1.Raft`, `grpc.health.v1.Health` and server reflection (v1 and
-//! v1alpha, so grpcurl 1.8 can `list` and `describe`). [`status`] is the one
-//! place domain errors become gRPC statuses.
+//! `lb.v1.DirectorSync`, `lb.v1.RealServerSync`, `lb.v1.Raft`,
+//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha, so grpcurl
+//! 1.8 can `list` and `describe`). [`status`] is the one place domain errors
+//! become gRPC statuses.
 
 mod cluster_admin;
 mod director_sync;
 mod raft;
+mod realserver_sync;
 mod service_admin;
 
 pub use director_sync::DirectorSeen;
@@ -80,6 +82,7 @@ pub fn router(app: Arc<App>) -> Result<tonic::service::Routes, tonic_reflection:
             "lb.v1.ClusterAdmin",
             "lb.v1.Raft",
             "lb.v1.DirectorSync",
+            "lb.v1.RealServerSync",
         ] {
             health_reporter
                 .set_service_status(name, tonic_health::ServingStatus::Serving)
@@ -102,6 +105,9 @@ pub fn router(app: Arc<App>) -> Result<tonic::service::Routes, tonic_reflection:
         ))
         .add_service(pb::director_sync_server::DirectorSyncServer::new(
             director_sync::DirectorSync::new(app.clone()),
+        ))
+        .add_service(pb::real_server_sync_server::RealServerSyncServer::new(
+            realserver_sync::RealServerSync::new(app.clone()),
         ))
         .add_service(
             pb::raft_server::RaftServer::new(raft::RaftPeer::new(app))

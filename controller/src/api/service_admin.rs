@@ -214,16 +214,25 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
                 req.service
             )));
         }
-        let realservers = data
-            .state
+        let state = &data.state;
+        let realservers = state
             .services
             .values()
             .filter(|s| req.service.is_empty() || s.name == req.service)
             .flat_map(|s| {
-                s.realservers.iter().map(|rs| pb::RealServerEntry {
-                    service: s.name.clone(),
-                    realserver: Some(rs.into()),
-                })
+                let effective = state.effective(s);
+                effective
+                    .realservers
+                    .iter()
+                    .map(|rs| pb::RealServerEntry {
+                        service: s.name.clone(),
+                        realserver: Some(rs.into()),
+                        agent: state
+                            .agent_for(s, rs)
+                            .map(|a| a.node_id.clone())
+                            .unwrap_or_default(),
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect();
         Ok(Response::new(pb::ListRealServersResponse {

@@ -6,6 +6,7 @@ mod cluster;
 mod grpcurl;
 mod netns;
 mod ownership;
+mod realserver;
 mod single_node;
 mod vm_runner;
 mod watch;

@@ -41,11 +41,13 @@ struct Fabric {
     controllers: Vec<ControllerProc>,
     /// `--controller` for the agents and lbctl: every node.
     addrs: String,
+    /// A wait timed out: show the logs when dropped, as after a panic.
+    failed: std::cell::Cell<bool>,
 }
 
 impl Drop for Fabric {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || self.failed.get() {
             for node in ["d1", "d2"] {
                 let log = std::fs::read_to_string(self.log(node)).unwrap_or_default();
                 eprintln!("---- {node} log ----\n{log}");
@@ -93,19 +95,6 @@ impl Fabric {
             t.http_backend(rs, rs, "0.0.0.0:8080")?;
         }
         for rs in ["rs1", "rs2"] {
-            // What a DR/TUN realserver needs (the realserver agent's job, #5).
-            t.sh(
-                rs,
-                &format!(
-                    "ip addr add {DR_VIP}/32 dev lo
-                     ip addr add {MARK_VIP}/32 dev lo
-                     ip link set tunl0 up
-                     ip addr add {TUN_VIP}/32 dev tunl0
-                     sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.tunl0.rp_filter=0
-                     sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.eth0.arp_ignore=1
-                     sysctl -qw net.ipv4.conf.all.arp_announce=2 net.ipv4.conf.eth0.arp_announce=2"
-                ),
-            )?;
             t.http_backend(rs, rs, "0.0.0.0:80")?;
             t.http_backend(rs, rs, "0.0.0.0:443")?;
         }
@@ -116,11 +105,33 @@ impl Fabric {
             .map(|c| c.addr.clone())
             .collect::<Vec<_>>()
             .join(",");
+        // rs1 and rs2 run the realserver agent: the DR, TUN and fwmark
+        // services adopt them by label, and the agent puts the VIPs on lo /
+        // tunl0 and sets the ARP and rp_filter sysctls.
+        let agent = bin("lb-realserver");
+        let agent = agent.to_str().unwrap_or_default().to_string();
+        for (rs, rip) in [("rs1", "10.0.0.21"), ("rs2", "10.0.0.22")] {
+            t.spawn(
+                rs,
+                &[
+                    &agent,
+                    "--controller",
+                    &addrs,
+                    "--node-id",
+                    rs,
+                    "--address",
+                    rip,
+                    "--labels",
+                    "pool=web",
+                ],
+            )?;
+        }
         Ok(Fabric {
             t,
             dir,
             controllers,
             addrs,
+            failed: std::cell::Cell::new(false),
         })
     }
 
@@ -130,7 +141,8 @@ impl Fabric {
 
     fn create_services(&self) -> anyhow::Result<()> {
         let rr = ["--scheduler", "rr"];
-        let lan_rs = ["--realserver", "10.0.0.21", "--realserver", "10.0.0.22"];
+        // The realserver agents on rs1 and rs2 carry this label.
+        let lan_rs = ["--selector", "pool=web"];
         let dr = [
             &[
                 "service",
@@ -228,6 +240,32 @@ impl Fabric {
         Ok(Proc(child))
     }
 
+    /// Waits until the realserver agents have prepared rs1 and rs2: the
+    /// DR and fwmark VIPs on lo, the TUN VIP on tunl0, ARP suppressed.
+    async fn realservers_ready(&self) -> anyhow::Result<()> {
+        for rs in ["rs1", "rs2"] {
+            wait_for(
+                Duration::from_secs(30),
+                "the realserver agent's host setup",
+                || async {
+                    let lo = self.t.sh(rs, "ip -o addr show dev lo").ok()?;
+                    let tun = self.t.sh(rs, "ip -o addr show dev tunl0").ok()?;
+                    let arp = self
+                        .t
+                        .sh(rs, "cat /proc/sys/net/ipv4/conf/eth0/arp_ignore")
+                        .ok()?;
+                    (lo.contains(&format!("{DR_VIP}/32"))
+                        && lo.contains(&format!("{MARK_VIP}/32"))
+                        && tun.contains(&format!("{TUN_VIP}/32"))
+                        && arp.trim() == "1")
+                        .then_some(())
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     fn log(&self, node: &str) -> PathBuf {
         self.dir.path().join(format!("{node}.log"))
     }
@@ -253,11 +291,13 @@ impl Fabric {
 
     async fn wait_held(&self, ns: &str, vips: &[&str], within: Duration) -> anyhow::Result<()> {
         let what = format!("{ns} to hold {vips:?}");
-        wait_for(within, &what, || async {
+        let r = wait_for(within, &what, || async {
             let h = self.held(ns);
             vips.iter().all(|v| h.contains(v)).then_some(())
         })
-        .await
+        .await;
+        self.failed.set(r.is_err());
+        r
     }
 
     /// The owners (director, epoch) of every VIP, from `lbctl director list`.
@@ -488,7 +528,9 @@ async fn host_loss_gaps(
         // controllers reach the host, as when it dies; then its processes.
         f.t.sh(owner.0, "ip link set eth0 down")?;
         signal(owner.1 .0.id(), "STOP");
-        f.wait_held(standby.0, &[DR_VIP], Duration::from_secs(9))
+        // Room for a controller election on top (a new leader waits
+        // lease + margin before it moves anything): slow, but not a failure.
+        f.wait_held(standby.0, &[DR_VIP], Duration::from_secs(probe_secs - 2))
             .await?;
         let seen = probe.finish();
         println!(
@@ -600,6 +642,13 @@ async fn fabric_with_traffic() -> anyhow::Result<()> {
     let mut d1 = f.start_director("d1", &hb)?;
     f.wait_held("d1", &VIPS, Duration::from_secs(30)).await?;
     let d2 = f.start_director("d2", &hb)?;
+    f.realservers_ready().await?;
+    let list = f.lbctl(&["realserver", "list", "dr"])?;
+    println!("{list}");
+    assert!(
+        list.contains("agent rs1") && list.contains("agent rs2"),
+        "the agents as the DR service's backends:\n{list}"
+    );
 
     // 1. The configuration in both kernels, exactly; the VIPs only on the owner.
     let want = super::sorted(&[
@@ -827,7 +876,7 @@ async fn fabric_with_traffic() -> anyhow::Result<()> {
     );
 
     // 3. Host loss, measured three times: freeze the owner.
-    let mut gaps = host_loss_gaps(&f, ("d2", d2), ("d1", d1), (13, 10)).await?;
+    let mut gaps = host_loss_gaps(&f, ("d2", d2), ("d1", d1), (17, 10)).await?;
     gaps.sort();
     println!("host-loss failover gaps (VM timers: fence 5000 ms, margin 500 ms, heartbeat 250 ms): {gaps:?}, p50 {:?}", gaps[1]);
     Ok(())
@@ -865,13 +914,14 @@ async fn host_loss_gap_at_default_and_tuned_timers() -> anyhow::Result<()> {
         let d1 = f.start_director("d1", director)?;
         f.wait_held("d1", &VIPS, Duration::from_secs(30)).await?;
         let d2 = f.start_director("d2", director)?;
+        f.realservers_ready().await?;
         wait_for(
             Duration::from_secs(20),
             "d2's warm standby table",
             || async { (f.ipvs("d2") == f.ipvs("d1")).then_some(()) },
         )
         .await?;
-        let mut gaps = host_loss_gaps(&f, ("d1", d1), ("d2", d2), (5, 20)).await?;
+        let mut gaps = host_loss_gaps(&f, ("d1", d1), ("d2", d2), (6, 20)).await?;
         gaps.sort();
         println!(
             "host-loss failover gaps ({timers}): {gaps:?}, p50 {:?}",

@@ -1,0 +1,150 @@
+//! `lb.v1.RealServerSync`: the realserver agents' stream, served by the leader.
+//!
+//! An agent's first report registers it (a Raft command, so every
+//! controller agrees on the backends and the directors' configuration
+//! follows); a later report with another address or other labels
+//! re-registers it. The controller answers every heartbeat and sends the
+//! services the host is a backend of whenever the configuration changes.
+//! Closing the stream deregisters nothing: a restarting agent must not
+//! take its backends out of service.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use lb_proto::convert::{check_name, labels, unicast_ip};
+use lb_proto::pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::status;
+use crate::app::App;
+use crate::state::{Agent, Command};
+
+pub(super) struct RealServerSync {
+    app: Arc<App>,
+}
+
+impl RealServerSync {
+    pub(super) fn new(app: Arc<App>) -> Self {
+        RealServerSync { app }
+    }
+}
+
+/// The agent a report describes, validated; errors name the report's field.
+fn agent(report: &pb::RealServerReport) -> Result<Agent, Status> {
+    let invalid = |e: lb_proto::FieldError| Status::invalid_argument(e.to_string());
+    check_name("node_id", &report.node_id).map_err(invalid)?;
+    let address = unicast_ip("address", &report.address).map_err(invalid)?;
+    let labels = labels(
+        "labels",
+        report
+            .labels
+            .clone()
+            .into_iter()
+            .collect::<BTreeMap<_, _>>(),
+    )
+    .map_err(invalid)?;
+    Ok(Agent {
+        node_id: report.node_id.clone(),
+        address,
+        labels,
+    })
+}
+
+/// What `agent` must prepare its host for: every service (effective
+/// backends) that has its address as a realserver.
+fn services(app: &App, agent: &Agent) -> (u64, Vec<pb::Service>) {
+    let data = app.state.read();
+    let state = &data.state;
+    let services = state
+        .effective_services()
+        .filter(|s| s.realservers.iter().any(|r| r.address == agent.address))
+        .map(|s| pb::Service::from(&s))
+        .collect();
+    (state.revision, services)
+}
+
+type DesiredStream = Pin<Box<dyn Stream<Item = Result<pb::RealServerDesired, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::real_server_sync_server::RealServerSync for RealServerSync {
+    type SyncStream = DesiredStream;
+
+    #[tracing::instrument(skip_all, err)]
+    async fn sync(
+        &self,
+        req: Request<Streaming<pb::RealServerReport>>,
+    ) -> Result<Response<DesiredStream>, Status> {
+        self.app.require_leader().map_err(status)?;
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("node_id: the stream ended before the first report")
+        })?;
+        let mut registered = agent(&first)?;
+        self.app
+            .write(Command::RegisterRealServer {
+                agent: registered.clone(),
+            })
+            .await
+            .map_err(status)?;
+        let node = registered.node_id.clone();
+        tracing::info!(realserver = %node, address = %registered.address, "realserver agent registered");
+
+        let app = self.app.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut changed = app.state.subscribe();
+            let mut shutdown = app.shutdown.clone();
+            let mut ack = first.heartbeat;
+            let mut sent: Option<Vec<pb::Service>> = None;
+            loop {
+                // Heartbeat answers carry the services only when they changed.
+                let (revision, now) = services(&app, &registered);
+                let config = (sent.as_ref() != Some(&now)).then(|| pb::RealServerConfig {
+                    services: now.clone(),
+                });
+                let msg = pb::RealServerDesired {
+                    revision,
+                    config,
+                    heartbeat_ack: ack,
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    break;
+                }
+                sent = Some(now);
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(report)) if report.node_id == node => {
+                            ack = report.heartbeat;
+                            let now = match agent(&report) {
+                                Ok(a) => a,
+                                Err(e) => { let _ = tx.send(Err(e)).await; break; }
+                            };
+                            if now != registered {
+                                if let Err(e) = app.write(Command::RegisterRealServer { agent: now.clone() }).await {
+                                    let _ = tx.send(Err(status(e))).await;
+                                    break;
+                                }
+                                registered = now;
+                            }
+                        }
+                        Ok(Some(report)) => {
+                            let msg = format!("node_id: this stream belongs to {node}, not {}", report.node_id);
+                            let _ = tx.send(Err(Status::invalid_argument(msg))).await;
+                            break;
+                        }
+                        Ok(None) | Err(_) => break,
+                    },
+                    r = changed.changed() => if r.is_err() { break },
+                    // Drop the non-Send watch::Ref before any arm awaits.
+                    _ = async { let _ = shutdown.wait_for(|down| *down).await; } => break,
+                }
+            }
+            tracing::info!(realserver = %node, "realserver agent disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,240 @@
+//! The realserver agent: one reconcile loop fed by the controller.
+//!
+//! - the **session** keeps a `RealServerSync` stream with the controller
+//!   leader (following redirects, reconnecting with backoff); its first
+//!   report registers the host, and every heartbeat reports what is applied;
+//! - the **reconciler** compares the host's configuration with what the
+//!   services it backs need ([`crate::host::plan`]) on every new
+//!   configuration and every `resync` period, so hand edits are repaired.
+//!
+//! Losing the controller changes nothing on the host: the directors may
+//! still send traffic. A clean stop (SIGTERM) removes what the agent added
+//! and restores the sysctls it changed.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use lb_hostnet::{NetError, Rtnl};
+use lb_proto::client::{addresses, channel, leader_hint};
+use lb_proto::model::Service;
+use lb_proto::pb;
+use lb_proto::pb::real_server_sync_client::RealServerSyncClient;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::host::{interface_of, plan, Host};
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Controller addresses; any of them (the leader is found by redirect).
+    pub controllers: String,
+    pub node_id: String,
+    /// The realserver's address (RIP), as the directors reach it.
+    pub address: IpAddr,
+    pub labels: BTreeMap<String, String>,
+    pub heartbeat: Duration,
+    /// How often the host is compared with the plan even without a change.
+    pub resync: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("--controller: no address given")]
+    NoController,
+    #[error("host networking: {0}")]
+    Net(#[from] NetError),
+    #[error("--address {0}: no interface of this host has it")]
+    NoSuchAddress(IpAddr),
+}
+
+/// What the last reconcile round achieved, for the next report.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    applied_revision: u64,
+    errors: Vec<String>,
+}
+
+/// The latest configuration: revision and the services this host backs.
+type Desired = Option<(u64, Vec<Service>)>;
+
+/// Runs the agent until `shutdown` resolves, then undoes its changes.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    if addresses(&config.controllers).is_empty() {
+        return Err(AgentError::NoController);
+    }
+    let rip_interface = interface_of(&Rtnl::open()?, config.address)?
+        .ok_or(AgentError::NoSuchAddress(config.address))?;
+    tracing::info!(address = %config.address, interface = %rip_interface, "realserver agent starting");
+    let host = Arc::new(Mutex::new(Host::open()?));
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let (desired_tx, desired_rx) = watch::channel::<Desired>(None);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let reconciler = tokio::spawn(reconcile_loop(
+        host.clone(),
+        rip_interface,
+        config.resync,
+        desired_rx,
+        progress.clone(),
+        stop_rx.clone(),
+    ));
+    let session = tokio::spawn(session_loop(config, desired_tx, progress, stop_rx));
+    shutdown.await;
+    tracing::info!("shutting down: removing the VIPs and restoring the sysctls this agent set");
+    let _ = stop_tx.send(true);
+    let _ = session.await;
+    let _ = reconciler.await;
+    let errors = tokio::task::spawn_blocking(move || {
+        host.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .restore()
+    })
+    .await
+    .unwrap_or_else(|e| vec![e.to_string()]);
+    for e in errors {
+        tracing::warn!(error = %e, "restoring the host");
+    }
+    Ok(())
+}
+
+async fn reconcile_loop(
+    host: Arc<Mutex<Host>>,
+    rip_interface: String,
+    resync: Duration,
+    mut desired: watch::Receiver<Desired>,
+    progress: Arc<Mutex<Progress>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let current = desired.borrow_and_update().clone();
+        if let Some((revision, services)) = current {
+            let host = host.clone();
+            let iface = rip_interface.clone();
+            let errors = tokio::task::spawn_blocking(move || {
+                let want = plan(&services, &iface);
+                host.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .converge(&want)
+            })
+            .await
+            .unwrap_or_else(|e| vec![format!("reconcile task: {e}")]);
+            let mut p = progress.lock().unwrap_or_else(PoisonError::into_inner);
+            if errors.is_empty() {
+                p.applied_revision = revision;
+            } else {
+                for e in &errors {
+                    tracing::warn!(error = %e, revision, "host configuration");
+                }
+            }
+            p.errors = errors;
+        }
+        tokio::select! {
+            r = desired.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(resync) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn report(config: &Config, heartbeat: u64, progress: &Mutex<Progress>) -> pb::RealServerReport {
+    let p = progress
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    pb::RealServerReport {
+        node_id: config.node_id.clone(),
+        address: config.address.to_string(),
+        labels: config.labels.clone().into_iter().collect(),
+        heartbeat,
+        applied_revision: p.applied_revision,
+        errors: p.errors,
+    }
+}
+
+async fn session_loop(
+    config: Config,
+    desired: watch::Sender<Desired>,
+    progress: Arc<Mutex<Progress>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let addrs = addresses(&config.controllers);
+    let mut target = addrs[0].clone();
+    let mut next = 0;
+    let first_backoff = Duration::from_millis(100);
+    let mut backoff = first_backoff;
+    let mut heartbeat = 0u64;
+    loop {
+        let outcome = tokio::select! {
+            o = session(&config, &target, &desired, &progress, &mut heartbeat) => o,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match outcome {
+            Ok(()) => backoff = first_backoff,
+            Err(status) => match leader_hint(&status) {
+                Some(leader) if leader != target => {
+                    tracing::info!(leader = %leader, "following the controller leader");
+                    target = leader;
+                    continue;
+                }
+                _ => {
+                    tracing::warn!(controller = %target, error = %status.message(), "controller stream lost");
+                    next = (next + 1) % addrs.len();
+                    target = addrs[next].clone();
+                }
+            },
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// One stream with one controller; returns when it ends.
+async fn session(
+    config: &Config,
+    addr: &str,
+    desired: &watch::Sender<Desired>,
+    progress: &Mutex<Progress>,
+    heartbeat: &mut u64,
+) -> Result<(), tonic::Status> {
+    let (tx, rx) = mpsc::channel(8);
+    *heartbeat += 1;
+    let _ = tx.send(report(config, *heartbeat, progress)).await;
+    let mut inbound = RealServerSyncClient::new(channel(addr)?)
+        .sync(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tracing::info!(controller = %addr, "registered");
+    let mut ticker = tokio::time::interval(config.heartbeat);
+    loop {
+        tokio::select! {
+            msg = inbound.message() => match msg? {
+                Some(d) => {
+                    if let Some(cfg) = d.config {
+                        let services: Result<Vec<Service>, _> = cfg.services.into_iter().map(Service::try_from).collect();
+                        match services {
+                            Ok(s) => { desired.send_replace(Some((d.revision, s))); }
+                            Err(e) => tracing::error!(revision = d.revision, error = %e, "controller sent an invalid service"),
+                        }
+                    }
+                }
+                None => return Ok(()),
+            },
+            _ = ticker.tick() => {
+                *heartbeat += 1;
+                if tx.send(report(config, *heartbeat, progress)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! What a realserver host needs for the services it backs, and the code that
+//! makes it so — and undoes exactly what it did.
+//!
+//! - DR: the VIP as a /32 (/128) on `lo`, so the host accepts packets the
+//!   director forwards unchanged;
+//! - TUN: the `ipip` module, `tunl0` up, the VIP on `tunl0`, and
+//!   `rp_filter=0` (all + tunl0) so decapsulated packets are not dropped;
+//! - DR and TUN (IPv4): `arp_ignore=1`, `arp_announce=2` (all + the RIP's
+//!   interface), so the host never answers ARP for the VIP — only the
+//!   director may;
+//! - NAT: nothing.
+//!
+//! Ordering matters on the wire: ARP suppression goes in before a VIP
+//! appears, and the VIPs go before the sysctls are restored. Only what the
+//! agent added is removed, and a sysctl gets back the value it had before
+//! the agent first changed it: a host prepared by hand (the old scripts) is
+//! left as the operator made it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use lb_hostnet::{sysctl, Address, NetError, Rtnl};
+use lb_proto::model::{ForwardingMode, Service};
+
+pub const LOOPBACK: &str = "lo";
+pub const TUNNEL: &str = "tunl0";
+
+/// The host configuration the services need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// (interface, VIP).
+    pub addresses: BTreeSet<(String, IpAddr)>,
+    /// sysctl name → value.
+    pub sysctls: BTreeMap<String, String>,
+}
+
+/// The plan for `services` on a host whose RIP is on `rip_interface`.
+pub fn plan(services: &[Service], rip_interface: &str) -> Plan {
+    let mut p = Plan::default();
+    for s in services {
+        let Some(vip) = s.vip() else { continue };
+        let iface = match s.mode {
+            ForwardingMode::Nat => continue,
+            ForwardingMode::Dr => LOOPBACK,
+            ForwardingMode::Tun => {
+                for i in ["all", TUNNEL] {
+                    p.sysctls
+                        .insert(sysctl::ipv4_conf(i, "rp_filter"), "0".into());
+                }
+                TUNNEL
+            }
+        };
+        p.addresses.insert((iface.to_string(), vip));
+        if vip.is_ipv4() {
+            for i in ["all", rip_interface] {
+                p.sysctls
+                    .insert(sysctl::ipv4_conf(i, "arp_ignore"), "1".into());
+                p.sysctls
+                    .insert(sysctl::ipv4_conf(i, "arp_announce"), "2".into());
+            }
+        }
+    }
+    p
+}
+
+/// The host's network configuration as this agent changed it.
+pub struct Host {
+    rtnl: Rtnl,
+    /// Addresses this agent added (not ones it found in place).
+    added: BTreeSet<(String, IpAddr)>,
+    /// sysctls this agent changed, with the value each had before.
+    saved: BTreeMap<String, String>,
+}
+
+impl Host {
+    pub fn open() -> Result<Host, NetError> {
+        Ok(Host {
+            rtnl: Rtnl::open()?,
+            added: BTreeSet::new(),
+            saved: BTreeMap::new(),
+        })
+    }
+
+    /// Makes the host match `plan`, repairing hand edits; returns what failed.
+    pub fn converge(&mut self, plan: &Plan) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (name, value) in &plan.sysctls {
+            if let Err(e) = self.set_sysctl(name, value) {
+                errors.push(e.to_string());
+            }
+        }
+        for (iface, vip) in &plan.addresses {
+            if let Err(e) = self.ensure_address(iface, *vip) {
+                errors.push(e.to_string());
+            }
+        }
+        let unwanted: Vec<(String, IpAddr)> = self
+            .added
+            .iter()
+            .filter(|a| !plan.addresses.contains(a))
+            .cloned()
+            .collect();
+        for (iface, vip) in unwanted {
+            match self.remove_address(&iface, vip) {
+                Ok(()) => {
+                    self.added.remove(&(iface, vip));
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        let restore: Vec<(String, String)> = self
+            .saved
+            .iter()
+            .filter(|(name, _)| !plan.sysctls.contains_key(*name))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        for (name, before) in restore {
+            match sysctl::write(&name, &before) {
+                Ok(_) => {
+                    tracing::info!(sysctl = %name, value = %before, "sysctl restored");
+                    self.saved.remove(&name);
+                }
+                // The interface went away: nothing left to restore.
+                Err(_) if !sysctl_exists(&name) => {
+                    self.saved.remove(&name);
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        errors
+    }
+
+    /// Undoes everything this agent changed.
+    pub fn restore(&mut self) -> Vec<String> {
+        self.converge(&Plan::default())
+    }
+
+    fn set_sysctl(&mut self, name: &str, value: &str) -> Result<(), NetError> {
+        if sysctl::read(name)? == value {
+            return Ok(());
+        }
+        let before = sysctl::write(name, value)?;
+        tracing::info!(sysctl = %name, value, before = %before, "sysctl set");
+        // The first value seen is the one to restore, not one set since.
+        self.saved.entry(name.to_string()).or_insert(before);
+        Ok(())
+    }
+
+    fn ensure_address(&mut self, iface: &str, vip: IpAddr) -> Result<(), NetError> {
+        if iface == TUNNEL {
+            self.ensure_tunnel()?;
+        }
+        let index = self.rtnl.link_index(iface)?;
+        let addr = Address {
+            ifindex: index,
+            addr: vip,
+            prefix_len: if vip.is_ipv4() { 32 } else { 128 },
+        };
+        let present = self
+            .rtnl
+            .addresses(index)?
+            .iter()
+            .any(|a| a.ifindex == index && a.addr == vip);
+        if !present && self.rtnl.add_address(&addr)? {
+            tracing::info!(interface = iface, vip = %vip, "VIP added");
+            self.added.insert((iface.to_string(), vip));
+        }
+        Ok(())
+    }
+
+    fn remove_address(&mut self, iface: &str, vip: IpAddr) -> Result<(), NetError> {
+        let index = match self.rtnl.link_index(iface) {
+            Ok(i) => i,
+            // Gone with its interface.
+            Err(NetError::NoSuchLink(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let addr = Address {
+            ifindex: index,
+            addr: vip,
+            prefix_len: if vip.is_ipv4() { 32 } else { 128 },
+        };
+        if self.rtnl.del_address(&addr)? {
+            tracing::info!(interface = iface, vip = %vip, "VIP removed");
+        }
+        Ok(())
+    }
+
+    /// `tunl0` exists once the ipip module is loaded; it must be up.
+    fn ensure_tunnel(&mut self) -> Result<(), NetError> {
+        let link = match self.rtnl.link_index(TUNNEL) {
+            Ok(i) => i,
+            Err(NetError::NoSuchLink(_)) => {
+                load_ipip()?;
+                self.rtnl.link_index(TUNNEL)?
+            }
+            Err(e) => return Err(e),
+        };
+        self.rtnl.set_up(link)
+    }
+}
+
+fn sysctl_exists(name: &str) -> bool {
+    sysctl::read(name).is_ok()
+}
+
+/// Loads the ipip module (which creates `tunl0` in every namespace).
+fn load_ipip() -> Result<(), NetError> {
+    let out = std::process::Command::new("modprobe")
+        .arg("ipip")
+        .output()
+        .map_err(|e| NetError::Netlink {
+            op: "modprobe",
+            object: "ipip".into(),
+            detail: e.to_string(),
+        })?;
+    if out.status.success() {
+        tracing::info!("loaded the ipip module for tunl0");
+        Ok(())
+    } else {
+        Err(NetError::Netlink {
+            op: "modprobe",
+            object: "ipip".into(),
+            detail: format!(
+                "{} (TUN services need the kernel's ipip module)",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+}
+
+/// The interface that carries `rip`, by its addresses.
+pub fn interface_of(rtnl: &Rtnl, rip: IpAddr) -> Result<Option<String>, NetError> {
+    let Some(index) = rtnl
+        .addresses(0)?
+        .into_iter()
+        .find(|a| a.addr == rip)
+        .map(|a| a.ifindex)
+    else {
+        return Ok(None);
+    };
+    // /sys/class/net shows the agent's own namespace's interfaces.
+    let names = std::fs::read_dir("/sys/class/net").map_err(|e| NetError::Sysctl {
+        name: "/sys/class/net".into(),
+        detail: e.to_string(),
+    })?;
+    for entry in names.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let idx = std::fs::read_to_string(entry.path().join("ifindex")).unwrap_or_default();
+        if idx.trim().parse::<u32>().ok() == Some(index) {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_proto::pb;
+
+    use super::*;
+
+    fn svc(name: &str, vip: &str, mode: &str) -> Service {
+        Service::try_from(pb::Service {
+            name: name.into(),
+            virtual_address: Some(pb::service::VirtualAddress::Endpoint(pb::Endpoint {
+                address: vip.into(),
+                port: 80,
+                protocol: "tcp".into(),
+            })),
+            mode: mode.into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn each_mode_gets_what_it_needs() {
+        let p = plan(
+            &[
+                svc("dr", "10.0.0.100", "dr"),
+                svc("tun", "10.0.0.101", "tun"),
+                svc("nat", "10.0.0.102", "nat"),
+                svc("dr6", "2001:db8::1", "dr"),
+            ],
+            "eth0",
+        );
+        let addrs: Vec<String> = p
+            .addresses
+            .iter()
+            .map(|(i, a)| format!("{i} {a}"))
+            .collect();
+        assert_eq!(
+            addrs,
+            ["lo 10.0.0.100", "lo 2001:db8::1", "tunl0 10.0.0.101"]
+        );
+        let sysctls: Vec<String> = p.sysctls.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            sysctls,
+            [
+                "net.ipv4.conf.all.arp_announce=2",
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.eth0.arp_announce=2",
+                "net.ipv4.conf.eth0.arp_ignore=1",
+                "net.ipv4.conf.tunl0.rp_filter=0",
+            ]
+        );
+        assert_eq!(
+            plan(&[svc("nat", "10.0.0.102", "nat")], "eth0"),
+            Plan::default()
+        );
+    }
+}

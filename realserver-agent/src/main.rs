@@ -1,0 +1,55 @@
+use std::time::Duration;
+
+use clap::Parser;
+use lb_realserver::agent::{run, Config};
+
+/// lbfabric realserver agent: registers this host as a backend and prepares
+/// it for the services that adopt it (DR: VIP on lo; TUN: VIP on tunl0; ARP
+/// and rp_filter sysctls). SIGTERM undoes everything it set.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Example:\n  lb-realserver --controller 10.0.0.1:7070 --node-id web-1 --address 10.0.0.21 --labels pool=web"
+)]
+struct Args {
+    /// Controller address(es), comma-separated.
+    #[arg(long, env = "LB_CONTROLLER", default_value = "127.0.0.1:7070")]
+    controller: String,
+    /// This realserver's name (unique among realserver agents).
+    #[arg(long, env = "LB_NODE_ID")]
+    node_id: String,
+    /// The address the directors send traffic to (RIP); one of this host's.
+    #[arg(long, env = "LB_ADDRESS")]
+    address: String,
+    /// Labels services select realservers by: key=value, comma-separated or repeated.
+    #[arg(long, env = "LB_LABELS", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Report interval, in milliseconds.
+    #[arg(long, env = "LB_HEARTBEAT_MS", default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// Compare the host with what the services need at least this often, in milliseconds.
+    #[arg(long, env = "LB_RESYNC_MS", default_value_t = 5000)]
+    resync_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    lb_proto::convert::check_name("--node-id", &args.node_id)?;
+    let address = lb_proto::convert::unicast_ip("--address", &args.address)?;
+    let config = Config {
+        controllers: args.controller,
+        node_id: args.node_id,
+        address,
+        labels: lb_proto::process::label_flags("--labels", &args.labels)?,
+        heartbeat: Duration::from_millis(args.heartbeat_ms),
+        resync: Duration::from_millis(args.resync_ms),
+    };
+    run(config, lb_proto::process::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! Realserver agents in network namespaces on the host, with a real
+//! controller: they register, the services that select them adopt them as
+//! backends, and each host gets the VIP on `lo` and the ARP sysctls while it
+//! serves a DR service — and loses them, restored, when the service goes or
+//! the agent stops. (TUN needs the ipip module, which only the VM has.)
+
+use std::process::Command;
+use std::time::Duration;
+
+use lb_testkit::netns::{can_create_namespaces, Topology};
+use lb_testkit::{bin, lbctl_ok, require, start_cluster_at, wait_for};
+
+const VIP: &str = "10.81.0.100";
+
+/// `lo`'s addresses and the ARP sysctls in namespace `ns`.
+fn host_view(t: &Topology, ns: &str) -> (bool, String) {
+    let lo = t.sh(ns, "ip -o addr show dev lo").unwrap_or_default();
+    let sysctls = t
+        .sh(
+            ns,
+            "for k in all/arp_ignore all/arp_announce eth0/arp_ignore eth0/arp_announce; do \
+             printf '%s=%s ' $k $(cat /proc/sys/net/ipv4/conf/$k); done",
+        )
+        .unwrap_or_default();
+    (
+        lo.contains(&format!("{VIP}/32")),
+        sysctls.trim().to_string(),
+    )
+}
+
+const SET: &str = "all/arp_ignore=1 all/arp_announce=2 eth0/arp_ignore=1 eth0/arp_announce=2";
+const UNSET: &str = "all/arp_ignore=0 all/arp_announce=0 eth0/arp_ignore=0 eth0/arp_announce=0";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
+    if !require(can_create_namespaces(), "root and network namespaces") {
+        return Ok(());
+    }
+    let mut t = Topology::new();
+    t.add_bridge("lan")?;
+    t.plug_caller("lan", "lbr0", "10.81.0.1/24")?;
+    for (ns, ip) in [("rs1", "10.81.0.21/24"), ("rs2", "10.81.0.22/24")] {
+        t.add_ns(ns)?;
+        t.plug(ns, "lan", "eth0", ip)?;
+    }
+    let dir = tempfile::tempdir()?;
+    let controllers = start_cluster_at("10.81.0.1", 1, dir.path(), &[]).await?;
+    let a = controllers[0].addr.clone();
+    let agent = bin("lb-realserver");
+    let agent = agent.to_str().unwrap_or_default().to_string();
+    let mut pids = Vec::new();
+    for (ns, rip) in [("rs1", "10.81.0.21"), ("rs2", "10.81.0.22")] {
+        let child = t.spawn(
+            ns,
+            &[
+                &agent,
+                "--controller",
+                &a,
+                "--node-id",
+                ns,
+                "--address",
+                rip,
+                "--labels",
+                "pool=web",
+                "--resync-ms",
+                "300",
+            ],
+        )?;
+        pids.push(child.id());
+    }
+    assert_eq!(host_view(&t, "rs1"), (false, UNSET.to_string()));
+
+    let create = [
+        "service",
+        "create",
+        "web",
+        "--vip",
+        "10.81.0.100:80/tcp",
+        "--mode",
+        "dr",
+        "--selector",
+        "pool=web",
+        "--default-weight",
+        "2",
+    ];
+    lbctl_ok(&a, &create)?;
+    // Both agents are backends, by selector, with the service's default weight.
+    let list = wait_for(
+        Duration::from_secs(10),
+        "both agents as backends",
+        || async {
+            let l = lbctl_ok(&a, &["realserver", "list", "web"]).ok()?;
+            (l.contains("agent rs1") && l.contains("agent rs2")).then_some(l)
+        },
+    )
+    .await?;
+    println!("{list}");
+    for rip in ["10.81.0.21:80", "10.81.0.22:80"] {
+        let line = list.lines().find(|l| l.contains(rip)).unwrap_or_default();
+        assert!(line.contains(" 2 ") && line.contains("active"), "{line}");
+    }
+    // Another agent claiming rs1's address is refused, naming the field.
+    let out = t.exec(
+        "rs1",
+        &[
+            "timeout",
+            "2",
+            &agent,
+            "--controller",
+            &a,
+            "--node-id",
+            "impostor",
+            "--address",
+            "10.81.0.21",
+        ],
+    )?;
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        log.contains("address: 10.81.0.21 is already registered by realserver agent rs1"),
+        "{log}"
+    );
+    // Each host is prepared for DR.
+    for ns in ["rs1", "rs2"] {
+        wait_for(
+            Duration::from_secs(10),
+            "the host prepared for DR",
+            || async { (host_view(&t, ns) == (true, SET.to_string())).then_some(()) },
+        )
+        .await?;
+    }
+    // A hand edit is repaired.
+    t.sh("rs1", &format!("ip addr del {VIP}/32 dev lo"))?;
+    wait_for(Duration::from_secs(5), "the VIP back on lo", || async {
+        host_view(&t, "rs1").0.then_some(())
+    })
+    .await?;
+
+    // The service deleted: the VIP goes and the sysctls are restored.
+    lbctl_ok(&a, &["service", "delete", "web"])?;
+    for ns in ["rs1", "rs2"] {
+        wait_for(Duration::from_secs(10), "the host restored", || async {
+            (host_view(&t, ns) == (false, UNSET.to_string())).then_some(())
+        })
+        .await?;
+    }
+
+    // Back again; then the agent stops cleanly and undoes it all.
+    lbctl_ok(&a, &create)?;
+    wait_for(
+        Duration::from_secs(10),
+        "the host prepared again",
+        || async { (host_view(&t, "rs1") == (true, SET.to_string())).then_some(()) },
+    )
+    .await?;
+    let ok = Command::new("kill")
+        .args(["-TERM", &pids[0].to_string()])
+        .status()?
+        .success();
+    assert!(ok, "kill -TERM");
+    wait_for(
+        Duration::from_secs(10),
+        "rs1 restored after SIGTERM",
+        || async { (host_view(&t, "rs1") == (false, UNSET.to_string())).then_some(()) },
+    )
+    .await?;
+    // The stopped agent stays a backend: agent loss is not service loss.
+    let list = lbctl_ok(&a, &["realserver", "list", "web"])?;
+    assert!(list.contains("agent rs1"), "{list}");
+    assert_eq!(host_view(&t, "rs2"), (true, SET.to_string()));
+    Ok(())
+}
