@@ -5,7 +5,7 @@
 //! breaks a rule changes nothing — not the services, not the revision — and
 //! its error travels back to the client through the Raft response.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 
 use lb_proto::convert::{check_realserver, patch_realserver};
@@ -66,6 +66,29 @@ pub struct Agent {
     /// Its RIP.
     pub address: IpAddr,
     pub labels: BTreeMap<String, String>,
+    /// Services whose health check fails on this host (after rise/fall).
+    #[serde(default)]
+    pub unhealthy: BTreeSet<String>,
+}
+
+/// A backend's health as the agent on its host reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    /// Left out of the IPVS table until it is up again.
+    Down,
+    /// No agent runs on its host.
+    Unchecked,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Down => "down",
+            Health::Unchecked => "unchecked",
+        }
+    }
 }
 
 impl Agent {
@@ -283,42 +306,62 @@ impl State {
         })
     }
 
-    /// A service as the directors program it: its own realservers, then
-    /// one per agent its selector adopts (port: the service's default;
-    /// weight: its default weight). A realserver listed in the service
-    /// wins over an agent at the same address.
-    pub fn effective(&self, service: &Service) -> Service {
-        let mut s = service.clone();
-        let port = s.default_realserver_port();
+    /// Every backend of a service, with its health and the agent behind it:
+    /// its own realservers, then one per agent its selector adopts (port:
+    /// the service's default; weight: its default weight). A realserver
+    /// listed in the service wins over an agent at the same address.
+    pub fn backends<'a>(
+        &'a self,
+        service: &Service,
+    ) -> Vec<(RealServer, Option<&'a Agent>, Health)> {
+        let health = |addr: IpAddr| match self.agents.values().find(|a| a.address == addr) {
+            None => Health::Unchecked,
+            Some(a) if a.unhealthy.contains(&service.name) => Health::Down,
+            Some(_) => Health::Up,
+        };
+        let mut out: Vec<(RealServer, Option<&Agent>, Health)> = service
+            .realservers
+            .iter()
+            .map(|rs| (rs.clone(), None, health(rs.address)))
+            .collect();
+        let port = service.default_realserver_port();
         for agent in self.agents.values().filter(|a| a.matches(service)) {
-            if s.realservers.iter().any(|rs| rs.address == agent.address) {
+            if service
+                .realservers
+                .iter()
+                .any(|rs| rs.address == agent.address)
+            {
                 continue;
             }
-            s.realservers.push(RealServer {
+            let rs = RealServer {
                 address: agent.address,
                 port,
-                weight: s.default_weight,
+                weight: service.default_weight,
                 upper_threshold: 0,
                 lower_threshold: 0,
                 admin_state: AdminState::Active,
-            });
+            };
+            out.push((rs, Some(agent), health(agent.address)));
         }
+        out
+    }
+
+    /// A service as the directors program it: its [`State::backends`]
+    /// except those whose health check fails.
+    pub fn effective(&self, service: &Service) -> Service {
+        let mut s = service.clone();
+        s.realservers = self
+            .backends(service)
+            .into_iter()
+            .filter(|(_, _, h)| *h != Health::Down)
+            .map(|(rs, _, _)| rs)
+            .collect();
         s
     }
 
     /// Every service, [`State::effective`].
     pub fn effective_services(&self) -> impl Iterator<Item = Service> + '_ {
         self.services.values().map(|s| self.effective(s))
-    }
-
-    /// The agent behind a realserver of `service`, if it came by selector.
-    pub fn agent_for(&self, service: &Service, rs: &RealServer) -> Option<&Agent> {
-        if service.realserver(rs.address, rs.port).is_some() {
-            return None;
-        }
-        self.agents
-            .values()
-            .find(|a| a.address == rs.address && a.matches(service))
     }
 
     /// Registers (or updates) an agent; each service that gains or loses it
@@ -560,6 +603,7 @@ mod tests {
             node_id: node.into(),
             address: addr.parse().unwrap(),
             labels: [("pool".to_string(), pool.to_string())].into(),
+            unhealthy: BTreeSet::new(),
         }
     }
 
@@ -598,11 +642,24 @@ mod tests {
             ]
         );
         assert!(st.effective(&st.services["other"]).realservers.is_empty());
-        assert_eq!(
-            st.agent_for(&st.services["web"], &eff.realservers[0])
-                .map(|a| a.node_id.as_str()),
-            Some("rs1")
-        );
+        let backends = st.backends(&st.services["web"]);
+        assert_eq!(backends[0].1.map(|a| a.node_id.as_str()), Some("rs1"));
+        assert_eq!(backends[0].2, Health::Up);
+
+        // A failing check takes the backend out, and back in when it passes.
+        let mut sick = agent("rs1", "192.168.0.11", "web");
+        sick.unhealthy.insert("web".into());
+        st.apply(Command::RegisterRealServer { agent: sick })
+            .unwrap();
+        assert_eq!(st.events.back().unwrap().kind, EventKind::RealServerRemoved);
+        assert_eq!(st.effective(&st.services["web"]).realservers.len(), 1);
+        assert_eq!(st.backends(&st.services["web"])[0].2, Health::Down);
+        st.apply(Command::RegisterRealServer {
+            agent: agent("rs1", "192.168.0.11", "web"),
+        })
+        .unwrap();
+        assert_eq!(st.events.back().unwrap().kind, EventKind::RealServerAdded);
+        assert_eq!(st.effective(&st.services["web"]).realservers.len(), 2);
 
         // Re-registering unchanged changes nothing; relabelling drops it.
         let before = st.revision;

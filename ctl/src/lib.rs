@@ -405,6 +405,7 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
                         rs.admin_state.clone(),
                         rs.upper_threshold.to_string(),
                         rs.lower_threshold.to_string(),
+                        e.health.clone(),
                         // Where it comes from: listed in the service, or an agent's selector match.
                         if e.agent.is_empty() {
                             "listed".to_string()
@@ -422,6 +423,7 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
                     "STATE",
                     "UPPER",
                     "LOWER",
+                    "HEALTH",
                     "SOURCE",
                 ],
                 &rows,

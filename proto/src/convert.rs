@@ -562,6 +562,17 @@ impl TryFrom<pb::HealthCheck> for HealthCheck {
                     "must be an MD5 digest of 32 hex digits",
                 ));
             };
+            if !h.http_body_regex.is_empty() {
+                if let Err(e) = regex::bytes::Regex::new(&h.http_body_regex) {
+                    // The library's message spans lines; the first says what is wrong.
+                    let why = e.to_string();
+                    let why = why.lines().last().unwrap_or_default().trim().to_string();
+                    return Err(FieldError::new(
+                        "service.health_check.http_body_regex",
+                        format!("is not a valid regular expression: {why}"),
+                    ));
+                }
+            }
             Ok(HttpProbe {
                 path,
                 status,
@@ -579,6 +590,13 @@ impl TryFrom<pb::HealthCheck> for HealthCheck {
                     return Err(FieldError::new(
                         "service.health_check.exec_command",
                         "is required for type exec",
+                    ));
+                }
+                // The agents run it without a shell or a PATH of their own.
+                if !h.exec_command.starts_with('/') {
+                    return Err(FieldError::new(
+                        "service.health_check.exec_command",
+                        format!("{:?} must be an absolute path", h.exec_command),
                     ));
                 }
                 Probe::Exec {
@@ -985,6 +1003,16 @@ mod tests {
                     s.health_check = Some(pb::HealthCheck {
                         r#type: "tcp".into(),
                         rise: Some(0),
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                "service.health_check.http_body_regex",
+                (|s| {
+                    s.health_check = Some(pb::HealthCheck {
+                        r#type: "http".into(),
+                        http_body_regex: "ok(".into(),
                         ..Default::default()
                     })
                 }),

@@ -5,13 +5,16 @@
 //!   report registers the host, and every heartbeat reports what is applied;
 //! - the **reconciler** compares the host's configuration with what the
 //!   services it backs need ([`crate::host::plan`]) on every new
-//!   configuration and every `resync` period, so hand edits are repaired.
+//!   configuration and every `resync` period, so hand edits are repaired;
+//! - the **checker** runs each service's health check against this host's
+//!   endpoint ([`crate::checks`]) and publishes the services failing it,
+//!   which the session reports at once.
 //!
 //! Losing the controller changes nothing on the host: the directors may
 //! still send traffic. A clean stop (SIGTERM) removes what the agent added
 //! and restores the sysctls it changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,6 +28,7 @@ use lb_proto::pb::real_server_sync_client::RealServerSyncClient;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::checks::{probe, targets, Target, Verdict};
 use crate::host::{interface_of, plan, Host};
 
 /// How the agent runs.
@@ -76,6 +80,13 @@ pub async fn run(
     let progress = Arc::new(Mutex::new(Progress::default()));
     let (desired_tx, desired_rx) = watch::channel::<Desired>(None);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (unhealthy_tx, unhealthy_rx) = watch::channel(BTreeSet::new());
+    let checker = tokio::spawn(check_loop(
+        config.address,
+        desired_rx.clone(),
+        unhealthy_tx,
+        stop_rx.clone(),
+    ));
 
     let reconciler = tokio::spawn(reconcile_loop(
         host.clone(),
@@ -85,12 +96,18 @@ pub async fn run(
         progress.clone(),
         stop_rx.clone(),
     ));
-    let session = tokio::spawn(session_loop(config, desired_tx, progress, stop_rx));
+    let session = tokio::spawn(session_loop(
+        config,
+        desired_tx,
+        (progress, unhealthy_rx),
+        stop_rx,
+    ));
     shutdown.await;
     tracing::info!("shutting down: removing the VIPs and restoring the sysctls this agent set");
     let _ = stop_tx.send(true);
     let _ = session.await;
     let _ = reconciler.await;
+    let _ = checker.await;
     let errors = tokio::task::spawn_blocking(move || {
         host.lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -143,7 +160,81 @@ async fn reconcile_loop(
     }
 }
 
-fn report(config: &Config, heartbeat: u64, progress: &Mutex<Progress>) -> pb::RealServerReport {
+/// Keeps one task per health check (restarted when its service's check
+/// changes) and publishes the services whose check fails.
+async fn check_loop(
+    rip: IpAddr,
+    mut desired: watch::Receiver<Desired>,
+    unhealthy: watch::Sender<BTreeSet<String>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let unhealthy = Arc::new(unhealthy);
+    let mut running: BTreeMap<String, (Target, tokio::task::JoinHandle<()>)> = BTreeMap::new();
+    loop {
+        let services = desired
+            .borrow_and_update()
+            .as_ref()
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default();
+        let want = targets(&services, rip);
+        running.retain(|name, (t, task)| {
+            let keep = want.get(name) == Some(t);
+            if !keep {
+                task.abort();
+                unhealthy.send_if_modified(|u| u.remove(name));
+            }
+            keep
+        });
+        for (name, t) in want {
+            running.entry(name).or_insert_with(|| {
+                let task = tokio::spawn(check_task(t.clone(), unhealthy.clone()));
+                (t, task)
+            });
+        }
+        tokio::select! {
+            r = desired.changed() => if r.is_err() { break },
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    for (_, (_, task)) in running {
+        task.abort();
+    }
+}
+
+async fn check_task(t: Target, unhealthy: Arc<watch::Sender<BTreeSet<String>>>) {
+    let mut verdict = Verdict::default();
+    let mut ticker = tokio::time::interval(Duration::from_millis(t.check.interval_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let result = probe(&t).await;
+        if verdict.record(result.is_ok(), t.check.rise, t.check.fall) {
+            let healthy = verdict.healthy;
+            match &result {
+                Ok(()) => {
+                    tracing::info!(service = %t.service, target = %t.addr, "health check passes: up")
+                }
+                Err(why) => {
+                    tracing::warn!(service = %t.service, target = %t.addr, error = %why, "health check fails: down")
+                }
+            }
+            unhealthy.send_modify(|u| {
+                if healthy {
+                    u.remove(&t.service);
+                } else {
+                    u.insert(t.service.clone());
+                }
+            });
+        }
+    }
+}
+
+fn report(
+    config: &Config,
+    heartbeat: u64,
+    progress: &Mutex<Progress>,
+    unhealthy: &watch::Receiver<BTreeSet<String>>,
+) -> pb::RealServerReport {
     let p = progress
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -155,13 +246,14 @@ fn report(config: &Config, heartbeat: u64, progress: &Mutex<Progress>) -> pb::Re
         heartbeat,
         applied_revision: p.applied_revision,
         errors: p.errors,
+        unhealthy: unhealthy.borrow().iter().cloned().collect(),
     }
 }
 
 async fn session_loop(
     config: Config,
     desired: watch::Sender<Desired>,
-    progress: Arc<Mutex<Progress>>,
+    (progress, mut unhealthy): (Arc<Mutex<Progress>>, watch::Receiver<BTreeSet<String>>),
     mut stop: watch::Receiver<bool>,
 ) {
     let addrs = addresses(&config.controllers);
@@ -172,7 +264,7 @@ async fn session_loop(
     let mut heartbeat = 0u64;
     loop {
         let outcome = tokio::select! {
-            o = session(&config, &target, &desired, &progress, &mut heartbeat) => o,
+            o = session(&config, &target, &desired, (&progress, &mut unhealthy), &mut heartbeat) => o,
             _ = stop.wait_for(|s| *s) => return,
         };
         match outcome {
@@ -203,12 +295,14 @@ async fn session(
     config: &Config,
     addr: &str,
     desired: &watch::Sender<Desired>,
-    progress: &Mutex<Progress>,
+    (progress, unhealthy): (&Mutex<Progress>, &mut watch::Receiver<BTreeSet<String>>),
     heartbeat: &mut u64,
 ) -> Result<(), tonic::Status> {
     let (tx, rx) = mpsc::channel(8);
     *heartbeat += 1;
-    let _ = tx.send(report(config, *heartbeat, progress)).await;
+    let _ = tx
+        .send(report(config, *heartbeat, progress, unhealthy))
+        .await;
     let mut inbound = RealServerSyncClient::new(channel(addr)?)
         .sync(ReceiverStream::new(rx))
         .await?
@@ -229,9 +323,17 @@ async fn session(
                 }
                 None => return Ok(()),
             },
+            // A health change is reported at once, not at the next tick.
+            r = unhealthy.changed() => {
+                if r.is_err() { return Ok(()) }
+                *heartbeat += 1;
+                if tx.send(report(config, *heartbeat, progress, unhealthy)).await.is_err() {
+                    return Ok(());
+                }
+            }
             _ = ticker.tick() => {
                 *heartbeat += 1;
-                if tx.send(report(config, *heartbeat, progress)).await.is_err() {
+                if tx.send(report(config, *heartbeat, progress, unhealthy)).await.is_err() {
                     return Ok(());
                 }
             }

@@ -4,7 +4,9 @@
 //! (services whose `realserver_selector` matches its labels adopt it as a
 //! backend) and keeps the host configured; [`host`] is what DR and TUN need
 //! on a realserver (VIP on `lo` / `tunl0`, ARP and reverse-path sysctls) and
-//! the code that sets it up and undoes it, through `lb_hostnet`.
+//! the code that sets it up and undoes it, through `lb_hostnet`; [`checks`]
+//! probes the host's own endpoints for the services' health checks.
 
 pub mod agent;
+pub mod checks;
 pub mod host;

@@ -47,22 +47,36 @@ fn agent(report: &pb::RealServerReport) -> Result<Agent, Status> {
             .collect::<BTreeMap<_, _>>(),
     )
     .map_err(invalid)?;
+    let mut unhealthy = std::collections::BTreeSet::new();
+    for (i, name) in report.unhealthy.iter().enumerate() {
+        check_name(&format!("unhealthy[{i}]"), name).map_err(invalid)?;
+        unhealthy.insert(name.clone());
+    }
     Ok(Agent {
         node_id: report.node_id.clone(),
         address,
         labels,
+        unhealthy,
     })
 }
 
-/// What `agent` must prepare its host for: every service (effective
-/// backends) that has its address as a realserver.
+/// What `agent` must prepare its host for and check: every service that
+/// has its address among its backends — also while its check fails, so the
+/// agent keeps checking (and the host stays ready) until it passes again.
 fn services(app: &App, agent: &Agent) -> (u64, Vec<pb::Service>) {
     let data = app.state.read();
     let state = &data.state;
     let services = state
-        .effective_services()
-        .filter(|s| s.realservers.iter().any(|r| r.address == agent.address))
-        .map(|s| pb::Service::from(&s))
+        .services
+        .values()
+        .filter_map(|s| {
+            let all: Vec<_> = state.backends(s).into_iter().map(|(rs, _, _)| rs).collect();
+            all.iter().any(|r| r.address == agent.address).then(|| {
+                let mut s = s.clone();
+                s.realservers = all;
+                pb::Service::from(&s)
+            })
+        })
         .collect();
     (state.revision, services)
 }

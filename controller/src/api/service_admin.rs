@@ -220,17 +220,14 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
             .values()
             .filter(|s| req.service.is_empty() || s.name == req.service)
             .flat_map(|s| {
-                let effective = state.effective(s);
-                effective
-                    .realservers
-                    .iter()
-                    .map(|rs| pb::RealServerEntry {
+                state
+                    .backends(s)
+                    .into_iter()
+                    .map(|(rs, agent, health)| pb::RealServerEntry {
                         service: s.name.clone(),
-                        realserver: Some(rs.into()),
-                        agent: state
-                            .agent_for(s, rs)
-                            .map(|a| a.node_id.clone())
-                            .unwrap_or_default(),
+                        realserver: Some((&rs).into()),
+                        agent: agent.map(|a| a.node_id.clone()).unwrap_or_default(),
+                        health: health.as_str().to_string(),
                     })
                     .collect::<Vec<_>>()
             })

@@ -169,3 +169,112 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
     assert_eq!(host_view(&t, "rs2"), (true, SET.to_string()));
     Ok(())
 }
+
+/// The HEALTH column of `lbctl realserver list` for `rip`.
+fn health_of(a: &str, service: &str, rip: &str) -> Option<String> {
+    let list = lbctl_ok(a, &["realserver", "list", service]).ok()?;
+    let line = list.lines().find(|l| l.contains(rip))?;
+    line.split_whitespace().nth(6).map(String::from)
+}
+
+/// Polls every 10 ms until `rip`'s health reads `want`; returns how long it took.
+async fn time_until(a: &str, rip: &str, want: &str) -> anyhow::Result<Duration> {
+    let start = std::time::Instant::now();
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{rip} {want}"),
+        || async {
+            let h = health_of(a, "web", rip)?;
+            if h == want {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            None
+        },
+    )
+    .await
+}
+
+/// An HTTP check run by the agents: a stopped backend goes down after
+/// `fall` failed checks and comes back after `rise` passes; the figures are
+/// printed against interval × fall and interval × rise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_backend_goes_down_and_comes_back() -> anyhow::Result<()> {
+    if !require(can_create_namespaces(), "root and network namespaces") {
+        return Ok(());
+    }
+    let mut t = Topology::new();
+    t.add_bridge("lan")?;
+    t.plug_caller("lan", "lbr2", "10.83.0.1/24")?;
+    let dir = tempfile::tempdir()?;
+    let controllers = start_cluster_at("10.83.0.1", 1, dir.path(), &[]).await?;
+    let a = controllers[0].addr.clone();
+    let agent = bin("lb-realserver");
+    let agent = agent.to_str().unwrap_or_default().to_string();
+    let http = bin("lb-http");
+    let http = http.to_str().unwrap_or_default().to_string();
+    let mut backend = None;
+    for (ns, rip) in [("rs1", "10.83.0.21"), ("rs2", "10.83.0.22")] {
+        t.add_ns(ns)?;
+        t.plug(ns, "lan", "eth0", &format!("{rip}/24"))?;
+        let b = t.spawn(ns, &[&http, "serve", ns, "0.0.0.0:80"])?.id();
+        backend.get_or_insert(b);
+        t.spawn(
+            ns,
+            &[
+                &agent,
+                "--controller",
+                &a,
+                "--node-id",
+                ns,
+                "--address",
+                rip,
+                "--labels",
+                "pool=web",
+            ],
+        )?;
+    }
+    let (interval, rise, fall) = (200u64, 2u64, 3u64);
+    lbctl_ok(
+        &a,
+        &[
+            "service",
+            "create",
+            "web",
+            "--vip",
+            "10.83.0.100:80/tcp",
+            "--mode",
+            "dr",
+            "--selector",
+            "pool=web",
+            "--check",
+            "http",
+            "--check-interval",
+            &format!("{interval}ms"),
+            "--check-timeout",
+            "100ms",
+            "--check-rise",
+            &rise.to_string(),
+            "--check-fall",
+            &fall.to_string(),
+        ],
+    )?;
+    for rip in ["10.83.0.21", "10.83.0.22"] {
+        time_until(&a, rip, "up").await?;
+    }
+    // Stop rs1's HTTP server: down after `fall` failed checks.
+    let pid = backend.unwrap_or_default().to_string();
+    assert!(Command::new("kill").args(["-9", &pid]).status()?.success());
+    let down = time_until(&a, "10.83.0.21", "down").await?;
+    assert_eq!(health_of(&a, "web", "10.83.0.22").as_deref(), Some("up"));
+    // Serve again: up after `rise` passes.
+    t.spawn("rs1", &[&http, "serve", "rs1", "0.0.0.0:80"])?;
+    let up = time_until(&a, "10.83.0.21", "up").await?;
+    println!(
+        "health check (interval {interval} ms, fall {fall}, rise {rise}): down {down:?} after the \
+         backend stopped (interval x fall = {} ms), up {up:?} after it came back (interval x rise = {} ms)",
+        interval * fall,
+        interval * rise
+    );
+    Ok(())
+}
