@@ -196,11 +196,13 @@ impl Topology {
         Ok(&mut self.children[last])
     }
 
-    /// Starts an HTTP backend in `name` answering with `answer`; returns once it listens.
-    pub fn http_backend(&mut self, name: &str, answer: &str, listen: &str) -> anyhow::Result<()> {
+    /// Starts an HTTP backend in `name` answering with `answer`; returns its
+    /// PID once it listens.
+    pub fn http_backend(&mut self, name: &str, answer: &str, listen: &str) -> anyhow::Result<u32> {
         let bin = crate::bin("lb-http");
         let bin = bin.to_str().context("lb-http path")?.to_string();
         let child = self.spawn(name, &[&bin, "serve", answer, listen])?;
+        let pid = child.id();
         let stdout = child.stdout.take().context("backend stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
@@ -208,7 +210,7 @@ impl Topology {
             line.trim() == "ready",
             "backend {answer} in {name} did not start"
         );
-        Ok(())
+        Ok(pid)
     }
 
     /// Makes `count` HTTP requests from namespace `name`; one body (or `ERR …`) each.

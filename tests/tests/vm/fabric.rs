@@ -43,6 +43,8 @@ struct Fabric {
     addrs: String,
     /// A wait timed out: show the logs when dropped, as after a panic.
     failed: std::cell::Cell<bool>,
+    /// The port-80 HTTP backends of rs1 and rs2, with their PIDs.
+    web: Vec<(&'static str, u32)>,
 }
 
 impl Drop for Fabric {
@@ -94,8 +96,9 @@ impl Fabric {
             t.sh(rs, "ip route add default via 192.168.50.11")?;
             t.http_backend(rs, rs, "0.0.0.0:8080")?;
         }
+        let mut web = Vec::new();
         for rs in ["rs1", "rs2"] {
-            t.http_backend(rs, rs, "0.0.0.0:80")?;
+            web.push((rs, t.http_backend(rs, rs, "0.0.0.0:80")?));
             t.http_backend(rs, rs, "0.0.0.0:443")?;
         }
         let dir = tempfile::tempdir()?;
@@ -132,6 +135,7 @@ impl Fabric {
             controllers,
             addrs,
             failed: std::cell::Cell::new(false),
+            web,
         })
     }
 
@@ -932,5 +936,91 @@ async fn host_loss_gap_at_default_and_tuned_timers() -> anyhow::Result<()> {
     for (timers, p50) in results {
         println!("p50 client gap, {timers}: {p50:?}");
     }
+    Ok(())
+}
+
+/// A health check run by the realserver agents takes a stopped backend out
+/// of the director's IPVS table and puts it back when it serves again; the
+/// times and the client's failed requests are printed (issue #5, AC3).
+#[tokio::test]
+async fn a_failing_backend_leaves_the_ipvs_table_and_comes_back() -> anyhow::Result<()> {
+    if !super::in_vm() {
+        return Ok(());
+    }
+    let mut f = Fabric::with_controllers(1, &[]).await?;
+    let (interval, fall, rise) = (500u64, 3u64, 2u64);
+    f.lbctl(&[
+        "service",
+        "create",
+        "web",
+        "--vip",
+        "10.0.0.100:80/tcp",
+        "--mode",
+        "dr",
+        "--scheduler",
+        "rr",
+        "--selector",
+        "pool=web",
+        "--check",
+        "http",
+        "--check-interval",
+        &format!("{interval}ms"),
+        "--check-timeout",
+        "300ms",
+        "--check-fall",
+        &fall.to_string(),
+        "--check-rise",
+        &rise.to_string(),
+    ])?;
+    let _d1 = f.start_director("d1", &[])?;
+    f.wait_held("d1", &[DR_VIP], Duration::from_secs(30))
+        .await?;
+    let both = [
+        "-a -t 10.0.0.100:80 -r 10.0.0.21:80 -g -w 1",
+        "-a -t 10.0.0.100:80 -r 10.0.0.22:80 -g -w 1",
+    ];
+    let has = |f: &Fabric, line: &str| f.ipvs("d1").iter().any(|l| l == line);
+    wait_for(
+        Duration::from_secs(30),
+        "both backends in d1's table",
+        || async { both.iter().all(|l| has(&f, l)).then_some(()) },
+    )
+    .await?;
+    wait_for(Duration::from_secs(30), "the VIP on rs1's lo", || async {
+        let lo = f.t.sh("rs1", "ip -o addr show dev lo").ok()?;
+        lo.contains(&format!("{DR_VIP}/32")).then_some(())
+    })
+    .await?;
+
+    let probe = f.probe(&format!("http://{DR_VIP}/"), 12, 50)?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (rs1, pid) = f.web[0];
+    signal(pid, "KILL");
+    let stopped = Instant::now();
+    wait_for(Duration::from_secs(10), "rs1 out of d1's table", || async {
+        (!has(&f, both[0])).then_some(())
+    })
+    .await?;
+    let out = stopped.elapsed();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    f.web[0].1 = f.t.http_backend(rs1, rs1, "0.0.0.0:80")?;
+    let restarted = Instant::now();
+    wait_for(
+        Duration::from_secs(10),
+        "rs1 back in d1's table",
+        || async { has(&f, both[0]).then_some(()) },
+    )
+    .await?;
+    let back = restarted.elapsed();
+    let seen = probe.finish();
+    println!(
+        "health check (interval {interval} ms, fall {fall}, rise {rise}): rs1 out of the table \
+         {out:?} after its server stopped (interval x fall = {} ms), back {back:?} after it \
+         served again (interval x rise = {} ms); clients, one request every 50 ms: {}",
+        interval * fall,
+        interval * rise,
+        seen.summary()
+    );
+    assert!(seen.recovered(), "clients not served at the end");
     Ok(())
 }
