@@ -165,6 +165,58 @@ async fn bad_input_is_rejected_by_field_and_changes_nothing() -> anyhow::Result<
             Code::InvalidArgument,
             "service.persistence.netmask",
         ),
+        // Bad health check specs (issue #5): refused before any agent sees them.
+        (
+            "negative check interval",
+            create(|s| {
+                s.health_check = Some(pb::HealthCheck {
+                    r#type: "tcp".into(),
+                    interval: Some(prost_types::Duration {
+                        seconds: -2,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                })
+            }),
+            Code::InvalidArgument,
+            "service.health_check.interval",
+        ),
+        (
+            "check rise 0",
+            create(|s| {
+                s.health_check = Some(pb::HealthCheck {
+                    r#type: "tcp".into(),
+                    rise: Some(0),
+                    ..Default::default()
+                })
+            }),
+            Code::InvalidArgument,
+            "service.health_check.rise",
+        ),
+        (
+            "bad body regex",
+            create(|s| {
+                s.health_check = Some(pb::HealthCheck {
+                    r#type: "http".into(),
+                    http_body_regex: "status: (ok".into(),
+                    ..Default::default()
+                })
+            }),
+            Code::InvalidArgument,
+            "service.health_check.http_body_regex",
+        ),
+        (
+            "check script not an absolute path",
+            create(|s| {
+                s.health_check = Some(pb::HealthCheck {
+                    r#type: "exec".into(),
+                    exec_command: "check_web.sh".into(),
+                    ..Default::default()
+                })
+            }),
+            Code::InvalidArgument,
+            "service.health_check.exec_command",
+        ),
         (
             "no virtual address",
             create(|s| s.virtual_address = None),
