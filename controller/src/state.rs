@@ -57,6 +57,11 @@ pub enum Command {
     RegisterRealServer {
         agent: Agent,
     },
+    /// An operator drains (or enables) an agent's host.
+    SetAgentDrain {
+        node_id: String,
+        drain: bool,
+    },
 }
 
 /// A registered realserver agent.
@@ -69,6 +74,13 @@ pub struct Agent {
     /// Services whose health check fails on this host (after rise/fall).
     #[serde(default)]
     pub unhealthy: BTreeSet<String>,
+    /// The agent is stopping and waits for connections to finish.
+    #[serde(default)]
+    pub draining: bool,
+    /// Drained by an operator (`lbctl realserver drain`); kept across
+    /// re-registrations until `enable`.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// A backend's health as the agent on its host reports it.
@@ -224,7 +236,25 @@ impl State {
                 );
                 return Ok(Applied::none());
             }
-            Command::RegisterRealServer { agent } => return self.register(agent),
+            Command::RegisterRealServer { mut agent } => {
+                // The operator's drain outlives the agent's reports.
+                agent.drained = self.agents.get(&agent.node_id).is_some_and(|a| a.drained);
+                return self.change_agents(|agents| {
+                    agents.insert(agent.node_id.clone(), agent);
+                });
+            }
+            Command::SetAgentDrain { node_id, drain } => {
+                if !self.agents.contains_key(&node_id) {
+                    return Err(Rejected::NotFound {
+                        what: format!("realserver agent {node_id}"),
+                    });
+                }
+                return self.change_agents(|agents| {
+                    if let Some(a) = agents.get_mut(&node_id) {
+                        a.drained = drain;
+                    }
+                });
+            }
             Command::CreateService { service } => {
                 self.check_unique(&service, None)?;
                 (EventKind::ServiceCreated, service, None)
@@ -314,15 +344,25 @@ impl State {
         &'a self,
         service: &Service,
     ) -> Vec<(RealServer, Option<&'a Agent>, Health)> {
-        let health = |addr: IpAddr| match self.agents.values().find(|a| a.address == addr) {
+        let host = |addr: IpAddr| self.agents.values().find(|a| a.address == addr);
+        let health = |addr: IpAddr| match host(addr) {
             None => Health::Unchecked,
             Some(a) if a.unhealthy.contains(&service.name) => Health::Down,
             Some(_) => Health::Up,
         };
+        // A draining host keeps its connections (weight 0) and gets no new ones.
+        let drain = |mut rs: RealServer| {
+            if host(rs.address).is_some_and(|a| a.draining || a.drained)
+                && rs.admin_state == AdminState::Active
+            {
+                rs.admin_state = AdminState::Draining;
+            }
+            rs
+        };
         let mut out: Vec<(RealServer, Option<&Agent>, Health)> = service
             .realservers
             .iter()
-            .map(|rs| (rs.clone(), None, health(rs.address)))
+            .map(|rs| (drain(rs.clone()), None, health(rs.address)))
             .collect();
         let port = service.default_realserver_port();
         for agent in self.agents.values().filter(|a| a.matches(service)) {
@@ -341,7 +381,7 @@ impl State {
                 lower_threshold: 0,
                 admin_state: AdminState::Active,
             };
-            out.push((rs, Some(agent), health(agent.address)));
+            out.push((drain(rs), Some(agent), health(agent.address)));
         }
         out
     }
@@ -364,45 +404,56 @@ impl State {
         self.services.values().map(|s| self.effective(s))
     }
 
-    /// Registers (or updates) an agent; each service that gains or loses it
-    /// as a backend gets a realserver event (and a revision).
-    fn register(&mut self, agent: Agent) -> CommandResult {
-        if let Some(other) = self
-            .agents
-            .values()
-            .find(|a| a.address == agent.address && a.node_id != agent.node_id)
-        {
-            return Err(Rejected::Invalid(FieldError::new(
-                "address",
-                format!(
-                    "{} is already registered by realserver agent {}",
-                    agent.address, other.node_id
-                ),
-            )));
+    /// Changes the agents (a registration, a health report, a drain) and
+    /// gives each service that gains, loses or changes a backend a
+    /// realserver event (and a revision). Refuses an address that another
+    /// agent already has.
+    fn change_agents(
+        &mut self,
+        change: impl FnOnce(&mut BTreeMap<String, Agent>),
+    ) -> CommandResult {
+        let mut agents = self.agents.clone();
+        change(&mut agents);
+        for a in agents.values() {
+            let taken = self
+                .agents
+                .values()
+                .find(|o| o.address == a.address && o.node_id != a.node_id);
+            if let Some(other) = taken {
+                return Err(Rejected::Invalid(FieldError::new(
+                    "address",
+                    format!(
+                        "{} is already registered by realserver agent {}",
+                        a.address, other.node_id
+                    ),
+                )));
+            }
         }
-        if self.agents.get(&agent.node_id) == Some(&agent) {
+        if agents == self.agents {
             return Ok(Applied::none());
         }
         let before: Vec<Service> = self.effective_services().collect();
-        self.agents.insert(agent.node_id.clone(), agent);
+        self.agents = agents;
         let mut last = Applied::none();
         for old in before {
             let Some(current) = self.services.get(&old.name) else {
                 continue;
             };
             let new = self.effective(current);
-            let gone = old
-                .realservers
-                .iter()
-                .filter(|r| !new.realservers.contains(r));
-            let came = new
-                .realservers
-                .iter()
-                .filter(|r| !old.realservers.contains(r));
-            let changes: Vec<(EventKind, RealServer)> = gone
-                .map(|r| (EventKind::RealServerRemoved, r.clone()))
-                .chain(came.map(|r| (EventKind::RealServerAdded, r.clone())))
-                .collect();
+            let key = |r: &RealServer| (r.address, r.port);
+            let mut changes: Vec<(EventKind, RealServer)> = Vec::new();
+            for r in &old.realservers {
+                match new.realservers.iter().find(|n| key(n) == key(r)) {
+                    None => changes.push((EventKind::RealServerRemoved, r.clone())),
+                    Some(n) if n != r => changes.push((EventKind::RealServerUpdated, n.clone())),
+                    Some(_) => {}
+                }
+            }
+            for n in &new.realservers {
+                if !old.realservers.iter().any(|r| key(r) == key(n)) {
+                    changes.push((EventKind::RealServerAdded, n.clone()));
+                }
+            }
             for (kind, rs) in changes {
                 last = Applied {
                     revision: self.next_event(kind, &new, Some(rs)),
@@ -604,6 +655,8 @@ mod tests {
             address: addr.parse().unwrap(),
             labels: [("pool".to_string(), pool.to_string())].into(),
             unhealthy: BTreeSet::new(),
+            draining: false,
+            drained: false,
         }
     }
 
@@ -688,6 +741,52 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(st, before);
+    }
+
+    #[test]
+    fn a_drained_agent_keeps_its_backends_at_weight_zero() {
+        let mut st = State::default();
+        let mut web = service("web", "10.0.0.1");
+        web.realserver_selector = [("pool".to_string(), "web".to_string())].into();
+        st.apply(Command::CreateService { service: web }).unwrap();
+        let unknown = st.apply(Command::SetAgentDrain {
+            node_id: "rs1".into(),
+            drain: true,
+        });
+        assert!(
+            matches!(unknown, Err(Rejected::NotFound { .. })),
+            "{unknown:?}"
+        );
+        st.apply(Command::RegisterRealServer {
+            agent: agent("rs1", "192.168.0.11", "web"),
+        })
+        .unwrap();
+        let state_of = |st: &State| st.effective(&st.services["web"]).realservers[0].admin_state;
+        st.apply(Command::SetAgentDrain {
+            node_id: "rs1".into(),
+            drain: true,
+        })
+        .unwrap();
+        assert_eq!(state_of(&st), AdminState::Draining);
+        assert_eq!(st.events.back().unwrap().kind, EventKind::RealServerUpdated);
+        // The agent's next report does not undo the operator's drain.
+        st.apply(Command::RegisterRealServer {
+            agent: agent("rs1", "192.168.0.11", "web"),
+        })
+        .unwrap();
+        assert_eq!(state_of(&st), AdminState::Draining);
+        st.apply(Command::SetAgentDrain {
+            node_id: "rs1".into(),
+            drain: false,
+        })
+        .unwrap();
+        assert_eq!(state_of(&st), AdminState::Active);
+        // A stopping agent drains itself.
+        let mut stopping = agent("rs1", "192.168.0.11", "web");
+        stopping.draining = true;
+        st.apply(Command::RegisterRealServer { agent: stopping })
+            .unwrap();
+        assert_eq!(state_of(&st), AdminState::Draining);
     }
 
     #[test]

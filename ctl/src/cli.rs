@@ -235,6 +235,21 @@ pub enum RealserverCmd {
     },
     /// Remove a realserver from a service.
     Remove { service: String, address: String },
+    /// Drain a realserver agent's host: weight 0 in every service it backs,
+    /// so its connections finish and new ones go elsewhere (keepalived's
+    /// weight-0 maintenance, for all services at once).
+    #[command(
+        after_help = "Example:\n  lbctl realserver drain web-1\n  lbctl realserver enable web-1"
+    )]
+    Drain {
+        /// The realserver agent's node id.
+        node: String,
+    },
+    /// Undo `drain`: the host's backends take new connections again.
+    Enable {
+        /// The realserver agent's node id.
+        node: String,
+    },
 }
 
 #[derive(Debug, Args)]

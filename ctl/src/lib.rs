@@ -384,6 +384,8 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
             let resp = call!(ctl, ServiceAdminClient, remove_real_server, req)?;
             show_service(out, &resp, "updated")
         }
+        RealserverCmd::Drain { node } => set_drain(ctl, node, true).await,
+        RealserverCmd::Enable { node } => set_drain(ctl, node, false).await,
         RealserverCmd::List { service, stale } => {
             let req = pb::ListRealServersRequest {
                 service: service.unwrap_or_default(),
@@ -431,6 +433,24 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
             Ok(())
         }
     }
+}
+
+async fn set_drain(ctl: &mut Controller, node_id: String, drain: bool) -> anyhow::Result<()> {
+    let req = pb::SetAgentDrainRequest {
+        node_id: node_id.clone(),
+        drain,
+    };
+    let resp = call!(ctl, ServiceAdminClient, set_agent_drain, req)?;
+    let what = if drain {
+        "draining (weight 0)"
+    } else {
+        "enabled"
+    };
+    println!(
+        "realserver agent {node_id} {what} (revision {})",
+        resp.revision
+    );
+    Ok(())
 }
 
 async fn list_directors(ctl: &mut Controller) -> anyhow::Result<pb::ListDirectorsResponse> {

@@ -43,6 +43,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// How often the host is compared with the plan even without a change.
     pub resync: Duration,
+    /// On SIGTERM, how long to wait for the host's connections to finish
+    /// (with weight 0) before removing the VIPs; zero skips the drain.
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,16 @@ pub enum AgentError {
     Net(#[from] NetError),
     #[error("--address {0}: no interface of this host has it")]
     NoSuchAddress(IpAddr),
+}
+
+/// What the host says about itself beyond the reconcile: reported at once
+/// whenever it changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct HostStatus {
+    /// Services whose health check fails here.
+    unhealthy: BTreeSet<String>,
+    /// Stopping: waiting for connections to finish.
+    draining: bool,
 }
 
 /// What the last reconcile round achieved, for the next report.
@@ -80,14 +93,17 @@ pub async fn run(
     let progress = Arc::new(Mutex::new(Progress::default()));
     let (desired_tx, desired_rx) = watch::channel::<Desired>(None);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (unhealthy_tx, unhealthy_rx) = watch::channel(BTreeSet::new());
+    let (status_tx, status_rx) = watch::channel(HostStatus::default());
+    let status_tx = Arc::new(status_tx);
     let checker = tokio::spawn(check_loop(
         config.address,
         desired_rx.clone(),
-        unhealthy_tx,
+        status_tx.clone(),
         stop_rx.clone(),
     ));
 
+    let desired_for_drain = desired_rx.clone();
+    let config_drain = config.clone();
     let reconciler = tokio::spawn(reconcile_loop(
         host.clone(),
         rip_interface,
@@ -99,10 +115,11 @@ pub async fn run(
     let session = tokio::spawn(session_loop(
         config,
         desired_tx,
-        (progress, unhealthy_rx),
+        (progress, status_rx),
         stop_rx,
     ));
     shutdown.await;
+    drain(&config_drain, &status_tx, &desired_for_drain).await;
     tracing::info!("shutting down: removing the VIPs and restoring the sysctls this agent set");
     let _ = stop_tx.send(true);
     let _ = session.await;
@@ -119,6 +136,52 @@ pub async fn run(
         tracing::warn!(error = %e, "restoring the host");
     }
     Ok(())
+}
+
+/// Graceful exit: report draining (the directors set weight 0, so new
+/// connections go elsewhere) and wait until none of the services'
+/// connections remain on this host, or the timeout.
+async fn drain(
+    config: &Config,
+    status: &watch::Sender<HostStatus>,
+    desired: &watch::Receiver<Desired>,
+) {
+    if config.drain_timeout.is_zero() {
+        return;
+    }
+    let services = desired
+        .borrow()
+        .as_ref()
+        .map(|(_, s)| s.clone())
+        .unwrap_or_default();
+    let locals = crate::conns::service_endpoints(&services, config.address);
+    if locals.is_empty() {
+        return;
+    }
+    status.send_modify(|s| s.draining = true);
+    let start = std::time::Instant::now();
+    tracing::info!(
+        timeout_ms = config.drain_timeout.as_millis() as u64,
+        "draining: weight 0, waiting for connections to finish"
+    );
+    loop {
+        let open = crate::conns::established(&locals);
+        if open == 0 {
+            tracing::info!(
+                waited_ms = start.elapsed().as_millis() as u64,
+                "drained: no connections left"
+            );
+            return;
+        }
+        if start.elapsed() >= config.drain_timeout {
+            tracing::warn!(
+                connections = open,
+                "drain timeout: removing the VIPs with connections open"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn reconcile_loop(
@@ -165,10 +228,9 @@ async fn reconcile_loop(
 async fn check_loop(
     rip: IpAddr,
     mut desired: watch::Receiver<Desired>,
-    unhealthy: watch::Sender<BTreeSet<String>>,
+    unhealthy: Arc<watch::Sender<HostStatus>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let unhealthy = Arc::new(unhealthy);
     let mut running: BTreeMap<String, (Target, tokio::task::JoinHandle<()>)> = BTreeMap::new();
     loop {
         let services = desired
@@ -181,7 +243,7 @@ async fn check_loop(
             let keep = want.get(name) == Some(t);
             if !keep {
                 task.abort();
-                unhealthy.send_if_modified(|u| u.remove(name));
+                unhealthy.send_if_modified(|u| u.unhealthy.remove(name));
             }
             keep
         });
@@ -201,7 +263,7 @@ async fn check_loop(
     }
 }
 
-async fn check_task(t: Target, unhealthy: Arc<watch::Sender<BTreeSet<String>>>) {
+async fn check_task(t: Target, unhealthy: Arc<watch::Sender<HostStatus>>) {
     let mut verdict = Verdict::default();
     let mut ticker = tokio::time::interval(Duration::from_millis(t.check.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -220,9 +282,9 @@ async fn check_task(t: Target, unhealthy: Arc<watch::Sender<BTreeSet<String>>>) 
             }
             unhealthy.send_modify(|u| {
                 if healthy {
-                    u.remove(&t.service);
+                    u.unhealthy.remove(&t.service);
                 } else {
-                    u.insert(t.service.clone());
+                    u.unhealthy.insert(t.service.clone());
                 }
             });
         }
@@ -233,8 +295,9 @@ fn report(
     config: &Config,
     heartbeat: u64,
     progress: &Mutex<Progress>,
-    unhealthy: &watch::Receiver<BTreeSet<String>>,
+    status: &watch::Receiver<HostStatus>,
 ) -> pb::RealServerReport {
+    let status = status.borrow().clone();
     let p = progress
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -246,14 +309,15 @@ fn report(
         heartbeat,
         applied_revision: p.applied_revision,
         errors: p.errors,
-        unhealthy: unhealthy.borrow().iter().cloned().collect(),
+        unhealthy: status.unhealthy.into_iter().collect(),
+        draining: status.draining,
     }
 }
 
 async fn session_loop(
     config: Config,
     desired: watch::Sender<Desired>,
-    (progress, mut unhealthy): (Arc<Mutex<Progress>>, watch::Receiver<BTreeSet<String>>),
+    (progress, mut status): (Arc<Mutex<Progress>>, watch::Receiver<HostStatus>),
     mut stop: watch::Receiver<bool>,
 ) {
     let addrs = addresses(&config.controllers);
@@ -264,7 +328,7 @@ async fn session_loop(
     let mut heartbeat = 0u64;
     loop {
         let outcome = tokio::select! {
-            o = session(&config, &target, &desired, (&progress, &mut unhealthy), &mut heartbeat) => o,
+            o = session(&config, &target, &desired, (&progress, &mut status), &mut heartbeat) => o,
             _ = stop.wait_for(|s| *s) => return,
         };
         match outcome {
@@ -295,14 +359,12 @@ async fn session(
     config: &Config,
     addr: &str,
     desired: &watch::Sender<Desired>,
-    (progress, unhealthy): (&Mutex<Progress>, &mut watch::Receiver<BTreeSet<String>>),
+    (progress, status): (&Mutex<Progress>, &mut watch::Receiver<HostStatus>),
     heartbeat: &mut u64,
 ) -> Result<(), tonic::Status> {
     let (tx, rx) = mpsc::channel(8);
     *heartbeat += 1;
-    let _ = tx
-        .send(report(config, *heartbeat, progress, unhealthy))
-        .await;
+    let _ = tx.send(report(config, *heartbeat, progress, status)).await;
     let mut inbound = RealServerSyncClient::new(channel(addr)?)
         .sync(ReceiverStream::new(rx))
         .await?
@@ -323,17 +385,17 @@ async fn session(
                 }
                 None => return Ok(()),
             },
-            // A health change is reported at once, not at the next tick.
-            r = unhealthy.changed() => {
+            // A health change or a drain is reported at once, not at the next tick.
+            r = status.changed() => {
                 if r.is_err() { return Ok(()) }
                 *heartbeat += 1;
-                if tx.send(report(config, *heartbeat, progress, unhealthy)).await.is_err() {
+                if tx.send(report(config, *heartbeat, progress, status)).await.is_err() {
                     return Ok(());
                 }
             }
             _ = ticker.tick() => {
                 *heartbeat += 1;
-                if tx.send(report(config, *heartbeat, progress, unhealthy)).await.is_err() {
+                if tx.send(report(config, *heartbeat, progress, status)).await.is_err() {
                     return Ok(());
                 }
             }

@@ -5,8 +5,10 @@
 //! backend) and keeps the host configured; [`host`] is what DR and TUN need
 //! on a realserver (VIP on `lo` / `tunl0`, ARP and reverse-path sysctls) and
 //! the code that sets it up and undoes it, through `lb_hostnet`; [`checks`]
-//! probes the host's own endpoints for the services' health checks.
+//! probes the host's own endpoints for the services' health checks; [`conns`]
+//! counts the connections a graceful drain waits for.
 
 pub mod agent;
 pub mod checks;
+pub mod conns;
 pub mod host;

@@ -5,7 +5,8 @@ use lb_realserver::agent::{run, Config};
 
 /// lbfabric realserver agent: registers this host as a backend and prepares
 /// it for the services that adopt it (DR: VIP on lo; TUN: VIP on tunl0; ARP
-/// and rp_filter sysctls). SIGTERM undoes everything it set.
+/// and rp_filter sysctls). SIGTERM drains the host (weight 0 until its
+/// connections finish) and then undoes everything it set.
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -30,6 +31,11 @@ struct Args {
     /// Compare the host with what the services need at least this often, in milliseconds.
     #[arg(long, env = "LB_RESYNC_MS", default_value_t = 5000)]
     resync_ms: u64,
+    /// On SIGTERM, wait this long (milliseconds) with weight 0 for the
+    /// services' connections on this host to finish before removing the
+    /// VIPs; 0 removes them at once.
+    #[arg(long, env = "LB_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
+    drain_timeout_ms: u64,
 }
 
 #[tokio::main]
@@ -49,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         labels: lb_proto::process::label_flags("--labels", &args.labels)?,
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         resync: Duration::from_millis(args.resync_ms),
+        drain_timeout: Duration::from_millis(args.drain_timeout_ms),
     };
     run(config, lb_proto::process::shutdown_signal()).await?;
     Ok(())

@@ -57,6 +57,9 @@ fn agent(report: &pb::RealServerReport) -> Result<Agent, Status> {
         address,
         labels,
         unhealthy,
+        draining: report.draining,
+        // Kept from the registered agent when the command applies.
+        drained: false,
     })
 }
 

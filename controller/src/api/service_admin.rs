@@ -201,6 +201,28 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         .await
     }
 
+    async fn set_agent_drain(
+        &self,
+        req: Request<pb::SetAgentDrainRequest>,
+    ) -> Result<Response<pb::SetAgentDrainResponse>, Status> {
+        let req = req.into_inner();
+        name_field("node_id", &req.node_id)?;
+        let applied = self
+            .app
+            .write(Command::SetAgentDrain {
+                node_id: req.node_id,
+                drain: req.drain,
+            })
+            .await
+            .map_err(status)?;
+        let revision = match applied.revision {
+            // Already so: nothing changed.
+            0 => self.app.state.read().state.revision,
+            r => r,
+        };
+        Ok(Response::new(pb::SetAgentDrainResponse { revision }))
+    }
+
     async fn list_real_servers(
         &self,
         req: Request<pb::ListRealServersRequest>,

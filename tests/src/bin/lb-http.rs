@@ -6,6 +6,9 @@
 //!                                     start a request every EVERY_MS for SECONDS, each on its own
 //!                                     connection and thread; print "START_MS OK BODY" or
 //!                                     "START_MS ERR WHY" per request (START_MS since the Unix epoch)
+//!   lb-http hold URL SECONDS          one long-lived request: connect, print "open", send the
+//!                                     request head but its last line only after SECONDS, then
+//!                                     print "OK BODY" or "ERR WHY" (a reset shows as ERR)
 //!   lb-http vipwatch ADDR SECONDS EVERY_MS
 //!                                     sample whether ADDR is local here (binding to it works);
 //!                                     print "MS 1" / "MS 0" at the start and on every change, "MS end"
@@ -75,6 +78,30 @@ fn get_once(host_port: &str, path: &str, timeout: Duration) -> Result<String, St
     if !head.starts_with("HTTP/1.1 200") {
         return Err(head.lines().next().unwrap_or_default().to_string());
     }
+    Ok(body.trim().to_string())
+}
+
+fn hold(host_port: &str, path: &str, seconds: u64) -> Result<String, String> {
+    let addr = host_port
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let mut conn =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    println!("open");
+    let _ = std::io::stdout().flush();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: {host_port}\r\n").map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(seconds));
+    write!(conn, "Connection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (_, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or("malformed response")?;
     Ok(body.trim().to_string())
 }
 
@@ -165,6 +192,17 @@ fn main() -> ExitCode {
             probe(&host_port, &path, seconds, ms(every), ms(timeout));
             ExitCode::SUCCESS
         }
+        ["hold", url, seconds] => {
+            let (Some((host_port, path)), Ok(seconds)) = (split_url(url), seconds.parse()) else {
+                eprintln!("lb-http hold: expected http://URL SECONDS");
+                return ExitCode::FAILURE;
+            };
+            match hold(&host_port, &path, seconds) {
+                Ok(body) => println!("OK {body}"),
+                Err(e) => println!("ERR {e}"),
+            }
+            ExitCode::SUCCESS
+        }
         ["vipwatch", addr, seconds, every] => {
             let (Ok(addr), Ok(seconds), Ok(every)) = (addr.parse(), seconds.parse(), every.parse())
             else {
@@ -193,7 +231,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: lb-http serve NAME ADDR:PORT | get URL [COUNT] [GAP_MS] | probe URL SECONDS EVERY_MS TIMEOUT_MS | vipwatch ADDR SECONDS EVERY_MS");
+            eprintln!("usage: lb-http serve NAME ADDR:PORT | get URL [COUNT] [GAP_MS] | hold URL SECONDS | probe URL SECONDS EVERY_MS TIMEOUT_MS | vipwatch ADDR SECONDS EVERY_MS");
             ExitCode::FAILURE
         }
     }

@@ -119,6 +119,28 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
         log.contains("address: 10.81.0.21 is already registered by realserver agent rs1"),
         "{log}"
     );
+    // Drained by the operator: weight 0 (STATE draining) until enabled.
+    let said = lbctl_ok(&a, &["realserver", "drain", "rs1"])?;
+    assert!(said.contains("realserver agent rs1 draining"), "{said}");
+    let list = lbctl_ok(&a, &["realserver", "list", "web"])?;
+    let line = list
+        .lines()
+        .find(|l| l.contains("10.81.0.21"))
+        .unwrap_or_default();
+    assert!(line.contains("draining"), "{list}");
+    lbctl_ok(&a, &["realserver", "enable", "rs1"])?;
+    let list = lbctl_ok(&a, &["realserver", "list", "web"])?;
+    let line = list
+        .lines()
+        .find(|l| l.contains("10.81.0.21"))
+        .unwrap_or_default();
+    assert!(line.contains("active"), "{list}");
+    let unknown = lb_testkit::lbctl(&a, &["realserver", "drain", "nobody"]);
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        !unknown.status.success() && err.contains("realserver agent nobody not found"),
+        "{err}"
+    );
     // Each host is prepared for DR.
     for ns in ["rs1", "rs2"] {
         wait_for(

@@ -45,6 +45,8 @@ struct Fabric {
     failed: std::cell::Cell<bool>,
     /// The port-80 HTTP backends of rs1 and rs2, with their PIDs.
     web: Vec<(&'static str, u32)>,
+    /// The realserver agents of rs1 and rs2, with their PIDs.
+    agents: Vec<(&'static str, u32)>,
 }
 
 impl Drop for Fabric {
@@ -113,8 +115,9 @@ impl Fabric {
         // tunl0 and sets the ARP and rp_filter sysctls.
         let agent = bin("lb-realserver");
         let agent = agent.to_str().unwrap_or_default().to_string();
+        let mut agents = Vec::new();
         for (rs, rip) in [("rs1", "10.0.0.21"), ("rs2", "10.0.0.22")] {
-            t.spawn(
+            let child = t.spawn(
                 rs,
                 &[
                     &agent,
@@ -128,6 +131,7 @@ impl Fabric {
                     "pool=web",
                 ],
             )?;
+            agents.push((rs, child.id()));
         }
         Ok(Fabric {
             t,
@@ -136,6 +140,7 @@ impl Fabric {
             addrs,
             failed: std::cell::Cell::new(false),
             web,
+            agents,
         })
     }
 
@@ -1022,5 +1027,134 @@ async fn a_failing_backend_leaves_the_ipvs_table_and_comes_back() -> anyhow::Res
         seen.summary()
     );
     assert!(seen.recovered(), "clients not served at the end");
+    Ok(())
+}
+
+/// Long-lived requests from the client, each printing "OK BODY" or "ERR WHY".
+fn hold_requests(f: &Fabric, count: usize, seconds: u64) -> anyhow::Result<Vec<Proc>> {
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let mut child =
+            f.t.command("cl", &bin("lb-http"))
+                .args(["hold", &format!("http://{DR_VIP}/"), &seconds.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()?;
+        // Wait for "open": the connection exists before the next one.
+        let mut line = String::new();
+        if let Some(out) = child.stdout.as_mut() {
+            let mut byte = [0u8; 1];
+            while out.read(&mut byte)? == 1 && byte[0] != b'\n' {
+                line.push(byte[0] as char);
+            }
+        }
+        anyhow::ensure!(line == "open", "hold request did not connect: {line:?}");
+        out.push(Proc(child));
+    }
+    Ok(out)
+}
+
+/// A graceful drain, by `lbctl realserver drain` and by SIGTERM to the
+/// agent: long-lived connections finish without a reset, new connections
+/// go to the other realserver, and on SIGTERM the agent removes the VIP only
+/// after its connections are done (issue #5, AC4).
+#[tokio::test]
+async fn draining_finishes_connections_and_sends_new_ones_elsewhere() -> anyhow::Result<()> {
+    if !super::in_vm() {
+        return Ok(());
+    }
+    let f = Fabric::with_controllers(1, &[]).await?;
+    f.lbctl(&[
+        "service",
+        "create",
+        "web",
+        "--vip",
+        "10.0.0.100:80/tcp",
+        "--mode",
+        "dr",
+        "--scheduler",
+        "rr",
+        "--selector",
+        "pool=web",
+    ])?;
+    let _d1 = f.start_director("d1", &[])?;
+    f.wait_held("d1", &[DR_VIP], Duration::from_secs(30))
+        .await?;
+    let line = |w: u32| format!("-a -t 10.0.0.100:80 -r 10.0.0.21:80 -g -w {w}");
+    let has = |f: &Fabric, l: &str| f.ipvs("d1").iter().any(|x| x == l);
+    wait_for(Duration::from_secs(30), "rs1 in d1's table", || async {
+        has(&f, &line(1)).then_some(())
+    })
+    .await?;
+    wait_for(
+        Duration::from_secs(30),
+        "the VIP on both realservers",
+        || async {
+            let a = f.t.sh("rs1", "ip -o addr show dev lo").ok()?;
+            let b = f.t.sh("rs2", "ip -o addr show dev lo").ok()?;
+            (a.contains("10.0.0.100/32") && b.contains("10.0.0.100/32")).then_some(())
+        },
+    )
+    .await?;
+
+    // 1. lbctl realserver drain: weight 0, held connections finish.
+    let held = hold_requests(&f, 2, 4)?;
+    let said = f.lbctl(&["realserver", "drain", "rs1"])?;
+    println!("{said}");
+    wait_for(Duration::from_secs(10), "rs1 at weight 0", || async {
+        has(&f, &line(0)).then_some(())
+    })
+    .await?;
+    let fresh = f.t.http_get("cl", &format!("http://{DR_VIP}/"), 4)?;
+    println!("new requests while rs1 drains: {fresh:?}");
+    assert!(fresh.iter().all(|b| b == "rs2"), "{fresh:?}");
+    let results: Vec<String> = held.into_iter().map(|mut p| stdout_of(&mut p)).collect();
+    println!("long-lived requests across the drain: {results:?}");
+    assert!(results.iter().any(|r| r.contains("OK rs1")), "{results:?}");
+    assert!(
+        results.iter().all(|r| r.contains("OK ")),
+        "a connection was reset: {results:?}"
+    );
+    f.lbctl(&["realserver", "enable", "rs1"])?;
+    wait_for(Duration::from_secs(10), "rs1 back at weight 1", || async {
+        has(&f, &line(1)).then_some(())
+    })
+    .await?;
+
+    // 2. SIGTERM to rs1's agent: it drains, waits for its connections,
+    // then removes the VIP.
+    let held = hold_requests(&f, 2, 3)?;
+    let (_, agent) = f.agents[0];
+    signal(agent, "TERM");
+    let termed = Instant::now();
+    wait_for(
+        Duration::from_secs(10),
+        "rs1 at weight 0 after SIGTERM",
+        || async { has(&f, &line(0)).then_some(()) },
+    )
+    .await?;
+    let weight0 = termed.elapsed();
+    let fresh = f.t.http_get("cl", &format!("http://{DR_VIP}/"), 4)?;
+    assert!(fresh.iter().all(|b| b == "rs2"), "{fresh:?}");
+    assert!(
+        f.t.sh("rs1", "ip -o addr show dev lo")?
+            .contains("10.0.0.100/32"),
+        "the VIP left rs1 before its connections finished"
+    );
+    let results: Vec<String> = held.into_iter().map(|mut p| stdout_of(&mut p)).collect();
+    assert!(
+        results.iter().all(|r| r.contains("OK ")),
+        "a connection was reset: {results:?}"
+    );
+    wait_for(Duration::from_secs(10), "the VIP gone from rs1", || async {
+        let lo = f.t.sh("rs1", "ip -o addr show dev lo").ok()?;
+        (!lo.contains("10.0.0.100/32")).then_some(())
+    })
+    .await?;
+    println!(
+        "SIGTERM drain: weight 0 after {weight0:?}, new requests {fresh:?}, long-lived {results:?}, \
+         VIP removed {:?} after SIGTERM (connections held 3 s)",
+        termed.elapsed()
+    );
     Ok(())
 }
