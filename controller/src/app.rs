@@ -21,6 +21,10 @@ pub struct App {
     pub state: Arc<SharedState>,
     /// Leader-only soft state: what each director last reported.
     pub directors: Mutex<BTreeMap<String, DirectorSeen>>,
+    /// Leader-only soft state: when each realserver agent last reported.
+    pub agents_seen: Mutex<BTreeMap<String, Instant>>,
+    /// How long an agent may be silent before its backends drain.
+    pub agent_grace: std::time::Duration,
     /// Turns true when the node shuts down; long streams end on it.
     pub shutdown: watch::Receiver<bool>,
     /// When the last leadership check that a quorum confirmed was *started*

@@ -67,6 +67,8 @@ pub struct Config {
     pub bootstrap: bool,
     pub raft: RaftTuning,
     pub leases: placement::LeaseTiming,
+    /// How long a realserver agent may be silent before its backends drain.
+    pub agent_grace: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +127,8 @@ pub async fn run(
         raft: raft.clone(),
         state,
         directors: Default::default(),
+        agents_seen: Default::default(),
+        agent_grace: config.agent_grace,
         shutdown: shutdown_rx,
         leadership_confirmed: Default::default(),
     });
@@ -139,6 +143,7 @@ pub async fn run(
         config.leases,
         shutdown_tx.subscribe(),
     ));
+    let lost_agents = tokio::spawn(api::drain_lost_agents(app.clone(), shutdown_tx.subscribe()));
     let mut down = shutdown_tx.subscribe();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -170,6 +175,7 @@ pub async fn run(
     let served = server.await;
     let _ = placement.await;
     let _ = confirm.await;
+    let _ = lost_agents.await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }

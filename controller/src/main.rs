@@ -52,6 +52,11 @@ struct Args {
     /// from another live director after being live this long, in milliseconds.
     #[arg(long, env = "LB_PREEMPT_HOLD_DOWN_MS", default_value_t = 10_000)]
     preempt_hold_down_ms: u64,
+    /// A realserver agent silent this long (milliseconds) has its backends
+    /// drained (weight 0) until it reports again; a restart within it
+    /// changes nothing.
+    #[arg(long, env = "LB_AGENT_GRACE_MS", default_value_t = 10_000)]
+    agent_grace_ms: u64,
     /// Log entries kept behind a snapshot for slow followers.
     #[arg(long, env = "LB_KEEP_LOGS", default_value_t = 1_000)]
     keep_logs: u64,
@@ -95,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
             margin: Duration::from_millis(args.lease_margin_ms),
             hold_down: Duration::from_millis(args.preempt_hold_down_ms),
         },
+        agent_grace: Duration::from_millis(args.agent_grace_ms),
     };
     lb_controller::run(config, listener, lb_proto::process::shutdown_signal()).await?;
     Ok(())

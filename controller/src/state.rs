@@ -62,6 +62,11 @@ pub enum Command {
         node_id: String,
         drain: bool,
     },
+    /// The leader has not heard from an agent for the grace period: its
+    /// backends drain until it reports again.
+    SetAgentLost {
+        node_id: String,
+    },
 }
 
 /// A registered realserver agent.
@@ -81,6 +86,9 @@ pub struct Agent {
     /// re-registrations until `enable`.
     #[serde(default)]
     pub drained: bool,
+    /// Silent for the grace period (its next report clears it).
+    #[serde(default)]
+    pub lost: bool,
 }
 
 /// A backend's health as the agent on its host reports it.
@@ -243,6 +251,13 @@ impl State {
                     agents.insert(agent.node_id.clone(), agent);
                 });
             }
+            Command::SetAgentLost { node_id } => {
+                return self.change_agents(|agents| {
+                    if let Some(a) = agents.get_mut(&node_id) {
+                        a.lost = true;
+                    }
+                });
+            }
             Command::SetAgentDrain { node_id, drain } => {
                 if !self.agents.contains_key(&node_id) {
                     return Err(Rejected::NotFound {
@@ -352,7 +367,7 @@ impl State {
         };
         // A draining host keeps its connections (weight 0) and gets no new ones.
         let drain = |mut rs: RealServer| {
-            if host(rs.address).is_some_and(|a| a.draining || a.drained)
+            if host(rs.address).is_some_and(|a| a.draining || a.drained || a.lost)
                 && rs.admin_state == AdminState::Active
             {
                 rs.admin_state = AdminState::Draining;
@@ -657,6 +672,7 @@ mod tests {
             unhealthy: BTreeSet::new(),
             draining: false,
             drained: false,
+            lost: false,
         }
     }
 
@@ -787,6 +803,18 @@ mod tests {
         st.apply(Command::RegisterRealServer { agent: stopping })
             .unwrap();
         assert_eq!(state_of(&st), AdminState::Draining);
+        // A lost agent drains until it reports again.
+        let back = || Command::RegisterRealServer {
+            agent: agent("rs1", "192.168.0.11", "web"),
+        };
+        st.apply(back()).unwrap();
+        st.apply(Command::SetAgentLost {
+            node_id: "rs1".into(),
+        })
+        .unwrap();
+        assert_eq!(state_of(&st), AdminState::Draining);
+        st.apply(back()).unwrap();
+        assert_eq!(state_of(&st), AdminState::Active);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod realserver_sync;
 mod service_admin;
 
 pub use director_sync::DirectorSeen;
+pub use realserver_sync::drain_lost_agents;
 
 use std::sync::Arc;
 

@@ -11,10 +11,11 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lb_proto::convert::{check_name, labels, unicast_ip};
 use lb_proto::pb;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -60,6 +61,8 @@ fn agent(report: &pb::RealServerReport) -> Result<Agent, Status> {
         draining: report.draining,
         // Kept from the registered agent when the command applies.
         drained: false,
+        // It reports: not lost.
+        lost: false,
     })
 }
 
@@ -84,6 +87,56 @@ fn services(app: &App, agent: &Agent) -> (u64, Vec<pb::Service>) {
     (state.revision, services)
 }
 
+fn seen(app: &App, node: &str) {
+    app.agents_seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(node.to_string(), Instant::now());
+}
+
+/// The leader's watch over silent agents: one not heard from for the grace
+/// period (its host down, or cut off) has its backends drained — not
+/// removed — until it reports again. A new leader gives every agent the
+/// grace period to find it before judging.
+pub async fn drain_lost_agents(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    let mut leader_since: Option<Instant> = None;
+    let period = (app.agent_grace / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.wait_for(|d| *d) => return,
+        }
+        if app.require_leader().is_err() {
+            leader_since = None;
+            continue;
+        }
+        let since = *leader_since.get_or_insert_with(Instant::now);
+        let silent: Vec<String> = {
+            let seen = app
+                .agents_seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let data = app.state.read();
+            data.state
+                .agents
+                .values()
+                .filter(|a| !a.lost)
+                .filter(|a| {
+                    let last = seen.get(&a.node_id).copied().unwrap_or(since).max(since);
+                    last.elapsed() > app.agent_grace
+                })
+                .map(|a| a.node_id.clone())
+                .collect()
+        };
+        for node_id in silent {
+            tracing::warn!(realserver = %node_id, grace_ms = app.agent_grace.as_millis() as u64, "realserver agent silent: draining its backends");
+            if let Err(e) = app.write(Command::SetAgentLost { node_id }).await {
+                tracing::warn!(error = %e, "marking an agent lost");
+            }
+        }
+    }
+}
+
 type DesiredStream = Pin<Box<dyn Stream<Item = Result<pb::RealServerDesired, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -101,6 +154,7 @@ impl pb::real_server_sync_server::RealServerSync for RealServerSync {
             Status::invalid_argument("node_id: the stream ended before the first report")
         })?;
         let mut registered = agent(&first)?;
+        seen(&self.app, &first.node_id);
         self.app
             .write(Command::RegisterRealServer {
                 agent: registered.clone(),
@@ -136,6 +190,7 @@ impl pb::real_server_sync_server::RealServerSync for RealServerSync {
                     msg = inbound.message() => match msg {
                         Ok(Some(report)) if report.node_id == node => {
                             ack = report.heartbeat;
+                            seen(&app, &node);
                             let now = match agent(&report) {
                                 Ok(a) => a,
                                 Err(e) => { let _ = tx.send(Err(e)).await; break; }

@@ -44,7 +44,8 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
         t.plug(ns, "lan", "eth0", ip)?;
     }
     let dir = tempfile::tempdir()?;
-    let controllers = start_cluster_at("10.81.0.1", 1, dir.path(), &[]).await?;
+    let controllers =
+        start_cluster_at("10.81.0.1", 1, dir.path(), &["--agent-grace-ms", "1000"]).await?;
     let a = controllers[0].addr.clone();
     let agent = bin("lb-realserver");
     let agent = agent.to_str().unwrap_or_default().to_string();
@@ -64,6 +65,9 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
                 "pool=web",
                 "--resync-ms",
                 "300",
+                // Well inside the controller's 1 s grace.
+                "--heartbeat-ms",
+                "200",
             ],
         )?;
         pids.push(child.id());
@@ -189,6 +193,61 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
     let list = lbctl_ok(&a, &["realserver", "list", "web"])?;
     assert!(list.contains("agent rs1"), "{list}");
     assert_eq!(host_view(&t, "rs2"), (true, SET.to_string()));
+
+    // rs2's agent dies without a word: its backend stays as it is for the
+    // grace period, then drains (weight 0) until the agent is back.
+    let state = |rip: &str| {
+        let list = lbctl_ok(&a, &["realserver", "list", "web"]).unwrap_or_default();
+        let line = list
+            .lines()
+            .find(|l| l.contains(rip))
+            .unwrap_or_default()
+            .to_string();
+        line.split_whitespace()
+            .nth(3)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(Command::new("kill")
+        .args(["-9", &pids[1].to_string()])
+        .status()?
+        .success());
+    let killed = std::time::Instant::now();
+    assert_eq!(
+        state("10.81.0.22"),
+        "active",
+        "drained before the grace period"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "rs2 drained after the grace period",
+        || async { (state("10.81.0.22") == "draining").then_some(()) },
+    )
+    .await?;
+    println!(
+        "silent agent drained {:?} after it died (grace 1 s)",
+        killed.elapsed()
+    );
+    t.spawn(
+        "rs2",
+        &[
+            &agent,
+            "--controller",
+            &a,
+            "--node-id",
+            "rs2",
+            "--address",
+            "10.81.0.22",
+            "--labels",
+            "pool=web",
+            "--heartbeat-ms",
+            "200",
+        ],
+    )?;
+    wait_for(Duration::from_secs(10), "rs2 active again", || async {
+        (state("10.81.0.22") == "active").then_some(())
+    })
+    .await?;
     Ok(())
 }
 
