@@ -6,7 +6,7 @@
 //! its error travels back to the client through the Raft response.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use lb_proto::convert::{check_realserver, patch_realserver};
 use lb_proto::model::{AdminState, Family, RealServer, RealServerPatch, Service, VirtualAddress};
@@ -66,6 +66,12 @@ pub enum Command {
     /// backends drain until it reports again.
     SetAgentLost {
         node_id: String,
+    },
+    /// The VIP owner's health verdicts for a service's agentless backends:
+    /// the ones failing their check.
+    SetDirectorChecks {
+        service: String,
+        down: BTreeSet<SocketAddr>,
     },
 }
 
@@ -210,6 +216,10 @@ pub struct State {
     /// Registered realserver agents, by node id.
     #[serde(default)]
     pub agents: BTreeMap<String, Agent>,
+    /// Agentless backends failing the health check the directors run, by
+    /// service (the VIP owner's verdicts).
+    #[serde(default)]
+    pub director_down: BTreeMap<String, BTreeSet<SocketAddr>>,
 }
 
 /// The events a watcher asked for are no longer kept.
@@ -250,6 +260,24 @@ impl State {
                 return self.change_agents(|agents| {
                     agents.insert(agent.node_id.clone(), agent);
                 });
+            }
+            Command::SetDirectorChecks { service, down } => {
+                if self
+                    .director_down
+                    .get(&service)
+                    .cloned()
+                    .unwrap_or_default()
+                    == down
+                {
+                    return Ok(Applied::none());
+                }
+                let before: Vec<Service> = self.effective_services().collect();
+                if down.is_empty() {
+                    self.director_down.remove(&service);
+                } else {
+                    self.director_down.insert(service, down);
+                }
+                return Ok(self.backend_events(before));
             }
             Command::SetAgentLost { node_id } => {
                 return self.change_agents(|agents| {
@@ -360,8 +388,14 @@ impl State {
         service: &Service,
     ) -> Vec<(RealServer, Option<&'a Agent>, Health)> {
         let host = |addr: IpAddr| self.agents.values().find(|a| a.address == addr);
-        let health = |addr: IpAddr| match host(addr) {
-            None => Health::Unchecked,
+        let director_down = self.director_down.get(&service.name);
+        let health = |addr: IpAddr, port: u16| match host(addr) {
+            // No agent: the directors check it, if the service has a check.
+            None if service.health_check.is_none() => Health::Unchecked,
+            None if director_down.is_some_and(|d| d.contains(&SocketAddr::new(addr, port))) => {
+                Health::Down
+            }
+            None => Health::Up,
             Some(a) if a.unhealthy.contains(&service.name) => Health::Down,
             Some(_) => Health::Up,
         };
@@ -377,7 +411,7 @@ impl State {
         let mut out: Vec<(RealServer, Option<&Agent>, Health)> = service
             .realservers
             .iter()
-            .map(|rs| (drain(rs.clone()), None, health(rs.address)))
+            .map(|rs| (drain(rs.clone()), None, health(rs.address, rs.port)))
             .collect();
         let port = service.default_realserver_port();
         for agent in self.agents.values().filter(|a| a.matches(service)) {
@@ -396,7 +430,7 @@ impl State {
                 lower_threshold: 0,
                 admin_state: AdminState::Active,
             };
-            out.push((drain(rs), Some(agent), health(agent.address)));
+            out.push((drain(rs), Some(agent), health(agent.address, port)));
         }
         out
     }
@@ -449,6 +483,27 @@ impl State {
         }
         let before: Vec<Service> = self.effective_services().collect();
         self.agents = agents;
+        Ok(self.backend_events(before))
+    }
+
+    /// The backends the directors check: those of services with a health
+    /// check whose host runs no realserver agent (an agent checks its own).
+    pub fn director_checks(&self) -> Vec<(String, SocketAddr)> {
+        let mut out = Vec::new();
+        for s in self.services.values().filter(|s| s.health_check.is_some()) {
+            for (rs, agent, _) in self.backends(s) {
+                if agent.is_none() && !self.agents.values().any(|a| a.address == rs.address) {
+                    out.push((s.name.clone(), SocketAddr::new(rs.address, rs.port)));
+                }
+            }
+        }
+        out
+    }
+
+    /// A realserver event (and a revision) for each backend that a change
+    /// added to, removed from or changed in a service, compared with
+    /// `before` (the effective services before the change).
+    fn backend_events(&mut self, before: Vec<Service>) -> Applied {
         let mut last = Applied::none();
         for old in before {
             let Some(current) = self.services.get(&old.name) else {
@@ -476,7 +531,7 @@ impl State {
                 };
             }
         }
-        Ok(last)
+        last
     }
 
     /// Events from `from` on; `Compacted` when some of them are gone.
@@ -815,6 +870,62 @@ mod tests {
         assert_eq!(state_of(&st), AdminState::Draining);
         st.apply(back()).unwrap();
         assert_eq!(state_of(&st), AdminState::Active);
+    }
+
+    #[test]
+    fn the_owners_checks_take_agentless_backends_out() {
+        let mut st = State::default();
+        let mut web = service("web", "10.0.0.1");
+        web.realservers = vec![rs("192.168.0.11", 8080), rs("192.168.0.12", 8080)];
+        st.apply(Command::CreateService {
+            service: web.clone(),
+        })
+        .unwrap();
+        // No check, nothing for the directors to do.
+        assert!(st.director_checks().is_empty());
+        web.health_check = Some(lb_proto::model::HealthCheck {
+            probe: lb_proto::model::Probe::Tcp,
+            interval_ms: 1000,
+            timeout_ms: 500,
+            rise: 1,
+            fall: 1,
+            port: 0,
+        });
+        st.apply(Command::UpdateService {
+            service: web,
+            expected_mod_revision: 0,
+        })
+        .unwrap();
+        let b11: SocketAddr = "192.168.0.11:8080".parse().unwrap();
+        assert_eq!(st.director_checks().len(), 2);
+        st.apply(Command::SetDirectorChecks {
+            service: "web".into(),
+            down: [b11].into(),
+        })
+        .unwrap();
+        assert_eq!(st.events.back().unwrap().kind, EventKind::RealServerRemoved);
+        let eff = st.effective(&st.services["web"]);
+        assert_eq!(eff.realservers.len(), 1);
+        let health: Vec<Health> = st
+            .backends(&st.services["web"])
+            .iter()
+            .map(|b| b.2)
+            .collect();
+        assert_eq!(health, [Health::Down, Health::Up]);
+        // Still checked while out of the table.
+        assert_eq!(st.director_checks().len(), 2);
+        st.apply(Command::SetDirectorChecks {
+            service: "web".into(),
+            down: BTreeSet::new(),
+        })
+        .unwrap();
+        assert_eq!(st.effective(&st.services["web"]).realservers.len(), 2);
+        // A host with an agent is its agent's to check.
+        st.apply(Command::RegisterRealServer {
+            agent: agent("rs1", "192.168.0.11", "db"),
+        })
+        .unwrap();
+        assert_eq!(st.director_checks().len(), 1);
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! - the **VIP loop** keeps the interface's VIP addresses equal to what the
 //!   lease allows (adding one only once its services are programmed),
 //!   announces each VIP it takes (gratuitous ARP / unsolicited NA), and runs
-//!   the IPVS sync daemons: backup always, master while it holds a VIP.
+//!   the IPVS sync daemons: backup always, master while it holds a VIP;
+//! - the **checker** runs the health checks of the backends no realserver
+//!   agent checks (`lb_hostnet::checks`), owners and standbys alike, and the
+//!   reports carry the failing ones; the VIP owner's verdicts count.
 //!
 //! Losing the controller changes nothing in the kernel: the table stays as
 //! last reconciled until a new configuration arrives. Nothing is flushed, at
@@ -24,12 +27,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use lb_hostnet::checks::{self, Target};
 use lb_hostnet::{Link, Rtnl};
 use lb_proto::client::{addresses, channel, leader_hint};
 use lb_proto::model::Service;
 use lb_proto::pb;
 use lb_proto::pb::director_sync_client::DirectorSyncClient;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -87,6 +91,8 @@ struct Progress {
     /// report carries them only when newer than what it last sent).
     stats: Option<Arc<pb::IpvsStats>>,
     stats_round: u64,
+    /// Backends failing the health check this director runs: (service, backend).
+    unhealthy: BTreeSet<(String, SocketAddr)>,
 }
 
 /// The latest desired configuration: revision and services.
@@ -147,8 +153,21 @@ pub async fn run(
     // next tick: a takeover is that much sooner.
     let lease_changed = Arc::new(Notify::new());
     let (desired_tx, desired_rx) = watch::channel::<Desired>(None);
+    // The backends this director checks (those without a realserver agent).
+    let (checks_tx, checks_rx) = watch::channel(Vec::new());
+    let failing = progress.clone();
+    let on_change: checks::OnChange = Arc::new(move |t: &Target, passing: bool| {
+        let mut p = failing.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (t.service.clone(), t.backend);
+        if passing {
+            p.unhealthy.remove(&key);
+        } else {
+            p.unhealthy.insert(key);
+        }
+    });
     let (programmed_tx, programmed_rx) = watch::channel(BTreeSet::new());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let checker = tokio::spawn(checks::run(checks_rx, on_change, stop_rx.clone()));
 
     let reconciler = tokio::spawn(reconcile_loop(
         ipvs,
@@ -168,7 +187,7 @@ pub async fn run(
     ));
     let session = tokio::spawn(session_loop(
         config,
-        desired_tx,
+        (desired_tx, checks_tx),
         progress,
         (lease, lease_changed),
         lease_file.clone(),
@@ -178,6 +197,7 @@ pub async fn run(
     tracing::info!("shutting down: releasing VIPs; the IPVS table stays as it is");
     let _ = stop_tx.send(true);
     let _ = reconciler.await;
+    let _ = checker.await;
     let _ = session.await;
     if let Ok(true) = vips.await {
         // Released: nothing is left for a next process to continue.
@@ -459,6 +479,15 @@ fn report(
     *stats_sent = p.stats_round;
     let (applied_revision, changes_applied) = (p.applied_revision, p.changes_applied);
     let (errors, foreign_services) = (p.errors.clone(), p.foreign_services.clone());
+    let unhealthy: Vec<pb::BackendRef> = p
+        .unhealthy
+        .iter()
+        .map(|(service, b)| pb::BackendRef {
+            service: service.clone(),
+            address: b.ip().to_string(),
+            port: b.port().into(),
+        })
+        .collect();
     drop(p);
     let held = lease
         .lock()
@@ -480,12 +509,26 @@ fn report(
             })
             .collect(),
         stats,
+        unhealthy,
     }
+}
+
+/// The health checks the controller asks of this director, from the
+/// services' check specs.
+fn check_targets(services: &[Service], asked: &[pb::BackendRef]) -> Vec<Target> {
+    asked
+        .iter()
+        .filter_map(|b| {
+            let s = services.iter().find(|s| s.name == b.service)?;
+            let backend = SocketAddr::new(b.address.parse().ok()?, u16::try_from(b.port).ok()?);
+            checks::target(s, backend)
+        })
+        .collect()
 }
 
 async fn session_loop(
     config: Config,
-    desired: watch::Sender<Desired>,
+    (desired, checks): (watch::Sender<Desired>, watch::Sender<Vec<Target>>),
     progress: Arc<Mutex<Progress>>,
     (lease, lease_changed): (Arc<Mutex<Lease>>, Arc<Notify>),
     lease_file: LeaseFile,
@@ -503,7 +546,7 @@ async fn session_loop(
     let mut unreachable: BTreeMap<String, std::time::Instant> = BTreeMap::new();
     loop {
         let outcome = tokio::select! {
-            o = session(&config, &target, &desired, &progress, (&lease, &lease_changed, &lease_file), &mut heartbeat) => o,
+            o = session(&config, &target, (&desired, &checks), &progress, (&lease, &lease_changed, &lease_file), &mut heartbeat) => o,
             _ = stop.wait_for(|s| *s) => return,
         };
         let recently_failed = |addr: &str, failed: &BTreeMap<String, std::time::Instant>| {
@@ -543,7 +586,7 @@ async fn session_loop(
 async fn session(
     config: &Config,
     addr: &str,
-    desired: &watch::Sender<Desired>,
+    (desired, checks): (&watch::Sender<Desired>, &watch::Sender<Vec<Target>>),
     progress: &Mutex<Progress>,
     (lease, lease_changed, lease_file): (&Mutex<Lease>, &Notify, &LeaseFile),
     heartbeat: &mut u64,
@@ -587,7 +630,10 @@ async fn session(
                     if let Some(cfg) = d.config {
                         let services: Result<Vec<Service>, _> = cfg.services.into_iter().map(Service::try_from).collect();
                         match services {
-                            Ok(s) => { desired.send_replace(Some((d.revision, s))); }
+                            Ok(s) => {
+                                checks.send_replace(check_targets(&s, &cfg.checks));
+                                desired.send_replace(Some((d.revision, s)));
+                            }
                             Err(e) => tracing::error!(revision = d.revision, error = %e, "controller sent an invalid service"),
                         }
                     }

@@ -7,7 +7,7 @@
 //!   services it backs need ([`crate::host::plan`]) on every new
 //!   configuration and every `resync` period, so hand edits are repaired;
 //! - the **checker** runs each service's health check against this host's
-//!   endpoint ([`crate::checks`]) and publishes the services failing it,
+//!   endpoint (`lb_hostnet::checks`) and publishes the services failing it,
 //!   which the session reports at once.
 //!
 //! Losing the controller changes nothing on the host: the directors may
@@ -28,8 +28,8 @@ use lb_proto::pb::real_server_sync_client::RealServerSyncClient;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::checks::{probe, targets, Target, Verdict};
 use crate::host::{interface_of, plan, Host};
+use lb_hostnet::checks::{self, targets, Target};
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -223,72 +223,39 @@ async fn reconcile_loop(
     }
 }
 
-/// Keeps one task per health check (restarted when its service's check
-/// changes) and publishes the services whose check fails.
+/// Runs the services' health checks against this host's endpoint and
+/// publishes the services whose check fails.
 async fn check_loop(
     rip: IpAddr,
     mut desired: watch::Receiver<Desired>,
-    unhealthy: Arc<watch::Sender<HostStatus>>,
-    mut stop: watch::Receiver<bool>,
+    status: Arc<watch::Sender<HostStatus>>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut running: BTreeMap<String, (Target, tokio::task::JoinHandle<()>)> = BTreeMap::new();
+    let (targets_tx, targets_rx) = watch::channel(Vec::new());
+    let on_change: checks::OnChange = Arc::new(move |t: &Target, passing: bool| {
+        status.send_if_modified(|s| {
+            if passing {
+                s.unhealthy.remove(&t.service)
+            } else {
+                s.unhealthy.insert(t.service.clone())
+            }
+        });
+    });
+    let runner = tokio::spawn(checks::run(targets_rx, on_change, stop.clone()));
+    let mut stop = stop;
     loop {
         let services = desired
             .borrow_and_update()
             .as_ref()
             .map(|(_, s)| s.clone())
             .unwrap_or_default();
-        let want = targets(&services, rip);
-        running.retain(|name, (t, task)| {
-            let keep = want.get(name) == Some(t);
-            if !keep {
-                task.abort();
-                unhealthy.send_if_modified(|u| u.unhealthy.remove(name));
-            }
-            keep
-        });
-        for (name, t) in want {
-            running.entry(name).or_insert_with(|| {
-                let task = tokio::spawn(check_task(t.clone(), unhealthy.clone()));
-                (t, task)
-            });
-        }
+        targets_tx.send_replace(targets(&services, rip).into_values().collect());
         tokio::select! {
             r = desired.changed() => if r.is_err() { break },
             _ = stop.wait_for(|s| *s) => break,
         }
     }
-    for (_, (_, task)) in running {
-        task.abort();
-    }
-}
-
-async fn check_task(t: Target, unhealthy: Arc<watch::Sender<HostStatus>>) {
-    let mut verdict = Verdict::default();
-    let mut ticker = tokio::time::interval(Duration::from_millis(t.check.interval_ms));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let result = probe(&t).await;
-        if verdict.record(result.is_ok(), t.check.rise, t.check.fall) {
-            let healthy = verdict.healthy;
-            match &result {
-                Ok(()) => {
-                    tracing::info!(service = %t.service, target = %t.addr, "health check passes: up")
-                }
-                Err(why) => {
-                    tracing::warn!(service = %t.service, target = %t.addr, error = %why, "health check fails: down")
-                }
-            }
-            unhealthy.send_modify(|u| {
-                if healthy {
-                    u.unhealthy.remove(&t.service);
-                } else {
-                    u.unhealthy.insert(t.service.clone());
-                }
-            });
-        }
-    }
+    let _ = runner.await;
 }
 
 fn report(

@@ -4,11 +4,10 @@
 //! (services whose `realserver_selector` matches its labels adopt it as a
 //! backend) and keeps the host configured; [`host`] is what DR and TUN need
 //! on a realserver (VIP on `lo` / `tunl0`, ARP and reverse-path sysctls) and
-//! the code that sets it up and undoes it, through `lb_hostnet`; [`checks`]
-//! probes the host's own endpoints for the services' health checks; [`conns`]
+//! the code that sets it up and undoes it, through `lb_hostnet` (which also
+//! probes the host's own endpoints for the services' health checks); [`conns`]
 //! counts the connections a graceful drain waits for.
 
 pub mod agent;
-pub mod checks;
 pub mod conns;
 pub mod host;

@@ -5,7 +5,8 @@
 //! reports after a leader change, when the directors reconnect. A stream ends
 //! when this node stops leading, so the director follows the new leader.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::status;
 use crate::app::App;
-use crate::state::State;
+use crate::state::{Command, State};
 
 /// What the leader last heard from a director.
 #[derive(Debug, Clone)]
@@ -108,6 +109,46 @@ fn disconnect(app: &App, node_id: &str, stream: u64) {
     }
 }
 
+/// The health verdicts in `report` that count and differ from the state:
+/// those for services whose VIP `node` owns.
+fn check_verdicts(app: &App, node: &str, report: &pb::DirectorReport) -> Vec<Command> {
+    let data = app.state.read();
+    let state = &data.state;
+    let mut wanted: BTreeMap<String, BTreeSet<SocketAddr>> = BTreeMap::new();
+    for (service, addr) in state.director_checks() {
+        let owned = state
+            .services
+            .get(&service)
+            .and_then(|s| s.vip())
+            .and_then(|vip| state.owners.get(&vip))
+            .is_some_and(|o| o.director == node);
+        if !owned {
+            continue;
+        }
+        let down = report.unhealthy.iter().any(|b| {
+            b.service == service
+                && b.address.parse::<IpAddr>().ok() == Some(addr.ip())
+                && b.port == u32::from(addr.port())
+        });
+        let set = wanted.entry(service).or_default();
+        if down {
+            set.insert(addr);
+        }
+    }
+    wanted
+        .into_iter()
+        .filter(|(service, down)| {
+            state
+                .director_down
+                .get(service)
+                .cloned()
+                .unwrap_or_default()
+                != *down
+        })
+        .map(|(service, down)| Command::SetDirectorChecks { service, down })
+        .collect()
+}
+
 /// The VIPs `node` owns among those the configuration still has.
 fn leases(state: &State, node: &str) -> Vec<pb::VipLease> {
     let vips = crate::placement::vips(state.services.values());
@@ -134,6 +175,15 @@ fn desired(app: &App, node: &str, heartbeat_ack: u64, sent: Option<u64>) -> pb::
             services: state
                 .effective_services()
                 .map(|s| pb::Service::from(&s))
+                .collect(),
+            checks: state
+                .director_checks()
+                .into_iter()
+                .map(|(service, a)| pb::BackendRef {
+                    service,
+                    address: a.ip().to_string(),
+                    port: a.port().into(),
+                })
                 .collect(),
         }),
         heartbeat_ack,
@@ -192,6 +242,11 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
                                 ack = report.heartbeat;
                             }
                             record(&app, &report, stream);
+                            for cmd in check_verdicts(&app, &node, &report) {
+                                if let Err(e) = app.write(cmd).await {
+                                    tracing::warn!(director = %node, error = %e, "recording health verdicts");
+                                }
+                            }
                         }
                         Ok(Some(report)) => {
                             let msg = format!("node_id: this stream belongs to {node}, not {}", report.node_id);

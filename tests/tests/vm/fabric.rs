@@ -45,6 +45,8 @@ struct Fabric {
     failed: std::cell::Cell<bool>,
     /// The port-80 HTTP backends of rs1 and rs2, with their PIDs.
     web: Vec<(&'static str, u32)>,
+    /// The NAT backends of rs3 and rs4 (no realserver agent), with their PIDs.
+    nat_web: Vec<(&'static str, u32)>,
     /// The realserver agents of rs1 and rs2, with their PIDs.
     agents: Vec<(&'static str, u32)>,
 }
@@ -91,12 +93,13 @@ impl Fabric {
         }
         t.plug("d1", "int", "eth1", "192.168.50.11/24")?;
         t.plug("d2", "int", "eth1", "192.168.50.12/24")?;
+        let mut nat_web = Vec::new();
         for (rs, ip) in [("rs3", "192.168.50.23/24"), ("rs4", "192.168.50.24/24")] {
             t.add_ns(rs)?;
             t.plug(rs, "int", "eth0", ip)?;
             // NAT replies must pass the director that rewrote the request.
             t.sh(rs, "ip route add default via 192.168.50.11")?;
-            t.http_backend(rs, rs, "0.0.0.0:8080")?;
+            nat_web.push((rs, t.http_backend(rs, rs, "0.0.0.0:8080")?));
         }
         let mut web = Vec::new();
         for rs in ["rs1", "rs2"] {
@@ -140,6 +143,7 @@ impl Fabric {
             addrs,
             failed: std::cell::Cell::new(false),
             web,
+            nat_web,
             agents,
         })
     }
@@ -1018,6 +1022,72 @@ async fn a_failing_backend_leaves_the_ipvs_table_and_comes_back() -> anyhow::Res
     .await?;
     let back = restarted.elapsed();
     let seen = probe.finish();
+
+    // The same for realservers without an agent: the director checks them.
+    f.lbctl(&[
+        "service",
+        "create",
+        "nat",
+        "--vip",
+        "10.0.0.102:80/tcp",
+        "--mode",
+        "nat",
+        "--scheduler",
+        "rr",
+        "--realserver",
+        "192.168.50.23:8080",
+        "--realserver",
+        "192.168.50.24:8080",
+        "--check",
+        "http",
+        "--check-interval",
+        &format!("{interval}ms"),
+        "--check-timeout",
+        "300ms",
+        "--check-fall",
+        &fall.to_string(),
+        "--check-rise",
+        &rise.to_string(),
+    ])?;
+    let rs4 = "-a -t 10.0.0.102:80 -r 192.168.50.24:8080 -m -w 1";
+    wait_for(Duration::from_secs(30), "rs4 in d1's table", || async {
+        has(&f, rs4).then_some(())
+    })
+    .await?;
+    let nat_probe = f.probe(&format!("http://{NAT_VIP}/"), 10, 50)?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (rs4_name, pid) = f.nat_web[1];
+    signal(pid, "KILL");
+    let stopped = Instant::now();
+    wait_for(Duration::from_secs(10), "rs4 out of d1's table", || async {
+        (!has(&f, rs4)).then_some(())
+    })
+    .await?;
+    let nat_out = stopped.elapsed();
+    let list = f.lbctl(&["realserver", "list", "nat"])?;
+    println!("{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("192.168.50.24") && l.contains(" down ")),
+        "{list}"
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    f.nat_web[1].1 = f.t.http_backend(rs4_name, rs4_name, "0.0.0.0:8080")?;
+    let restarted = Instant::now();
+    wait_for(
+        Duration::from_secs(10),
+        "rs4 back in d1's table",
+        || async { has(&f, rs4).then_some(()) },
+    )
+    .await?;
+    let nat_back = restarted.elapsed();
+    let nat_seen = nat_probe.finish();
+    println!(
+        "director-side check, no agent (interval {interval} ms, fall {fall}, rise {rise}): rs4 out \
+         {nat_out:?}, back {nat_back:?}; clients: {}",
+        nat_seen.summary()
+    );
+    assert!(nat_seen.recovered(), "NAT clients not served at the end");
     println!(
         "health check (interval {interval} ms, fall {fall}, rise {rise}): rs1 out of the table \
          {out:?} after its server stopped (interval x fall = {} ms), back {back:?} after it \

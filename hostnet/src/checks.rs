@@ -22,6 +22,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 /// Most of a response body read for a check.
 const MAX_BODY: usize = 1 << 20;
@@ -30,39 +31,42 @@ const MAX_BODY: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub service: String,
+    /// The backend judged, as the service lists it (realserver address and port).
+    pub backend: SocketAddr,
+    /// Where the probe goes: the backend's address, at the check's port if set.
     pub addr: SocketAddr,
     pub check: HealthCheck,
 }
 
+/// The target for `backend` of service `s`, if it has a check.
+pub fn target(s: &Service, backend: SocketAddr) -> Option<Target> {
+    let check = s.health_check.as_ref()?;
+    // The check's own port, else the realserver's, else the VIP's.
+    let vip_port = match s.address {
+        VirtualAddress::Endpoint { port, .. } => port,
+        VirtualAddress::Fwmark { .. } => 0,
+    };
+    let port = [check.port, backend.port(), vip_port]
+        .into_iter()
+        .find(|p| *p != 0)
+        .unwrap_or(0);
+    Some(Target {
+        service: s.name.clone(),
+        backend,
+        addr: SocketAddr::new(backend.ip(), port),
+        check: check.clone(),
+    })
+}
+
 /// The checks the services ask of the host at `rip`, by service name.
 pub fn targets(services: &[Service], rip: IpAddr) -> BTreeMap<String, Target> {
-    let mut out = BTreeMap::new();
-    for s in services {
-        let Some(check) = &s.health_check else {
-            continue;
-        };
-        let Some(rs) = s.realservers.iter().find(|r| r.address == rip) else {
-            continue;
-        };
-        // The check's own port, else the realserver's, else the VIP's.
-        let vip_port = match s.address {
-            VirtualAddress::Endpoint { port, .. } => port,
-            VirtualAddress::Fwmark { .. } => 0,
-        };
-        let port = [check.port, rs.port, vip_port]
-            .into_iter()
-            .find(|p| *p != 0)
-            .unwrap_or(0);
-        out.insert(
-            s.name.clone(),
-            Target {
-                service: s.name.clone(),
-                addr: SocketAddr::new(rip, port),
-                check: check.clone(),
-            },
-        );
-    }
-    out
+    services
+        .iter()
+        .filter_map(|s| {
+            let rs = s.realservers.iter().find(|r| r.address == rip)?;
+            Some((s.name.clone(), target(s, SocketAddr::new(rip, rs.port))?))
+        })
+        .collect()
 }
 
 /// Rise/fall bookkeeping for one target.
@@ -97,6 +101,70 @@ impl Verdict {
             return true;
         }
         false
+    }
+}
+
+/// Called when a target's verdict flips (`true`: passing) and, with `true`,
+/// when a target is dropped.
+pub type OnChange = Arc<dyn Fn(&Target, bool) + Send + Sync>;
+
+/// Runs each target's check on its own interval until `stop`: a task per
+/// target, restarted (healthy again) when its check changes.
+pub async fn run(
+    mut targets: watch::Receiver<Vec<Target>>,
+    on_change: OnChange,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut running: BTreeMap<(String, SocketAddr), (Target, tokio::task::JoinHandle<()>)> =
+        BTreeMap::new();
+    loop {
+        let want: BTreeMap<(String, SocketAddr), Target> = targets
+            .borrow_and_update()
+            .iter()
+            .map(|t| ((t.service.clone(), t.addr), t.clone()))
+            .collect();
+        running.retain(|key, (t, task)| {
+            let keep = want.get(key) == Some(t);
+            if !keep {
+                task.abort();
+                on_change(t, true);
+            }
+            keep
+        });
+        for (key, t) in want {
+            running.entry(key).or_insert_with(|| {
+                let task = tokio::spawn(check_task(t.clone(), on_change.clone()));
+                (t, task)
+            });
+        }
+        tokio::select! {
+            r = targets.changed() => if r.is_err() { break },
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    for (_, (_, task)) in running {
+        task.abort();
+    }
+}
+
+async fn check_task(t: Target, on_change: OnChange) {
+    let mut verdict = Verdict::default();
+    let mut ticker = tokio::time::interval(Duration::from_millis(t.check.interval_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let result = probe(&t).await;
+        if verdict.record(result.is_ok(), t.check.rise, t.check.fall) {
+            match &result {
+                Ok(()) => {
+                    tracing::info!(service = %t.service, target = %t.addr, "health check passes: up")
+                }
+                Err(why) => {
+                    tracing::warn!(service = %t.service, target = %t.addr, error = %why, "health check fails: down")
+                }
+            }
+            on_change(&t, verdict.healthy);
+        }
     }
 }
 
@@ -325,6 +393,7 @@ mod tests {
     fn https_target(addr: SocketAddr, status: Vec<u16>) -> Target {
         Target {
             service: "web".into(),
+            backend: addr,
             addr,
             check: HealthCheck {
                 probe: Probe::Https(HttpProbe {
