@@ -389,19 +389,25 @@ impl State {
     ) -> Vec<(RealServer, Option<&'a Agent>, Health)> {
         let host = |addr: IpAddr| self.agents.values().find(|a| a.address == addr);
         let director_down = self.director_down.get(&service.name);
+        let checked = service.health_check.is_some();
         let health = |addr: IpAddr, port: u16| match host(addr) {
-            // No agent: the directors check it, if the service has a check.
-            None if service.health_check.is_none() => Health::Unchecked,
-            None if director_down.is_some_and(|d| d.contains(&SocketAddr::new(addr, port))) => {
+            // No agent, or a lost one: the directors check it, if the
+            // service has a check.
+            None | Some(Agent { lost: true, .. }) if !checked => Health::Unchecked,
+            None | Some(Agent { lost: true, .. })
+                if director_down.is_some_and(|d| d.contains(&SocketAddr::new(addr, port))) =>
+            {
                 Health::Down
             }
-            None => Health::Up,
+            None | Some(Agent { lost: true, .. }) => Health::Up,
             Some(a) if a.unhealthy.contains(&service.name) => Health::Down,
             Some(_) => Health::Up,
         };
-        // A draining host keeps its connections (weight 0) and gets no new ones.
+        // A draining host keeps its connections (weight 0) and gets no new
+        // ones; so does a lost agent's, unless the directors' check vouches.
         let drain = |mut rs: RealServer| {
-            if host(rs.address).is_some_and(|a| a.draining || a.drained || a.lost)
+            let lost_unchecked = |a: &Agent| a.lost && !checked;
+            if host(rs.address).is_some_and(|a| a.draining || a.drained || lost_unchecked(a))
                 && rs.admin_state == AdminState::Active
             {
                 rs.admin_state = AdminState::Draining;
@@ -487,12 +493,17 @@ impl State {
     }
 
     /// The backends the directors check: those of services with a health
-    /// check whose host runs no realserver agent (an agent checks its own).
+    /// check whose host runs no realserver agent (an agent checks its own)
+    /// or whose agent has gone silent.
     pub fn director_checks(&self) -> Vec<(String, SocketAddr)> {
         let mut out = Vec::new();
         for s in self.services.values().filter(|s| s.health_check.is_some()) {
-            for (rs, agent, _) in self.backends(s) {
-                if agent.is_none() && !self.agents.values().any(|a| a.address == rs.address) {
+            for (rs, _, _) in self.backends(s) {
+                let own_agent = self
+                    .agents
+                    .values()
+                    .any(|a| a.address == rs.address && !a.lost);
+                if !own_agent {
                     out.push((s.name.clone(), SocketAddr::new(rs.address, rs.port)));
                 }
             }
@@ -920,12 +931,21 @@ mod tests {
         })
         .unwrap();
         assert_eq!(st.effective(&st.services["web"]).realservers.len(), 2);
-        // A host with an agent is its agent's to check.
+        // A host with an agent is its agent's to check...
         st.apply(Command::RegisterRealServer {
             agent: agent("rs1", "192.168.0.11", "db"),
         })
         .unwrap();
         assert_eq!(st.director_checks().len(), 1);
+        // ...until the agent goes silent: then the directors' check decides,
+        // and the backend is not drained.
+        st.apply(Command::SetAgentLost {
+            node_id: "rs1".into(),
+        })
+        .unwrap();
+        assert_eq!(st.director_checks().len(), 2);
+        let b = &st.backends(&st.services["web"])[0];
+        assert_eq!((b.0.admin_state, b.2), (AdminState::Active, Health::Up));
     }
 
     #[test]
