@@ -442,14 +442,25 @@ impl State {
     }
 
     /// A service as the directors program it: its [`State::backends`]
-    /// except those whose health check fails.
+    /// except those whose health check fails — or, with
+    /// `inhibit_on_failure`, those at weight 0.
     pub fn effective(&self, service: &Service) -> Service {
+        let inhibit = service
+            .health_check
+            .as_ref()
+            .is_some_and(|h| h.inhibit_on_failure);
         let mut s = service.clone();
         s.realservers = self
             .backends(service)
             .into_iter()
-            .filter(|(_, _, h)| *h != Health::Down)
-            .map(|(rs, _, _)| rs)
+            .filter_map(|(mut rs, _, h)| match h {
+                Health::Down if inhibit => {
+                    rs.admin_state = AdminState::Draining;
+                    Some(rs)
+                }
+                Health::Down => None,
+                _ => Some(rs),
+            })
             .collect();
         s
     }
@@ -901,6 +912,7 @@ mod tests {
             rise: 1,
             fall: 1,
             port: 0,
+            inhibit_on_failure: false,
         });
         st.apply(Command::UpdateService {
             service: web,
@@ -931,6 +943,29 @@ mod tests {
         })
         .unwrap();
         assert_eq!(st.effective(&st.services["web"]).realservers.len(), 2);
+        // With inhibit_on_failure a failing backend stays, at weight 0.
+        let mut inhibit = st.services["web"].clone();
+        if let Some(h) = inhibit.health_check.as_mut() {
+            h.inhibit_on_failure = true;
+        }
+        st.apply(Command::UpdateService {
+            service: inhibit,
+            expected_mod_revision: 0,
+        })
+        .unwrap();
+        st.apply(Command::SetDirectorChecks {
+            service: "web".into(),
+            down: [b11].into(),
+        })
+        .unwrap();
+        let eff = st.effective(&st.services["web"]);
+        assert_eq!(eff.realservers.len(), 2);
+        assert_eq!(eff.realservers[0].admin_state, AdminState::Draining);
+        st.apply(Command::SetDirectorChecks {
+            service: "web".into(),
+            down: BTreeSet::new(),
+        })
+        .unwrap();
         // A host with an agent is its agent's to check...
         st.apply(Command::RegisterRealServer {
             agent: agent("rs1", "192.168.0.11", "db"),

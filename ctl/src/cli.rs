@@ -202,6 +202,10 @@ pub struct CheckFlags {
     pub check_command: Option<String>,
     #[arg(long = "check-arg")]
     pub check_args: Vec<String>,
+    /// Keep a failing realserver at weight 0 instead of removing it
+    /// (keepalived inhibit_on_failure).
+    #[arg(long = "check-inhibit")]
+    pub check_inhibit: Option<bool>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -292,7 +292,8 @@ fn apply_check(svc: &mut pb::Service, c: &CheckFlags) -> anyhow::Result<()> {
         || c.check_digest.is_some()
         || c.check_host.is_some()
         || c.check_command.is_some()
-        || !c.check_args.is_empty();
+        || !c.check_args.is_empty()
+        || c.check_inhibit.is_some();
     if !any {
         return Ok(());
     }
@@ -325,6 +326,9 @@ fn apply_check(svc: &mut pb::Service, c: &CheckFlags) -> anyhow::Result<()> {
     }
     if !c.check_args.is_empty() {
         h.exec_args = c.check_args.clone();
+    }
+    if let Some(i) = c.check_inhibit {
+        h.inhibit_on_failure = i;
     }
     Ok(())
 }

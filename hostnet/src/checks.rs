@@ -408,6 +408,7 @@ mod tests {
                 rise: 1,
                 fall: 1,
                 port: 0,
+                inhibit_on_failure: false,
             },
         }
     }

@@ -647,6 +647,7 @@ impl TryFrom<pb::HealthCheck> for HealthCheck {
             rise: count("service.health_check.rise", h.rise, DEFAULT_RISE)?,
             fall: count("service.health_check.fall", h.fall, DEFAULT_FALL)?,
             port: port("service.health_check.port", h.port, true)?,
+            inhibit_on_failure: h.inhibit_on_failure,
         })
     }
 }
@@ -810,6 +811,7 @@ impl From<&HealthCheck> for pb::HealthCheck {
             rise: Some(h.rise),
             fall: Some(h.fall),
             port: h.port.into(),
+            inhibit_on_failure: h.inhibit_on_failure,
             ..Default::default()
         };
         match &h.probe {

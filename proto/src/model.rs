@@ -316,6 +316,9 @@ pub struct HealthCheck {
     pub fall: u32,
     /// 0 = the realserver's port.
     pub port: u16,
+    /// A failing backend gets weight 0 instead of leaving the table.
+    #[serde(default)]
+    pub inhibit_on_failure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
