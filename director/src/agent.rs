@@ -93,6 +93,8 @@ struct Progress {
     stats_round: u64,
     /// Backends failing the health check this director runs: (service, backend).
     unhealthy: BTreeSet<(String, SocketAddr)>,
+    /// This host's own addresses, for NAT realservers' route check.
+    addresses: Vec<String>,
 }
 
 /// The latest desired configuration: revision and services.
@@ -405,6 +407,7 @@ async fn reconcile_loop(
                     }
                 };
                 let ready = programmed_vips(&services, &failed, marks_ok);
+                let own = own_addresses(&services);
                 Ok::<_, IpvsError>((
                     want.keys().copied().collect::<BTreeSet<_>>(),
                     p,
@@ -413,12 +416,14 @@ async fn reconcile_loop(
                     ready,
                     marks_changed,
                     counters,
+                    own,
                 ))
             })
             .await;
             let mut prog = progress.lock().unwrap_or_else(PoisonError::into_inner);
             match round {
-                Ok(Ok((keys, p, failed, host_errors, ready, marks_changed, counters))) => {
+                Ok(Ok((keys, p, failed, host_errors, ready, marks_changed, counters, own))) => {
+                    prog.addresses = own;
                     prog.stats = Some(Arc::new(counters));
                     prog.stats_round += 1;
                     programmed.send_if_modified(|vips| {
@@ -479,6 +484,7 @@ fn report(
     *stats_sent = p.stats_round;
     let (applied_revision, changes_applied) = (p.applied_revision, p.changes_applied);
     let (errors, foreign_services) = (p.errors.clone(), p.foreign_services.clone());
+    let addresses = p.addresses.clone();
     let unhealthy: Vec<pb::BackendRef> = p
         .unhealthy
         .iter()
@@ -510,7 +516,27 @@ fn report(
             .collect(),
         stats,
         unhealthy,
+        addresses,
     }
+}
+
+/// This host's unicast addresses other than loopback, IPv6 link-local and
+/// the services' VIPs (which move between directors).
+fn own_addresses(services: &[Service]) -> Vec<String> {
+    let vips: BTreeSet<IpAddr> = services.iter().filter_map(Service::vip).collect();
+    let Ok(all) = Rtnl::open().and_then(|r| r.addresses(0)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = all
+        .into_iter()
+        .map(|a| a.addr)
+        .filter(|a| !a.is_loopback() && !vips.contains(a))
+        .filter(|a| !matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+        .map(|a| a.to_string())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The health checks the controller asks of this director, from the

@@ -75,8 +75,9 @@ struct Progress {
     errors: Vec<String>,
 }
 
-/// The latest configuration: revision and the services this host backs.
-type Desired = Option<(u64, Vec<Service>)>;
+/// The latest configuration: revision, the services this host backs, and
+/// the live directors' addresses.
+type Desired = Option<(u64, Vec<Service>, Vec<IpAddr>)>;
 
 /// Runs the agent until `shutdown` resolves, then undoes its changes.
 pub async fn run(
@@ -152,7 +153,7 @@ async fn drain(
     let services = desired
         .borrow()
         .as_ref()
-        .map(|(_, s)| s.clone())
+        .map(|(_, s, _)| s.clone())
         .unwrap_or_default();
     let locals = crate::conns::service_endpoints(&services, config.address);
     if locals.is_empty() {
@@ -194,14 +195,21 @@ async fn reconcile_loop(
 ) {
     loop {
         let current = desired.borrow_and_update().clone();
-        if let Some((revision, services)) = current {
+        if let Some((revision, services, directors)) = current {
             let host = host.clone();
             let iface = rip_interface.clone();
             let errors = tokio::task::spawn_blocking(move || {
                 let want = plan(&services, &iface);
-                host.lock()
+                let mut errors = host
+                    .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .converge(&want)
+                    .converge(&want);
+                let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+                let gateway = crate::host::default_gateway(&routes);
+                errors.extend(crate::host::nat_route_warning(
+                    &services, &directors, gateway,
+                ));
+                errors
             })
             .await
             .unwrap_or_else(|e| vec![format!("reconcile task: {e}")]);
@@ -247,7 +255,7 @@ async fn check_loop(
         let services = desired
             .borrow_and_update()
             .as_ref()
-            .map(|(_, s)| s.clone())
+            .map(|(_, s, _)| s.clone())
             .unwrap_or_default();
         targets_tx.send_replace(targets(&services, rip).into_values().collect());
         tokio::select! {
@@ -344,8 +352,9 @@ async fn session(
                 Some(d) => {
                     if let Some(cfg) = d.config {
                         let services: Result<Vec<Service>, _> = cfg.services.into_iter().map(Service::try_from).collect();
+                        let directors = cfg.director_addresses.iter().filter_map(|a| a.parse().ok()).collect();
                         match services {
-                            Ok(s) => { desired.send_replace(Some((d.revision, s))); }
+                            Ok(s) => { desired.send_replace(Some((d.revision, s, directors))); }
                             Err(e) => tracing::error!(revision = d.revision, error = %e, "controller sent an invalid service"),
                         }
                     }

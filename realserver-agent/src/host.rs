@@ -63,6 +63,52 @@ pub fn plan(services: &[Service], rip_interface: &str) -> Plan {
     p
 }
 
+/// The warning a NAT realserver deserves when its replies would bypass the
+/// directors: IPVS rewrites only what passes through it, so the default
+/// route must go via a director. `None` when fine, or when nothing is known
+/// about the directors yet.
+pub fn nat_route_warning(
+    services: &[Service],
+    directors: &[IpAddr],
+    gateway: Option<IpAddr>,
+) -> Option<String> {
+    let nat: Vec<&str> = services
+        .iter()
+        .filter(|s| s.mode == ForwardingMode::Nat)
+        .map(|s| s.name.as_str())
+        .collect();
+    if nat.is_empty() || directors.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = directors.iter().map(ToString::to_string).collect();
+    match gateway {
+        Some(g) if directors.contains(&g) => None,
+        Some(g) => Some(format!(
+            "NAT services {}: the default route goes via {g}, not a director ({}); replies would bypass IPVS",
+            nat.join(","),
+            list.join(", ")
+        )),
+        None => Some(format!(
+            "NAT services {}: no default route; replies must go via a director ({})",
+            nat.join(","),
+            list.join(", ")
+        )),
+    }
+}
+
+/// The IPv4 default route's gateway, from `/proc/net/route`.
+pub fn default_gateway(route_table: &str) -> Option<IpAddr> {
+    route_table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+        if f.len() < 8 || f[1] != "00000000" || f[7] != "00000000" {
+            return None;
+        }
+        let gw = u32::from_str_radix(f[2], 16).ok()?;
+        (gw != 0).then(|| IpAddr::from(gw.to_ne_bytes()))
+    })
+}
+
 /// The host's network configuration as this agent changed it.
 pub struct Host {
     rtnl: Rtnl,
@@ -272,6 +318,36 @@ mod tests {
             ..Default::default()
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_nat_realserver_must_route_through_a_director() {
+        let nat = [svc("nat", "10.0.0.102", "nat")];
+        let d: Vec<IpAddr> = vec!["192.168.50.11".parse().unwrap()];
+        let via = |g: &str| Some(g.parse().unwrap());
+        assert_eq!(nat_route_warning(&nat, &d, via("192.168.50.11")), None);
+        let w = nat_route_warning(&nat, &d, via("192.168.50.99")).unwrap();
+        assert!(
+            w.contains("goes via 192.168.50.99, not a director (192.168.50.11)"),
+            "{w}"
+        );
+        assert!(nat_route_warning(&nat, &d, None)
+            .unwrap()
+            .contains("no default route"));
+        assert_eq!(
+            nat_route_warning(&nat, &[], via("192.168.50.99")),
+            None,
+            "directors unknown"
+        );
+        let dr = [svc("dr", "10.0.0.100", "dr")];
+        assert_eq!(nat_route_warning(&dr, &d, via("192.168.50.99")), None);
+        if cfg!(target_endian = "little") {
+            let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t0B32A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+eth0\t0032A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+";
+            assert_eq!(default_gateway(table), via("192.168.50.11"));
+        }
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct DirectorSeen {
     /// only when they are new). Leader memory only: counters are not
     /// configuration and would flood the Raft log.
     pub stats: Option<(Arc<pb::IpvsStats>, Instant)>,
+    /// Its host's own addresses (for NAT realservers' route check).
+    pub addresses: Vec<String>,
 }
 
 impl DirectorSeen {
@@ -95,6 +97,7 @@ fn record(app: &App, report: &pb::DirectorReport, stream: u64) {
             changes_applied: report.changes_applied,
             held: report.held.clone(),
             stats,
+            addresses: report.addresses.clone(),
         },
     );
 }

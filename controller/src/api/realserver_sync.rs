@@ -87,6 +87,22 @@ fn services(app: &App, agent: &Agent) -> (u64, Vec<pb::Service>) {
     (state.revision, services)
 }
 
+/// The live directors' own addresses, sorted.
+fn director_addresses(app: &App) -> Vec<String> {
+    let directors = app
+        .directors
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut out: Vec<String> = directors
+        .values()
+        .filter(|d| d.live(app.leases))
+        .flat_map(|d| d.addresses.iter().cloned())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn seen(app: &App, node: &str) {
     app.agents_seen
         .lock()
@@ -170,12 +186,14 @@ impl pb::real_server_sync_server::RealServerSync for RealServerSync {
             let mut changed = app.state.subscribe();
             let mut shutdown = app.shutdown.clone();
             let mut ack = first.heartbeat;
-            let mut sent: Option<Vec<pb::Service>> = None;
+            let mut sent: Option<(Vec<pb::Service>, Vec<String>)> = None;
             loop {
-                // Heartbeat answers carry the services only when they changed.
-                let (revision, now) = services(&app, &registered);
+                // Heartbeat answers carry the configuration only when it changed.
+                let (revision, services) = services(&app, &registered);
+                let now = (services, director_addresses(&app));
                 let config = (sent.as_ref() != Some(&now)).then(|| pb::RealServerConfig {
-                    services: now.clone(),
+                    services: now.0.clone(),
+                    director_addresses: now.1.clone(),
                 });
                 let msg = pb::RealServerDesired {
                     revision,

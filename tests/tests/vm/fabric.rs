@@ -1088,6 +1088,68 @@ async fn a_failing_backend_leaves_the_ipvs_table_and_comes_back() -> anyhow::Res
         nat_seen.summary()
     );
     assert!(nat_seen.recovered(), "NAT clients not served at the end");
+
+    // A NAT realserver's agent checks that replies go back through a
+    // director: rs3 routes via d1 (fine), then via 192.168.50.12, where no
+    // director runs in this test.
+    let log = f.dir.path().join("rs3-agent.log");
+    // rs3 reaches the controllers through d1; the way back needs a route.
+    let route = ["route", "add", "192.168.50.0/24", "via", "10.0.0.11"];
+    anyhow::ensure!(
+        Command::new("ip").args(route).status()?.success(),
+        "ip route add"
+    );
+    let agent = bin("lb-realserver");
+    f.t.spawn(
+        "rs3",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "exec {} --controller {} --node-id rs3 --address 192.168.50.23 --resync-ms 300 > {} 2>&1",
+                agent.display(),
+                f.addrs,
+                log.display()
+            ),
+        ],
+    )?;
+    let warned = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("the default route goes via 192.168.50.12, not a director")
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "rs3's agent registered",
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.contains("registered").then_some(())
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!warned(), "warned while routing via d1");
+    f.t.sh("rs3", "ip route replace default via 192.168.50.12")?;
+    let r = wait_for(
+        Duration::from_secs(10),
+        "the agent's NAT route warning",
+        || async { warned().then_some(()) },
+    )
+    .await;
+    if r.is_err() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        eprintln!("---- rs3 agent log ----\n{text}");
+        let dirs = f
+            .lbctl(&["director", "list", "-o", "json"])
+            .unwrap_or_default();
+        eprintln!("{dirs}");
+    }
+    r?;
+    f.t.sh("rs3", "ip route replace default via 192.168.50.11")?;
+    let _ = Command::new("ip")
+        .args(["route", "del", "192.168.50.0/24"])
+        .status();
+    println!("rs3's agent warned about a default route that bypasses the directors");
     println!(
         "health check (interval {interval} ms, fall {fall}, rise {rise}): rs1 out of the table \
          {out:?} after its server stopped (interval x fall = {} ms), back {back:?} after it \
