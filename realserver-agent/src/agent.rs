@@ -75,9 +75,9 @@ struct Progress {
     errors: Vec<String>,
 }
 
-/// The latest configuration: revision, the services this host backs, and
-/// the live directors' addresses.
-type Desired = Option<(u64, Vec<Service>, Vec<IpAddr>)>;
+/// The latest configuration: revision, the services this host backs, the
+/// live directors' addresses, and whether an operator drained the host.
+type Desired = Option<(u64, Vec<Service>, Vec<IpAddr>, bool)>;
 
 /// Runs the agent until `shutdown` resolves, then undoes its changes.
 pub async fn run(
@@ -107,7 +107,7 @@ pub async fn run(
     let config_drain = config.clone();
     let reconciler = tokio::spawn(reconcile_loop(
         host.clone(),
-        rip_interface,
+        (rip_interface, config.address, config.drain_timeout),
         config.resync,
         desired_rx,
         progress.clone(),
@@ -153,7 +153,7 @@ async fn drain(
     let services = desired
         .borrow()
         .as_ref()
-        .map(|(_, s, _)| s.clone())
+        .map(|(_, s, _, _)| s.clone())
         .unwrap_or_default();
     let locals = crate::conns::service_endpoints(&services, config.address);
     if locals.is_empty() {
@@ -187,19 +187,47 @@ async fn drain(
 
 async fn reconcile_loop(
     host: Arc<Mutex<Host>>,
-    rip_interface: String,
+    (rip_interface, rip, drain_timeout): (String, IpAddr, Duration),
     resync: Duration,
     mut desired: watch::Receiver<Desired>,
     progress: Arc<Mutex<Progress>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Drained by the operator since; and whether the host is out of service.
+    let mut drained_since: Option<std::time::Instant> = None;
+    let mut out = false;
     loop {
         let current = desired.borrow_and_update().clone();
-        if let Some((revision, services, directors)) = current {
+        if let Some((revision, services, directors, drained)) = current {
+            // A drained host keeps its VIPs until its connections finish
+            // (or the drain timeout), then leaves service.
+            let was_out = out;
+            out = match drained {
+                false => {
+                    drained_since = None;
+                    false
+                }
+                true => {
+                    let since = *drained_since.get_or_insert_with(std::time::Instant::now);
+                    let locals = crate::conns::service_endpoints(&services, rip);
+                    out || crate::conns::established(&locals) == 0
+                        || since.elapsed() >= drain_timeout
+                }
+            };
+            if out != was_out {
+                match out {
+                    true => tracing::info!("drained: connections finished, taking the VIPs off"),
+                    false => tracing::info!("enabled: putting the VIPs back"),
+                }
+            }
             let host = host.clone();
             let iface = rip_interface.clone();
             let errors = tokio::task::spawn_blocking(move || {
-                let want = plan(&services, &iface);
+                let want = if out {
+                    crate::host::Plan::default()
+                } else {
+                    plan(&services, &iface)
+                };
                 let mut errors = host
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -223,9 +251,14 @@ async fn reconcile_loop(
             }
             p.errors = errors;
         }
+        // While draining, look at the connections often.
+        let next = match drained_since {
+            Some(_) if !out => resync.min(Duration::from_millis(200)),
+            _ => resync,
+        };
         tokio::select! {
             r = desired.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(resync) => {}
+            _ = tokio::time::sleep(next) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
@@ -255,7 +288,7 @@ async fn check_loop(
         let services = desired
             .borrow_and_update()
             .as_ref()
-            .map(|(_, s, _)| s.clone())
+            .map(|(_, s, _, _)| s.clone())
             .unwrap_or_default();
         targets_tx.send_replace(targets(&services, rip).into_values().collect());
         tokio::select! {
@@ -354,7 +387,7 @@ async fn session(
                         let services: Result<Vec<Service>, _> = cfg.services.into_iter().map(Service::try_from).collect();
                         let directors = cfg.director_addresses.iter().filter_map(|a| a.parse().ok()).collect();
                         match services {
-                            Ok(s) => { desired.send_replace(Some((d.revision, s, directors))); }
+                            Ok(s) => { desired.send_replace(Some((d.revision, s, directors, cfg.drained))); }
                             Err(e) => tracing::error!(revision = d.revision, error = %e, "controller sent an invalid service"),
                         }
                     }

@@ -18,13 +18,15 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// True when this process may create network namespaces.
 pub fn can_create_namespaces() -> bool {
+    // A name of this process's own: tests run in parallel processes.
+    let probe = format!("lb-probe-{}", std::process::id());
     crate::which("ip").is_some()
         && Command::new("ip")
-            .args(["netns", "add", "lb-probe-permission"])
+            .args(["netns", "add", &probe])
             .output()
             .is_ok_and(|o| o.status.success())
         && Command::new("ip")
-            .args(["netns", "del", "lb-probe-permission"])
+            .args(["netns", "del", &probe])
             .output()
             .is_ok_and(|o| o.status.success())
 }

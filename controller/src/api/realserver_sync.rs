@@ -186,14 +186,22 @@ impl pb::real_server_sync_server::RealServerSync for RealServerSync {
             let mut changed = app.state.subscribe();
             let mut shutdown = app.shutdown.clone();
             let mut ack = first.heartbeat;
-            let mut sent: Option<(Vec<pb::Service>, Vec<String>)> = None;
+            let mut sent: Option<(Vec<pb::Service>, Vec<String>, bool)> = None;
             loop {
                 // Heartbeat answers carry the configuration only when it changed.
                 let (revision, services) = services(&app, &registered);
-                let now = (services, director_addresses(&app));
+                let drained = app
+                    .state
+                    .read()
+                    .state
+                    .agents
+                    .get(&node)
+                    .is_some_and(|a| a.drained);
+                let now = (services, director_addresses(&app), drained);
                 let config = (sent.as_ref() != Some(&now)).then(|| pb::RealServerConfig {
                     services: now.0.clone(),
                     director_addresses: now.1.clone(),
+                    drained,
                 });
                 let msg = pb::RealServerDesired {
                     revision,

@@ -132,7 +132,17 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
         .find(|l| l.contains("10.81.0.21"))
         .unwrap_or_default();
     assert!(line.contains("draining"), "{list}");
+    // Without connections to wait for, rs1 leaves service at once...
+    wait_for(Duration::from_secs(10), "rs1 out of service", || async {
+        (host_view(&t, "rs1") == (false, UNSET.to_string())).then_some(())
+    })
+    .await?;
+    // ...and comes back when enabled.
     lbctl_ok(&a, &["realserver", "enable", "rs1"])?;
+    wait_for(Duration::from_secs(10), "rs1 back in service", || async {
+        (host_view(&t, "rs1") == (true, SET.to_string())).then_some(())
+    })
+    .await?;
     let list = lbctl_ok(&a, &["realserver", "list", "web"])?;
     let line = list
         .lines()

@@ -1247,7 +1247,26 @@ async fn draining_finishes_connections_and_sends_new_ones_elsewhere() -> anyhow:
         results.iter().all(|r| r.contains("OK ")),
         "a connection was reset: {results:?}"
     );
+    // Its connections done, the drained host takes the VIP off.
+    wait_for(
+        Duration::from_secs(10),
+        "the VIP off the drained rs1",
+        || async {
+            let lo = f.t.sh("rs1", "ip -o addr show dev lo").ok()?;
+            (!lo.contains("10.0.0.100/32")).then_some(())
+        },
+    )
+    .await?;
     f.lbctl(&["realserver", "enable", "rs1"])?;
+    wait_for(
+        Duration::from_secs(10),
+        "the VIP back on the enabled rs1",
+        || async {
+            let lo = f.t.sh("rs1", "ip -o addr show dev lo").ok()?;
+            lo.contains("10.0.0.100/32").then_some(())
+        },
+    )
+    .await?;
     wait_for(Duration::from_secs(10), "rs1 back at weight 1", || async {
         has(&f, &line(1)).then_some(())
     })
