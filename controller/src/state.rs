@@ -103,7 +103,7 @@ pub enum Health {
     Up,
     /// Left out of the IPVS table until it is up again.
     Down,
-    /// No agent runs on its host.
+    /// The service has no health check.
     Unchecked,
 }
 
@@ -400,6 +400,7 @@ impl State {
                 Health::Down
             }
             None | Some(Agent { lost: true, .. }) => Health::Up,
+            Some(_) if !checked => Health::Unchecked,
             Some(a) if a.unhealthy.contains(&service.name) => Health::Down,
             Some(_) => Health::Up,
         };
@@ -759,6 +760,15 @@ mod tests {
         let mut web = service("web", "10.0.0.1");
         web.realserver_selector = [("pool".to_string(), "web".to_string())].into();
         web.default_weight = 3;
+        web.health_check = Some(lb_proto::model::HealthCheck {
+            probe: lb_proto::model::Probe::Tcp,
+            interval_ms: 1000,
+            timeout_ms: 500,
+            rise: 1,
+            fall: 1,
+            port: 0,
+            inhibit_on_failure: false,
+        });
         st.apply(Command::CreateService { service: web }).unwrap();
         st.apply(Command::CreateService {
             service: service("other", "10.0.0.2"),
