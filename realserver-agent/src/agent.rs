@@ -46,6 +46,8 @@ pub struct Config {
     /// On SIGTERM, how long to wait for the host's connections to finish
     /// (with weight 0) before removing the VIPs; zero skips the drain.
     pub drain_timeout: Duration,
+    /// Where the record of what the agent changed survives a restart.
+    pub state_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +92,10 @@ pub async fn run(
     let rip_interface = interface_of(&Rtnl::open()?, config.address)?
         .ok_or(AgentError::NoSuchAddress(config.address))?;
     tracing::info!(address = %config.address, interface = %rip_interface, "realserver agent starting");
-    let host = Arc::new(Mutex::new(Host::open()?));
+    let record = config
+        .state_dir
+        .join(format!("realserver-{}.state", config.node_id));
+    let host = Arc::new(Mutex::new(Host::open(Some(record))?));
     let progress = Arc::new(Mutex::new(Progress::default()));
     let (desired_tx, desired_rx) = watch::channel::<Desired>(None);
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -19,6 +19,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use std::path::PathBuf;
+
 use lb_hostnet::{sysctl, Address, NetError, Rtnl};
 use lb_proto::model::{ForwardingMode, Service};
 
@@ -116,15 +118,54 @@ pub struct Host {
     added: BTreeSet<(String, IpAddr)>,
     /// sysctls this agent changed, with the value each had before.
     saved: BTreeMap<String, String>,
+    /// Where the record above survives the process (a crash, `kill -9`,
+    /// an upgrade), so a restarted agent still undoes what it did.
+    record: Option<PathBuf>,
 }
 
 impl Host {
-    pub fn open() -> Result<Host, NetError> {
+    /// Opens the host, continuing the record in `record` if a previous
+    /// agent left one.
+    pub fn open(record: Option<PathBuf>) -> Result<Host, NetError> {
+        let (added, saved) = record
+            .as_deref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|text| decode(&text))
+            .unwrap_or_default();
+        if !added.is_empty() || !saved.is_empty() {
+            tracing::info!(
+                addresses = added.len(),
+                sysctls = saved.len(),
+                "continuing the previous agent's record"
+            );
+        }
         Ok(Host {
             rtnl: Rtnl::open()?,
-            added: BTreeSet::new(),
-            saved: BTreeMap::new(),
+            added,
+            saved,
+            record,
         })
+    }
+
+    /// Writes the record (atomically: a temporary file renamed over it);
+    /// removes it when there is nothing to undo.
+    fn save(&self) -> Option<String> {
+        let path = self.record.as_deref()?;
+        let result = if self.added.is_empty() && self.saved.is_empty() {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        } else {
+            let tmp = path.with_extension("tmp");
+            path.parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&tmp, encode(&self.added, &self.saved)))
+                .and_then(|()| std::fs::rename(&tmp, path))
+        };
+        result
+            .err()
+            .map(|e| format!("saving {}: {e}", path.display()))
     }
 
     /// Makes the host match `plan`, repairing hand edits; returns what failed.
@@ -173,12 +214,18 @@ impl Host {
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        errors
+        self.converged(errors)
     }
 
     /// Undoes everything this agent changed.
     pub fn restore(&mut self) -> Vec<String> {
         self.converge(&Plan::default())
+    }
+
+    /// The record as [`Host::converge`] left it, with any error saving it.
+    fn converged(&self, mut errors: Vec<String>) -> Vec<String> {
+        errors.extend(self.save());
+        errors
     }
 
     fn set_sysctl(&mut self, name: &str, value: &str) -> Result<(), NetError> {
@@ -244,6 +291,40 @@ impl Host {
         };
         self.rtnl.set_up(link)
     }
+}
+
+/// The record as lines: `address IFACE VIP` and `sysctl NAME VALUE`.
+fn encode(added: &BTreeSet<(String, IpAddr)>, saved: &BTreeMap<String, String>) -> String {
+    let mut out = String::from("# lb-realserver: what to undo on this host\n");
+    for (iface, vip) in added {
+        out.push_str(&format!("address {iface} {vip}\n"));
+    }
+    for (name, value) in saved {
+        out.push_str(&format!("sysctl {name} {value}\n"));
+    }
+    out
+}
+
+/// Reads a record; lines it does not understand are skipped.
+#[allow(clippy::type_complexity)]
+fn decode(text: &str) -> (BTreeSet<(String, IpAddr)>, BTreeMap<String, String>) {
+    let mut added = BTreeSet::new();
+    let mut saved = BTreeMap::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        match (f.next(), f.next(), f.next()) {
+            (Some("address"), Some(iface), Some(vip)) => {
+                if let Ok(vip) = vip.parse() {
+                    added.insert((iface.to_string(), vip));
+                }
+            }
+            (Some("sysctl"), Some(name), Some(value)) => {
+                saved.insert(name.to_string(), value.to_string());
+            }
+            _ => {}
+        }
+    }
+    (added, saved)
 }
 
 fn sysctl_exists(name: &str) -> bool {
@@ -318,6 +399,20 @@ mod tests {
             ..Default::default()
         })
         .unwrap()
+    }
+
+    #[test]
+    fn the_record_round_trips() {
+        let added: BTreeSet<(String, IpAddr)> = [
+            ("lo".to_string(), "10.0.0.100".parse().unwrap()),
+            ("tunl0".to_string(), "2001:db8::1".parse().unwrap()),
+        ]
+        .into();
+        let saved: BTreeMap<String, String> =
+            [("net.ipv4.conf.all.arp_ignore".to_string(), "0".to_string())].into();
+        let text = encode(&added, &saved);
+        assert_eq!(decode(&text), (added, saved));
+        assert_eq!(decode("garbage\naddress lo notanip\n"), Default::default());
     }
 
     #[test]

@@ -36,6 +36,10 @@ struct Args {
     /// VIPs; 0 removes them at once.
     #[arg(long, env = "LB_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
     drain_timeout_ms: u64,
+    /// Directory for the record of what the agent changed on the host, so a
+    /// restarted agent still undoes it (tmpfs: a reboot clears the changes too).
+    #[arg(long, env = "LB_STATE_DIR", default_value = "/run/lbfabric")]
+    state_dir: std::path::PathBuf,
 }
 
 #[tokio::main]
@@ -56,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         resync: Duration::from_millis(args.resync_ms),
         drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+        state_dir: args.state_dir,
     };
     run(config, lb_proto::process::shutdown_signal()).await?;
     Ok(())

@@ -49,12 +49,16 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
     let a = controllers[0].addr.clone();
     let agent = bin("lb-realserver");
     let agent = agent.to_str().unwrap_or_default().to_string();
+    // The agents' records of what they changed (one per node id).
+    let state = dir.path().join("agents").to_string_lossy().into_owned();
     let mut pids = Vec::new();
     for (ns, rip) in [("rs1", "10.81.0.21"), ("rs2", "10.81.0.22")] {
         let child = t.spawn(
             ns,
             &[
                 &agent,
+                "--state-dir",
+                &state,
                 "--controller",
                 &a,
                 "--node-id",
@@ -110,6 +114,8 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
             "timeout",
             "2",
             &agent,
+            "--state-dir",
+            &state,
             "--controller",
             &a,
             "--node-id",
@@ -206,7 +212,7 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
 
     // rs2's agent dies without a word: its backend stays as it is for the
     // grace period, then drains (weight 0) until the agent is back.
-    let state = |rip: &str| {
+    let admin_state = |rip: &str| {
         let list = lbctl_ok(&a, &["realserver", "list", "web"]).unwrap_or_default();
         let line = list
             .lines()
@@ -224,14 +230,14 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
         .success());
     let killed = std::time::Instant::now();
     assert_eq!(
-        state("10.81.0.22"),
+        admin_state("10.81.0.22"),
         "active",
         "drained before the grace period"
     );
     wait_for(
         Duration::from_secs(10),
         "rs2 drained after the grace period",
-        || async { (state("10.81.0.22") == "draining").then_some(()) },
+        || async { (admin_state("10.81.0.22") == "draining").then_some(()) },
     )
     .await?;
     println!(
@@ -242,6 +248,8 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
         "rs2",
         &[
             &agent,
+            "--state-dir",
+            &state,
             "--controller",
             &a,
             "--node-id",
@@ -255,8 +263,17 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
         ],
     )?;
     wait_for(Duration::from_secs(10), "rs2 active again", || async {
-        (state("10.81.0.22") == "active").then_some(())
+        (admin_state("10.81.0.22") == "active").then_some(())
     })
+    .await?;
+    // The restarted agent continued the killed one's record: deleting the
+    // service undoes what the first process did.
+    lbctl_ok(&a, &["service", "delete", "web"])?;
+    wait_for(
+        Duration::from_secs(10),
+        "rs2 restored after a kill -9 and a restart",
+        || async { (host_view(&t, "rs2") == (false, UNSET.to_string())).then_some(()) },
+    )
     .await?;
     Ok(())
 }
@@ -302,6 +319,8 @@ async fn a_failing_backend_goes_down_and_comes_back() -> anyhow::Result<()> {
     let a = controllers[0].addr.clone();
     let agent = bin("lb-realserver");
     let agent = agent.to_str().unwrap_or_default().to_string();
+    // The agents' records of what they changed (one per node id).
+    let state = dir.path().join("agents").to_string_lossy().into_owned();
     let http = bin("lb-http");
     let http = http.to_str().unwrap_or_default().to_string();
     let mut backend = None;
@@ -314,6 +333,8 @@ async fn a_failing_backend_goes_down_and_comes_back() -> anyhow::Result<()> {
             ns,
             &[
                 &agent,
+                "--state-dir",
+                &state,
                 "--controller",
                 &a,
                 "--node-id",

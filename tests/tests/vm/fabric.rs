@@ -118,12 +118,15 @@ impl Fabric {
         // tunl0 and sets the ARP and rp_filter sysctls.
         let agent = bin("lb-realserver");
         let agent = agent.to_str().unwrap_or_default().to_string();
+        let state = dir.path().join("agents").to_string_lossy().into_owned();
         let mut agents = Vec::new();
         for (rs, rip) in [("rs1", "10.0.0.21"), ("rs2", "10.0.0.22")] {
             let child = t.spawn(
                 rs,
                 &[
                     &agent,
+                    "--state-dir",
+                    &state,
                     "--controller",
                     &addrs,
                     "--node-id",
@@ -1106,8 +1109,9 @@ async fn a_failing_backend_leaves_the_ipvs_table_and_comes_back() -> anyhow::Res
             "sh",
             "-c",
             &format!(
-                "exec {} --controller {} --node-id rs3 --address 192.168.50.23 --resync-ms 300 > {} 2>&1",
+                "exec {} --state-dir {} --controller {} --node-id rs3 --address 192.168.50.23 --resync-ms 300 > {} 2>&1",
                 agent.display(),
+                f.dir.path().join("agents").display(),
                 f.addrs,
                 log.display()
             ),
