@@ -754,13 +754,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn agents_become_backends_by_selector() {
-        let mut st = State::default();
-        let mut web = service("web", "10.0.0.1");
-        web.realserver_selector = [("pool".to_string(), "web".to_string())].into();
-        web.default_weight = 3;
-        web.health_check = Some(lb_proto::model::HealthCheck {
+    /// A TCP check that flips on one result.
+    fn tcp_check() -> lb_proto::model::HealthCheck {
+        lb_proto::model::HealthCheck {
             probe: lb_proto::model::Probe::Tcp,
             interval_ms: 1000,
             timeout_ms: 500,
@@ -768,7 +764,16 @@ mod tests {
             fall: 1,
             port: 0,
             inhibit_on_failure: false,
-        });
+        }
+    }
+
+    #[test]
+    fn agents_become_backends_by_selector() {
+        let mut st = State::default();
+        let mut web = service("web", "10.0.0.1");
+        web.realserver_selector = [("pool".to_string(), "web".to_string())].into();
+        web.default_weight = 3;
+        web.health_check = Some(tcp_check());
         st.apply(Command::CreateService { service: web }).unwrap();
         st.apply(Command::CreateService {
             service: service("other", "10.0.0.2"),
@@ -915,15 +920,7 @@ mod tests {
         .unwrap();
         // No check, nothing for the directors to do.
         assert!(st.director_checks().is_empty());
-        web.health_check = Some(lb_proto::model::HealthCheck {
-            probe: lb_proto::model::Probe::Tcp,
-            interval_ms: 1000,
-            timeout_ms: 500,
-            rise: 1,
-            fall: 1,
-            port: 0,
-            inhibit_on_failure: false,
-        });
+        web.health_check = Some(tcp_check());
         st.apply(Command::UpdateService {
             service: web,
             expected_mod_revision: 0,

@@ -68,10 +68,12 @@ fn agent(report: &pb::RealServerReport) -> Result<Agent, Status> {
 
 /// What `agent` must prepare its host for and check: every service that
 /// has its address among its backends — also while its check fails, so the
-/// agent keeps checking (and the host stays ready) until it passes again.
-fn services(app: &App, agent: &Agent) -> (u64, Vec<pb::Service>) {
+/// agent keeps checking (and the host stays ready) until it passes again —
+/// and whether an operator drained it. Read under one lock.
+fn services(app: &App, agent: &Agent) -> (u64, Vec<pb::Service>, bool) {
     let data = app.state.read();
     let state = &data.state;
+    let drained = state.agents.get(&agent.node_id).is_some_and(|a| a.drained);
     let services = state
         .services
         .values()
@@ -84,7 +86,7 @@ fn services(app: &App, agent: &Agent) -> (u64, Vec<pb::Service>) {
             })
         })
         .collect();
-    (state.revision, services)
+    (state.revision, services, drained)
 }
 
 /// The live directors' own addresses, sorted.
@@ -189,14 +191,7 @@ impl pb::real_server_sync_server::RealServerSync for RealServerSync {
             let mut sent: Option<(Vec<pb::Service>, Vec<String>, bool)> = None;
             loop {
                 // Heartbeat answers carry the configuration only when it changed.
-                let (revision, services) = services(&app, &registered);
-                let drained = app
-                    .state
-                    .read()
-                    .state
-                    .agents
-                    .get(&node)
-                    .is_some_and(|a| a.drained);
+                let (revision, services, drained) = services(&app, &registered);
                 let now = (services, director_addresses(&app), drained);
                 let config = (sent.as_ref() != Some(&now)).then(|| pb::RealServerConfig {
                     services: now.0.clone(),

@@ -31,6 +31,32 @@ fn host_view(t: &Topology, ns: &str) -> (bool, String) {
 const SET: &str = "all/arp_ignore=1 all/arp_announce=2 eth0/arp_ignore=1 eth0/arp_announce=2";
 const UNSET: &str = "all/arp_ignore=0 all/arp_announce=0 eth0/arp_ignore=0 eth0/arp_announce=0";
 
+/// Starts the realserver agent `node` (in the namespace of that name) for
+/// `rip`, with its record under `state` and `extra` flags; returns its PID.
+fn start_agent(
+    t: &mut Topology,
+    controller: &str,
+    state: &str,
+    (node, rip): (&str, &str),
+    extra: &[&str],
+) -> anyhow::Result<u32> {
+    let agent = bin("lb-realserver");
+    let agent = agent.to_str().unwrap_or_default().to_string();
+    let mut args = vec![
+        agent.as_str(),
+        "--state-dir",
+        state,
+        "--controller",
+        controller,
+        "--node-id",
+        node,
+        "--address",
+        rip,
+    ];
+    args.extend_from_slice(extra);
+    Ok(t.spawn(node, &args)?.id())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
     if !require(can_create_namespaces(), "root and network namespaces") {
@@ -53,28 +79,16 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
     let state = dir.path().join("agents").to_string_lossy().into_owned();
     let mut pids = Vec::new();
     for (ns, rip) in [("rs1", "10.81.0.21"), ("rs2", "10.81.0.22")] {
-        let child = t.spawn(
-            ns,
-            &[
-                &agent,
-                "--state-dir",
-                &state,
-                "--controller",
-                &a,
-                "--node-id",
-                ns,
-                "--address",
-                rip,
-                "--labels",
-                "pool=web",
-                "--resync-ms",
-                "300",
-                // Well inside the controller's 1 s grace.
-                "--heartbeat-ms",
-                "200",
-            ],
-        )?;
-        pids.push(child.id());
+        // Reports well inside the controller's 1 s grace.
+        let flags = [
+            "--labels",
+            "pool=web",
+            "--resync-ms",
+            "300",
+            "--heartbeat-ms",
+            "200",
+        ];
+        pids.push(start_agent(&mut t, &a, &state, (ns, rip), &flags)?);
     }
     assert_eq!(host_view(&t, "rs1"), (false, UNSET.to_string()));
 
@@ -244,23 +258,12 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
         "silent agent drained {:?} after it died (grace 1 s)",
         killed.elapsed()
     );
-    t.spawn(
-        "rs2",
-        &[
-            &agent,
-            "--state-dir",
-            &state,
-            "--controller",
-            &a,
-            "--node-id",
-            "rs2",
-            "--address",
-            "10.81.0.22",
-            "--labels",
-            "pool=web",
-            "--heartbeat-ms",
-            "200",
-        ],
+    start_agent(
+        &mut t,
+        &a,
+        &state,
+        ("rs2", "10.81.0.22"),
+        &["--labels", "pool=web", "--heartbeat-ms", "200"],
     )?;
     wait_for(Duration::from_secs(10), "rs2 active again", || async {
         (admin_state("10.81.0.22") == "active").then_some(())
@@ -317,8 +320,6 @@ async fn a_failing_backend_goes_down_and_comes_back() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let controllers = start_cluster_at("10.83.0.1", 1, dir.path(), &[]).await?;
     let a = controllers[0].addr.clone();
-    let agent = bin("lb-realserver");
-    let agent = agent.to_str().unwrap_or_default().to_string();
     // The agents' records of what they changed (one per node id).
     let state = dir.path().join("agents").to_string_lossy().into_owned();
     let http = bin("lb-http");
@@ -329,22 +330,7 @@ async fn a_failing_backend_goes_down_and_comes_back() -> anyhow::Result<()> {
         t.plug(ns, "lan", "eth0", &format!("{rip}/24"))?;
         let b = t.spawn(ns, &[&http, "serve", ns, "0.0.0.0:80"])?.id();
         backend.get_or_insert(b);
-        t.spawn(
-            ns,
-            &[
-                &agent,
-                "--state-dir",
-                &state,
-                "--controller",
-                &a,
-                "--node-id",
-                ns,
-                "--address",
-                rip,
-                "--labels",
-                "pool=web",
-            ],
-        )?;
+        start_agent(&mut t, &a, &state, (ns, rip), &["--labels", "pool=web"])?;
     }
     let (interval, rise, fall) = (200u64, 2u64, 3u64);
     lbctl_ok(
