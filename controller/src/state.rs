@@ -57,6 +57,12 @@ pub enum Command {
     RegisterRealServer {
         agent: Agent,
     },
+    /// Several services at once, all or nothing (`lbctl import`): each is
+    /// created, or with `replace` replaces the service of the same name.
+    ApplyServices {
+        services: Vec<Service>,
+        replace: bool,
+    },
     /// An operator drains (or enables) an agent's host.
     SetAgentDrain {
         node_id: String,
@@ -182,6 +188,25 @@ pub enum Rejected {
     },
 }
 
+impl Rejected {
+    /// The same refusal, naming the batch member it is about.
+    fn in_batch(self, index: usize, name: &str) -> Rejected {
+        match self {
+            Rejected::Invalid(f) => Rejected::Invalid(FieldError::new(
+                lb_proto::convert::batch_field(index, &f.field),
+                f.rule,
+            )),
+            Rejected::AlreadyExists { what } => Rejected::AlreadyExists {
+                what: format!("services[{index}] ({name}): {what}"),
+            },
+            Rejected::NotFound { what } => Rejected::NotFound {
+                what: format!("services[{index}] ({name}): {what}"),
+            },
+            other => other,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
     ServiceCreated,
@@ -296,6 +321,28 @@ impl State {
                     if let Some(a) = agents.get_mut(&node_id) {
                         a.drained = drain;
                     }
+                });
+            }
+            Command::ApplyServices { services, replace } => {
+                // All or nothing: apply to a copy, keep it only if every service fits.
+                let mut next = self.clone();
+                let mut revision = 0;
+                for (i, service) in services.into_iter().enumerate() {
+                    let name = service.name.clone();
+                    let cmd = if replace && next.services.contains_key(&name) {
+                        Command::UpdateService {
+                            service,
+                            expected_mod_revision: 0,
+                        }
+                    } else {
+                        Command::CreateService { service }
+                    };
+                    revision = next.apply(cmd).map_err(|r| r.in_batch(i, &name))?.revision;
+                }
+                *self = next;
+                return Ok(Applied {
+                    revision,
+                    service: None,
                 });
             }
             Command::CreateService { service } => {
@@ -988,6 +1035,54 @@ mod tests {
         assert_eq!(st.director_checks().len(), 2);
         let b = &st.backends(&st.services["web"])[0];
         assert_eq!((b.0.admin_state, b.2), (AdminState::Active, Health::Up));
+    }
+
+    #[test]
+    fn a_batch_applies_whole_or_not_at_all() {
+        let mut st = State::default();
+        st.apply(Command::CreateService {
+            service: service("web", "10.0.0.1"),
+        })
+        .unwrap();
+        let before = st.clone();
+        // The second member clashes with web's VIP: nothing of the batch lands.
+        let r = st.apply(Command::ApplyServices {
+            services: vec![service("a", "10.0.0.2"), service("b", "10.0.0.1")],
+            replace: false,
+        });
+        match r {
+            Err(Rejected::AlreadyExists { what }) => {
+                assert!(
+                    what.starts_with("services[1] (b): virtual address"),
+                    "{what}"
+                )
+            }
+            other => panic!("accepted: {other:?}"),
+        }
+        assert_eq!(st, before);
+        // An existing name is refused without replace...
+        let r = st.apply(Command::ApplyServices {
+            services: vec![service("web", "10.0.0.3")],
+            replace: false,
+        });
+        assert!(matches!(r, Err(Rejected::AlreadyExists { .. })), "{r:?}");
+        assert_eq!(st, before);
+        // ...and replaced with it; every member gets its own revision and event.
+        let applied = st
+            .apply(Command::ApplyServices {
+                services: vec![service("web", "10.0.0.3"), service("a", "10.0.0.2")],
+                replace: true,
+            })
+            .unwrap();
+        assert_eq!(applied.revision, before.revision + 2);
+        assert_eq!(st.services["web"].vip(), Some("10.0.0.3".parse().unwrap()));
+        assert_eq!(st.services["web"].create_revision, 1);
+        assert_eq!(st.services["a"].create_revision, before.revision + 2);
+        let kinds: Vec<EventKind> = st.events.iter().skip(1).map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [EventKind::ServiceUpdated, EventKind::ServiceCreated]
+        );
     }
 
     #[test]

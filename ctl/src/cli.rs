@@ -60,6 +60,51 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         from_revision: u64,
     },
+    /// Bring services over from keepalived.conf, Piranha's lvs.cf or `ipvsadm --save`,
+    /// all at once or not at all.
+    #[command(
+        after_help = "Every directive that cannot be carried over is printed with its file and line.\nSeveral keepalived files (one per director) merge; their vrrp_instance priorities\nbecome the services' preferred directors (named by global_defs router_id).\n\nExamples:\n  lbctl import keepalived /etc/keepalived/keepalived.conf --dry-run\n  lbctl import keepalived lb1/keepalived.conf lb2/keepalived.conf\n  lbctl import piranha /etc/sysconfig/ha/lvs.cf\n  ipvsadm -Sn > table.txt && lbctl import ipvsadm table.txt --replace"
+    )]
+    Import {
+        #[arg(value_enum)]
+        format: crate::import::Format,
+        /// Files to read (`-` = standard input).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Print the services it would create and what it cannot map; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace services of the same name instead of refusing the import.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Write the fabric's services as keepalived.conf or `ipvsadm -Sn` text
+    /// (to diff, or to roll back); what the format cannot say goes to stderr.
+    #[command(
+        after_help = "Examples:\n  lbctl export keepalived > keepalived.conf\n  lbctl export keepalived --director lb1\n  lbctl export ipvsadm | diff - <(ipvsadm -Sn)"
+    )]
+    Export {
+        #[arg(value_enum)]
+        format: ExportFormat,
+        /// keepalived: write this director's file (router_id, and a vrrp_instance
+        /// for each VIP that prefers it).
+        #[arg(long)]
+        director: Option<String>,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  lbctl completion bash > /etc/bash_completion.d/lbctl\n  lbctl completion zsh > \"${fpath[1]}/_lbctl\"\n  lbctl completion fish > ~/.config/fish/completions/lbctl.fish"
+    )]
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Keepalived,
+    Ipvsadm,
 }
 
 #[allow(clippy::large_enum_variant)]

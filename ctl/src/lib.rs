@@ -4,6 +4,8 @@
 //! [`output`] renders answers; `lb_proto::client` reaches the controller leader.
 
 pub mod cli;
+pub mod export;
+pub mod import;
 pub mod output;
 pub mod spec;
 
@@ -20,6 +22,24 @@ use lb_proto::client::Controller;
 
 /// Runs one lbctl command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Commands that need no controller.
+    match &cli.command {
+        Command::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "lbctl", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Import {
+            format,
+            files,
+            dry_run: true,
+            ..
+        } => {
+            let (imported, services) = read_imports(*format, files)?;
+            return show_import(cli.output, &imported, &services);
+        }
+        _ => {}
+    }
     let mut ctl = Controller::new(&cli.controller, Duration::from_secs(cli.timeout))?;
     let out = cli.output;
     match cli.command {
@@ -32,6 +52,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(cmd) => cluster(&mut ctl, out, cmd).await,
         Command::Status => status(&mut ctl, out).await,
         Command::Watch { from_revision } => watch(&mut ctl, out, from_revision).await,
+        Command::Import {
+            format,
+            files,
+            replace,
+            ..
+        } => import(&mut ctl, out, format, &files, replace).await,
+        Command::Export { format, director } => export(&mut ctl, format, director.as_deref()).await,
+        Command::Completion { .. } => Ok(()),
     }
 }
 
@@ -729,6 +757,139 @@ async fn watch(ctl: &mut Controller, out: Output, from_revision: u64) -> anyhow:
                 println!("{} {} {} {}", e.revision, kind, e.service_name, what);
             }
         }
+    }
+    Ok(())
+}
+
+/// Reads and validates every file; nothing is sent.
+fn read_imports(
+    format: import::Format,
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<(import::Imported, Vec<lb_proto::model::Service>)> {
+    let mut parts = Vec::with_capacity(files.len());
+    for path in files {
+        let (name, text) = if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading standard input")?;
+            ("<stdin>".to_string(), text)
+        } else {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            // Old files are often Latin-1: keep going with replacement characters.
+            (
+                path.display().to_string(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            )
+        };
+        parts.push(import::parse(format, &name, &text)?);
+    }
+    let imported = import::merge(parts);
+    let services = imported.validate()?;
+    if services.is_empty() {
+        bail!(
+            "no services found in {}",
+            files.len().to_string() + " file(s)"
+        );
+    }
+    Ok((imported, services))
+}
+
+/// The dry run: the services as lbctl would send them, and the notes.
+fn show_import(
+    out: Output,
+    imported: &import::Imported,
+    services: &[lb_proto::model::Service],
+) -> anyhow::Result<()> {
+    if out == Output::Json {
+        let req = pb::ApplyServicesRequest {
+            services: imported
+                .services
+                .iter()
+                .map(|f| f.service.clone())
+                .collect(),
+            replace: false,
+        };
+        output::json(&req, "lb.v1.ApplyServicesRequest")?;
+    } else {
+        println!("would create {} services:", services.len());
+        for (f, s) in imported.services.iter().zip(services) {
+            println!();
+            println!("# from {}:{} {}", f.file, f.line, f.directive);
+            output::service_detail(&pb::Service::from(s), 0);
+        }
+    }
+    print_notes(&imported.notes);
+    Ok(())
+}
+
+fn print_notes(notes: &[import::Note]) {
+    if notes.is_empty() {
+        return;
+    }
+    eprintln!("\nnot carried over ({}):", notes.len());
+    for n in notes {
+        eprintln!("  {n}");
+    }
+}
+
+async fn import(
+    ctl: &mut Controller,
+    out: Output,
+    format: import::Format,
+    files: &[std::path::PathBuf],
+    replace: bool,
+) -> anyhow::Result<()> {
+    let (imported, _) = read_imports(format, files)?;
+    let req = pb::ApplyServicesRequest {
+        services: imported
+            .services
+            .iter()
+            .map(|f| f.service.clone())
+            .collect(),
+        replace,
+    };
+    let resp = call!(ctl, ServiceAdminClient, apply_services, req)?;
+    if out == Output::Json {
+        output::json(&resp, "lb.v1.ApplyServicesResponse")?;
+    } else {
+        println!(
+            "imported {} services (revision {}):",
+            resp.services.len(),
+            resp.revision
+        );
+        for s in &resp.services {
+            println!("  {} {}", s.name, output::virtual_address(s));
+        }
+    }
+    print_notes(&imported.notes);
+    Ok(())
+}
+
+async fn export(
+    ctl: &mut Controller,
+    format: ExportFormat,
+    director: Option<&str>,
+) -> anyhow::Result<()> {
+    let resp = call!(
+        ctl,
+        ServiceAdminClient,
+        list_services,
+        pb::ListServicesRequest { stale: false }
+    )?;
+    let services = resp
+        .services
+        .into_iter()
+        .map(lb_proto::model::Service::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .context("the controller sent a service lbctl cannot read")?;
+    let exported = match format {
+        ExportFormat::Keepalived => export::keepalived(&services, director),
+        ExportFormat::Ipvsadm => export::ipvsadm(&services),
+    };
+    print!("{}", exported.text);
+    for n in &exported.notes {
+        eprintln!("note: {n}");
     }
     Ok(())
 }

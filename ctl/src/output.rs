@@ -109,6 +109,15 @@ pub fn service_detail(s: &pb::Service, revision: u64) {
             .collect();
         println!("  realserver selector {}", sel.join(","));
     }
+    if let Some(d) = &s.directors {
+        if !d.preferred.is_empty() {
+            println!("  preferred directors {}", d.preferred.join(","));
+        }
+        if !d.selector.is_empty() {
+            let sel: Vec<String> = d.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("  director selector {}", sel.join(","));
+        }
+    }
     if let Some(h) = &s.health_check {
         let secs = |d: &Option<prost_types::Duration>| {
             d.as_ref()

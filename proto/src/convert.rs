@@ -32,6 +32,17 @@ impl FieldError {
 
 type Result<T> = std::result::Result<T, FieldError>;
 
+/// The path of a field of the `index`th service in a batch: `service.x` →
+/// `services[index].x`.
+pub fn batch_field(index: usize, field: &str) -> String {
+    match field.strip_prefix("service") {
+        Some(rest) if rest.is_empty() || rest.starts_with('.') => {
+            format!("services[{index}]{rest}")
+        }
+        _ => format!("services[{index}].{field}"),
+    }
+}
+
 /// Longest persistence timeout ipvsadm accepts: 31 days.
 pub const MAX_PERSISTENCE_SECS: u32 = 31 * 24 * 3600;
 const DEFAULT_INTERVAL_MS: u64 = 2_000;

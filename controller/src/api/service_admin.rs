@@ -147,6 +147,52 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
     }
 
     #[tracing::instrument(skip_all, err)]
+    async fn apply_services(
+        &self,
+        req: Request<pb::ApplyServicesRequest>,
+    ) -> Result<Response<pb::ApplyServicesResponse>, Status> {
+        let req = req.into_inner();
+        let mut names = std::collections::BTreeSet::new();
+        let mut services = Vec::with_capacity(req.services.len());
+        for (i, s) in req.services.into_iter().enumerate() {
+            let service = Service::try_from(s).map_err(|e| {
+                status(FieldError::new(lb_proto::convert::batch_field(i, &e.field), e.rule).into())
+            })?;
+            if !names.insert(service.name.clone()) {
+                let e = FieldError::new(
+                    format!("services[{i}].name"),
+                    format!("{:?} appears more than once", service.name),
+                );
+                return Err(status(e.into()));
+            }
+            services.push(service);
+        }
+        if services.is_empty() {
+            return Err(status(
+                FieldError::new("services", "is empty: give at least one service").into(),
+            ));
+        }
+        let order: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+        let applied = self
+            .app
+            .write(Command::ApplyServices {
+                services,
+                replace: req.replace,
+            })
+            .await
+            .map_err(status)?;
+        let data = self.app.state.read();
+        Ok(Response::new(pb::ApplyServicesResponse {
+            revision: applied.revision,
+            services: order
+                .iter()
+                .filter_map(|n| data.state.services.get(n))
+                .map(pb::Service::from)
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, err)]
     async fn add_real_server(
         &self,
         req: Request<pb::AddRealServerRequest>,

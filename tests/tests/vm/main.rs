@@ -9,6 +9,7 @@
 mod director;
 mod fabric;
 mod forwarding;
+mod import;
 mod ipvs_client;
 mod ipvs_netlink;
 mod meta;
