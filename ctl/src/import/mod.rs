@@ -108,7 +108,19 @@ impl Imported {
                     f.service.name
                 )));
             }
-            out.push(Service::try_from(f.service.clone()).map_err(|e| err(e.to_string()))?);
+            let service = Service::try_from(f.service.clone()).map_err(|e| err(e.to_string()))?;
+            // The controller refuses a batch with two services on one address.
+            if let Some(i) = out
+                .iter()
+                .position(|o: &Service| o.address == service.address)
+            {
+                let first = &self.services[i];
+                return Err(err(format!(
+                    "virtual address {} is already defined at {}:{}",
+                    service.address, first.file, first.line
+                )));
+            }
+            out.push(service);
         }
         Ok(out)
     }

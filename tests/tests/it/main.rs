@@ -4,6 +4,7 @@
 mod bad_input;
 mod cluster;
 mod grpcurl;
+mod import;
 mod netns;
 mod ownership;
 mod realserver;

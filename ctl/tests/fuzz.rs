@@ -1,0 +1,265 @@
+//! A mutation fuzzer for the importers: no input makes a parser panic, and
+//! every refusal names a line of the file.
+//!
+//! Seeds are the fixtures; each round mutates one (byte flips to syntax
+//! characters, inserted keywords, cut, doubled or spliced ranges) and feeds
+//! it to all three parsers, then validates and exports what they accept.
+//! CI runs it for a few seconds; a long run is
+//!
+//!   LB_FUZZ_SECS=600 cargo test --release -p lbctl --test fuzz -- --nocapture
+//!
+//! `LB_FUZZ_SEED` replays a run. A panicking input is written to
+//! `target/fuzz-crash.txt`.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use lbctl::export;
+use lbctl::import::{self, Format};
+
+const FIXTURES: &[&str] = &[
+    "keepalived.conf",
+    "keepalived-lb2.conf",
+    "keepalived-messy.conf",
+    "lvs.cf",
+    "lvs-nat.cf",
+    "lvs-tunnel.cf",
+    "ipvsadm-save.txt",
+];
+
+/// Words that steer the parsers into their branches.
+const WORDS: &[&str] = &[
+    "{",
+    "}",
+    "\"",
+    "'",
+    "#",
+    "!",
+    "=",
+    "\n",
+    "\r\n",
+    "\t",
+    " ",
+    "-",
+    ":",
+    "/",
+    "[",
+    "]",
+    "virtual_server",
+    "virtual_server_group",
+    "group",
+    "fwmark",
+    "real_server",
+    "TCP_CHECK",
+    "HTTP_GET",
+    "SSL_GET",
+    "MISC_CHECK",
+    "url",
+    "path",
+    "digest",
+    "status_code",
+    "misc_path",
+    "vrrp_instance",
+    "virtual_ipaddress",
+    "priority",
+    "global_defs",
+    "router_id",
+    "lb_kind",
+    "lb_algo",
+    "persistence_timeout",
+    "persistence_granularity",
+    "sorry_server",
+    "quorum",
+    "hysteresis",
+    "delay_loop",
+    "connect_timeout",
+    "retry",
+    "weight",
+    "inhibit_on_failure",
+    "virtual",
+    "server",
+    "address",
+    "port",
+    "network",
+    "send",
+    "expect",
+    "send_program",
+    "timeout",
+    "reentry",
+    "persistent",
+    "pmask",
+    "active",
+    "-A",
+    "-a",
+    "-t",
+    "-u",
+    "-f",
+    "-6",
+    "-r",
+    "-s",
+    "-p",
+    "-M",
+    "-b",
+    "-g",
+    "-i",
+    "-m",
+    "-w",
+    "-x",
+    "-y",
+    "-o",
+    "--pe",
+    "--tun-type",
+    "10.0.0.1",
+    "10.0.0.1:80",
+    "[2001:db8::1]:80",
+    "2001:db8::1",
+    "0",
+    "65536",
+    "4294967296",
+    "-1",
+    "1.5",
+    "NaN",
+    "1e308",
+    "255.255.255.0",
+    "10.0.0.1-300",
+    "sh-port",
+    "mh-fallback",
+    "\u{feff}",
+    "é",
+    "\u{0}",
+];
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+fn mutate(rng: &mut Rng, seeds: &[String]) -> String {
+    let mut text: Vec<char> = seeds[rng.below(seeds.len())].chars().collect();
+    for _ in 0..=rng.below(8) {
+        let at = rng.below(text.len() + 1);
+        match rng.below(6) {
+            0 if !text.is_empty() => {
+                let w = WORDS[rng.below(WORDS.len())];
+                let end = (at + 1).min(text.len());
+                text.splice(at..end, w.chars());
+            }
+            1 => {
+                let w = WORDS[rng.below(WORDS.len())];
+                text.splice(at..at, w.chars());
+            }
+            2 => {
+                let end = (at + rng.below(64)).min(text.len());
+                text.drain(at..end);
+            }
+            3 => {
+                let end = (at + rng.below(256)).min(text.len());
+                let copy: Vec<char> = text[at..end].to_vec();
+                let to = rng.below(text.len() + 1);
+                text.splice(to..to, copy);
+            }
+            4 => {
+                let other: Vec<char> = seeds[rng.below(seeds.len())].chars().collect();
+                let from = rng.below(other.len() + 1);
+                text.truncate(at);
+                text.extend(&other[from..]);
+            }
+            _ => {
+                // Everything on one line, or a random byte.
+                if rng.below(2) == 0 {
+                    text.retain(|c| *c != '\n');
+                } else if !text.is_empty() {
+                    let i = rng.below(text.len());
+                    text[i] = char::from(rng.below(128) as u8);
+                }
+            }
+        }
+    }
+    text.into_iter().collect()
+}
+
+/// One input through every parser: refusals name a line in the file, and
+/// whatever is accepted validates and exports without trouble.
+fn exercise(text: &str) {
+    let lines = text.split('\n').count();
+    for format in [Format::Keepalived, Format::Piranha, Format::Ipvsadm] {
+        match import::parse(format, "fuzz", text) {
+            Err(e) => assert!(
+                (1..=lines).contains(&e.line),
+                "{format:?}: error line {} outside 1..={lines}: {e}",
+                e.line
+            ),
+            Ok(imported) => {
+                for n in &imported.notes {
+                    assert!((1..=lines).contains(&n.line), "{format:?}: note {n}");
+                }
+                if let Ok(services) = imported.validate() {
+                    let k = export::keepalived(&services, Some("lb1")).text;
+                    let i = export::ipvsadm(&services).text;
+                    // Our own output always reads back.
+                    import::parse(Format::Keepalived, "k", &k)
+                        .unwrap_or_else(|e| panic!("exported keepalived unreadable: {e}\n{k}"));
+                    import::parse(Format::Ipvsadm, "i", &i)
+                        .unwrap_or_else(|e| panic!("exported ipvsadm unreadable: {e}\n{i}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn importers_never_panic() {
+    let secs: u64 = std::env::var("LB_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("LB_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        });
+    let dir = format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let seeds: Vec<String> = FIXTURES
+        .iter()
+        .map(|f| std::fs::read_to_string(format!("{dir}/{f}")).unwrap())
+        .collect();
+    let mut rng = Rng(seed);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut rounds = 0u64;
+    let mut accepted = 0u64;
+    while Instant::now() < deadline {
+        let text = mutate(&mut rng, &seeds);
+        let result = catch_unwind(AssertUnwindSafe(|| exercise(&text)));
+        if result.is_err() {
+            let path = format!("{}/../target/fuzz-crash.txt", env!("CARGO_MANIFEST_DIR"));
+            let _ = std::fs::write(&path, &text);
+            panic!("seed {seed}, round {rounds}: the input is in {path}");
+        }
+        if import::parse(Format::Keepalived, "f", &text).is_ok() {
+            accepted += 1;
+        }
+        rounds += 1;
+    }
+    println!(
+        "fuzz: seed {seed}, {rounds} inputs in {secs} s, {accepted} read by the keepalived importer, no panic"
+    );
+}
