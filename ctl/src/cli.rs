@@ -50,9 +50,20 @@ pub enum Command {
     /// Controller cluster membership.
     #[command(subcommand)]
     Cluster(ClusterCmd),
-    /// Who answers for each VIP: owner, epoch, whether the owner holds the address, services.
-    #[command(after_help = "Examples:\n  lbctl status\n  lbctl status -o json")]
-    Status,
+    /// The fabric at a glance, like `ipvsadm -Ln` across every director: each service with
+    /// the director answering for it (owner@epoch), each realserver with its forwarding
+    /// method, weight, health, state and connections; then who holds each VIP.
+    #[command(
+        after_help = "Examples:\n  lbctl status\n  lbctl status --stats\n  lbctl status --rate\n  lbctl status -o json"
+    )]
+    Status {
+        /// Totals (connections, packets, bytes) instead of active/inactive connections.
+        #[arg(long, conflicts_with = "rate")]
+        stats: bool,
+        /// Rates per second (the kernel's 2 s estimator).
+        #[arg(long)]
+        rate: bool,
+    },
     /// Print configuration changes as they are committed, one line each.
     #[command(after_help = "Examples:\n  lbctl watch\n  lbctl watch --from-revision 1 -o json")]
     Watch {

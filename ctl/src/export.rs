@@ -28,6 +28,30 @@ fn secs(ms: u64) -> String {
     }
 }
 
+/// A value as one keepalived word: quoted when it holds a space, a brace,
+/// a comment sign or a quote. keepalived's quotes do not nest, so a value
+/// with both kinds of quote cannot be written as is; its double quotes
+/// become single ones, with a note.
+fn word(value: &str, notes: &mut Vec<String>) -> String {
+    let plain = !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || "{}#!\"'".contains(c));
+    if plain {
+        return value.to_string();
+    }
+    match (value.contains('"'), value.contains('\'')) {
+        (false, _) => format!("\"{value}\""),
+        (true, false) => format!("'{value}'"),
+        (true, true) => {
+            notes.push(format!(
+                "{value:?} holds both kinds of quote; written with single quotes only"
+            ));
+            format!("\"{}\"", value.replace('"', "'"))
+        }
+    }
+}
+
 fn socket(addr: IpAddr, port: u16) -> String {
     if port == 0 {
         addr.to_string()
@@ -136,7 +160,7 @@ pub fn keepalived(services: &[Service], director: Option<&str>) -> Exported {
                 if h.inhibit_on_failure {
                     let _ = writeln!(t, "        inhibit_on_failure");
                 }
-                checker(t, h);
+                checker(t, h, &mut out.notes);
             }
             let _ = writeln!(t, "    }}");
         }
@@ -154,7 +178,7 @@ pub fn keepalived(services: &[Service], director: Option<&str>) -> Exported {
     out
 }
 
-fn checker(t: &mut String, h: &lb_proto::model::HealthCheck) {
+fn checker(t: &mut String, h: &lb_proto::model::HealthCheck, notes: &mut Vec<String>) {
     let (kind, http) = match &h.probe {
         Probe::Tcp => ("TCP_CHECK", None),
         Probe::Http(p) => ("HTTP_GET", Some(p)),
@@ -164,19 +188,19 @@ fn checker(t: &mut String, h: &lb_proto::model::HealthCheck) {
     let _ = writeln!(t, "        {kind} {{");
     if let Some(p) = http {
         let _ = writeln!(t, "            url {{");
-        let _ = writeln!(t, "                path {}", p.path);
+        let _ = writeln!(t, "                path {}", word(&p.path, notes));
         if let Some(d) = &p.digest {
-            let _ = writeln!(t, "                digest {d}");
+            let _ = writeln!(t, "                digest {}", word(d, notes));
         }
         for code in &p.status {
             let _ = writeln!(t, "                status_code {code}");
         }
         if let Some(r) = &p.body_regex {
-            let _ = writeln!(t, "                regex \"{r}\"");
+            let _ = writeln!(t, "                regex {}", word(r, notes));
         }
         let _ = writeln!(t, "            }}");
         if let Some(host) = &p.host {
-            let _ = writeln!(t, "            virtualhost {host}");
+            let _ = writeln!(t, "            virtualhost {}", word(host, notes));
         }
     }
     if let Probe::Exec { command, args } = &h.probe {
@@ -185,9 +209,12 @@ fn checker(t: &mut String, h: &lb_proto::model::HealthCheck) {
             line.push(' ');
             line.push_str(a);
         }
-        // keepalived's quotes do not nest: pick the kind the line lacks.
-        let q = if line.contains('"') { '\'' } else { '"' };
-        let _ = writeln!(t, "            misc_path {q}{line}{q}");
+        // Always quoted: it is one string, the program and its arguments.
+        let quoted = match word(&line, notes) {
+            w if w == line => format!("\"{line}\""),
+            w => w,
+        };
+        let _ = writeln!(t, "            misc_path {quoted}");
         let _ = writeln!(t, "            misc_timeout {}", secs(h.timeout_ms));
     } else {
         if h.port != 0 {

@@ -464,3 +464,22 @@ fn ipvsadm_capture_round_trip() {
         .unwrap();
     assert_eq!(services, again);
 }
+
+/// Found by the fuzzer: values with braces, spaces or quotes are quoted on
+/// export and read back unchanged.
+#[test]
+fn awkward_values_survive_export() {
+    let text = "virtual_server 10.0.0.1 80 {\n lb_kind DR\n real_server 10.0.0.2 80 {\n  HTTP_GET {\n   url {\n    path \"/a}b c#d\"\n    regex 'say \"hi\"'\n   }\n   virtualhost \"x y\"\n  }\n }\n}\n";
+    let first = import::parse(Format::Keepalived, "f", text)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let out = export::keepalived(&first, None);
+    let again = import::parse(Format::Keepalived, "e", &out.text)
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(first, again, "{}", out.text);
+    assert!(matches!(&again[0].health_check.as_ref().unwrap().probe,
+        Probe::Http(p) if p.path == "/a}b c#d" && p.body_regex.as_deref() == Some("say \"hi\"")));
+}

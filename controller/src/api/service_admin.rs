@@ -318,6 +318,92 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         }))
     }
 
+    async fn get_status(
+        &self,
+        _req: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::FabricStatus>, Status> {
+        self.app.require_leader().map_err(status)?;
+        let directors = super::director_sync::list(&self.app);
+        let vips = super::director_sync::vips(&self.app);
+        let data = self.app.state.read();
+        let state = &data.state;
+        let services = state
+            .services
+            .values()
+            .map(|s| {
+                let vip = s.vip().map(|v| v.to_string()).unwrap_or_default();
+                let owner = vips
+                    .iter()
+                    .find(|v| !vip.is_empty() && v.vip == vip && !v.owner.is_empty());
+                // The owner carries the traffic; a standby's synced
+                // connections would count twice. No owner: every director's.
+                let reporting: Vec<&pb::DirectorStatus> = directors
+                    .iter()
+                    .filter(|d| owner.is_none_or(|o| o.owner == d.node_id))
+                    .collect();
+                let stats: Vec<(&pb::ServiceStats, u64)> = reporting
+                    .iter()
+                    .filter_map(|d| {
+                        let st = d.stats.as_ref()?;
+                        let ss = st.services.iter().find(|x| x.service == s.name)?;
+                        Some((ss, d.stats_age_ms))
+                    })
+                    .collect();
+                let realservers = state
+                    .backends(s)
+                    .into_iter()
+                    .map(|(rs, agent, health)| {
+                        let mut b = pb::BackendStatus {
+                            realserver: Some((&rs).into()),
+                            health: health.as_str().to_string(),
+                            agent: agent.map(|a| a.node_id.clone()).unwrap_or_default(),
+                            ..Default::default()
+                        };
+                        for (ss, _) in &stats {
+                            let addr = rs.address.to_string();
+                            for r in ss
+                                .realservers
+                                .iter()
+                                .filter(|r| r.address == addr && r.port == u32::from(rs.port))
+                            {
+                                b.active_conns += r.active_conns;
+                                b.inactive_conns += r.inactive_conns;
+                                add_counters(&mut b.counters, r.counters.as_ref());
+                            }
+                        }
+                        b
+                    })
+                    .collect();
+                let mut counters = None;
+                for (ss, _) in &stats {
+                    add_counters(&mut counters, ss.counters.as_ref());
+                }
+                pb::ServiceStatus {
+                    service: Some(s.into()),
+                    owner: owner.map(|o| o.owner.clone()).unwrap_or_default(),
+                    epoch: owner.map_or(0, |o| o.epoch),
+                    held: owner.is_some_and(|o| o.held),
+                    counters,
+                    realservers,
+                    stats_age_ms: stats.iter().map(|(_, age)| *age).max().unwrap_or(0),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::FabricStatus {
+            revision: state.revision,
+            services,
+            directors: u32::try_from(directors.len()).unwrap_or(u32::MAX),
+            directors_live: u32::try_from(directors.iter().filter(|d| d.live).count())
+                .unwrap_or(u32::MAX),
+            vips,
+            live_directors: directors
+                .iter()
+                .filter(|d| d.live)
+                .map(|d| d.node_id.clone())
+                .collect(),
+        }))
+    }
+
     type WatchEventsStream = EventStream;
 
     async fn watch_events(
@@ -365,4 +451,20 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Adds `more` into `total` (rates too: directors' rates add up).
+fn add_counters(total: &mut Option<pb::Counters>, more: Option<&pb::Counters>) {
+    let Some(m) = more else { return };
+    let t = total.get_or_insert_with(Default::default);
+    t.conns += m.conns;
+    t.in_packets += m.in_packets;
+    t.out_packets += m.out_packets;
+    t.in_bytes += m.in_bytes;
+    t.out_bytes += m.out_bytes;
+    t.conns_per_second += m.conns_per_second;
+    t.in_packets_per_second += m.in_packets_per_second;
+    t.out_packets_per_second += m.out_packets_per_second;
+    t.in_bytes_per_second += m.in_bytes_per_second;
+    t.out_bytes_per_second += m.out_bytes_per_second;
 }

@@ -730,6 +730,37 @@ async fn fabric_with_traffic() -> anyhow::Result<()> {
     )
     .await?;
     println!("{stats}");
+    // The same figures in the fabric view, attributed to the owner.
+    let status = f.lbctl(&["status", "--stats"])?;
+    println!("{status}");
+    let row = status
+        .lines()
+        .find(|l| l.contains("(dr)"))
+        .unwrap_or_default();
+    assert!(row.contains("d1@") && row.contains("held"), "{status}");
+    let v: serde_json::Value = serde_json::from_str(&f.lbctl(&["status", "-o", "json"])?)?;
+    let dr = v["services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["service"]["name"] == "dr"))
+        .expect("service dr in lbctl status");
+    assert_eq!(
+        (&dr["owner"], &dr["held"]),
+        (&"d1".into(), &true.into()),
+        "{dr}"
+    );
+    // proto3 JSON writes 64-bit counters as strings.
+    let conns = |c: &serde_json::Value| c["conns"].as_str().and_then(|s| s.parse::<u64>().ok());
+    assert!(conns(&dr["counters"]) >= Some(4), "{dr}");
+    let backends = dr["realservers"].as_array().expect("realservers");
+    assert_eq!(backends.len(), 2, "{dr}");
+    for b in backends {
+        assert!(conns(&b["counters"]) >= Some(2), "{b}");
+        assert_eq!(
+            b["agent"].as_str().map(|a| a.starts_with("rs")),
+            Some(true),
+            "{b}"
+        );
+    }
     // The mark rule, on the owner and (warm) on the standby.
     for ns in ["d1", "d2"] {
         let rules = f.t.sh(ns, "nft list table inet lbfabric")?;
