@@ -131,12 +131,16 @@ pub enum ServiceCmd {
         spec: ServiceFlags,
     },
     /// List services.
+    #[command(
+        after_help = "Examples:\n  lbctl service list\n  lbctl service list -o json\n  lbctl service list --stale"
+    )]
     List {
         /// Answer from the contacted node without asking the leader (may be behind).
         #[arg(long)]
         stale: bool,
     },
     /// Show one service with its realservers.
+    #[command(after_help = "Examples:\n  lbctl service get web\n  lbctl service get web -o json")]
     Get {
         name: String,
         #[arg(long)]
@@ -152,6 +156,7 @@ pub enum ServiceCmd {
         spec: ServiceFlags,
     },
     /// Delete a service.
+    #[command(after_help = "Example:\n  lbctl service delete web")]
     Delete { name: String },
 }
 
@@ -277,7 +282,10 @@ pub enum RealserverCmd {
         #[command(flatten)]
         fields: RealserverFields,
     },
-    /// List realservers of one service or of all.
+    /// List realservers of one service or of all, with health and source (listed or agent).
+    #[command(
+        after_help = "Examples:\n  lbctl realserver list\n  lbctl realserver list web -o json"
+    )]
     List {
         service: Option<String>,
         #[arg(long)]
@@ -294,6 +302,7 @@ pub enum RealserverCmd {
         fields: RealserverFields,
     },
     /// Remove a realserver from a service.
+    #[command(after_help = "Example:\n  lbctl realserver remove web 192.168.10.11:8080")]
     Remove { service: String, address: String },
     /// Drain a realserver agent's host: weight 0 in every service it backs,
     /// so its connections finish and new ones go elsewhere (keepalived's
@@ -306,6 +315,7 @@ pub enum RealserverCmd {
         node: String,
     },
     /// Undo `drain`: the host's backends take new connections again.
+    #[command(after_help = "Example:\n  lbctl realserver enable web-1")]
     Enable {
         /// The realserver agent's node id.
         node: String,
@@ -332,6 +342,7 @@ pub struct RealserverFields {
 pub enum DirectorCmd {
     /// List directors: liveness, stream, last report, applied revision, VIPs owned (VIP@epoch),
     /// errors, foreign IPVS services.
+    #[command(after_help = "Examples:\n  lbctl director list\n  lbctl director list -o json")]
     List,
     /// IPVS counters per service and realserver, as each director's kernel reports them
     /// (like `ipvsadm -Ln --stats`, or `--rate`); read every resync period (default 5 s).
@@ -349,12 +360,45 @@ pub enum DirectorCmd {
 #[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
     /// Show the contacted controller's view of the cluster.
+    #[command(
+        after_help = "Examples:\n  lbctl cluster status\n  lbctl --controller 10.0.0.2:7070 cluster status -o json"
+    )]
     Status,
     /// Add a controller as a non-voting learner; returns when it has caught up.
     #[command(after_help = "Example:\n  lbctl cluster add-learner 2 10.0.0.2:7070")]
     AddLearner { node_id: u64, address: String },
     /// Make a learner a voter.
+    #[command(after_help = "Example:\n  lbctl cluster promote 2")]
     Promote { node_id: u64 },
     /// Remove a controller from the cluster.
+    #[command(after_help = "Example:\n  lbctl cluster remove 3")]
     Remove { node_id: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command, leaf or group, shows examples in its --help.
+    #[test]
+    fn every_command_has_examples() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            let has_subcommands = cmd.get_subcommands().next().is_some();
+            let examples = cmd
+                .get_after_help()
+                .is_some_and(|h| h.to_string().contains("Example"));
+            if !has_subcommands && !examples && cmd.get_name() != "help" {
+                missing.push(path.clone());
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no examples in --help of: {missing:?}");
+        Cli::command().debug_assert();
+    }
 }

@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 #[tokio::test]
 async fn watch_is_ordered_resumable_and_live() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = ControllerProc::start(1, dir.path(), true, &[])?;
+    let mut node = ControllerProc::start(1, dir.path(), true, &[])?;
     let a = node.addr.clone();
     node.wait_leader().await?;
     lbctl_ok(
@@ -52,20 +52,28 @@ async fn watch_is_ordered_resumable_and_live() -> anyhow::Result<()> {
     assert_eq!(next(), "3 REALSERVER_UPDATED web 192.168.10.11:8080");
     lbctl_ok(&a, &["service", "delete", "web"])?;
     assert_eq!(next(), "4 SERVICE_DELETED web 10.10.1.30:80/tcp");
+    // The controller goes down and comes back: the watcher resumes where it was.
+    node.restart()?;
+    node.wait_leader().await?;
+    lbctl_ok(
+        &a,
+        &["service", "create", "cache", "--vip", "10.10.1.32:6379/tcp"],
+    )?;
+    assert_eq!(next(), "5 SERVICE_CREATED cache 10.10.1.32:6379/tcp");
     let _ = watcher.kill();
     let _ = watcher.wait();
 
-    // Resuming from revision 3 yields exactly 3 and 4, then nothing until a change.
+    // Resuming from revision 3 yields exactly 3, 4 and 5, then nothing until a change.
     let mut admin = node.admin().await?;
     let mut stream = admin
         .watch_events(pb::WatchEventsRequest { from_revision: 3 })
         .await?
         .into_inner();
     let mut revisions = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         revisions.push(stream.next().await.expect("event")?.revision);
     }
-    assert_eq!(revisions, [3, 4]);
+    assert_eq!(revisions, [3, 4, 5]);
     let idle = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
     assert!(idle.is_err(), "an event arrived with no change: {idle:?}");
     lbctl_ok(
@@ -83,7 +91,7 @@ async fn watch_is_ordered_resumable_and_live() -> anyhow::Result<()> {
     let live = stream.next().await.expect("live event")?;
     assert_eq!(
         (live.revision, live.kind(), live.service_name.as_str()),
-        (5, pb::EventKind::ServiceCreated, "api")
+        (6, pb::EventKind::ServiceCreated, "api")
     );
     Ok(())
 }
