@@ -28,26 +28,25 @@ fn secs(ms: u64) -> String {
     }
 }
 
-/// A value as one keepalived word: quoted when it holds a space, a brace,
-/// a comment sign or a quote. keepalived's quotes do not nest, so a value
-/// with both kinds of quote cannot be written as is; its double quotes
-/// become single ones, with a note.
+/// A free-text value as one keepalived word. Always quoted, so a value that
+/// happens to be a keyword (or holds a space, brace or comment sign) stays an
+/// argument. keepalived's quotes do not nest and end at the line's end: a
+/// value with both kinds of quote, or a line break, cannot be written as is;
+/// its double quotes become single ones and line breaks spaces, with a note.
 fn word(value: &str, notes: &mut Vec<String>) -> String {
-    let plain = !value.is_empty()
-        && !value
-            .chars()
-            .any(|c| c.is_whitespace() || "{}#!\"'".contains(c));
-    if plain {
-        return value.to_string();
+    let mut v = value.to_string();
+    if v.contains(['\n', '\r']) {
+        notes.push(format!("{value:?} holds a line break; written with spaces"));
+        v = v.replace(['\n', '\r'], " ");
     }
-    match (value.contains('"'), value.contains('\'')) {
-        (false, _) => format!("\"{value}\""),
-        (true, false) => format!("'{value}'"),
+    match (v.contains('"'), v.contains('\'')) {
+        (false, _) => format!("\"{v}\""),
+        (true, false) => format!("'{v}'"),
         (true, true) => {
             notes.push(format!(
                 "{value:?} holds both kinds of quote; written with single quotes only"
             ));
-            format!("\"{}\"", value.replace('"', "'"))
+            format!("\"{}\"", v.replace('"', "'"))
         }
     }
 }
@@ -209,12 +208,8 @@ fn checker(t: &mut String, h: &lb_proto::model::HealthCheck, notes: &mut Vec<Str
             line.push(' ');
             line.push_str(a);
         }
-        // Always quoted: it is one string, the program and its arguments.
-        let quoted = match word(&line, notes) {
-            w if w == line => format!("\"{line}\""),
-            w => w,
-        };
-        let _ = writeln!(t, "            misc_path {quoted}");
+        // One string: the program and its arguments.
+        let _ = writeln!(t, "            misc_path {}", word(&line, notes));
         let _ = writeln!(t, "            misc_timeout {}", secs(h.timeout_ms));
     } else {
         if h.port != 0 {
