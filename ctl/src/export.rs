@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use lb_proto::convert::prefix_to_netmask;
-use lb_proto::model::{AdminState, ForwardingMode, Probe, Service, VirtualAddress};
+use lb_proto::model::{AdminState, ForwardingMode, Probe, RealServer, Service, VirtualAddress};
 
 /// The text, and what it could not express.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -131,20 +131,7 @@ pub fn keepalived(services: &[Service], director: Option<&str>) -> Exported {
         if s.hysteresis > 0 {
             let _ = writeln!(t, "    hysteresis {}", s.hysteresis);
         }
-        for rs in &s.realservers {
-            if rs.admin_state == AdminState::Disabled {
-                out.notes.push(format!(
-                    "service {}: realserver {} is disabled and left out",
-                    s.name,
-                    rs.endpoint()
-                ));
-                continue;
-            }
-            let weight = if rs.admin_state == AdminState::Draining {
-                0
-            } else {
-                rs.weight
-            };
+        for (rs, weight) in programmed(s, &mut out.notes) {
             let t = &mut out.text;
             let _ = writeln!(t, "    real_server {} {} {{", rs.address, rs.port);
             let _ = writeln!(t, "        weight {weight}");
@@ -221,6 +208,24 @@ fn checker(t: &mut String, h: &lb_proto::model::HealthCheck, notes: &mut Vec<Str
     let _ = writeln!(t, "        }}");
 }
 
+/// The realservers as a director programs them, with their weight: a
+/// draining one at 0, a disabled one left out (and noted).
+fn programmed<'a>(s: &'a Service, notes: &mut Vec<String>) -> Vec<(&'a RealServer, u16)> {
+    let mut out = Vec::with_capacity(s.realservers.len());
+    for rs in &s.realservers {
+        match rs.admin_state {
+            AdminState::Disabled => notes.push(format!(
+                "service {}: realserver {} is disabled and left out",
+                s.name,
+                rs.endpoint()
+            )),
+            AdminState::Draining => out.push((rs, 0)),
+            AdminState::Active => out.push((rs, rs.weight)),
+        }
+    }
+    out
+}
+
 /// What neither target can say about a service.
 fn notes_for(s: &Service, notes: &mut Vec<String>, keepalived: bool) {
     if !s.realserver_selector.is_empty() {
@@ -293,20 +298,7 @@ pub fn ipvsadm(services: &[Service]) -> Exported {
             ForwardingMode::Dr => "-g",
             ForwardingMode::Tun => "-i",
         };
-        for rs in &s.realservers {
-            if rs.admin_state == AdminState::Disabled {
-                out.notes.push(format!(
-                    "service {}: realserver {} is disabled and left out",
-                    s.name,
-                    rs.endpoint()
-                ));
-                continue;
-            }
-            let weight = if rs.admin_state == AdminState::Draining {
-                0
-            } else {
-                rs.weight
-            };
+        for (rs, weight) in programmed(s, &mut out.notes) {
             let mut line = format!(
                 "-a {vs} -r {} {method} -w {weight}",
                 SocketAddr::new(rs.address, rs.port)

@@ -440,12 +440,7 @@ async fn realserver(ctl: &mut Controller, out: Output, cmd: RealserverCmd) -> an
                         rs.upper_threshold.to_string(),
                         rs.lower_threshold.to_string(),
                         e.health.clone(),
-                        // Where it comes from: listed in the service, or an agent's selector match.
-                        if e.agent.is_empty() {
-                            "listed".to_string()
-                        } else {
-                            format!("agent {}", e.agent)
-                        },
+                        output::source(&e.agent),
                     ])
                 })
                 .collect();
@@ -751,11 +746,7 @@ async fn status(ctl: &mut Controller, out: Output, stats: bool, rate: bool) -> a
             row.extend([
                 b.health.clone(),
                 rs.admin_state.clone(),
-                if b.agent.is_empty() {
-                    "listed".to_string()
-                } else {
-                    format!("agent {}", b.agent)
-                },
+                output::source(&b.agent),
             ]);
             rows.push(row);
         }

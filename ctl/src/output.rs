@@ -155,3 +155,12 @@ pub fn service_detail(s: &pb::Service, revision: u64) {
         );
     }
 }
+
+/// Where a backend comes from: listed in the service, or an agent's selector match.
+pub fn source(agent: &str) -> String {
+    if agent.is_empty() {
+        "listed".to_string()
+    } else {
+        format!("agent {agent}")
+    }
+}

@@ -204,27 +204,15 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn error(&self, n: &Node, message: impl Into<String>) -> ImportError {
-        ImportError {
-            file: self.file.to_string(),
-            line: n.line,
-            directive: n.directive(),
-            message: message.into(),
-        }
+        n.error(self.file, message)
     }
 
     fn number(&self, n: &Node, index: usize) -> Result<u32, ImportError> {
-        let Some(text) = n.args.get(index) else {
-            return Err(self.error(n, "needs a number"));
-        };
-        text.parse()
-            .map_err(|_| self.error(n, format!("{text:?} is not a whole number")))
+        n.number(self.file, index)
     }
 
     fn arg<'n>(&self, n: &'n Node, index: usize) -> Result<&'n str, ImportError> {
-        n.args
-            .get(index)
-            .map(String::as_str)
-            .ok_or_else(|| self.error(n, "needs a value"))
+        n.arg(self.file, index)
     }
 
     fn duration(&self, n: &Node) -> Result<prost_types::Duration, ImportError> {

@@ -136,25 +136,15 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn error(&self, n: &Node, message: impl Into<String>) -> ImportError {
-        ImportError {
-            file: self.file.to_string(),
-            line: n.line,
-            directive: n.directive(),
-            message: message.into(),
-        }
+        n.error(self.file, message)
     }
 
     fn arg<'n>(&self, n: &'n Node, index: usize) -> Result<&'n str, ImportError> {
-        n.args
-            .get(index)
-            .map(String::as_str)
-            .ok_or_else(|| self.error(n, "needs a value"))
+        n.arg(self.file, index)
     }
 
     fn number(&self, n: &Node) -> Result<u32, ImportError> {
-        let text = self.arg(n, 0)?;
-        text.parse()
-            .map_err(|_| self.error(n, format!("{text:?} is not a whole number")))
+        n.number(self.file, 0)
     }
 
     fn flag(&self, n: &Node) -> Result<bool, ImportError> {

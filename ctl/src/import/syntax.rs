@@ -41,6 +41,31 @@ impl Node {
     pub(crate) fn children(&self) -> &[Node] {
         self.block.as_deref().unwrap_or(&[])
     }
+
+    /// This directive is wrong in `file`.
+    pub(crate) fn error(&self, file: &str, message: impl Into<String>) -> ImportError {
+        ImportError {
+            file: file.to_string(),
+            line: self.line,
+            directive: self.directive(),
+            message: message.into(),
+        }
+    }
+
+    /// Argument `index`, which must be there.
+    pub(crate) fn arg(&self, file: &str, index: usize) -> Result<&str, ImportError> {
+        self.args
+            .get(index)
+            .map(String::as_str)
+            .ok_or_else(|| self.error(file, "needs a value"))
+    }
+
+    /// Argument `index` as a whole number.
+    pub(crate) fn number(&self, file: &str, index: usize) -> Result<u32, ImportError> {
+        let text = self.arg(file, index)?;
+        text.parse()
+            .map_err(|_| self.error(file, format!("{text:?} is not a whole number")))
+    }
 }
 
 /// Splits text into tokens. `equals`: `=` separates words and is dropped

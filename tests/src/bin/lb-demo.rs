@@ -105,34 +105,29 @@ async fn demo() -> anyhow::Result<()> {
 
     let mut procs = Procs(Vec::new());
     let state = dir.path().join("state");
-    let log = |name: &str| -> anyhow::Result<(Stdio, Stdio)> {
-        let f = std::fs::File::create(dir.path().join(format!("{name}.log")))?;
-        Ok((f.try_clone()?.into(), f.into()))
+    // An agent in namespace `ns`, logging to a file in the temporary directory.
+    let mut start = |ns: &str, program: &str, args: &[&str]| -> anyhow::Result<()> {
+        let log = std::fs::File::create(dir.path().join(format!("{ns}.log")))?;
+        let child = t
+            .command(ns, &bin(program))
+            .args(["--controller", &ctl, "--node-id", ns])
+            .args(args)
+            .arg("--state-dir")
+            .arg(&state)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {program} in {ns}"))?;
+        procs.0.push(child);
+        Ok(())
     };
     step(
         "the director agent in d1",
         &format!("lb-director --controller {ctl} --node-id d1 --interface eth0"),
     );
-    let (out, err) = log("d1")?;
-    procs.0.push(
-        t.command("d1", &bin("lb-director"))
-            .args([
-                "--controller",
-                &ctl,
-                "--node-id",
-                "d1",
-                "--interface",
-                "eth0",
-            ])
-            .arg("--state-dir")
-            .arg(&state)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .context("starting lb-director")?,
-    );
+    start("d1", "lb-director", &["--interface", "eth0"])?;
     for (rs, rip) in [("rs1", "10.0.0.21"), ("rs2", "10.0.0.22")] {
         step(
             &format!("the realserver agent on {rs}"),
@@ -140,20 +135,11 @@ async fn demo() -> anyhow::Result<()> {
                 "lb-realserver --controller {ctl} --node-id {rs} --address {rip} --labels pool=web"
             ),
         );
-        let (out, err) = log(rs)?;
-        procs.0.push(
-            t.command(rs, &bin("lb-realserver"))
-                .args(["--controller", &ctl, "--node-id", rs, "--address", rip])
-                .args(["--labels", "pool=web"])
-                .arg("--state-dir")
-                .arg(&state)
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .context("starting lb-realserver")?,
-        );
+        start(
+            rs,
+            "lb-realserver",
+            &["--address", rip, "--labels", "pool=web"],
+        )?;
     }
 
     step(
