@@ -77,15 +77,30 @@ impl App {
         if stale {
             return Ok(());
         }
-        self.raft
-            .ensure_linearizable()
-            .await
-            .map(|_| ())
-            .map_err(|e| match e.forward_to_leader() {
-                Some(f) => ApiError::NotLeader {
+        // A quorum that did not answer one heartbeat round in time (openraft
+        // gives it one heartbeat interval) may answer the next: try a few
+        // rounds before telling the client. Each round is a full check.
+        let mut rounds = 0;
+        loop {
+            let e = match self.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            if let Some(f) = e.forward_to_leader() {
+                return Err(ApiError::NotLeader {
                     leader: f.leader_node.clone().map(|n| n.addr),
-                },
-                None => ApiError::Raft(e.to_string()),
-            })
+                });
+            }
+            let quorum_slow = matches!(
+                &e,
+                openraft::error::RaftError::APIError(
+                    openraft::error::CheckIsLeaderError::QuorumNotEnough(_)
+                )
+            );
+            rounds += 1;
+            if !quorum_slow || rounds == 3 {
+                return Err(ApiError::Raft(e.to_string()));
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod network;
 pub mod placement;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod typ;
 
 use std::collections::BTreeMap;
@@ -69,6 +70,9 @@ pub struct Config {
     pub leases: placement::LeaseTiming,
     /// How long a realserver agent may be silent before its backends drain.
     pub agent_grace: std::time::Duration,
+    /// TLS on the listener and to peers: the CA and this controller's
+    /// certificate. `None`: plaintext (loopback, or `--insecure`).
+    pub tls: Option<lb_proto::pki::Credentials>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +89,8 @@ pub enum ControllerError {
     Serve(#[from] tonic::transport::Error),
     #[error("grpc reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Runs one controller node on `listener` until `shutdown` resolves.
@@ -113,7 +119,9 @@ pub async fn run(
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
-        network::Network,
+        network::Network {
+            tls: config.tls.as_ref().map(|c| c.client_config()),
+        },
         log_store,
         sm_store,
     )
@@ -145,14 +153,22 @@ pub async fn run(
     ));
     let lost_agents = tokio::spawn(api::drain_lost_agents(app.clone(), shutdown_tx.subscribe()));
     let mut down = shutdown_tx.subscribe();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = down.wait_for(|d| *d).await;
-            }),
-    );
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .layer(api::authz::AuthzLayer)
+        .add_routes(routes);
+    let stopped = async move {
+        let _ = down.wait_for(|d| *d).await;
+    };
+    let server = match &config.tls {
+        Some(creds) => {
+            let incoming = tls::Acceptor::new(creds)?.incoming(listener);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        None => tokio::spawn(
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped),
+        ),
+    };
 
     let initialized = raft
         .is_initialized()

@@ -12,7 +12,7 @@ use lb_controller::{Config, RaftTuning};
 #[derive(Debug, Parser)]
 #[command(
     version,
-    after_help = "Examples:\n  lb-controller --data-dir ./lb-data --listen 127.0.0.1:7070\n  lb-controller --node-id 2 --data-dir ./lb2 --listen 127.0.0.1:7071 --no-bootstrap"
+    after_help = "Examples:\n  lb-controller --data-dir ./lb-data --listen 127.0.0.1:7070\n  lb-controller --node-id 2 --data-dir ./lb2 --listen 127.0.0.1:7071 --no-bootstrap\n  lb-controller --data-dir /var/lib/lbfabric --listen 10.0.0.1:7070    (TLS: CA and certificates in /var/lib/lbfabric/pki)"
 )]
 struct Args {
     /// This controller's Raft node id (unique in the cluster, at least 1).
@@ -60,6 +60,81 @@ struct Args {
     /// Log entries kept behind a snapshot for slow followers.
     #[arg(long, env = "LB_KEEP_LOGS", default_value_t = 1_000)]
     keep_logs: u64,
+    /// Serve TLS (mTLS for callers) even on a loopback address. TLS is on by
+    /// itself whenever the listen or advertised address is not loopback.
+    #[arg(long, env = "LB_TLS", conflicts_with = "insecure")]
+    tls: bool,
+    /// Serve plaintext on a non-loopback address. Anyone who reaches the
+    /// port can then reprogram the fabric; a warning is logged.
+    #[arg(long, env = "LB_INSECURE")]
+    insecure: bool,
+    /// Your own CA certificate (PEM) instead of the CA bootstrapped in
+    /// <data-dir>/pki; with --tls-cert and --tls-key.
+    #[arg(long, env = "LB_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// This controller's certificate (PEM), issued by --tls-ca, naming
+    /// spiffe://lbfabric/controller/<node-id> and controller.lbfabric.
+    #[arg(long, env = "LB_TLS_CERT", requires = "tls_ca")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "LB_TLS_KEY", requires = "tls_ca")]
+    tls_key: Option<PathBuf>,
+}
+
+/// TLS credentials for this controller, or `None` for plaintext: on
+/// loopback without --tls, or with --insecure. A bootstrapping node creates
+/// the CA in <data-dir>/pki, and issues itself a controller certificate and
+/// an admin certificate for lbctl.
+fn tls_setup(
+    args: &Args,
+    bound: std::net::SocketAddr,
+) -> anyhow::Result<Option<lb_proto::pki::Credentials>> {
+    use lb_proto::pki::{Ca, Credentials, Identity, Role};
+    let advertised: Option<std::net::IpAddr> = args
+        .advertise
+        .as_deref()
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.ip());
+    let loopback = bound.ip().is_loopback() && advertised.is_none_or(|ip| ip.is_loopback());
+    if args.insecure {
+        if !loopback {
+            tracing::warn!(listen = %bound, "--insecure: serving plaintext on a non-loopback address; anyone who reaches it can reprogram the fabric");
+        }
+        return Ok(None);
+    }
+    if let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        return Ok(Some(Credentials::from_files(ca, Some(cert), Some(key))?));
+    }
+    if loopback && !args.tls {
+        return Ok(None);
+    }
+    let dir = args.data_dir.join("pki");
+    let ca = Ca::open(&dir, !args.no_bootstrap).with_context(|| {
+        format!(
+            "TLS needs the fabric's CA in {}: copy ca.pem there with a certificate from `lbctl pki issue --role controller`, or pass --tls-ca/--tls-cert/--tls-key",
+            dir.display()
+        )
+    })?;
+    if ca.can_issue() {
+        let mut ips = vec![bound.ip()];
+        ips.extend(advertised);
+        if bound.ip().is_unspecified() || !ips.iter().any(|ip| ip.is_loopback()) {
+            ips.push(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let me = Identity::new(Role::Controller, args.node_id.to_string());
+        ca.ensure(&dir, "controller", &me, &ips)?;
+        ca.ensure(&dir, "admin", &Identity::new(Role::Admin, "admin"), &[])?;
+    }
+    let creds = Credentials::from_dir(&dir, "controller").with_context(|| {
+        format!(
+            "no controller certificate in {}: issue one with `lbctl pki issue --ca-dir <CA dir> --role controller --name {} --out {}`",
+            dir.display(),
+            args.node_id,
+            dir.display()
+        )
+    })?;
+    tracing::info!(pki = %dir.display(), "TLS on: lbctl --credentials {} (ca.pem, admin.pem, admin.key)", dir.display());
+    Ok(Some(creds))
 }
 
 #[tokio::main]
@@ -74,8 +149,11 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    // Before the address file: whoever waits for it finds the credentials.
+    let tls = tls_setup(&args, bound)?;
     if let Some(path) = &args.addr_file {
-        let addr = listener.local_addr().context("reading the bound address")?;
+        let addr = bound;
         // Write then rename so a watcher never reads a half-written file.
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, addr.to_string())
@@ -101,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
             hold_down: Duration::from_millis(args.preempt_hold_down_ms),
         },
         agent_grace: Duration::from_millis(args.agent_grace_ms),
+        tls,
     };
     lb_controller::run(config, listener, lb_proto::process::shutdown_signal()).await?;
     Ok(())

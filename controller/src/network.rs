@@ -19,7 +19,10 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Creates one [`PeerClient`] per target node.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// mTLS to peers with this controller's certificate; `None`: plaintext.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
@@ -28,6 +31,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             addr: node.addr.clone(),
+            tls: self.tls.clone(),
             client: None,
         }
     }
@@ -37,6 +41,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerClient {
     target: NodeId,
     addr: String,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     client: Option<RaftClient<Channel>>,
 }
 
@@ -45,10 +50,16 @@ impl PeerClient {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.addr))
             .map_err(|e| NetworkError::new(&e))?
             .tcp_nodelay(true)
             .connect_timeout(std::time::Duration::from_millis(500));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| NetworkError::new(&e))?;
+        }
         let client = RaftClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -72,11 +83,16 @@ impl PeerClient {
         let reply = match send(client, option.hard_ttl()).await {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                if status.code() == tonic::Code::Unavailable
-                    || status.code() == tonic::Code::DeadlineExceeded
-                {
+                if status.code() == tonic::Code::Unavailable {
                     // Drop the channel so the next call dials afresh.
                     self.client = None;
+                    return Err(RpcError::Unreachable(Unreachable::new(&status)));
+                }
+                if status.code() == tonic::Code::DeadlineExceeded {
+                    // Keep the channel: a connection still being set up (a
+                    // TLS handshake can outlast a heartbeat-long deadline on
+                    // a slow host) finishes for the next call, instead of
+                    // starting over every time.
                     return Err(RpcError::Unreachable(Unreachable::new(&status)));
                 }
                 return Err(RpcError::Network(NetworkError::new(&status)));

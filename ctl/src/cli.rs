@@ -24,6 +24,12 @@ pub struct Cli {
     /// Give up after this many seconds (redirects and elections included).
     #[arg(long, global = true, default_value_t = 15)]
     pub timeout: u64,
+    /// TLS with the files of a directory: ca.pem, admin.pem, admin.key (a
+    /// controller's <data-dir>/pki, or what `lbctl pki admin-cert` wrote).
+    #[arg(long, global = true, env = "LB_CREDENTIALS", conflicts_with = "ca")]
+    pub credentials: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tls: lb_proto::process::TlsFlags,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -102,6 +108,10 @@ pub enum Command {
         #[arg(long)]
         director: Option<String>,
     },
+    /// Certificates from the fabric's CA, made locally where its key is
+    /// (a bootstrapping controller's <data-dir>/pki).
+    #[command(subcommand)]
+    Pki(PkiCmd),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  lbctl completion bash > /etc/bash_completion.d/lbctl\n  lbctl completion zsh > \"${fpath[1]}/_lbctl\"\n  lbctl completion fish > ~/.config/fish/completions/lbctl.fish"
@@ -109,6 +119,46 @@ pub enum Command {
     Completion {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PkiCmd {
+    /// Issue a certificate and key for an identity into a directory (with ca.pem).
+    #[command(
+        after_help = "Examples:\n  lbctl pki issue --ca-dir /var/lib/lbfabric/pki --role controller --name 2 --ip 10.0.0.2 --out /tmp/node2-pki\n  lbctl pki issue --ca-dir /var/lib/lbfabric/pki --role director --name d1 --out /etc/lbfabric\n  lbctl pki issue --ca-dir /var/lib/lbfabric/pki --role realserver --name web-1 --ip 192.168.10.11 --out /etc/lbfabric"
+    )]
+    Issue {
+        /// Directory with ca.pem and ca.key.
+        #[arg(long)]
+        ca_dir: std::path::PathBuf,
+        /// admin, controller, director or realserver.
+        #[arg(long)]
+        role: String,
+        /// The node id (controllers: the Raft node id), or an admin's name.
+        #[arg(long)]
+        name: String,
+        /// Addresses to name in the certificate (a realserver's RIP; a controller's listen address).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// Where NAME.pem, NAME.key and ca.pem go.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
+    /// Issue an admin certificate for lbctl (admin.pem, admin.key, ca.pem in --out).
+    #[command(
+        after_help = "Example:\n  lbctl pki admin-cert --ca-dir /var/lib/lbfabric/pki --out ~/.lbfabric && export LB_CREDENTIALS=~/.lbfabric"
+    )]
+    AdminCert {
+        #[arg(long)]
+        ca_dir: std::path::PathBuf,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: u64,
     },
 }
 

@@ -29,6 +29,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(*shell, &mut cmd, "lbctl", &mut std::io::stdout());
             return Ok(());
         }
+        Command::Pki(cmd) => return pki(cmd),
         Command::Import {
             format,
             files,
@@ -40,7 +41,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let mut ctl = Controller::new(&cli.controller, Duration::from_secs(cli.timeout))?;
+    let tls = match &cli.credentials {
+        Some(dir) => Some(lb_proto::pki::Credentials::from_dir(dir, "admin")?.client_config()),
+        None => cli.tls.client_config()?,
+    };
+    let mut ctl = Controller::new(&cli.controller, Duration::from_secs(cli.timeout))?.with_tls(tls);
     let out = cli.output;
     match cli.command {
         Command::Service(cmd) => service(&mut ctl, out, cmd).await,
@@ -59,7 +64,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } => import(&mut ctl, out, format, &files, replace).await,
         Command::Export { format, director } => export(&mut ctl, format, director.as_deref()).await,
-        Command::Completion { .. } => Ok(()),
+        Command::Completion { .. } | Command::Pki(_) => Ok(()),
     }
 }
 
@@ -1030,5 +1035,67 @@ async fn export(
     for n in &exported.notes {
         eprintln!("note: {n}");
     }
+    Ok(())
+}
+
+/// `lbctl pki`: certificates made locally with the CA's key.
+fn pki(cmd: &PkiCmd) -> anyhow::Result<()> {
+    use lb_proto::pki::{Ca, Identity, Role};
+    let (ca_dir, identity, ips, out, days) = match cmd.clone() {
+        PkiCmd::Issue {
+            ca_dir,
+            role,
+            name,
+            ips,
+            out,
+            days,
+        } => {
+            let role = Role::parse(&role).with_context(|| {
+                format!("--role {role:?}: expected admin, controller, director or realserver")
+            })?;
+            lb_proto::convert::check_name("--name", &name)?;
+            (ca_dir, Identity::new(role, name), ips, out, days)
+        }
+        PkiCmd::AdminCert { ca_dir, out, days } => (
+            ca_dir,
+            Identity::new(Role::Admin, "admin"),
+            Vec::new(),
+            out,
+            days,
+        ),
+    };
+    let ca = Ca::open(&ca_dir, false)?;
+    anyhow::ensure!(
+        ca.can_issue(),
+        "{}: no ca.key, so no certificate can be issued here",
+        ca_dir.display()
+    );
+    let issued = ca.issue(&identity, &ips, Duration::from_secs(days * 24 * 3600))?;
+    let file = match identity.role {
+        Role::Controller => "controller".to_string(),
+        _ => identity.name.clone(),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let write = |name: String, text: &str, mode: u32| -> anyhow::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = out.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    write("ca.pem".into(), &ca.cert_pem, 0o644)?;
+    write(format!("{file}.pem"), &issued.cert_pem, 0o644)?;
+    write(format!("{file}.key"), &issued.key_pem, 0o600)?;
+    println!(
+        "{identity}: {}/{file}.pem and {file}.key, valid {days} days (CA: {}/ca.pem)",
+        out.display(),
+        out.display()
+    );
     Ok(())
 }

@@ -49,6 +49,8 @@ use crate::{desired, forwarding};
 pub struct Config {
     /// Controller addresses; any of them (the leader is found by redirect).
     pub controllers: String,
+    /// TLS to the controllers (the CA, and this agent's certificate); `None`: plaintext.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub node_id: String,
     pub labels: BTreeMap<String, String>,
     /// Interface the VIP addresses go on while this director owns them.
@@ -626,7 +628,7 @@ async fn session(
     let _ = tx
         .send(report(config, *heartbeat, progress, lease, &mut stats_sent))
         .await;
-    let mut inbound = DirectorSyncClient::new(channel(addr)?)
+    let mut inbound = DirectorSyncClient::new(channel(addr, config.tls.as_ref())?)
         .sync(ReceiverStream::new(rx))
         .await?
         .into_inner();

@@ -49,6 +49,8 @@ struct Args {
     /// VIPs its node still holds (tmpfs, so a reboot clears it).
     #[arg(long, env = "LB_STATE_DIR", default_value = "/run/lbfabric")]
     state_dir: std::path::PathBuf,
+    #[command(flatten)]
+    tls: lb_proto::process::TlsFlags,
 }
 
 #[tokio::main]
@@ -63,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
     let labels = lb_proto::process::label_flags("--labels", &args.labels)?;
     let config = Config {
         controllers: args.controller,
+        tls: args.tls.client_config()?,
         node_id: args.node_id,
         labels,
         interface: args.interface,

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Response, Status};
 
 /// Metadata key the controller puts the leader's address in.
@@ -23,17 +23,25 @@ pub fn leader_hint(status: &Status) -> Option<String> {
         .map(String::from)
 }
 
-/// A lazily connected channel to `addr` (`host:port`, or a URI).
-pub fn channel(addr: &str) -> Result<Channel, Status> {
+/// A lazily connected channel to `addr` (`host:port`, or a URI); with
+/// `tls`, over TLS (`https`) verifying the controller against the pinned CA.
+pub fn channel(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, Status> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     };
-    let endpoint = Endpoint::from_shared(uri)
-        .map_err(|e| Status::invalid_argument(format!("controller address {addr}: {e}")))?
+    let bad = |e: &dyn std::fmt::Display| {
+        Status::invalid_argument(format!("controller address {addr}: {e}"))
+    };
+    let mut endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| bad(&e))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(&e))?;
+    }
     Ok(endpoint.connect_lazy())
 }
 
@@ -51,6 +59,7 @@ pub struct Controller {
     current: usize,
     channel: Option<Channel>,
     deadline: Duration,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Controller {
@@ -64,23 +73,21 @@ impl Controller {
             current: 0,
             channel: None,
             deadline,
+            tls: None,
         })
+    }
+
+    /// Connects over TLS with these settings.
+    pub fn with_tls(mut self, tls: Option<ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     fn channel(&mut self) -> Result<Channel, Status> {
         if let Some(c) = &self.channel {
             return Ok(c.clone());
         }
-        let addr = &self.addrs[self.current];
-        let uri = if addr.contains("://") {
-            addr.clone()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| Status::invalid_argument(format!("--controller {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(2));
-        let channel = endpoint.connect_lazy();
+        let channel = channel(&self.addrs[self.current], self.tls.as_ref())?;
         self.channel = Some(channel.clone());
         Ok(channel)
     }

@@ -22,6 +22,7 @@ pub mod client;
 pub mod convert;
 pub mod json;
 pub mod model;
+pub mod pki;
 pub mod process;
 
 pub use convert::FieldError;

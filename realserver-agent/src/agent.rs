@@ -36,6 +36,8 @@ use lb_hostnet::checks::{self, targets, Target};
 pub struct Config {
     /// Controller addresses; any of them (the leader is found by redirect).
     pub controllers: String,
+    /// TLS to the controllers (the CA, and this agent's certificate); `None`: plaintext.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub node_id: String,
     /// The realserver's address (RIP), as the directors reach it.
     pub address: IpAddr,
@@ -378,7 +380,7 @@ async fn session(
     let (tx, rx) = mpsc::channel(8);
     *heartbeat += 1;
     let _ = tx.send(report(config, *heartbeat, progress, status)).await;
-    let mut inbound = RealServerSyncClient::new(channel(addr)?)
+    let mut inbound = RealServerSyncClient::new(channel(addr, config.tls.as_ref())?)
         .sync(ReceiverStream::new(rx))
         .await?
         .into_inner();

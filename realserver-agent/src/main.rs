@@ -40,6 +40,8 @@ struct Args {
     /// restarted agent still undoes it (tmpfs: a reboot clears the changes too).
     #[arg(long, env = "LB_STATE_DIR", default_value = "/run/lbfabric")]
     state_dir: std::path::PathBuf,
+    #[command(flatten)]
+    tls: lb_proto::process::TlsFlags,
 }
 
 #[tokio::main]
@@ -54,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
     let address = lb_proto::convert::unicast_ip("--address", &args.address)?;
     let config = Config {
         controllers: args.controller,
+        tls: args.tls.client_config()?,
         node_id: args.node_id,
         address,
         labels: lb_proto::process::label_flags("--labels", &args.labels)?,

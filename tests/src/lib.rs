@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Context};
 use lb_proto::pb;
 use lb_proto::pb::cluster_admin_client::ClusterAdminClient;
@@ -85,11 +87,66 @@ where
     }
 }
 
+/// Controllers serving TLS, by address: the directory with the cluster's
+/// CA (and its key) and the admin credentials (the first node's pki). The
+/// helpers below ([`channel`], [`lbctl`], [`agent_tls`]) look addresses up
+/// here, so a test talks to a TLS controller the way it talks to a
+/// plaintext one.
+static TLS_DIRS: std::sync::Mutex<BTreeMap<String, PathBuf>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// The pki directory behind the first of `controllers` (comma-separated), if TLS.
+pub fn tls_dir(controllers: &str) -> Option<PathBuf> {
+    let first = controllers.split(',').next()?.trim();
+    TLS_DIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(first)
+        .cloned()
+}
+
+/// The client settings for `addr`: TLS as admin when it serves TLS.
+pub fn admin_tls(addr: &str) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    match tls_dir(addr) {
+        Some(dir) => Ok(Some(
+            lb_proto::pki::Credentials::from_dir(&dir, "admin")?.client_config(),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Flags for an agent (`--ca --cert --key`) of the cluster at `controllers`:
+/// a certificate issued now for `role`/`name` with `ips`; none for plaintext.
+pub fn agent_tls(
+    controllers: &str,
+    role: lb_proto::pki::Role,
+    name: &str,
+    ips: &[std::net::IpAddr],
+) -> anyhow::Result<Vec<String>> {
+    let Some(dir) = tls_dir(controllers) else {
+        return Ok(Vec::new());
+    };
+    let ca = lb_proto::pki::Ca::open(&dir, false)?;
+    let out = dir.join("issued").join(name);
+    ca.ensure(&out, name, &lb_proto::pki::Identity::new(role, name), ips)?;
+    let path = |f: String| out.join(f).to_string_lossy().into_owned();
+    Ok(vec![
+        "--ca".into(),
+        path("ca.pem".into()),
+        "--cert".into(),
+        path(format!("{name}.pem")),
+        "--key".into(),
+        path(format!("{name}.key")),
+    ])
+}
+
 /// One `lb-controller` child process.
 pub struct ControllerProc {
     pub node_id: u64,
     pub addr: String,
     pub data_dir: PathBuf,
+    /// With TLS: the cluster's CA and admin credentials (the first node's pki).
+    pub pki: Option<PathBuf>,
     log: PathBuf,
     extra: Vec<String>,
     child: Option<Child>,
@@ -121,10 +178,27 @@ impl ControllerProc {
         if !bootstrap {
             extra.push("--no-bootstrap".into());
         }
+        // As lb-controller decides: TLS unless loopback, or asked for.
+        let loopback = ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
+        let tls = extra.iter().any(|e| e == "--tls")
+            || (!loopback && !extra.iter().any(|e| e == "--insecure"));
+        let data_dir = dir.join(format!("node{node_id}"));
+        // Every node of a test cluster shares `dir`; node 1 holds the CA.
+        let ca_dir = dir.join("node1").join("pki");
+        if tls && !bootstrap {
+            let ca = lb_proto::pki::Ca::open(&ca_dir, false)
+                .context("a joining TLS controller needs node 1's CA: start node 1 first")?;
+            let me =
+                lb_proto::pki::Identity::new(lb_proto::pki::Role::Controller, node_id.to_string());
+            ca.ensure(&data_dir.join("pki"), "controller", &me, &[ip.parse()?])?;
+        }
         let mut p = ControllerProc {
             node_id,
             addr: format!("{ip}:0"),
-            data_dir: dir.join(format!("node{node_id}")),
+            data_dir,
+            pki: tls.then_some(ca_dir),
             log: dir.join(format!("node{node_id}.log")),
             extra,
             child: None,
@@ -179,6 +253,12 @@ impl ControllerProc {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.addr = std::fs::read_to_string(&addr_file)?.trim().to_string();
+        if let Some(pki) = &self.pki {
+            TLS_DIRS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(self.addr.clone(), pki.clone());
+        }
         Ok(())
     }
 
@@ -234,19 +314,28 @@ impl Drop for ControllerProc {
     }
 }
 
-/// A gRPC channel to `addr` (host:port), connected now.
+/// A gRPC channel to `addr` (host:port), connected now; over TLS as admin
+/// when the controller there serves TLS.
 pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(format!("http://{addr}"))?
+    let tls = admin_tls(addr)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await?)
+        .timeout(Duration::from_secs(10));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect().await?)
 }
 
-/// Runs `lbctl --controller <controller> <args…>`.
+/// Runs `lbctl --controller <controller> <args…>` (as admin over TLS when
+/// the controller serves TLS).
 pub fn lbctl(controller: &str, args: &[&str]) -> Output {
-    Command::new(bin("lbctl"))
-        .arg("--controller")
+    let mut cmd = Command::new(bin("lbctl"));
+    if let Some(dir) = tls_dir(controller) {
+        cmd.arg("--credentials").arg(dir);
+    }
+    cmd.arg("--controller")
         .arg(controller)
         .args(args)
         .env("RUST_BACKTRACE", "0")

@@ -212,11 +212,19 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
         req: Request<Streaming<pb::DirectorReport>>,
     ) -> Result<Response<DesiredStream>, Status> {
         self.app.require_leader().map_err(status)?;
+        let caller = super::authz::caller(&req);
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("node_id: the stream ended before the first report")
         })?;
         check_name("node_id", &first.node_id).map_err(|e| status(e.into()))?;
+        // A director speaks only for itself (later reports must keep the id).
+        if let Some(c) = caller.filter(|c| c.identity.name != first.node_id) {
+            return Err(Status::permission_denied(format!(
+                "node_id: {} may not report as director {}",
+                c.identity, first.node_id
+            )));
+        }
         let node = first.node_id.clone();
         let stream = STREAMS.fetch_add(1, Ordering::Relaxed);
         record(&self.app, &first, stream);

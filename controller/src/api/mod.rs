@@ -4,6 +4,7 @@
 //! 1.8 can `list` and `describe`). [`status`] is the one place domain errors
 //! become gRPC statuses.
 
+pub mod authz;
 mod cluster_admin;
 mod director_sync;
 mod raft;

@@ -167,11 +167,28 @@ impl pb::real_server_sync_server::RealServerSync for RealServerSync {
         req: Request<Streaming<pb::RealServerReport>>,
     ) -> Result<Response<DesiredStream>, Status> {
         self.app.require_leader().map_err(status)?;
+        let caller = super::authz::caller(&req);
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("node_id: the stream ended before the first report")
         })?;
         let mut registered = agent(&first)?;
+        // A realserver agent speaks only for its own node id and address.
+        let bound_ips = caller.as_ref().map(|c| c.ips.clone());
+        if let Some(c) = caller {
+            if c.identity.name != registered.node_id {
+                return Err(Status::permission_denied(format!(
+                    "node_id: {} may not register as realserver {}",
+                    c.identity, registered.node_id
+                )));
+            }
+            if !c.ips.contains(&registered.address) {
+                return Err(Status::permission_denied(format!(
+                    "address: {} may not register address {} (its certificate names {:?})",
+                    c.identity, registered.address, c.ips
+                )));
+            }
+        }
         seen(&self.app, &first.node_id);
         self.app
             .write(Command::RegisterRealServer {
@@ -216,6 +233,11 @@ impl pb::real_server_sync_server::RealServerSync for RealServerSync {
                                 Ok(a) => a,
                                 Err(e) => { let _ = tx.send(Err(e)).await; break; }
                             };
+                            if bound_ips.as_ref().is_some_and(|ips| !ips.contains(&now.address)) {
+                                let msg = format!("address: {} is not in this agent's certificate", now.address);
+                                let _ = tx.send(Err(Status::permission_denied(msg))).await;
+                                break;
+                            }
                             if now != registered {
                                 if let Err(e) = app.write(Command::RegisterRealServer { agent: now.clone() }).await {
                                     let _ = tx.send(Err(status(e))).await;

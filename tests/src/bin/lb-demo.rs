@@ -12,8 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
+use lb_proto::pki::Role;
 use lb_testkit::netns::Topology;
-use lb_testkit::{bin, lbctl_ok, wait_for, ControllerProc};
+use lb_testkit::{agent_tls, bin, lbctl_ok, wait_for, ControllerProc};
 
 const VIP: &str = "10.0.0.100";
 
@@ -94,11 +95,13 @@ async fn demo() -> anyhow::Result<()> {
     let controller = ControllerProc::start_at("10.0.0.1", 1, dir.path(), true, &[])?;
     controller.wait_leader().await?;
     let ctl = controller.addr.clone();
+    let pki = controller.data_dir.join("pki");
     step(
-        "a single-node controller, its store in a temporary directory",
+        "a single-node controller, its store in a temporary directory; not on loopback, so it serves mTLS with a CA it made in <data-dir>/pki",
         &format!(
-            "lb-controller --node-id 1 --data-dir {} --listen {ctl}",
-            controller.data_dir.display()
+            "lb-controller --node-id 1 --data-dir {} --listen {ctl}\n$ export LB_CREDENTIALS={}   # lbctl as admin: ca.pem, admin.pem, admin.key",
+            controller.data_dir.display(),
+            pki.display()
         ),
     );
     lbctl(&ctl, &["cluster", "status"])?;
@@ -106,39 +109,49 @@ async fn demo() -> anyhow::Result<()> {
     let mut procs = Procs(Vec::new());
     let state = dir.path().join("state");
     // An agent in namespace `ns`, logging to a file in the temporary directory.
-    let mut start = |ns: &str, program: &str, args: &[&str]| -> anyhow::Result<()> {
-        let log = std::fs::File::create(dir.path().join(format!("{ns}.log")))?;
-        let child = t
-            .command(ns, &bin(program))
-            .args(["--controller", &ctl, "--node-id", ns])
-            .args(args)
-            .arg("--state-dir")
-            .arg(&state)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {program} in {ns}"))?;
-        procs.0.push(child);
-        Ok(())
-    };
+    // TLS: the controller listens on 10.0.0.1, so every agent gets a
+    // certificate from its CA (see `agent_tls`).
+    let mut start =
+        |ns: &str, program: &str, args: &[&str], tls: Vec<String>| -> anyhow::Result<()> {
+            let log = std::fs::File::create(dir.path().join(format!("{ns}.log")))?;
+            let child = t
+                .command(ns, &bin(program))
+                .args(["--controller", &ctl, "--node-id", ns])
+                .args(args)
+                .args(tls)
+                .arg("--state-dir")
+                .arg(&state)
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {program} in {ns}"))?;
+            procs.0.push(child);
+            Ok(())
+        };
     step(
-        "the director agent in d1",
-        &format!("lb-director --controller {ctl} --node-id d1 --interface eth0"),
+        "the director agent in d1, with a certificate for director d1 (lbctl pki issue)",
+        &format!("lb-director --controller {ctl} --node-id d1 --interface eth0 --ca ca.pem --cert d1.pem --key d1.key"),
     );
-    start("d1", "lb-director", &["--interface", "eth0"])?;
+    start(
+        "d1",
+        "lb-director",
+        &["--interface", "eth0"],
+        agent_tls(&ctl, Role::Director, "d1", &[])?,
+    )?;
     for (rs, rip) in [("rs1", "10.0.0.21"), ("rs2", "10.0.0.22")] {
         step(
             &format!("the realserver agent on {rs}"),
             &format!(
-                "lb-realserver --controller {ctl} --node-id {rs} --address {rip} --labels pool=web"
+                "lb-realserver --controller {ctl} --node-id {rs} --address {rip} --labels pool=web --ca ca.pem --cert {rs}.pem --key {rs}.key"
             ),
         );
         start(
             rs,
             "lb-realserver",
             &["--address", rip, "--labels", "pool=web"],
+            agent_tls(&ctl, Role::Realserver, rs, &[rip.parse()?])?,
         )?;
     }
 

@@ -8,6 +8,7 @@ mod import;
 mod netns;
 mod ownership;
 mod realserver;
+mod security;
 mod single_node;
 mod vm_runner;
 mod watch;

@@ -83,7 +83,9 @@ async fn run(
         seq += 1;
         let _ = tx.send(report(seq, &held)).await;
         heard.lock().unwrap().last_sent = Some(Instant::now());
-        let Ok(ch) = channel(&target) else { return };
+        let Ok(ch) = channel(&target, None) else {
+            return;
+        };
         let mut inbound = match DirectorSyncClient::new(ch)
             .sync(ReceiverStream::new(rx))
             .await

@@ -7,8 +7,9 @@
 use std::process::Command;
 use std::time::Duration;
 
+use lb_proto::pki::Role;
 use lb_testkit::netns::{can_create_namespaces, Topology};
-use lb_testkit::{bin, lbctl_ok, require, start_cluster_at, wait_for};
+use lb_testkit::{agent_tls, bin, lbctl_ok, require, start_cluster_at, wait_for};
 
 const VIP: &str = "10.81.0.100";
 
@@ -54,6 +55,8 @@ fn start_agent(
         rip,
     ];
     args.extend_from_slice(extra);
+    let tls = agent_tls(controller, Role::Realserver, node, &[rip.parse()?])?;
+    args.extend(tls.iter().map(String::as_str));
     Ok(t.spawn(node, &args)?.id())
 }
 
@@ -136,7 +139,14 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
             "impostor",
             "--address",
             "10.81.0.21",
-        ],
+        ]
+        .into_iter()
+        .chain(
+            agent_tls(&a, Role::Realserver, "impostor", &["10.81.0.21".parse()?])?
+                .iter()
+                .map(String::as_str),
+        )
+        .collect::<Vec<_>>(),
     )?;
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(

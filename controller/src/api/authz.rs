@@ -1,0 +1,159 @@
+//! Who may call what: one tower layer in front of every gRPC service.
+//!
+//! | methods | who |
+//! | --- | --- |
+//! | `lb.v1.ServiceAdmin/*`, `lb.v1.ClusterAdmin/*` | admin |
+//! | `lb.v1.Raft/*` | controller |
+//! | `lb.v1.DirectorSync/*` | director (as its own node id: checked by the stream) |
+//! | `lb.v1.RealServerSync/*` | realserver (its own node id and address: checked by the stream) |
+//! | health, reflection | anyone |
+//!
+//! A caller with no certificate, or one the fabric's CA did not issue (or
+//! that has expired), gets `UNAUTHENTICATED` with the reason; a trusted
+//! caller in the wrong role `PERMISSION_DENIED`. Without TLS (loopback, or
+//! `--insecure`) the layer lets everything through: there is no identity.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use lb_proto::pki::Role;
+use tonic::Status;
+
+use crate::tls::{Peer, Verified};
+
+/// The role a method needs; `None`: open to anyone.
+fn required(path: &str) -> Option<&'static [Role]> {
+    let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    match service {
+        "lb.v1.ServiceAdmin" | "lb.v1.ClusterAdmin" => Some(&[Role::Admin]),
+        "lb.v1.Raft" => Some(&[Role::Controller]),
+        "lb.v1.DirectorSync" => Some(&[Role::Director]),
+        "lb.v1.RealServerSync" => Some(&[Role::Realserver]),
+        _ => None,
+    }
+}
+
+/// The verdict for one call.
+pub(crate) fn check(path: &str, peer: Option<&Peer>) -> Result<(), Status> {
+    let Some(roles) = required(path) else {
+        return Ok(());
+    };
+    let Some(peer) = peer else {
+        // Plaintext listener: no identities to check.
+        return Ok(());
+    };
+    match &peer.identity {
+        Err(why) => Err(Status::unauthenticated(format!(
+            "{why}; present a certificate issued by this fabric's CA"
+        ))),
+        Ok(Verified { identity, .. }) if roles.contains(&identity.role) => Ok(()),
+        Ok(Verified { identity, .. }) => Err(Status::permission_denied(format!(
+            "{identity} may not call {path}"
+        ))),
+    }
+}
+
+/// The identity a stream handler checks its messages against; `None` on a
+/// plaintext listener.
+pub(crate) fn caller<T>(req: &tonic::Request<T>) -> Option<Verified> {
+    req.extensions()
+        .get::<Peer>()
+        .and_then(|p| p.identity.clone().ok())
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuthzLayer;
+
+impl<S> tower::Layer<S> for AuthzLayer {
+    type Service = Authz<S>;
+
+    fn layer(&self, inner: S) -> Authz<S> {
+        Authz { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Authz<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Authz<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        match check(req.uri().path(), req.extensions().get::<Peer>()) {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(status) => {
+                tracing::info!(path = req.uri().path(), code = ?status.code(), reason = status.message(), "call refused");
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_proto::pki::Identity;
+
+    fn peer(identity: Result<Identity, &str>) -> Peer {
+        Peer {
+            remote: None,
+            identity: identity
+                .map(|identity| Verified {
+                    identity,
+                    ips: Vec::new(),
+                })
+                .map_err(String::from),
+        }
+    }
+
+    #[test]
+    fn the_matrix() {
+        let admin = peer(Ok(Identity::new(Role::Admin, "admin")));
+        let director = peer(Ok(Identity::new(Role::Director, "d1")));
+        let controller = peer(Ok(Identity::new(Role::Controller, "2")));
+        let stranger = peer(Err("no client certificate"));
+        let code = |path: &str, p: &Peer| check(path, Some(p)).err().map(|s| s.code());
+        use tonic::Code::{PermissionDenied, Unauthenticated};
+        assert_eq!(code("/lb.v1.ServiceAdmin/CreateService", &admin), None);
+        assert_eq!(
+            code("/lb.v1.ServiceAdmin/CreateService", &director),
+            Some(PermissionDenied)
+        );
+        assert_eq!(
+            code("/lb.v1.ServiceAdmin/ListServices", &stranger),
+            Some(Unauthenticated)
+        );
+        assert_eq!(code("/lb.v1.Raft/Vote", &controller), None);
+        assert_eq!(code("/lb.v1.Raft/Vote", &admin), Some(PermissionDenied));
+        assert_eq!(code("/lb.v1.DirectorSync/Sync", &director), None);
+        assert_eq!(
+            code("/lb.v1.RealServerSync/Sync", &director),
+            Some(PermissionDenied)
+        );
+        assert_eq!(code("/grpc.health.v1.Health/Check", &stranger), None);
+        assert_eq!(
+            code(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                &stranger
+            ),
+            None
+        );
+        // Plaintext: nothing to check.
+        assert!(check("/lb.v1.ServiceAdmin/CreateService", None).is_ok());
+    }
+}

@@ -1,0 +1,315 @@
+//! TLS on the controller's one port, and who the caller is.
+//!
+//! The handshake asks every client for a certificate but accepts whatever it
+//! gets (the client still proves it holds the certificate's key): trust is
+//! decided after the handshake, against the fabric's CA, so that a caller
+//! with no certificate, an expired one or one from another CA reaches the
+//! authorization layer ([`crate::api::authz`]) and is told
+//! `UNAUTHENTICATED` with the reason, instead of seeing a broken connection.
+//! Health checks and reflection stay open to callers without a certificate.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use lb_proto::pki::{Credentials, Identity};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what}: {detail}")]
+    Config { what: &'static str, detail: String },
+}
+
+fn config_err(what: &'static str) -> impl FnOnce(String) -> TlsError {
+    move |detail| TlsError::Config { what, detail }
+}
+
+/// A caller the CA vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub identity: Identity,
+    /// IP addresses in its certificate (a realserver's own address).
+    pub ips: Vec<IpAddr>,
+}
+
+/// What the controller knows about the other end of a connection; tonic
+/// puts it in every request's extensions.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub remote: Option<SocketAddr>,
+    /// The verified identity, or why there is none.
+    pub identity: Result<Verified, String>,
+}
+
+/// The provider every TLS piece here uses.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn pem_certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    let certs = certs.map_err(|e| config_err(what)(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(config_err(what)("no certificate in the PEM".into()));
+    }
+    Ok(certs)
+}
+
+/// Requests a client certificate, accepts any (checking only that the
+/// client holds its key); [`Acceptor::verify`] decides trust afterwards.
+#[derive(Debug)]
+struct AskForCertificate(Arc<CryptoProvider>);
+
+impl ClientCertVerifier for AskForCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Accepts TLS connections with the controller's certificate and names
+/// their peers.
+#[derive(Clone)]
+pub struct Acceptor {
+    tls: TlsAcceptor,
+    trust: Arc<dyn ClientCertVerifier>,
+}
+
+impl Acceptor {
+    /// `creds`: the CA and this controller's certificate and key.
+    pub fn new(creds: &Credentials) -> Result<Acceptor, TlsError> {
+        let provider = provider();
+        let (Some(cert), Some(key)) = (&creds.cert_pem, &creds.key_pem) else {
+            return Err(config_err("controller certificate")(
+                "missing: give a certificate and key".into(),
+            ));
+        };
+        let chain = pem_certs("controller certificate", cert)?;
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .map_err(|e| config_err("controller key")(e.to_string()))?;
+        let mut roots = RootCertStore::empty();
+        for ca in pem_certs("CA certificate", &creds.ca_pem)? {
+            roots
+                .add(ca)
+                .map_err(|e| config_err("CA certificate")(e.to_string()))?;
+        }
+        let trust = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| config_err("CA certificate")(e.to_string()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| config_err("TLS versions")(e.to_string()))?
+            .with_client_cert_verifier(Arc::new(AskForCertificate(provider)))
+            .with_single_cert(chain, key)
+            .map_err(|e| config_err("controller certificate")(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Acceptor {
+            tls: TlsAcceptor::from(Arc::new(config)),
+            trust,
+        })
+    }
+
+    /// Whether the CA vouches for the presented chain, and for whom.
+    fn verify(&self, chain: Option<&[CertificateDer<'static>]>) -> Result<Verified, String> {
+        let Some((end, intermediates)) = chain.and_then(|c| c.split_first()) else {
+            return Err("no client certificate".into());
+        };
+        self.trust
+            .verify_client_cert(end, intermediates, UnixTime::now())
+            .map_err(|e| format!("client certificate not accepted: {e}"))?;
+        identity_of(end)
+    }
+
+    /// TLS connections from `listener`, each handshake on its own task so a
+    /// slow client cannot hold up the others.
+    pub fn incoming(self, listener: TcpListener) -> ReceiverStream<io::Result<TlsConn>> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, remote) = match listener.accept().await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, conns) = (self.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.tls.accept(tcp),
+                    )
+                    .await;
+                    let stream = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let identity = acceptor.verify(stream.get_ref().1.peer_certificates());
+                    let peer = Peer {
+                        remote: Some(remote),
+                        identity,
+                    };
+                    let _ = conns.send(Ok(TlsConn { stream, peer })).await;
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}
+
+/// The identity URI and IP addresses in a certificate's subject alternative names.
+fn identity_of(der: &CertificateDer<'_>) -> Result<Verified, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("unreadable client certificate: {e}"))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("client certificate: {e}"))?
+        .ok_or("client certificate names no identity")?;
+    let mut identity = None;
+    let mut ips = Vec::new();
+    for name in &san.value.general_names {
+        match name {
+            x509_parser::extensions::GeneralName::URI(uri) => {
+                identity = identity.or_else(|| Identity::from_uri(uri))
+            }
+            x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                if let Ok(b) = <[u8; 4]>::try_from(*bytes) {
+                    ips.push(IpAddr::from(b));
+                } else if let Ok(b) = <[u8; 16]>::try_from(*bytes) {
+                    ips.push(IpAddr::from(b));
+                }
+            }
+            _ => {}
+        }
+    }
+    let identity = identity.ok_or("client certificate names no lbfabric identity")?;
+    Ok(Verified { identity, ips })
+}
+
+/// One accepted TLS connection and its peer.
+pub struct TlsConn {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: Peer,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

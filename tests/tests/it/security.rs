@@ -1,0 +1,255 @@
+//! mTLS and who may do what: refusals a caller sees, and that nothing changes.
+
+use std::path::Path;
+
+use lb_proto::pb;
+use lb_proto::pb::real_server_sync_client::RealServerSyncClient;
+use lb_proto::pb::service_admin_client::ServiceAdminClient;
+use lb_proto::pki::{Ca, Credentials, Identity, Role};
+use lb_testkit::{lbctl_ok, ControllerProc};
+use tokio_stream::StreamExt;
+
+/// lbctl with explicit TLS flags (not the admin credentials the helpers use).
+fn lbctl_as(addr: &str, tls: &[&str], args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(lb_testkit::bin("lbctl"))
+        .args(["--controller", addr, "--timeout", "5"])
+        .args(tls)
+        .args(args)
+        .output()
+        .expect("lbctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A gRPC channel over TLS presenting `creds`.
+async fn channel(addr: &str, creds: &Credentials) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(lb_proto::client::channel(
+        addr,
+        Some(&creds.client_config()),
+    )?)
+}
+
+#[tokio::test]
+async fn only_the_fabrics_identities_get_in() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = ControllerProc::start(1, dir.path(), true, &["--tls"])?;
+    let a = node.addr.clone();
+    let pki = node.pki.clone().expect("a TLS controller");
+    node.wait_leader().await?;
+    // The admin credentials the controller bootstrapped work (lbctl_ok uses them).
+    lbctl_ok(
+        &a,
+        &["service", "create", "web", "--vip", "10.10.1.30:80/tcp"],
+    )?;
+    let ca_pem = pki.join("ca.pem");
+
+    // No client certificate.
+    let (ok, err) = lbctl_as(&a, &["--ca", path(&ca_pem)], &["service", "delete", "web"]);
+    assert!(
+        !ok && err.contains("Unauthenticated: no client certificate"),
+        "{err}"
+    );
+
+    // A certificate from another CA.
+    let other = dir.path().join("other-ca");
+    let rogue = Ca::open(&other, true)?;
+    rogue.ensure(&other, "admin", &Identity::new(Role::Admin, "admin"), &[])?;
+    let (cert, key) = (other.join("admin.pem"), other.join("admin.key"));
+    let (ok, err) = lbctl_as(
+        &a,
+        &[
+            "--ca",
+            path(&ca_pem),
+            "--cert",
+            path(&cert),
+            "--key",
+            path(&key),
+        ],
+        &["service", "delete", "web"],
+    );
+    assert!(
+        !ok && err.contains("Unauthenticated: client certificate not accepted"),
+        "{err}"
+    );
+
+    // An expired certificate from the right CA.
+    let expired = dir.path().join("expired");
+    lbctl_ok(
+        &a,
+        &[
+            "pki",
+            "issue",
+            "--ca-dir",
+            path(&pki),
+            "--role",
+            "admin",
+            "--name",
+            "old",
+            "--days",
+            "0",
+            "--out",
+            path(&expired),
+        ],
+    )?;
+    // Valid until the second it was made (certificate times have seconds).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (ok, err) = lbctl_as(
+        &a,
+        &[
+            "--ca",
+            path(&ca_pem),
+            "--cert",
+            path(&expired.join("old.pem")),
+            "--key",
+            path(&expired.join("old.key")),
+        ],
+        &["service", "delete", "web"],
+    );
+    assert!(
+        !ok && err.contains("Unauthenticated") && err.contains("xpired"),
+        "{err}"
+    );
+
+    // A director's certificate may not change the configuration, nor speak Raft.
+    let ca = Ca::open(&pki, false)?;
+    let d1 = dir.path().join("d1");
+    ca.ensure(&d1, "d1", &Identity::new(Role::Director, "d1"), &[])?;
+    let (ok, err) = lbctl_as(
+        &a,
+        &[
+            "--ca",
+            path(&ca_pem),
+            "--cert",
+            path(&d1.join("d1.pem")),
+            "--key",
+            path(&d1.join("d1.key")),
+        ],
+        &["service", "delete", "web"],
+    );
+    assert!(
+        !ok && err.contains(
+            "PermissionDenied: director d1 may not call /lb.v1.ServiceAdmin/DeleteService"
+        ),
+        "{err}"
+    );
+    let admin = Credentials::from_dir(&pki, "admin")?;
+    let mut raft = pb::raft_client::RaftClient::new(channel(&a, &admin).await?);
+    let e = raft
+        .vote(pb::RaftPayload { json: Vec::new() })
+        .await
+        .expect_err("an admin may not vote");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+
+    // A realserver agent may speak only for its own node id and address.
+    let rs1 = dir.path().join("rs1");
+    ca.ensure(
+        &rs1,
+        "rs1",
+        &Identity::new(Role::Realserver, "rs1"),
+        &["10.1.0.11".parse()?],
+    )?;
+    let rs1_creds = Credentials::from_dir(&rs1, "rs1")?;
+    for (node_id, address, want) in [
+        (
+            "rs2",
+            "10.1.0.12",
+            "node_id: realserver rs1 may not register as realserver rs2",
+        ),
+        (
+            "rs1",
+            "10.1.0.99",
+            "address: realserver rs1 may not register address 10.1.0.99",
+        ),
+    ] {
+        let mut client = RealServerSyncClient::new(channel(&a, &rs1_creds).await?);
+        let report = pb::RealServerReport {
+            node_id: node_id.into(),
+            address: address.into(),
+            heartbeat: 1,
+            ..Default::default()
+        };
+        let result = client.sync(tokio_stream::once(report)).await;
+        let status = match result {
+            Err(s) => s,
+            Ok(r) => r
+                .into_inner()
+                .next()
+                .await
+                .and_then(Result::err)
+                .expect("refused"),
+        };
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(status.message().starts_with(want), "{status:?}");
+    }
+
+    // Nothing changed: the service is there, no agent registered.
+    let mut admin_api = ServiceAdminClient::new(channel(&a, &admin).await?);
+    let services = admin_api
+        .list_services(pb::ListServicesRequest { stale: false })
+        .await?
+        .into_inner();
+    assert_eq!(services.services.len(), 1);
+    assert_eq!(services.revision, 1);
+    let rs = admin_api
+        .list_real_servers(pb::ListRealServersRequest::default())
+        .await?
+        .into_inner();
+    assert!(rs.realservers.is_empty(), "{rs:?}");
+
+    // Health and reflection answer anyone (grpcurl -cacert without a certificate).
+    let open = Credentials {
+        ca_pem: std::fs::read_to_string(&ca_pem)?,
+        cert_pem: None,
+        key_pem: None,
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&a, &open).await?);
+    let served = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(served.status, 1, "SERVING");
+
+    // A plaintext client gets nowhere on a TLS port.
+    let (ok, err) = lbctl_as(&a, &[], &["service", "list"]);
+    assert!(!ok, "{err}");
+    Ok(())
+}
+
+/// Three controllers talk Raft over mTLS: a change commits, a leader's death
+/// elects another, and the change is still there.
+#[tokio::test]
+async fn three_controllers_over_mtls() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut nodes = lb_testkit::start_cluster(3, dir.path(), &["--tls"]).await?;
+    let all = nodes
+        .iter()
+        .map(|n| n.addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    lbctl_ok(
+        &all,
+        &["service", "create", "web", "--vip", "10.10.1.30:80/tcp"],
+    )?;
+    let status = lbctl_ok(&all, &["cluster", "status"])?;
+    assert!(
+        status.contains("voter") && status.matches("voter").count() == 3,
+        "{status}"
+    );
+    nodes[0].kill();
+    let rest = nodes[1..]
+        .iter()
+        .map(|n| n.addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let list = lbctl_ok(&rest, &["service", "list"]);
+    let logs: String = nodes.iter().map(|n| n.log_text()).collect();
+    let list = list.map_err(|e| anyhow::anyhow!("{e}\n{logs}"))?;
+    assert!(list.contains("web"), "{list}");
+    Ok(())
+}
