@@ -155,6 +155,8 @@ pub async fn run(
     let mut down = shutdown_tx.subscribe();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(api::MAX_STREAMS_PER_CONNECTION)
+        .timeout(api::REQUEST_DEADLINE)
         .layer(api::authz::AuthzLayer)
         .add_routes(routes);
     let stopped = async move {

@@ -9,11 +9,9 @@
 //!   LB_FUZZ_SECS=600 cargo test --release -p lbctl --test fuzz -- --nocapture
 //!
 //! `LB_FUZZ_SEED` replays a run. A panicking input is written to
-//! `target/fuzz-crash.txt`.
+//! `target/fuzz-crash-importers.bin` (the harness is `lb_testkit::fuzz`).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
-
+use lb_testkit::fuzz::{run, Rng};
 use lbctl::export;
 use lbctl::import::{self, Format};
 
@@ -129,25 +127,6 @@ const WORDS: &[&str] = &[
     "\u{0}",
 ];
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
-
 fn mutate(rng: &mut Rng, seeds: &[String]) -> String {
     let mut text: Vec<char> = seeds[rng.below(seeds.len())].chars().collect();
     for _ in 0..=rng.below(8) {
@@ -223,43 +202,19 @@ fn exercise(text: &str) {
 
 #[test]
 fn importers_never_panic() {
-    let secs: u64 = std::env::var("LB_FUZZ_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let seed: u64 = std::env::var("LB_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-                | 1
-        });
     let dir = format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
     let seeds: Vec<String> = FIXTURES
         .iter()
         .map(|f| std::fs::read_to_string(format!("{dir}/{f}")).unwrap())
         .collect();
-    let mut rng = Rng(seed);
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut rounds = 0u64;
     let mut accepted = 0u64;
-    while Instant::now() < deadline {
-        let text = mutate(&mut rng, &seeds);
-        let result = catch_unwind(AssertUnwindSafe(|| exercise(&text)));
-        if result.is_err() {
-            let path = format!("{}/../target/fuzz-crash.txt", env!("CARGO_MANIFEST_DIR"));
-            let _ = std::fs::write(&path, &text);
-            panic!("seed {seed}, round {rounds}: the input is in {path}");
-        }
+    run("importers", 3, |rng, input| {
+        let text = mutate(rng, &seeds);
+        input.extend_from_slice(text.as_bytes());
+        exercise(&text);
         if import::parse(Format::Keepalived, "f", &text).is_ok() {
             accepted += 1;
         }
-        rounds += 1;
-    }
-    println!(
-        "fuzz: seed {seed}, {rounds} inputs in {secs} s, {accepted} read by the keepalived importer, no panic"
-    );
+    });
+    println!("fuzz importers: {accepted} inputs read by the keepalived importer");
 }

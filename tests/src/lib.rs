@@ -9,6 +9,7 @@
 //! - [`require`] turns a missing prerequisite into a skip locally and into a
 //!   failure when `LB_REQUIRE_PRIVILEGED_TESTS=1` (as CI sets it).
 
+pub mod fuzz;
 pub mod netns;
 pub mod vm;
 

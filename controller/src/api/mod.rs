@@ -70,6 +70,17 @@ pub fn status(e: ApiError) -> Status {
     }
 }
 
+/// Largest request an operator or a director sends: an import of many
+/// services, a director's counters for every service.
+pub const API_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest realserver agent report (its node id, labels, failing services).
+pub const AGENT_REPORT_MAX_BYTES: usize = 256 * 1024;
+/// Concurrent requests (streams) one connection may have open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// A unary request still running after this is cut off (`DEADLINE_EXCEEDED`);
+/// streams are not affected once open.
+pub const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Every service the controller serves on its one port.
 pub fn router(app: Arc<App>) -> Result<tonic::service::Routes, tonic_reflection::server::Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -99,18 +110,30 @@ pub fn router(app: Arc<App>) -> Result<tonic::service::Routes, tonic_reflection:
     let mut routes = tonic::service::Routes::new(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(pb::service_admin_server::ServiceAdminServer::new(
-            service_admin::ServiceAdmin::new(app.clone()),
-        ))
-        .add_service(pb::cluster_admin_server::ClusterAdminServer::new(
-            cluster_admin::ClusterAdmin::new(app.clone()),
-        ))
-        .add_service(pb::director_sync_server::DirectorSyncServer::new(
-            director_sync::DirectorSync::new(app.clone()),
-        ))
-        .add_service(pb::real_server_sync_server::RealServerSyncServer::new(
-            realserver_sync::RealServerSync::new(app.clone()),
-        ))
+        .add_service(
+            pb::service_admin_server::ServiceAdminServer::new(service_admin::ServiceAdmin::new(
+                app.clone(),
+            ))
+            .max_decoding_message_size(API_MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::cluster_admin_server::ClusterAdminServer::new(cluster_admin::ClusterAdmin::new(
+                app.clone(),
+            ))
+            .max_decoding_message_size(API_MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::director_sync_server::DirectorSyncServer::new(director_sync::DirectorSync::new(
+                app.clone(),
+            ))
+            .max_decoding_message_size(API_MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::real_server_sync_server::RealServerSyncServer::new(
+                realserver_sync::RealServerSync::new(app.clone()),
+            )
+            .max_decoding_message_size(AGENT_REPORT_MAX_BYTES),
+        )
         .add_service(
             pb::raft_server::RaftServer::new(raft::RaftPeer::new(app))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -253,3 +253,70 @@ async fn three_controllers_over_mtls() -> anyhow::Result<()> {
     assert!(list.contains("web"), "{list}");
     Ok(())
 }
+
+/// A realserver agent that flips its health on every report cannot flood
+/// the Raft log: its writes are capped (a burst of 10, then 5 per second),
+/// and the last state still lands.
+#[tokio::test]
+async fn a_flapping_agent_cannot_flood_the_log() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir()?;
+    let node = ControllerProc::start(1, dir.path(), true, &[])?;
+    node.wait_leader().await?;
+    lbctl_ok(
+        &node.addr,
+        &[
+            "service",
+            "create",
+            "web",
+            "--vip",
+            "10.1.0.100:80/tcp",
+            "--selector",
+            "pool=web",
+            "--check",
+            "tcp",
+        ],
+    )?;
+    let log_index = || async {
+        node.status()
+            .await
+            .map(|s| s.last_log_index)
+            .ok_or_else(|| anyhow::anyhow!("no status"))
+    };
+    let before = log_index().await?;
+    let report = |i: u64| pb::RealServerReport {
+        node_id: "rs1".into(),
+        address: "10.1.0.11".into(),
+        labels: [("pool".to_string(), "web".to_string())].into(),
+        heartbeat: i,
+        unhealthy: if i.is_multiple_of(2) {
+            vec!["web".into()]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(report(1)).await?;
+    let mut client = RealServerSyncClient::new(lb_testkit::channel(&node.addr).await?);
+    let _inbound = client
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let started = Instant::now();
+    let reports = 400u64;
+    for i in 2..=reports {
+        tx.send(report(i)).await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = log_index().await? - before;
+    println!(
+        "{reports} reports flipping health in {elapsed:?}: {written} log entries (cap: 1 + 10 + 5/s)"
+    );
+    let cap = 1 + 10 + (5.0 * (elapsed.as_secs_f64() + 0.3)).ceil() as u64;
+    assert!(written <= cap, "{written} entries, cap {cap}");
+    assert!(written >= 5, "health changes still land: {written}");
+    Ok(())
+}
