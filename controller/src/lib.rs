@@ -157,7 +157,10 @@ pub async fn run(
         .tcp_nodelay(true)
         .max_concurrent_streams(api::MAX_STREAMS_PER_CONNECTION)
         .timeout(api::REQUEST_DEADLINE)
-        .layer(api::authz::AuthzLayer)
+        .layer(api::authz::AuthzLayer::new({
+            let app = app.clone();
+            Arc::new(move |node: &str| app.state.read().state.revoked.contains(node))
+        }))
         .add_routes(routes);
     let stopped = async move {
         let _ = down.wait_for(|d| *d).await;

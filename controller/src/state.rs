@@ -63,6 +63,10 @@ pub enum Command {
         services: Vec<Service>,
         replace: bool,
     },
+    /// An operator revokes a node's certificate.
+    RevokeNode {
+        node_id: String,
+    },
     /// An operator drains (or enables) an agent's host.
     SetAgentDrain {
         node_id: String,
@@ -245,6 +249,10 @@ pub struct State {
     /// service (the VIP owner's verdicts).
     #[serde(default)]
     pub director_down: BTreeMap<String, BTreeSet<SocketAddr>>,
+    /// Node ids (directors, realserver agents) whose certificates are
+    /// revoked: their streams close and they cannot connect again.
+    #[serde(default)]
+    pub revoked: BTreeSet<String>,
 }
 
 /// The events a watcher asked for are no longer kept.
@@ -310,6 +318,13 @@ impl State {
                         a.lost = true;
                     }
                 });
+            }
+            Command::RevokeNode { node_id } => {
+                if !self.revoked.insert(node_id) {
+                    return Ok(Applied::none());
+                }
+                // Not a configuration change: no revision, no event.
+                return Ok(Applied::none());
             }
             Command::SetAgentDrain { node_id, drain } => {
                 if !self.agents.contains_key(&node_id) {

@@ -108,6 +108,9 @@ pub enum Command {
         #[arg(long)]
         director: Option<String>,
     },
+    /// Directors and realserver agents as holders of certificates.
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Certificates from the fabric's CA, made locally where its key is
     /// (a bootstrapping controller's <data-dir>/pki).
     #[command(subcommand)]
@@ -119,6 +122,17 @@ pub enum Command {
     Completion {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Revoke a director's or realserver agent's certificate (by node id): its
+    /// streams close at once and it cannot connect again, even after a restart.
+    #[command(after_help = "Examples:\n  lbctl node revoke d3\n  lbctl node revoke web-7")]
+    Revoke {
+        /// The node id.
+        node: String,
     },
 }
 

@@ -65,6 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => import(&mut ctl, out, format, &files, replace).await,
         Command::Export { format, director } => export(&mut ctl, format, director.as_deref()).await,
         Command::Completion { .. } | Command::Pki(_) => Ok(()),
+        Command::Node(NodeCmd::Revoke { node }) => revoke(&mut ctl, out, node).await,
     }
 }
 
@@ -1096,6 +1097,26 @@ fn pki(cmd: &PkiCmd) -> anyhow::Result<()> {
         "{identity}: {}/{file}.pem and {file}.key, valid {days} days (CA: {}/ca.pem)",
         out.display(),
         out.display()
+    );
+    Ok(())
+}
+
+/// `lbctl node revoke NODE`.
+async fn revoke(ctl: &mut Controller, out: Output, node: String) -> anyhow::Result<()> {
+    let resp = call!(
+        ctl,
+        ServiceAdminClient,
+        revoke_node,
+        pb::RevokeNodeRequest {
+            node_id: node.clone()
+        }
+    )?;
+    if out == Output::Json {
+        return output::json(&resp, "lb.v1.RevokeNodeResponse");
+    }
+    println!(
+        "node {node} revoked: its streams are closed and it cannot connect again (revoked: {})",
+        resp.revoked.join(", ")
     );
     Ok(())
 }

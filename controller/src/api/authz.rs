@@ -34,8 +34,11 @@ fn required(path: &str) -> Option<&'static [Role]> {
     }
 }
 
+/// Whether a node id's certificate is revoked.
+pub type Revoked = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// The verdict for one call.
-pub(crate) fn check(path: &str, peer: Option<&Peer>) -> Result<(), Status> {
+pub(crate) fn check(path: &str, peer: Option<&Peer>, revoked: &Revoked) -> Result<(), Status> {
     let Some(roles) = required(path) else {
         return Ok(());
     };
@@ -47,6 +50,14 @@ pub(crate) fn check(path: &str, peer: Option<&Peer>) -> Result<(), Status> {
         Err(why) => Err(Status::unauthenticated(format!(
             "{why}; present a certificate issued by this fabric's CA"
         ))),
+        Ok(Verified { identity, .. })
+            if matches!(identity.role, Role::Director | Role::Realserver)
+                && revoked(&identity.name) =>
+        {
+            Err(Status::unauthenticated(format!(
+                "the certificate of {identity} is revoked"
+            )))
+        }
         Ok(Verified { identity, .. }) if roles.contains(&identity.role) => Ok(()),
         Ok(Verified { identity, .. }) => Err(Status::permission_denied(format!(
             "{identity} may not call {path}"
@@ -62,20 +73,32 @@ pub(crate) fn caller<T>(req: &tonic::Request<T>) -> Option<Verified> {
         .and_then(|p| p.identity.clone().ok())
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct AuthzLayer;
+#[derive(Clone)]
+pub struct AuthzLayer {
+    revoked: Revoked,
+}
+
+impl AuthzLayer {
+    pub fn new(revoked: Revoked) -> Self {
+        AuthzLayer { revoked }
+    }
+}
 
 impl<S> tower::Layer<S> for AuthzLayer {
     type Service = Authz<S>;
 
     fn layer(&self, inner: S) -> Authz<S> {
-        Authz { inner }
+        Authz {
+            inner,
+            revoked: self.revoked.clone(),
+        }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Authz<S> {
     inner: S,
+    revoked: Revoked,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -94,7 +117,11 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        match check(req.uri().path(), req.extensions().get::<Peer>()) {
+        match check(
+            req.uri().path(),
+            req.extensions().get::<Peer>(),
+            &self.revoked,
+        ) {
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(status) => {
                 tracing::info!(path = req.uri().path(), code = ?status.code(), reason = status.message(), "call refused");
@@ -127,7 +154,8 @@ mod tests {
         let director = peer(Ok(Identity::new(Role::Director, "d1")));
         let controller = peer(Ok(Identity::new(Role::Controller, "2")));
         let stranger = peer(Err("no client certificate"));
-        let code = |path: &str, p: &Peer| check(path, Some(p)).err().map(|s| s.code());
+        let none: Revoked = std::sync::Arc::new(|_| false);
+        let code = |path: &str, p: &Peer| check(path, Some(p), &none).err().map(|s| s.code());
         use tonic::Code::{PermissionDenied, Unauthenticated};
         assert_eq!(code("/lb.v1.ServiceAdmin/CreateService", &admin), None);
         assert_eq!(
@@ -154,6 +182,11 @@ mod tests {
             None
         );
         // Plaintext: nothing to check.
-        assert!(check("/lb.v1.ServiceAdmin/CreateService", None).is_ok());
+        assert!(check("/lb.v1.ServiceAdmin/CreateService", None, &none).is_ok());
+        // A revoked director is turned away, whatever it calls.
+        let d1_revoked: Revoked = std::sync::Arc::new(|n| n == "d1");
+        let e = check("/lb.v1.DirectorSync/Sync", Some(&director), &d1_revoked).unwrap_err();
+        assert_eq!(e.code(), Unauthenticated);
+        assert_eq!(e.message(), "the certificate of director d1 is revoked");
     }
 }

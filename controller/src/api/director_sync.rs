@@ -243,6 +243,11 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
                 0
             };
             loop {
+                if app.state.read().state.revoked.contains(&node) {
+                    let msg = format!("the certificate of director {node} is revoked");
+                    let _ = tx.send(Err(Status::unauthenticated(msg))).await;
+                    break;
+                }
                 let msg = desired(&app, &node, ack, sent_revision);
                 let revision = msg.revision;
                 if tx.send(Ok(msg)).await.is_err() {

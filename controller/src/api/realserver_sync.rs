@@ -208,6 +208,11 @@ impl pb::real_server_sync_server::RealServerSync for RealServerSync {
             let mut ack = first.heartbeat;
             let mut sent: Option<(Vec<pb::Service>, Vec<String>, bool)> = None;
             loop {
+                if app.state.read().state.revoked.contains(&node) {
+                    let msg = format!("the certificate of realserver {node} is revoked");
+                    let _ = tx.send(Err(Status::unauthenticated(msg))).await;
+                    break;
+                }
                 // Heartbeat answers carry the configuration only when it changed.
                 let (revision, services, drained) = services(&app, &registered);
                 let now = (services, director_addresses(&app), drained);

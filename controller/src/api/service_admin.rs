@@ -269,6 +269,29 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         Ok(Response::new(pb::SetAgentDrainResponse { revision }))
     }
 
+    #[tracing::instrument(skip_all, err)]
+    async fn revoke_node(
+        &self,
+        req: Request<pb::RevokeNodeRequest>,
+    ) -> Result<Response<pb::RevokeNodeResponse>, Status> {
+        let node_id = req.into_inner().node_id;
+        name_field("node_id", &node_id)?;
+        self.app
+            .write(Command::RevokeNode { node_id })
+            .await
+            .map_err(status)?;
+        let revoked = self
+            .app
+            .state
+            .read()
+            .state
+            .revoked
+            .iter()
+            .cloned()
+            .collect();
+        Ok(Response::new(pb::RevokeNodeResponse { revoked }))
+    }
+
     async fn list_real_servers(
         &self,
         req: Request<pb::ListRealServersRequest>,

@@ -28,6 +28,7 @@ const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
 const REVISION: &str = "revision";
 const OWNERS: &str = "owners";
+const REVOKED: &str = "revoked";
 const SNAPSHOT_META: &str = "meta";
 const SNAPSHOT_DATA: &str = "data";
 
@@ -91,6 +92,9 @@ impl StateMachineStore {
         if let Some(b) = read_meta(OWNERS)? {
             data.state.owners = decode(OWNERS, &b)?;
         }
+        if let Some(b) = read_meta(REVOKED)? {
+            data.state.revoked = decode(REVOKED, &b)?;
+        }
         for item in txn.open_table(SERVICES)?.iter()? {
             let (name, bytes) = item?;
             let service = decode(format_args!("service {}", name.value()), bytes.value())?;
@@ -127,6 +131,7 @@ impl StateMachineStore {
         let mut results = Vec::new();
         let mut events: Vec<Event> = Vec::new();
         let mut owners_changed = false;
+        let mut revoked_changed = false;
         let mut snapshot = None;
         self.shared.replace(|data| {
             for entry in entries {
@@ -135,12 +140,21 @@ impl StateMachineStore {
                     EntryPayload::Blank => results.push(Ok(crate::state::Applied::none())),
                     EntryPayload::Normal(cmd) => {
                         let assigns = matches!(cmd, Command::AssignVip { .. });
+                        let revokes = matches!(cmd, Command::RevokeNode { .. });
                         let revision = data.state.revision;
                         let result = data.state.apply(cmd);
+                        // Every event the command made (a batch makes several).
                         if result.is_ok() && data.state.revision != revision {
-                            events.extend(data.state.events.back().cloned());
+                            events.extend(
+                                data.state
+                                    .events
+                                    .iter()
+                                    .filter(|e| e.revision > revision)
+                                    .cloned(),
+                            );
                         }
                         owners_changed |= assigns && result.is_ok();
+                        revoked_changed |= revokes && result.is_ok();
                         results.push(result);
                     }
                     EntryPayload::Membership(m) => {
@@ -155,9 +169,11 @@ impl StateMachineStore {
                 data.state.revision,
                 data.state.events.front().map(|e| e.revision),
                 owners_changed.then(|| data.state.owners.clone()),
+                revoked_changed.then(|| data.state.revoked.clone()),
             ));
         });
-        let Some((last_applied, membership, revision, oldest_event, owners)) = snapshot else {
+        let Some((last_applied, membership, revision, oldest_event, owners, revoked)) = snapshot
+        else {
             return Ok(results);
         };
         let mut txn = self.db.begin_write()?;
@@ -184,6 +200,10 @@ impl StateMachineStore {
         if let Some(owners) = owners {
             txn.open_table(SM_META)?
                 .insert(OWNERS, serde_json::to_vec(&owners)?.as_slice())?;
+        }
+        if let Some(revoked) = revoked {
+            txn.open_table(SM_META)?
+                .insert(REVOKED, serde_json::to_vec(&revoked)?.as_slice())?;
         }
         txn.commit()?;
         Ok(results)
@@ -213,6 +233,12 @@ impl StateMachineStore {
             &meta.last_membership,
             state.revision,
         )?;
+        {
+            // What lives outside the tables comes from the snapshot too.
+            let mut meta_table = txn.open_table(SM_META)?;
+            meta_table.insert(OWNERS, serde_json::to_vec(&state.owners)?.as_slice())?;
+            meta_table.insert(REVOKED, serde_json::to_vec(&state.revoked)?.as_slice())?;
+        }
         txn.commit()?;
         self.shared.replace(|data| {
             *data = SmData {

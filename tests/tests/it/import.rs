@@ -29,8 +29,9 @@ fn listed(addr: &str) -> anyhow::Result<Vec<Service>> {
 #[tokio::test]
 async fn import_is_all_or_nothing_and_export_reads_back() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = ControllerProc::start(1, dir.path(), true, &[])?;
-    let a = node.addr.as_str();
+    let mut node = ControllerProc::start(1, dir.path(), true, &[])?;
+    let addr = node.addr.clone();
+    let a = addr.as_str();
     node.wait_leader().await?;
     let (lb1, lb2) = (fixture("keepalived.conf"), fixture("keepalived-lb2.conf"));
 
@@ -67,6 +68,10 @@ async fn import_is_all_or_nothing_and_export_reads_back() -> anyhow::Result<()> 
     assert!(out.starts_with("imported 8 services"), "{out}");
     let services = listed(a)?;
     assert_eq!(services.len(), 8);
+    // One Raft entry made all eight: all eight survive a restart.
+    node.restart()?;
+    node.wait_leader().await?;
+    assert_eq!(listed(a)?, services);
     // Importing again refuses every name; --replace replaces them.
     assert!(!lbctl(a, &["import", "keepalived", &lb1]).status.success());
     lbctl_ok(a, &["import", "keepalived", &lb1, &lb2, "--replace"])?;

@@ -320,3 +320,72 @@ async fn a_flapping_agent_cannot_flood_the_log() -> anyhow::Result<()> {
     assert!(written >= 5, "health changes still land: {written}");
     Ok(())
 }
+
+/// `lbctl node revoke`: the node's open stream ends at once, it cannot
+/// connect again, and that survives a controller restart.
+#[tokio::test]
+async fn a_revoked_node_is_cut_off() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut node = ControllerProc::start(1, dir.path(), true, &["--tls"])?;
+    node.wait_leader().await?;
+    let a = node.addr.clone();
+    let pki = node.pki.clone().expect("TLS");
+    let ca = Ca::open(&pki, false)?;
+    let rs1 = dir.path().join("rs1");
+    ca.ensure(
+        &rs1,
+        "rs1",
+        &Identity::new(Role::Realserver, "rs1"),
+        &["10.1.0.11".parse()?],
+    )?;
+    let creds = Credentials::from_dir(&rs1, "rs1")?;
+    let report = pb::RealServerReport {
+        node_id: "rs1".into(),
+        address: "10.1.0.11".into(),
+        heartbeat: 1,
+        ..Default::default()
+    };
+    let connect = || async {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(report.clone()).await?;
+        let stream = RealServerSyncClient::new(channel(&a, &creds).await?)
+            .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        anyhow::Ok((tx, stream))
+    };
+    let (_tx, mut stream) = connect().await?;
+    stream.next().await.expect("a first answer")?;
+
+    let said = lbctl_ok(&a, &["node", "revoke", "rs1"])?;
+    assert!(said.starts_with("node rs1 revoked"), "{said}");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(s)) => return Some(s),
+                None => return None,
+            }
+        }
+    })
+    .await?;
+    let ended = ended.expect("the stream ends with a status");
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert_eq!(
+        ended.message(),
+        "the certificate of realserver rs1 is revoked"
+    );
+
+    for _ in 0..2 {
+        let refused = match connect().await {
+            Err(e) => e.downcast::<tonic::Status>()?,
+            Ok((_tx, mut s)) => s.next().await.and_then(Result::err).expect("refused"),
+        };
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        assert!(refused.message().contains("revoked"), "{refused:?}");
+        // Still revoked after a restart.
+        node.restart()?;
+        node.wait_leader().await?;
+    }
+    Ok(())
+}
