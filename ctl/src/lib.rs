@@ -947,15 +947,10 @@ fn show_import(
     services: &[lb_proto::model::Service],
 ) -> anyhow::Result<()> {
     if out == Output::Json {
-        let req = pb::ApplyServicesRequest {
-            services: imported
-                .services
-                .iter()
-                .map(|f| f.service.clone())
-                .collect(),
-            replace: false,
-        };
-        output::json(&req, "lb.v1.ApplyServicesRequest")?;
+        output::json(
+            &apply_request(imported, false),
+            "lb.v1.ApplyServicesRequest",
+        )?;
     } else {
         println!("would create {} services:", services.len());
         for (f, s) in imported.services.iter().zip(services) {
@@ -966,6 +961,18 @@ fn show_import(
     }
     print_notes(&imported.notes);
     Ok(())
+}
+
+/// The one request that applies an import.
+fn apply_request(imported: &import::Imported, replace: bool) -> pb::ApplyServicesRequest {
+    pb::ApplyServicesRequest {
+        services: imported
+            .services
+            .iter()
+            .map(|f| f.service.clone())
+            .collect(),
+        replace,
+    }
 }
 
 fn print_notes(notes: &[import::Note]) {
@@ -986,14 +993,7 @@ async fn import(
     replace: bool,
 ) -> anyhow::Result<()> {
     let (imported, _) = read_imports(format, files)?;
-    let req = pb::ApplyServicesRequest {
-        services: imported
-            .services
-            .iter()
-            .map(|f| f.service.clone())
-            .collect(),
-        replace,
-    };
+    let req = apply_request(&imported, replace);
     let resp = call!(ctl, ServiceAdminClient, apply_services, req)?;
     if out == Output::Json {
         output::json(&resp, "lb.v1.ApplyServicesResponse")?;

@@ -23,6 +23,19 @@ fn lbctl_as(addr: &str, tls: &[&str], args: &[&str]) -> (bool, String) {
     )
 }
 
+/// lbctl presenting `<dir>/<name>.pem` (and its key), trusting `ca`.
+fn lbctl_with_cert(addr: &str, ca: &Path, dir: &Path, name: &str, args: &[&str]) -> (bool, String) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    lbctl_as(
+        addr,
+        &["--ca", path(ca), "--cert", path(&cert), "--key", path(&key)],
+        args,
+    )
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -60,19 +73,7 @@ async fn only_the_fabrics_identities_get_in() -> anyhow::Result<()> {
     let other = dir.path().join("other-ca");
     let rogue = Ca::open(&other, true)?;
     rogue.ensure(&other, "admin", &Identity::new(Role::Admin, "admin"), &[])?;
-    let (cert, key) = (other.join("admin.pem"), other.join("admin.key"));
-    let (ok, err) = lbctl_as(
-        &a,
-        &[
-            "--ca",
-            path(&ca_pem),
-            "--cert",
-            path(&cert),
-            "--key",
-            path(&key),
-        ],
-        &["service", "delete", "web"],
-    );
+    let (ok, err) = lbctl_with_cert(&a, &ca_pem, &other, "admin", &["service", "delete", "web"]);
     assert!(
         !ok && err.contains("Unauthenticated: client certificate not accepted"),
         "{err}"
@@ -99,18 +100,7 @@ async fn only_the_fabrics_identities_get_in() -> anyhow::Result<()> {
     )?;
     // Valid until the second it was made (certificate times have seconds).
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let (ok, err) = lbctl_as(
-        &a,
-        &[
-            "--ca",
-            path(&ca_pem),
-            "--cert",
-            path(&expired.join("old.pem")),
-            "--key",
-            path(&expired.join("old.key")),
-        ],
-        &["service", "delete", "web"],
-    );
+    let (ok, err) = lbctl_with_cert(&a, &ca_pem, &expired, "old", &["service", "delete", "web"]);
     assert!(
         !ok && err.contains("Unauthenticated") && err.contains("xpired"),
         "{err}"
@@ -120,18 +110,7 @@ async fn only_the_fabrics_identities_get_in() -> anyhow::Result<()> {
     let ca = Ca::open(&pki, false)?;
     let d1 = dir.path().join("d1");
     ca.ensure(&d1, "d1", &Identity::new(Role::Director, "d1"), &[])?;
-    let (ok, err) = lbctl_as(
-        &a,
-        &[
-            "--ca",
-            path(&ca_pem),
-            "--cert",
-            path(&d1.join("d1.pem")),
-            "--key",
-            path(&d1.join("d1.key")),
-        ],
-        &["service", "delete", "web"],
-    );
+    let (ok, err) = lbctl_with_cert(&a, &ca_pem, &d1, "d1", &["service", "delete", "web"]);
     assert!(
         !ok && err.contains(
             "PermissionDenied: director d1 may not call /lb.v1.ServiceAdmin/DeleteService"
