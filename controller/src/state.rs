@@ -320,10 +320,8 @@ impl State {
                 });
             }
             Command::RevokeNode { node_id } => {
-                if !self.revoked.insert(node_id) {
-                    return Ok(Applied::none());
-                }
                 // Not a configuration change: no revision, no event.
+                self.revoked.insert(node_id);
                 return Ok(Applied::none());
             }
             Command::SetAgentDrain { node_id, drain } => {

@@ -1076,23 +1076,9 @@ fn pki(cmd: &PkiCmd) -> anyhow::Result<()> {
         Role::Controller => "controller".to_string(),
         _ => identity.name.clone(),
     };
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let write = |name: String, text: &str, mode: u32| -> anyhow::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = out.join(name);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .with_context(|| format!("writing {}", path.display()))
-    };
-    write("ca.pem".into(), &ca.cert_pem, 0o644)?;
-    write(format!("{file}.pem"), &issued.cert_pem, 0o644)?;
-    write(format!("{file}.key"), &issued.key_pem, 0o600)?;
+    lb_proto::pki::write_pem(&out.join("ca.pem"), &ca.cert_pem, false)?;
+    lb_proto::pki::write_pem(&out.join(format!("{file}.pem")), &issued.cert_pem, false)?;
+    lb_proto::pki::write_pem(&out.join(format!("{file}.key")), &issued.key_pem, true)?;
     println!(
         "{identity}: {}/{file}.pem and {file}.key, valid {days} days (CA: {}/ca.pem)",
         out.display(),

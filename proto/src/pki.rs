@@ -139,8 +139,9 @@ fn read(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-/// Writes a file readable by its owner only when it holds a key.
-fn write(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> {
+/// Writes a PEM file atomically, readable by its owner only when `secret`
+/// (a key).
+pub fn write_pem(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| PkiError::Io {
@@ -189,8 +190,8 @@ impl Ca {
             let cert = params
                 .self_signed(&key)
                 .map_err(cert_err("signing the CA"))?;
-            write(&key_path, &key.serialize_pem(), true)?;
-            write(&cert_path, &cert.pem(), false)?;
+            write_pem(&key_path, &key.serialize_pem(), true)?;
+            write_pem(&cert_path, &cert.pem(), false)?;
         }
         let cert_pem = read(&cert_path)?;
         let issuer = if key_path.exists() {
@@ -289,14 +290,14 @@ impl Ca {
             dir.join(format!("{file}.key")),
         );
         if !dir.join("ca.pem").exists() {
-            write(&dir.join("ca.pem"), &self.cert_pem, false)?;
+            write_pem(&dir.join("ca.pem"), &self.cert_pem, false)?;
         }
         if cert.exists() && key.exists() {
             return Ok(());
         }
         let issued = self.issue(identity, ips, DEFAULT_CERT_LIFETIME)?;
-        write(&key, &issued.key_pem, true)?;
-        write(&cert, &issued.cert_pem, false)
+        write_pem(&key, &issued.key_pem, true)?;
+        write_pem(&cert, &issued.cert_pem, false)
     }
 }
 

@@ -124,7 +124,8 @@ where
         ) {
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(status) => {
-                tracing::info!(path = req.uri().path(), code = ?status.code(), reason = status.message(), "call refused");
+                let remote = req.extensions().get::<Peer>().and_then(|p| p.remote);
+                tracing::info!(path = req.uri().path(), remote = ?remote, code = ?status.code(), reason = status.message(), "call refused");
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }

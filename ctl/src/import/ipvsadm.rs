@@ -18,8 +18,6 @@ const DEFAULT_PERSISTENCE: u32 = 360;
 pub fn parse(file: &str, text: &str) -> Result<Imported, ImportError> {
     let mut out = Imported::default();
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    // Realservers' methods, per service index, to set each service's mode.
-    let mut methods: Vec<Option<String>> = Vec::new();
     for (i, raw) in text.split('\n').enumerate() {
         let line = i + 1;
         let content = raw.split('#').next().unwrap_or_default().trim();
@@ -74,7 +72,6 @@ pub fn parse(file: &str, text: &str) -> Result<Imported, ImportError> {
                     directive: content.to_string(),
                     service: s,
                 });
-                methods.push(None);
             }
             Cmd::AddServer => {
                 let (_, name) = cmd.virtual_address().map_err(err)?;
@@ -88,20 +85,20 @@ pub fn parse(file: &str, text: &str) -> Result<Imported, ImportError> {
                     .as_deref()
                     .ok_or_else(|| err("-a needs -r ADDRESS[:PORT]".into()))?;
                 let (address, port) = address_port(server).map_err(err)?;
-                let method = cmd.method.unwrap_or("dr").to_string();
-                match &methods[idx] {
-                    None => {
-                        out.services[idx].service.mode = method.clone();
-                        methods[idx] = Some(method);
-                    }
-                    Some(m) if *m != method => out.note(
+                let method = cmd.method.unwrap_or("dr");
+                // The first realserver's method is the service's mode.
+                let service = &mut out.services[idx].service;
+                if service.realservers.is_empty() {
+                    service.mode = method.to_string();
+                } else if service.mode != method {
+                    let m = service.mode.clone();
+                    out.note(
                         line,
                         content,
                         format!(
                             "forwards by {method}, the service's first realserver by {m}; lbfabric forwards every realserver of a service the same way"
                         ),
-                    ),
-                    Some(_) => {}
+                    );
                 }
                 if let Some(t) = &cmd.tun_type {
                     if t != "ipip" {

@@ -36,6 +36,14 @@ fn lbctl_with_cert(addr: &str, ca: &Path, dir: &Path, name: &str, args: &[&str])
     )
 }
 
+/// Credentials of realserver agent rs1 (address 10.1.0.11), issued under `dir`.
+fn realserver_rs1(ca: &Ca, dir: &Path) -> anyhow::Result<Credentials> {
+    let out = dir.join("rs1");
+    let id = Identity::new(Role::Realserver, "rs1");
+    ca.ensure(&out, "rs1", &id, &["10.1.0.11".parse()?])?;
+    Ok(Credentials::from_dir(&out, "rs1")?)
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -126,14 +134,7 @@ async fn only_the_fabrics_identities_get_in() -> anyhow::Result<()> {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 
     // A realserver agent may speak only for its own node id and address.
-    let rs1 = dir.path().join("rs1");
-    ca.ensure(
-        &rs1,
-        "rs1",
-        &Identity::new(Role::Realserver, "rs1"),
-        &["10.1.0.11".parse()?],
-    )?;
-    let rs1_creds = Credentials::from_dir(&rs1, "rs1")?;
+    let rs1_creds = realserver_rs1(&ca, dir.path())?;
     for (node_id, address, want) in [
         (
             "rs2",
@@ -310,14 +311,7 @@ async fn a_revoked_node_is_cut_off() -> anyhow::Result<()> {
     let a = node.addr.clone();
     let pki = node.pki.clone().expect("TLS");
     let ca = Ca::open(&pki, false)?;
-    let rs1 = dir.path().join("rs1");
-    ca.ensure(
-        &rs1,
-        "rs1",
-        &Identity::new(Role::Realserver, "rs1"),
-        &["10.1.0.11".parse()?],
-    )?;
-    let creds = Credentials::from_dir(&rs1, "rs1")?;
+    let creds = realserver_rs1(&ca, dir.path())?;
     let report = pb::RealServerReport {
         node_id: "rs1".into(),
         address: "10.1.0.11".into(),
