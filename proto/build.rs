@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "lb/v1/cluster_admin.proto",
     "lb/v1/raft.proto",
     "lb/v1/agents.proto",
+    "lb/v1/enrollment.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -30,6 +30,11 @@ pub struct App {
     /// When the last leadership check that a quorum confirmed was *started*
     /// (see `placement::confirm_leadership`).
     pub leadership_confirmed: Mutex<Option<Instant>>,
+    /// The CA certificate this node serves TLS under (what join tokens pin);
+    /// `None` on a plaintext listener.
+    pub ca_pem: Option<String>,
+    /// How long the certificates agents get by joining or renewing last.
+    pub agent_cert_lifetime: std::time::Duration,
 }
 
 impl App {

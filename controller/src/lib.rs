@@ -73,6 +73,11 @@ pub struct Config {
     /// TLS on the listener and to peers: the CA and this controller's
     /// certificate. `None`: plaintext (loopback, or `--insecure`).
     pub tls: Option<lb_proto::pki::Credentials>,
+    /// This node's CA key, handed to the cluster so any leader can sign
+    /// agents' certificates (the bootstrapping node's `<data-dir>/pki`).
+    pub ca_keys: Option<state::CaKeys>,
+    /// Lifetime of agents' certificates from joins and renewals.
+    pub agent_cert_lifetime: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +144,8 @@ pub async fn run(
         agent_grace: config.agent_grace,
         shutdown: shutdown_rx,
         leadership_confirmed: Default::default(),
+        ca_pem: config.tls.as_ref().map(|c| c.ca_pem.clone()),
+        agent_cert_lifetime: config.agent_cert_lifetime,
     });
     let routes = api::router(app.clone())?;
     let placement = tokio::spawn(placement::run(
@@ -159,7 +166,9 @@ pub async fn run(
         .timeout(api::REQUEST_DEADLINE)
         .layer(api::authz::AuthzLayer::new({
             let app = app.clone();
-            Arc::new(move |node: &str| app.state.read().state.revoked.contains(node))
+            Arc::new(move |caller: &tls::Verified| {
+                api::authz::is_revoked(&app.state.read().state, caller)
+            })
         }))
         .add_routes(routes);
     let stopped = async move {
@@ -189,6 +198,10 @@ pub async fn run(
         .map_err(|e| ControllerError::Raft(e.to_string()))?;
     }
     tracing::info!(node_id = config.node_id, address = %advertise, data_dir = %config.data_dir.display(), "controller serving");
+    let ca_handover = config
+        .ca_keys
+        .clone()
+        .map(|keys| tokio::spawn(api::enrollment::hand_over_ca(app.clone(), keys)));
 
     shutdown.await;
     tracing::info!("shutting down");
@@ -197,6 +210,9 @@ pub async fn run(
     let _ = placement.await;
     let _ = confirm.await;
     let _ = lost_agents.await;
+    if let Some(task) = ca_handover {
+        let _ = task.await;
+    }
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }

@@ -79,16 +79,24 @@ struct Args {
     /// The key of --tls-cert (PEM).
     #[arg(long, env = "LB_TLS_KEY", requires = "tls_ca")]
     tls_key: Option<PathBuf>,
+    /// How long agents' certificates from `--join-token` last (agents renew
+    /// them when two thirds have passed): 30d, 12h, 90s.
+    #[arg(long, env = "LB_AGENT_CERT_LIFETIME", default_value = "30d", value_parser = lb_proto::process::duration_flag)]
+    agent_cert_lifetime: Duration,
+}
+
+/// What TLS needs on this node: its credentials, and the CA key where this
+/// node holds it (to hand to the cluster).
+struct TlsSetup {
+    creds: lb_proto::pki::Credentials,
+    ca_keys: Option<lb_controller::state::CaKeys>,
 }
 
 /// TLS credentials for this controller, or `None` for plaintext: on
 /// loopback without --tls, or with --insecure. A bootstrapping node creates
 /// the CA in <data-dir>/pki, and issues itself a controller certificate and
 /// an admin certificate for lbctl.
-fn tls_setup(
-    args: &Args,
-    bound: std::net::SocketAddr,
-) -> anyhow::Result<Option<lb_proto::pki::Credentials>> {
+fn tls_setup(args: &Args, bound: std::net::SocketAddr) -> anyhow::Result<Option<TlsSetup>> {
     use lb_proto::pki::{Ca, Credentials, Identity, Role};
     let advertised: Option<std::net::IpAddr> = args
         .advertise
@@ -103,7 +111,11 @@ fn tls_setup(
         return Ok(None);
     }
     if let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) {
-        return Ok(Some(Credentials::from_files(ca, Some(cert), Some(key))?));
+        let creds = Credentials::from_files(ca, Some(cert), Some(key))?;
+        return Ok(Some(TlsSetup {
+            creds,
+            ca_keys: None,
+        }));
     }
     if loopback && !args.tls {
         return Ok(None);
@@ -134,7 +146,11 @@ fn tls_setup(
         )
     })?;
     tracing::info!(pki = %dir.display(), "TLS on: lbctl --credentials {} (ca.pem, admin.pem, admin.key)", dir.display());
-    Ok(Some(creds))
+    let ca_keys = ca.key_pem().map(|key_pem| lb_controller::state::CaKeys {
+        cert_pem: ca.cert_pem.clone(),
+        key_pem,
+    });
+    Ok(Some(TlsSetup { creds, ca_keys }))
 }
 
 #[tokio::main]
@@ -179,7 +195,9 @@ async fn main() -> anyhow::Result<()> {
             hold_down: Duration::from_millis(args.preempt_hold_down_ms),
         },
         agent_grace: Duration::from_millis(args.agent_grace_ms),
-        tls,
+        ca_keys: tls.as_ref().and_then(|t| t.ca_keys.clone()),
+        tls: tls.map(|t| t.creds),
+        agent_cert_lifetime: args.agent_cert_lifetime,
     };
     lb_controller::run(config, listener, lb_proto::process::shutdown_signal()).await?;
     Ok(())

@@ -13,6 +13,10 @@ use lb_proto::model::{AdminState, Family, RealServer, RealServerPatch, Service, 
 use lb_proto::FieldError;
 use serde::{Deserialize, Serialize};
 
+pub mod security;
+
+pub use security::{CaKeys, JoinAttempt, JoinToken, Security};
+
 /// How many events are kept for `WatchEvents` to resume from.
 pub const EVENT_HISTORY: usize = 10_000;
 
@@ -63,9 +67,29 @@ pub enum Command {
         services: Vec<Service>,
         replace: bool,
     },
-    /// An operator revokes a node's certificate.
+    /// An operator revokes a node's certificates: those issued up to `at_ms`.
     RevokeNode {
         node_id: String,
+        #[serde(default)]
+        at_ms: u64,
+    },
+    /// An operator mints a join token.
+    CreateJoinToken {
+        id: String,
+        token: JoinToken,
+    },
+    DeleteJoinToken {
+        id: String,
+    },
+    /// An agent joins with a token; on success the leader signs its
+    /// certificate.
+    RedeemJoinToken {
+        attempt: JoinAttempt,
+    },
+    /// The bootstrapping controller hands the CA to the cluster, so any
+    /// leader can sign.
+    SetCa {
+        ca: CaKeys,
     },
     /// An operator drains (or enables) an agent's host.
     SetAgentDrain {
@@ -190,6 +214,10 @@ pub enum Rejected {
         expected: u64,
         actual: u64,
     },
+    #[error("{why}")]
+    Unauthenticated { why: String },
+    #[error("{why}")]
+    PermissionDenied { why: String },
 }
 
 impl Rejected {
@@ -249,10 +277,9 @@ pub struct State {
     /// service (the VIP owner's verdicts).
     #[serde(default)]
     pub director_down: BTreeMap<String, BTreeSet<SocketAddr>>,
-    /// Node ids (directors, realserver agents) whose certificates are
-    /// revoked: their streams close and they cannot connect again.
+    /// Join tokens, joined nodes, revocations and the CA.
     #[serde(default)]
-    pub revoked: BTreeSet<String>,
+    pub security: Security,
 }
 
 /// The events a watcher asked for are no longer kept.
@@ -319,10 +346,22 @@ impl State {
                     }
                 });
             }
-            Command::RevokeNode { node_id } => {
-                // Not a configuration change: no revision, no event.
-                self.revoked.insert(node_id);
+            // Not configuration changes: no revision, no event.
+            Command::RevokeNode { node_id, at_ms } => {
+                self.security.revoked.insert(node_id, at_ms);
                 return Ok(Applied::none());
+            }
+            Command::CreateJoinToken { id, token } => {
+                return self.security.add_token(id, token).map(|()| Applied::none());
+            }
+            Command::DeleteJoinToken { id } => {
+                return self.security.delete_token(&id).map(|()| Applied::none());
+            }
+            Command::RedeemJoinToken { attempt } => {
+                return self.security.redeem(&attempt).map(|()| Applied::none());
+            }
+            Command::SetCa { ca } => {
+                return self.security.set_ca(ca).map(|()| Applied::none());
             }
             Command::SetAgentDrain { node_id, drain } => {
                 if !self.agents.contains_key(&node_id) {

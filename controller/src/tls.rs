@@ -44,6 +44,10 @@ pub struct Verified {
     pub identity: Identity,
     /// IP addresses in its certificate (a realserver's own address).
     pub ips: Vec<IpAddr>,
+    /// When the certificate was issued, read from its serial number
+    /// (`lb_proto::pki::issued_at_ms`); `None` for a certificate from an
+    /// operator's own CA, which a revocation then covers whatever its age.
+    pub issued_at_ms: Option<u64>,
 }
 
 /// What the controller knows about the other end of a connection; tonic
@@ -146,7 +150,14 @@ impl Acceptor {
                 "missing: give a certificate and key".into(),
             ));
         };
-        let chain = pem_certs("controller certificate", cert)?;
+        let mut chain = pem_certs("controller certificate", cert)?;
+        // The CA goes after our own certificate: a joining agent pins it by
+        // fingerprint (lb_proto::enroll); everyone else already has it.
+        for ca in pem_certs("CA certificate", &creds.ca_pem)? {
+            if !chain.contains(&ca) {
+                chain.push(ca);
+            }
+        }
         let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
             .map_err(|e| config_err("controller key")(e.to_string()))?;
         let mut roots = RootCertStore::empty();
@@ -257,7 +268,11 @@ fn identity_of(der: &CertificateDer<'_>) -> Result<Verified, String> {
         }
     }
     let identity = identity.ok_or("client certificate names no lbfabric identity")?;
-    Ok(Verified { identity, ips })
+    Ok(Verified {
+        identity,
+        ips,
+        issued_at_ms: lb_proto::pki::issued_at_ms(cert.raw_serial()),
+    })
 }
 
 /// One accepted TLS connection and its peer.

@@ -111,6 +111,10 @@ pub enum Command {
     /// Directors and realserver agents as holders of certificates.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Join tokens: how a new director or realserver agent gets its
+    /// certificate (`--join-token`), pinning the fabric's CA.
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Certificates from the fabric's CA, made locally where its key is
     /// (a bootstrapping controller's <data-dir>/pki).
     #[command(subcommand)]
@@ -127,12 +131,53 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCmd {
-    /// Revoke a director's or realserver agent's certificate (by node id): its
-    /// streams close at once and it cannot connect again, even after a restart.
+    /// Revoke a director's or realserver agent's certificates (by node id):
+    /// its streams close at once and no certificate issued to it so far is
+    /// accepted again, even after a restart. A token made for it alone
+    /// (`lbctl token create --node NODE`) re-admits it with a new certificate.
     #[command(after_help = "Examples:\n  lbctl node revoke d3\n  lbctl node revoke web-7")]
     Revoke {
         /// The node id.
         node: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AgentRole {
+    Director,
+    Realserver,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Mint a join token. It prints the token alone on stdout (for scripts)
+    /// and what it allows on stderr. The agent presents it once with
+    /// --join-token and keeps the certificate it gets in its --pki-dir.
+    #[command(
+        after_help = "Examples:\n  lbctl token create --role realserver\n  lbctl token create --role realserver --uses 20 --ttl 24h\n  lbctl token create --role director --node d2 --ttl 15m\n  lb-realserver --controller 10.0.0.1:7070 --node-id web-1 --address 192.168.10.11 --join-token \"$(lbctl token create --role realserver)\""
+    )]
+    Create {
+        /// The agent it is for.
+        #[arg(long, value_enum)]
+        role: AgentRole,
+        /// Only this node id may use it; also re-admits a revoked node.
+        #[arg(long)]
+        node: Option<String>,
+        /// How long it can be used: 15m, 1h, 24h, 7d (at most 30d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many agents may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// List join tokens (expired ones are kept a day).
+    #[command(after_help = "Examples:\n  lbctl token list\n  lbctl token list -o json")]
+    List,
+    /// Delete a join token: nobody can join with it any more.
+    #[command(after_help = "Example:\n  lbctl token delete 3f9a0c1b2d")]
+    Delete {
+        /// The token's id (the second part of lbj1.<id>.<secret>.<ca>).
+        id: String,
     },
 }
 

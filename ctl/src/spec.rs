@@ -58,25 +58,10 @@ fn number(text: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("port {text:?} is not a number"))
 }
 
-/// `2s`, `500ms`, `1.5s`, `1m`; a leading `-` is kept so the controller can reject it by name.
+/// `2s`, `500ms`, `1.5s`, `1m`, `24h`, `30d`; a leading `-` is kept so the
+/// controller can reject it by name.
 pub fn duration(text: &str) -> anyhow::Result<prost_types::Duration> {
-    let (negative, body) = match text.strip_prefix('-') {
-        Some(b) => (true, b),
-        None => (false, text),
-    };
-    let (value, scale_ms) = if let Some(v) = body.strip_suffix("ms") {
-        (v, 1.0)
-    } else if let Some(v) = body.strip_suffix('s') {
-        (v, 1_000.0)
-    } else if let Some(v) = body.strip_suffix('m') {
-        (v, 60_000.0)
-    } else {
-        bail!("duration {text:?} needs a unit: ms, s or m")
-    };
-    let value: f64 = value
-        .parse()
-        .with_context(|| format!("duration {text:?} is not a number"))?;
-    let ms = (value * scale_ms).round() as i64 * if negative { -1 } else { 1 };
+    let ms = lb_proto::process::duration_ms(text).map_err(anyhow::Error::msg)?;
     Ok(prost_types::Duration {
         seconds: ms / 1000,
         nanos: ((ms % 1000) * 1_000_000) as i32,

@@ -49,8 +49,9 @@ use crate::{desired, forwarding};
 pub struct Config {
     /// Controller addresses; any of them (the leader is found by redirect).
     pub controllers: String,
-    /// TLS to the controllers (the CA, and this agent's certificate); `None`: plaintext.
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// TLS to the controllers (the CA, and this agent's certificate, which
+    /// renewal replaces); plaintext when it has none.
+    pub tls: lb_proto::enroll::AgentTls,
     pub node_id: String,
     pub labels: BTreeMap<String, String>,
     /// Interface the VIP addresses go on while this director owns them.
@@ -628,7 +629,8 @@ async fn session(
     let _ = tx
         .send(report(config, *heartbeat, progress, lease, &mut stats_sent))
         .await;
-    let mut inbound = DirectorSyncClient::new(channel(addr, config.tls.as_ref())?)
+    let mut renewed = config.tls.changed();
+    let mut inbound = DirectorSyncClient::new(channel(addr, config.tls.current().as_ref())?)
         .sync(ReceiverStream::new(rx))
         .await?
         .into_inner();
@@ -668,6 +670,8 @@ async fn session(
                 }
                 None => return Ok(()),
             },
+            // A renewed certificate counts from the next connection.
+            Ok(()) = renewed.changed() => return Ok(()),
             _ = ticker.tick() => {
                 *heartbeat += 1;
                 sent.sent(*heartbeat, std::time::Instant::now());

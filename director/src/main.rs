@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, env = "LB_STATE_DIR", default_value = "/run/lbfabric")]
     state_dir: std::path::PathBuf,
     #[command(flatten)]
-    tls: lb_proto::process::TlsFlags,
+    tls: lb_proto::enroll::AgentTlsFlags,
 }
 
 #[tokio::main]
@@ -63,9 +63,15 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     lb_proto::convert::check_name("--node-id", &args.node_id)?;
     let labels = lb_proto::process::label_flags("--labels", &args.labels)?;
+    let who = lb_proto::enroll::Enrollee {
+        role: lb_proto::pki::Role::Director,
+        node_id: args.node_id.clone(),
+        address: None,
+    };
+    let tls = lb_proto::enroll::setup(&args.tls, &args.controller, &who).await?;
     let config = Config {
         controllers: args.controller,
-        tls: args.tls.client_config()?,
+        tls,
         node_id: args.node_id,
         labels,
         interface: args.interface,

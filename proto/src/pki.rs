@@ -49,7 +49,10 @@ fn cert_err(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> PkiError {
 }
 
 /// What a certificate's holder is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Admin,
     Controller,
@@ -194,20 +197,46 @@ impl Ca {
             write_pem(&cert_path, &cert.pem(), false)?;
         }
         let cert_pem = read(&cert_path)?;
-        let issuer = if key_path.exists() {
-            let key = KeyPair::from_pem(&read(&key_path)?)
-                .map_err(cert_err(key_path.display().to_string()))?;
-            // The same subject and key sign exactly as the original CA did.
-            let params = CertificateParams::from_ca_cert_pem(&cert_pem)
-                .map_err(cert_err(cert_path.display().to_string()))?;
-            let cert = params
-                .self_signed(&key)
-                .map_err(cert_err("loading the CA"))?;
-            Some((cert, key))
-        } else {
-            None
+        let key_pem = key_path.exists().then(|| read(&key_path)).transpose()?;
+        Ca::from_pem(cert_pem, key_pem.as_deref())
+    }
+
+    /// The CA from its certificate and, to issue, its key (PEM).
+    pub fn from_pem(cert_pem: String, key_pem: Option<&str>) -> Result<Ca, PkiError> {
+        let issuer = match key_pem {
+            Some(key_pem) => {
+                let key = KeyPair::from_pem(key_pem).map_err(cert_err("the CA key"))?;
+                // The same subject and key sign exactly as the original CA did.
+                let params = CertificateParams::from_ca_cert_pem(&cert_pem)
+                    .map_err(cert_err("the CA certificate"))?;
+                let cert = params
+                    .self_signed(&key)
+                    .map_err(cert_err("loading the CA"))?;
+                Some((cert, key))
+            }
+            None => None,
         };
         Ok(Ca { cert_pem, issuer })
+    }
+
+    /// The CA key (PEM), where this node has it.
+    pub fn key_pem(&self) -> Option<String> {
+        self.issuer.as_ref().map(|(_, key)| key.serialize_pem())
+    }
+
+    /// Signs a certificate for `identity` over the key in a PKCS#10 request
+    /// (PEM). The request's signature proves its sender holds the key;
+    /// whatever names it asks for are ignored: the CA decides them.
+    pub fn sign_request(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        ips: &[IpAddr],
+        lifetime: Duration,
+    ) -> Result<String, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(cert_err("certificate request"))?;
+        self.sign(identity, ips, lifetime, &csr.public_key)
     }
 
     pub fn can_issue(&self) -> bool {
@@ -267,7 +296,9 @@ impl Ca {
                 .push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(serial_now()?);
         let now = time::OffsetDateTime::now_utc();
+        // Slack for controllers whose clocks run a little behind the signer's.
         params.not_before = now - time::Duration::minutes(5);
         params.not_after = now + lifetime;
         let cert = params
@@ -298,6 +329,183 @@ impl Ca {
         let issued = self.issue(identity, ips, DEFAULT_CERT_LIFETIME)?;
         write_pem(&key, &issued.key_pem, true)?;
         write_pem(&cert, &issued.cert_pem, false)
+    }
+}
+
+/// A fresh serial number that records when the certificate was issued:
+/// `0x01`, the issue time in Unix milliseconds (8 bytes, big-endian), then 8
+/// random bytes. Revocation compares that time (see [`issued_at_ms`]), so a
+/// node re-admitted after a revocation gets a certificate that counts again
+/// while its old ones stay refused.
+fn serial_now() -> Result<rcgen::SerialNumber, PkiError> {
+    let mut bytes = vec![SERIAL_VERSION];
+    bytes.extend_from_slice(&unix_ms(std::time::SystemTime::now()).to_be_bytes());
+    bytes.extend_from_slice(&random_bytes::<8>()?);
+    Ok(rcgen::SerialNumber::from_slice(&bytes))
+}
+
+const SERIAL_VERSION: u8 = 1;
+
+/// When a certificate with this serial number was issued, if this fabric's
+/// CA issued it (see `serial_now`).
+pub fn issued_at_ms(serial: &[u8]) -> Option<u64> {
+    match serial {
+        [SERIAL_VERSION, rest @ ..] if rest.len() == 16 => {
+            let ms: [u8; 8] = rest[..8].try_into().ok()?;
+            Some(u64::from_be_bytes(ms))
+        }
+        _ => None,
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], PkiError> {
+    use ring::rand::SecureRandom;
+    let mut out = [0u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut out)
+        .map_err(|_| PkiError::Invalid("the system's random source failed".into()))?;
+    Ok(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of `bytes`, in lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+/// The SHA-256 fingerprint (hex) of the first certificate in `pem`: what a
+/// join token pins the CA by.
+pub fn fingerprint(pem: &str) -> Result<String, PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError::Invalid(format!("certificate: {e}")))?;
+    Ok(sha256_hex(der.as_ref()))
+}
+
+/// A new key and a certificate request over it (both PEM), for an agent
+/// that asks the controllers for a certificate.
+pub fn request() -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate().map_err(cert_err("generating a key"))?;
+    let csr = CertificateParams::new(Vec::<String>::new())
+        .map_err(cert_err("parameters"))?
+        .serialize_request(&key)
+        .map_err(cert_err("certificate request"))?;
+    let csr = csr.pem().map_err(cert_err("certificate request"))?;
+    Ok((csr, key.serialize_pem()))
+}
+
+/// When a certificate (PEM) stops and starts being valid.
+pub fn validity(
+    cert_pem: &str,
+) -> Result<(std::time::SystemTime, std::time::SystemTime), PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| PkiError::Invalid(format!("certificate: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| PkiError::Invalid(format!("certificate: {e}")))?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        let secs = u64::try_from(t.timestamp()).unwrap_or(0);
+        std::time::UNIX_EPOCH + Duration::from_secs(secs)
+    };
+    Ok((
+        at(cert.validity().not_before),
+        at(cert.validity().not_after),
+    ))
+}
+
+/// A join token: an agent presents it once to get its certificate.
+///
+/// Written `lbj1.<id>.<secret>.<ca>`: the id names the token in the
+/// replicated state (`lbctl token list`), the secret proves the holder got
+/// it from an operator (the controllers keep only its SHA-256), and `ca` is
+/// the SHA-256 fingerprint of the fabric's CA certificate, which the agent
+/// pins: it trusts the controllers only if they present that CA.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub id: String,
+    pub secret: String,
+    pub ca_sha256: String,
+}
+
+impl fmt::Debug for JoinToken {
+    // The secret stays out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinToken")
+            .field("id", &self.id)
+            .field("ca_sha256", &self.ca_sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+const TOKEN_PREFIX: &str = "lbj1";
+
+impl JoinToken {
+    /// A new token for the CA whose fingerprint is `ca_sha256`.
+    pub fn generate(ca_sha256: &str) -> Result<JoinToken, PkiError> {
+        Ok(JoinToken {
+            id: hex(&random_bytes::<5>()?),
+            secret: hex(&random_bytes::<16>()?),
+            ca_sha256: ca_sha256.to_string(),
+        })
+    }
+
+    /// What the controllers keep instead of the secret.
+    pub fn secret_sha256(&self) -> String {
+        sha256_hex(self.secret.as_bytes())
+    }
+}
+
+impl fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{TOKEN_PREFIX}.{}.{}.{}",
+            self.id, self.secret, self.ca_sha256
+        )
+    }
+}
+
+impl std::str::FromStr for JoinToken {
+    type Err = PkiError;
+
+    fn from_str(text: &str) -> Result<JoinToken, PkiError> {
+        let bad = |why: &str| {
+            PkiError::Invalid(format!(
+                "join token: {why} (expected {TOKEN_PREFIX}.<id>.<secret>.<CA sha256>, as `lbctl token create` prints it)"
+            ))
+        };
+        let parts: Vec<&str> = text.trim().split('.').collect();
+        let [prefix, id, secret, ca] = parts[..] else {
+            return Err(bad("not four dot-separated parts"));
+        };
+        if prefix != TOKEN_PREFIX {
+            return Err(bad(&format!("unknown prefix {prefix:?}")));
+        }
+        let is_hex =
+            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_hex(id, 10) {
+            return Err(bad("the id is not 10 hex digits"));
+        }
+        if !is_hex(secret, 32) {
+            return Err(bad("the secret is not 32 hex digits"));
+        }
+        if !is_hex(ca, 64) {
+            return Err(bad("the CA fingerprint is not 64 hex digits"));
+        }
+        Ok(JoinToken {
+            id: id.to_ascii_lowercase(),
+            secret: secret.to_ascii_lowercase(),
+            ca_sha256: ca.to_ascii_lowercase(),
+        })
     }
 }
 
@@ -354,6 +562,7 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::pem::PemObject;
 
     #[test]
     fn identity_uris() {
@@ -380,8 +589,81 @@ mod tests {
             .cert_pem
             .unwrap()
             .starts_with("-----BEGIN CERTIFICATE-----"));
+        // Serial numbers carry the issue time.
+        let (not_before, _) =
+            validity(&std::fs::read_to_string(dir.path().join("d1.pem")).unwrap()).unwrap();
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_file(dir.path().join("d1.pem")).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        let issued = issued_at_ms(cert.raw_serial()).unwrap();
+        let slack = unix_ms(not_before) + 5 * 60 * 1000;
+        assert!(
+            issued.abs_diff(slack) < 2000,
+            "issued {issued}, not_before+5min {slack}"
+        );
         // Without the key, the CA can be trusted but not issue.
         std::fs::remove_file(dir.path().join("ca.key")).unwrap();
         assert!(!Ca::open(dir.path(), false).unwrap().can_issue());
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_bad_ones_say_why() {
+        let t = JoinToken::generate(&sha256_hex(b"ca")).unwrap();
+        let text = t.to_string();
+        assert!(text.starts_with("lbj1."));
+        assert_eq!(text.parse::<JoinToken>().unwrap(), t);
+        assert!(!format!("{t:?}").contains(&t.secret));
+        for (bad, why) in [
+            ("lbj1.abc", "not four dot-separated parts"),
+            (
+                "lbj2.0123456789.00000000000000000000000000000000.",
+                "unknown prefix",
+            ),
+            (
+                "lbj1.01234.00000000000000000000000000000000.aa",
+                "the id is not 10 hex digits",
+            ),
+        ] {
+            let e = bad.parse::<JoinToken>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_request_is_signed_for_the_identity_the_ca_chooses() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::open(dir.path(), true).unwrap();
+        let (csr, _key) = request().unwrap();
+        let pem = ca
+            .sign_request(
+                &csr,
+                &Identity::new(Role::Realserver, "rs1"),
+                &["10.0.0.21".parse().unwrap()],
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let (from, until) = validity(&pem).unwrap();
+        let lifetime = until.duration_since(from).unwrap();
+        assert_eq!(lifetime, Duration::from_secs(60 + 300));
+        assert!(ca
+            .sign_request(
+                "garbage",
+                &Identity::new(Role::Director, "d"),
+                &[],
+                Duration::from_secs(60)
+            )
+            .is_err());
+        // The same CA, rebuilt from its PEM, issues too.
+        let again = Ca::from_pem(ca.cert_pem.clone(), ca.key_pem().as_deref()).unwrap();
+        assert!(again.can_issue());
+        assert_eq!(
+            fingerprint(&again.cert_pem).unwrap(),
+            fingerprint(&ca.cert_pem).unwrap()
+        );
     }
 }

@@ -39,6 +39,42 @@ pub fn label_flags(
     crate::convert::labels(flag, labels)
 }
 
+/// Milliseconds in `2s`, `500ms`, `1.5s`, `1m`, `24h`, `30d` (a leading `-`
+/// gives a negative number, for the API to refuse by name).
+pub fn duration_ms(text: &str) -> Result<i64, String> {
+    let (negative, body) = match text.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, text),
+    };
+    let units = [
+        ("ms", 1.0),
+        ("s", 1_000.0),
+        ("m", 60_000.0),
+        ("h", 3_600_000.0),
+        ("d", 86_400_000.0),
+    ];
+    let (value, scale_ms) = units
+        .iter()
+        .find_map(|(unit, scale)| body.strip_suffix(unit).map(|v| (v, *scale)))
+        .ok_or_else(|| format!("duration {text:?} needs a unit: ms, s, m, h or d"))?;
+    let value: f64 = value
+        .parse()
+        .map_err(|_| format!("duration {text:?} is not a number"))?;
+    if !value.is_finite() || value * scale_ms > i64::MAX as f64 / 2.0 {
+        return Err(format!("duration {text:?} is too long"));
+    }
+    let ms = (value * scale_ms).round() as i64;
+    Ok(if negative { -ms } else { ms })
+}
+
+/// A positive duration flag (`30d`, `10s`), for clap.
+pub fn duration_flag(text: &str) -> Result<std::time::Duration, String> {
+    match duration_ms(text)? {
+        ms if ms > 0 => Ok(std::time::Duration::from_millis(ms.unsigned_abs())),
+        _ => Err(format!("duration {text:?} must be positive")),
+    }
+}
+
 /// How a client reaches the controllers over TLS: the fabric's CA, and the
 /// certificate and key that say who it is. Without `--ca`, plaintext.
 #[derive(Debug, Clone, Default, clap::Args)]

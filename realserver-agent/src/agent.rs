@@ -36,8 +36,9 @@ use lb_hostnet::checks::{self, targets, Target};
 pub struct Config {
     /// Controller addresses; any of them (the leader is found by redirect).
     pub controllers: String,
-    /// TLS to the controllers (the CA, and this agent's certificate); `None`: plaintext.
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// TLS to the controllers (the CA, and this agent's certificate, which
+    /// renewal replaces); plaintext when it has none.
+    pub tls: lb_proto::enroll::AgentTls,
     pub node_id: String,
     /// The realserver's address (RIP), as the directors reach it.
     pub address: IpAddr,
@@ -380,7 +381,8 @@ async fn session(
     let (tx, rx) = mpsc::channel(8);
     *heartbeat += 1;
     let _ = tx.send(report(config, *heartbeat, progress, status)).await;
-    let mut inbound = RealServerSyncClient::new(channel(addr, config.tls.as_ref())?)
+    let mut renewed = config.tls.changed();
+    let mut inbound = RealServerSyncClient::new(channel(addr, config.tls.current().as_ref())?)
         .sync(ReceiverStream::new(rx))
         .await?
         .into_inner();
@@ -401,6 +403,8 @@ async fn session(
                 }
                 None => return Ok(()),
             },
+            // A renewed certificate counts from the next connection.
+            Ok(()) = renewed.changed() => return Ok(()),
             // A health change or a drain is reported at once, not at the next tick.
             r = status.changed() => {
                 if r.is_err() { return Ok(()) }

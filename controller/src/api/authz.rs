@@ -6,7 +6,8 @@
 //! | `lb.v1.Raft/*` | controller |
 //! | `lb.v1.DirectorSync/*` | director (as its own node id: checked by the stream) |
 //! | `lb.v1.RealServerSync/*` | realserver (its own node id and address: checked by the stream) |
-//! | health, reflection | anyone |
+//! | `lb.v1.Enrollment/Renew` | director, realserver (for its own identity) |
+//! | `lb.v1.Enrollment/Join`, health, reflection | anyone (a join presents a token) |
 //!
 //! A caller with no certificate, or one the fabric's CA did not issue (or
 //! that has expired), gets `UNAUTHENTICATED` with the reason; a trusted
@@ -24,6 +25,9 @@ use crate::tls::{Peer, Verified};
 
 /// The role a method needs; `None`: open to anyone.
 fn required(path: &str) -> Option<&'static [Role]> {
+    if path == "/lb.v1.Enrollment/Renew" {
+        return Some(&[Role::Director, Role::Realserver]);
+    }
     let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
     match service {
         "lb.v1.ServiceAdmin" | "lb.v1.ClusterAdmin" => Some(&[Role::Admin]),
@@ -34,8 +38,18 @@ fn required(path: &str) -> Option<&'static [Role]> {
     }
 }
 
-/// Whether a node id's certificate is revoked.
-pub type Revoked = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+/// Whether a caller's certificate is revoked.
+pub type Revoked = std::sync::Arc<dyn Fn(&Verified) -> bool + Send + Sync>;
+
+/// Whether `state` revokes the certificate `caller` presented. Revocation is
+/// for agents; controllers and admins are removed from the cluster or get a
+/// new CA.
+pub(crate) fn is_revoked(state: &crate::state::State, caller: &Verified) -> bool {
+    matches!(caller.identity.role, Role::Director | Role::Realserver)
+        && state
+            .security
+            .is_revoked(&caller.identity.name, caller.issued_at_ms)
+}
 
 /// The verdict for one call.
 pub(crate) fn check(path: &str, peer: Option<&Peer>, revoked: &Revoked) -> Result<(), Status> {
@@ -50,14 +64,10 @@ pub(crate) fn check(path: &str, peer: Option<&Peer>, revoked: &Revoked) -> Resul
         Err(why) => Err(Status::unauthenticated(format!(
             "{why}; present a certificate issued by this fabric's CA"
         ))),
-        Ok(Verified { identity, .. })
-            if matches!(identity.role, Role::Director | Role::Realserver)
-                && revoked(&identity.name) =>
-        {
-            Err(Status::unauthenticated(format!(
-                "the certificate of {identity} is revoked"
-            )))
-        }
+        Ok(v) if revoked(v) => Err(Status::unauthenticated(format!(
+            "the certificate of {} is revoked",
+            v.identity
+        ))),
         Ok(Verified { identity, .. }) if roles.contains(&identity.role) => Ok(()),
         Ok(Verified { identity, .. }) => Err(Status::permission_denied(format!(
             "{identity} may not call {path}"
@@ -144,6 +154,7 @@ mod tests {
                 .map(|identity| Verified {
                     identity,
                     ips: Vec::new(),
+                    issued_at_ms: Some(1),
                 })
                 .map_err(String::from),
         }
@@ -175,6 +186,16 @@ mod tests {
             Some(PermissionDenied)
         );
         assert_eq!(code("/grpc.health.v1.Health/Check", &stranger), None);
+        assert_eq!(code("/lb.v1.Enrollment/Join", &stranger), None);
+        assert_eq!(code("/lb.v1.Enrollment/Renew", &director), None);
+        assert_eq!(
+            code("/lb.v1.Enrollment/Renew", &stranger),
+            Some(Unauthenticated)
+        );
+        assert_eq!(
+            code("/lb.v1.Enrollment/Renew", &admin),
+            Some(PermissionDenied)
+        );
         assert_eq!(
             code(
                 "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
@@ -185,7 +206,7 @@ mod tests {
         // Plaintext: nothing to check.
         assert!(check("/lb.v1.ServiceAdmin/CreateService", None, &none).is_ok());
         // A revoked director is turned away, whatever it calls.
-        let d1_revoked: Revoked = std::sync::Arc::new(|n| n == "d1");
+        let d1_revoked: Revoked = std::sync::Arc::new(|v| v.identity.name == "d1");
         let e = check("/lb.v1.DirectorSync/Sync", Some(&director), &d1_revoked).unwrap_err();
         assert_eq!(e.code(), Unauthenticated);
         assert_eq!(e.message(), "the certificate of director d1 is revoked");

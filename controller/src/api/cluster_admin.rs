@@ -166,4 +166,32 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterAdmin {
             Err(Status::not_found(format!("node {id} is not a member")))
         }
     }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        super::enrollment::create_token(&self.app, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_join_tokens(
+        &self,
+        _req: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        self.app.read_barrier(false).await.map_err(status)?;
+        Ok(Response::new(super::enrollment::list_tokens(&self.app)))
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn delete_join_token(
+        &self,
+        req: Request<pb::DeleteJoinTokenRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        super::enrollment::delete_token(&self.app, req.into_inner())
+            .await
+            .map(Response::new)
+    }
 }

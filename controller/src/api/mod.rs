@@ -7,6 +7,7 @@
 pub mod authz;
 mod cluster_admin;
 mod director_sync;
+pub mod enrollment;
 mod raft;
 mod realserver_sync;
 mod service_admin;
@@ -54,6 +55,8 @@ pub fn status(e: ApiError) -> Status {
             Rejected::Conflict { .. } | Rejected::StaleEpoch { .. } => {
                 Status::aborted(r.to_string())
             }
+            Rejected::Unauthenticated { why } => Status::unauthenticated(why),
+            Rejected::PermissionDenied { why } => Status::permission_denied(why),
         },
         ApiError::NotLeader { leader: Some(addr) } => {
             let mut s = Status::unavailable(format!("not the leader; the leader is at {addr}"));
@@ -96,6 +99,7 @@ pub fn router(app: Arc<App>) -> Result<tonic::service::Routes, tonic_reflection:
             "lb.v1.Raft",
             "lb.v1.DirectorSync",
             "lb.v1.RealServerSync",
+            "lb.v1.Enrollment",
         ] {
             health_reporter
                 .set_service_status(name, tonic_health::ServingStatus::Serving)
@@ -133,6 +137,10 @@ pub fn router(app: Arc<App>) -> Result<tonic::service::Routes, tonic_reflection:
                 realserver_sync::RealServerSync::new(app.clone()),
             )
             .max_decoding_message_size(AGENT_REPORT_MAX_BYTES),
+        )
+        .add_service(
+            pb::enrollment_server::EnrollmentServer::new(enrollment::Enrollment::new(app.clone()))
+                .max_decoding_message_size(AGENT_REPORT_MAX_BYTES),
         )
         .add_service(
             pb::raft_server::RaftServer::new(raft::RaftPeer::new(app))

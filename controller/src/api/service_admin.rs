@@ -277,7 +277,10 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         let node_id = req.into_inner().node_id;
         name_field("node_id", &node_id)?;
         self.app
-            .write(Command::RevokeNode { node_id })
+            .write(Command::RevokeNode {
+                node_id,
+                at_ms: lb_proto::pki::unix_ms(std::time::SystemTime::now()),
+            })
             .await
             .map_err(status)?;
         let revoked = self
@@ -285,8 +288,9 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
             .state
             .read()
             .state
+            .security
             .revoked
-            .iter()
+            .keys()
             .cloned()
             .collect();
         Ok(Response::new(pb::RevokeNodeResponse { revoked }))

@@ -28,7 +28,8 @@ const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
 const REVISION: &str = "revision";
 const OWNERS: &str = "owners";
-const REVOKED: &str = "revoked";
+/// Join tokens, revocations and the CA ([`crate::state::Security`]).
+const SECURITY: &str = "security";
 const SNAPSHOT_META: &str = "meta";
 const SNAPSHOT_DATA: &str = "data";
 
@@ -92,8 +93,8 @@ impl StateMachineStore {
         if let Some(b) = read_meta(OWNERS)? {
             data.state.owners = decode(OWNERS, &b)?;
         }
-        if let Some(b) = read_meta(REVOKED)? {
-            data.state.revoked = decode(REVOKED, &b)?;
+        if let Some(b) = read_meta(SECURITY)? {
+            data.state.security = decode(SECURITY, &b)?;
         }
         for item in txn.open_table(SERVICES)?.iter()? {
             let (name, bytes) = item?;
@@ -131,7 +132,7 @@ impl StateMachineStore {
         let mut results = Vec::new();
         let mut events: Vec<Event> = Vec::new();
         let mut owners_changed = false;
-        let mut revoked_changed = false;
+        let mut security_changed = false;
         let mut snapshot = None;
         self.shared.replace(|data| {
             for entry in entries {
@@ -140,7 +141,14 @@ impl StateMachineStore {
                     EntryPayload::Blank => results.push(Ok(crate::state::Applied::none())),
                     EntryPayload::Normal(cmd) => {
                         let assigns = matches!(cmd, Command::AssignVip { .. });
-                        let revokes = matches!(cmd, Command::RevokeNode { .. });
+                        let secures = matches!(
+                            cmd,
+                            Command::RevokeNode { .. }
+                                | Command::CreateJoinToken { .. }
+                                | Command::DeleteJoinToken { .. }
+                                | Command::RedeemJoinToken { .. }
+                                | Command::SetCa { .. }
+                        );
                         let revision = data.state.revision;
                         let result = data.state.apply(cmd);
                         // Every event the command made (a batch makes several).
@@ -154,7 +162,7 @@ impl StateMachineStore {
                             );
                         }
                         owners_changed |= assigns && result.is_ok();
-                        revoked_changed |= revokes && result.is_ok();
+                        security_changed |= secures && result.is_ok();
                         results.push(result);
                     }
                     EntryPayload::Membership(m) => {
@@ -169,10 +177,10 @@ impl StateMachineStore {
                 data.state.revision,
                 data.state.events.front().map(|e| e.revision),
                 owners_changed.then(|| data.state.owners.clone()),
-                revoked_changed.then(|| data.state.revoked.clone()),
+                security_changed.then(|| data.state.security.clone()),
             ));
         });
-        let Some((last_applied, membership, revision, oldest_event, owners, revoked)) = snapshot
+        let Some((last_applied, membership, revision, oldest_event, owners, security)) = snapshot
         else {
             return Ok(results);
         };
@@ -201,9 +209,9 @@ impl StateMachineStore {
             txn.open_table(SM_META)?
                 .insert(OWNERS, serde_json::to_vec(&owners)?.as_slice())?;
         }
-        if let Some(revoked) = revoked {
+        if let Some(security) = security {
             txn.open_table(SM_META)?
-                .insert(REVOKED, serde_json::to_vec(&revoked)?.as_slice())?;
+                .insert(SECURITY, serde_json::to_vec(&security)?.as_slice())?;
         }
         txn.commit()?;
         Ok(results)
@@ -237,7 +245,7 @@ impl StateMachineStore {
             // What lives outside the tables comes from the snapshot too.
             let mut meta_table = txn.open_table(SM_META)?;
             meta_table.insert(OWNERS, serde_json::to_vec(&state.owners)?.as_slice())?;
-            meta_table.insert(REVOKED, serde_json::to_vec(&state.revoked)?.as_slice())?;
+            meta_table.insert(SECURITY, serde_json::to_vec(&state.security)?.as_slice())?;
         }
         txn.commit()?;
         self.shared.replace(|data| {
