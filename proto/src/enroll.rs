@@ -40,8 +40,11 @@ const CA_FILE: &str = "ca.pem";
 pub enum EnrollError {
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// The controller did not prove it is under the pinned CA.
     #[error("{addr}: {detail}")]
     Pin { addr: String, detail: String },
+    #[error("{addr}: {detail}")]
+    Unreachable { addr: String, detail: String },
     #[error("the controllers refused: {code:?}: {message}")]
     Refused { code: tonic::Code, message: String },
 }
@@ -161,7 +164,8 @@ fn is_loopback(addr: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-fn load(dir: &Path) -> Result<Credentials, PkiError> {
+/// The credentials an agent keeps in `dir` (its --pki-dir).
+pub fn load(dir: &Path) -> Result<Credentials, PkiError> {
     let node = dir.join(NODE_FILE);
     let both = std::fs::read_to_string(&node).map_err(|source| PkiError::Io {
         path: node.clone(),
@@ -196,7 +200,7 @@ pub async fn join(
         let addr = &addrs[attempt % addrs.len()];
         match fetch_pinned_ca(addr, &token.ca_sha256).await {
             Ok(ca) => break ca,
-            Err(e @ EnrollError::Pin { .. }) if attempt + 1 >= addrs.len() * 30 => return Err(e),
+            Err(e @ EnrollError::Pin { .. }) => return Err(e),
             Err(e) => {
                 tracing::warn!(controller = %addr, error = %e, "join: cannot reach a controller with the pinned CA yet");
                 attempt += 1;
@@ -249,7 +253,7 @@ fn refused(s: tonic::Status) -> EnrollError {
 async fn renew_forever(tls: AgentTls, controllers: String, dir: PathBuf) {
     loop {
         let wait = match load(&dir).and_then(|c| {
-            let (from, until) = pki::validity(c.cert_pem.as_deref().unwrap_or(""))?;
+            let (from, until) = pki::lifetime(c.cert_pem.as_deref().unwrap_or(""))?;
             Ok(from + until.duration_since(from).unwrap_or_default() * 2 / 3)
         }) {
             Ok(at) => at.duration_since(SystemTime::now()).unwrap_or_default(),
@@ -267,7 +271,7 @@ async fn renew_forever(tls: AgentTls, controllers: String, dir: PathBuf) {
             Err(e) => {
                 let left = load(&dir)
                     .ok()
-                    .and_then(|c| pki::validity(c.cert_pem.as_deref()?).ok())
+                    .and_then(|c| pki::lifetime(c.cert_pem.as_deref()?).ok())
                     .and_then(|(_, until)| until.duration_since(SystemTime::now()).ok())
                     .unwrap_or_default();
                 let retry = (left / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -304,7 +308,7 @@ pub async fn renew(controllers: &str, dir: &Path) -> Result<Credentials, EnrollE
 /// presents a CA certificate whose SHA-256 is `pin` and a certificate that
 /// CA issued for the controllers' name; returns that CA (PEM).
 async fn fetch_pinned_ca(addr: &str, pin: &str) -> Result<String, EnrollError> {
-    let err = |detail: String| EnrollError::Pin {
+    let err = |detail: String| EnrollError::Unreachable {
         addr: addr.to_string(),
         detail,
     };
@@ -335,14 +339,36 @@ async fn fetch_pinned_ca(addr: &str, pin: &str) -> Result<String, EnrollError> {
     )
     .await
     .map_err(|_| err("TLS handshake timed out".into()))?
-    .map_err(|e| err(format!("TLS: {e}")))?;
+    .map_err(|e| {
+        // Our verifier's verdict is final; anything else may pass.
+        let refused = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|t| {
+                matches!(
+                    t,
+                    rustls::Error::General(_) | rustls::Error::InvalidCertificate(_)
+                )
+            });
+        if refused {
+            EnrollError::Pin {
+                addr: addr.to_string(),
+                detail: format!("TLS: {e}"),
+            }
+        } else {
+            err(format!("TLS: {e}"))
+        }
+    })?;
     let der = verifier
         .found
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone()
         .ok_or_else(|| err("no CA seen".into()))?;
-    Ok(pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref())))
+    Ok(pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.as_ref()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    ))
 }
 
 /// Trusts a server only through the CA with the pinned fingerprint, taken

@@ -403,8 +403,11 @@ pub fn request() -> Result<(String, String), PkiError> {
     Ok((csr, key.serialize_pem()))
 }
 
-/// When a certificate (PEM) stops and starts being valid.
-pub fn validity(
+/// When a certificate (the first in `cert_pem`) was issued and when it
+/// expires. The issue time comes from the serial number where this fabric's
+/// CA made it, else from its start of validity (which for ours is a few
+/// minutes earlier, for clock skew).
+pub fn lifetime(
     cert_pem: &str,
 ) -> Result<(std::time::SystemTime, std::time::SystemTime), PkiError> {
     use rustls::pki_types::pem::PemObject;
@@ -416,10 +419,11 @@ pub fn validity(
         let secs = u64::try_from(t.timestamp()).unwrap_or(0);
         std::time::UNIX_EPOCH + Duration::from_secs(secs)
     };
-    Ok((
-        at(cert.validity().not_before),
-        at(cert.validity().not_after),
-    ))
+    let issued = match issued_at_ms(cert.raw_serial()) {
+        Some(ms) => std::time::UNIX_EPOCH + Duration::from_millis(ms),
+        None => at(cert.validity().not_before),
+    };
+    Ok((issued, at(cert.validity().not_after)))
 }
 
 /// A join token: an agent presents it once to get its certificate.
@@ -590,16 +594,20 @@ mod tests {
             .unwrap()
             .starts_with("-----BEGIN CERTIFICATE-----"));
         // Serial numbers carry the issue time.
-        let (not_before, _) =
-            validity(&std::fs::read_to_string(dir.path().join("d1.pem")).unwrap()).unwrap();
-        let der =
-            rustls::pki_types::CertificateDer::from_pem_file(dir.path().join("d1.pem")).unwrap();
+        let pem = std::fs::read_to_string(dir.path().join("d1.pem")).unwrap();
+        let (issued, until) = lifetime(&pem).unwrap();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
-        let issued = issued_at_ms(cert.raw_serial()).unwrap();
-        let slack = unix_ms(not_before) + 5 * 60 * 1000;
+        let not_before = cert.validity().not_before.timestamp() as u64 * 1000;
+        let issued_ms = unix_ms(issued);
         assert!(
-            issued.abs_diff(slack) < 2000,
-            "issued {issued}, not_before+5min {slack}"
+            issued_ms.abs_diff(not_before + 5 * 60 * 1000) < 2000,
+            "issued {issued_ms}, not_before {not_before}"
+        );
+        let life = until.duration_since(issued).unwrap();
+        assert!(
+            life.abs_diff(DEFAULT_CERT_LIFETIME) < Duration::from_secs(2),
+            "{life:?}"
         );
         // Without the key, the CA can be trusted but not issue.
         std::fs::remove_file(dir.path().join("ca.key")).unwrap();
@@ -647,9 +655,12 @@ mod token_tests {
                 Duration::from_secs(60),
             )
             .unwrap();
-        let (from, until) = validity(&pem).unwrap();
-        let lifetime = until.duration_since(from).unwrap();
-        assert_eq!(lifetime, Duration::from_secs(60 + 300));
+        let (from, until) = lifetime(&pem).unwrap();
+        let life = until.duration_since(from).unwrap();
+        assert!(
+            life.abs_diff(Duration::from_secs(60)) < Duration::from_secs(1),
+            "{life:?}"
+        );
         assert!(ca
             .sign_request(
                 "garbage",

@@ -157,25 +157,36 @@ pub(super) async fn delete_token(
     Ok(list_tokens(app))
 }
 
-/// Gives the cluster this node's CA key once it leads and the replicated
-/// state has none, so that any later leader can sign joins. Ends when the
-/// state has a CA, or at shutdown.
+/// Gives the cluster this node's CA key as soon as it leads while the
+/// replicated state has none (a new cluster: right after its first
+/// election, before any other node joins), so that any later leader can
+/// sign joins. Ends when the state has a CA, or at shutdown.
 pub async fn hand_over_ca(app: Arc<App>, keys: CaKeys) {
     let mut shutdown = app.shutdown.clone();
+    let mut metrics = app.raft.metrics();
     loop {
         if app.state.read().state.security.ca.is_some() {
             return;
         }
-        if app.require_leader().is_ok() {
+        let retry = if app.require_leader().is_ok() {
             match app.write(Command::SetCa { ca: keys.clone() }).await {
-                Ok(_) => tracing::info!(
-                    "CA handed to the cluster: any leader can now sign agent certificates"
-                ),
-                Err(e) => tracing::warn!(error = %e, "handing the CA to the cluster"),
+                Ok(_) => {
+                    tracing::info!(
+                        "CA handed to the cluster: any leader can now sign agent certificates"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "handing the CA to the cluster");
+                    Duration::from_millis(200)
+                }
             }
-        }
+        } else {
+            Duration::from_secs(3600)
+        };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = metrics.changed() => {}
+            _ = tokio::time::sleep(retry) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }

@@ -5,6 +5,7 @@ mod bad_input;
 mod cluster;
 mod grpcurl;
 mod import;
+mod join;
 mod netns;
 mod ownership;
 mod realserver;

@@ -231,6 +231,23 @@ async fn three_controllers_over_mtls() -> anyhow::Result<()> {
     let logs: String = nodes.iter().map(|n| n.log_text()).collect();
     let list = list.map_err(|e| anyhow::anyhow!("{e}\n{logs}"))?;
     assert!(list.contains("web"), "{list}");
+
+    // The new leader never had ca.key on disk, yet signs a joining agent's
+    // certificate: the CA came to it through the log.
+    let token: lb_proto::pki::JoinToken =
+        lbctl_ok(&rest, &["token", "create", "--role", "director"])?
+            .trim()
+            .parse()?;
+    let d1 = dir.path().join("d1-pki");
+    let who = lb_proto::enroll::Enrollee {
+        role: Role::Director,
+        node_id: "d1".into(),
+        address: None,
+    };
+    lb_proto::enroll::join(&rest, &token, &who, &d1).await?;
+    let creds = lb_proto::enroll::load(&d1)?;
+    let (issued, _) = lb_proto::pki::lifetime(creds.cert_pem.as_deref().unwrap_or(""))?;
+    assert!(issued.elapsed()? < std::time::Duration::from_secs(60));
     Ok(())
 }
 
