@@ -42,7 +42,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         _ => {}
     }
     let tls = match &cli.credentials {
-        Some(dir) => Some(lb_proto::pki::Credentials::from_dir(dir, "admin")?.client_config()),
+        Some(dir) => Some(
+            lb_proto::pki::Credentials::from_dir(dir, "admin")
+                .with_context(|| format!("--credentials {}", dir.display()))?
+                .client_config(),
+        ),
         None => cli.tls.client_config()?,
     };
     let mut ctl = Controller::new(&cli.controller, Duration::from_secs(cli.timeout))?.with_tls(tls);
@@ -84,9 +88,32 @@ macro_rules! call {
     }};
 }
 
-/// Status errors read `CODE: message`, e.g. `InvalidArgument: service.endpoint.port: …`.
+/// Status errors read `CODE: message`, e.g. `InvalidArgument: service.endpoint.port: …`,
+/// with a hint when the cause is a TLS mismatch between lbctl and the controller.
 fn api<T>(r: Result<T, tonic::Status>) -> anyhow::Result<T> {
-    r.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
+    r.map_err(|s| {
+        let hint = tls_hint(s.code(), s.message())
+            .map(|h| format!("\n  hint: {h}"))
+            .unwrap_or_default();
+        anyhow::anyhow!("{:?}: {}{hint}", s.code(), s.message())
+    })
+}
+
+/// What to do about an error that says lbctl and the controller disagree
+/// about TLS.
+fn tls_hint(code: tonic::Code, message: &str) -> Option<&'static str> {
+    const CREDENTIALS: &str = "lbctl needs the admin credentials: --credentials DIR (or LB_CREDENTIALS=DIR), where DIR holds ca.pem, admin.pem and admin.key: a bootstrapping controller's <data-dir>/pki, or what `lbctl pki admin-cert` wrote";
+    if message.contains("h2 protocol error") || message.contains("http2 error") {
+        // Plaintext spoken to a TLS port.
+        return Some(CREDENTIALS);
+    }
+    if code == tonic::Code::Unauthenticated && message.contains("no client certificate") {
+        return Some(CREDENTIALS);
+    }
+    if message.contains("InvalidContentType") {
+        return Some("the controller serves plaintext (it listens on loopback, or runs with --insecure): drop --credentials/--ca or LB_CREDENTIALS");
+    }
+    None
 }
 
 async fn service(ctl: &mut Controller, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> {

@@ -166,14 +166,8 @@ fn is_loopback(addr: &str) -> bool {
 
 /// The credentials an agent keeps in `dir` (its --pki-dir).
 pub fn load(dir: &Path) -> Result<Credentials, PkiError> {
-    let node = dir.join(NODE_FILE);
-    let both = std::fs::read_to_string(&node).map_err(|source| PkiError::Io {
-        path: node.clone(),
-        source,
-    })?;
-    let ca = dir.join(CA_FILE);
-    let ca_pem =
-        std::fs::read_to_string(&ca).map_err(|source| PkiError::Io { path: ca, source })?;
+    let both = pki::read(&dir.join(NODE_FILE))?;
+    let ca_pem = pki::read(&dir.join(CA_FILE))?;
     Ok(Credentials {
         ca_pem,
         cert_pem: Some(both.clone()),

@@ -32,10 +32,11 @@ pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600)
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("{path}: {source}")]
+    // Not a `source`: the message already says it, and chains would repeat it.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{what}: {source}")]
     Cert { what: String, source: rcgen::Error },
@@ -135,10 +136,11 @@ pub struct Ca {
     issuer: Option<(rcgen::Certificate, KeyPair)>,
 }
 
-fn read(path: &Path) -> Result<String, PkiError> {
-    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
+/// A PEM file's text.
+pub fn read(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|error| PkiError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -147,9 +149,9 @@ fn read(path: &Path) -> Result<String, PkiError> {
 pub fn write_pem(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io {
+    let io = |error| PkiError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;

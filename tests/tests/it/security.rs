@@ -76,6 +76,10 @@ async fn only_the_fabrics_identities_get_in() -> anyhow::Result<()> {
         !ok && err.contains("Unauthenticated: no client certificate"),
         "{err}"
     );
+    assert!(
+        err.contains("hint: lbctl needs the admin credentials"),
+        "{err}"
+    );
 
     // A certificate from another CA.
     let other = dir.path().join("other-ca");
@@ -195,9 +199,14 @@ async fn only_the_fabrics_identities_get_in() -> anyhow::Result<()> {
         .into_inner();
     assert_eq!(served.status, 1, "SERVING");
 
-    // A plaintext client gets nowhere on a TLS port.
+    // A plaintext client gets nowhere on a TLS port, and is told what to pass.
     let (ok, err) = lbctl_as(&a, &[], &["service", "list"]);
-    assert!(!ok, "{err}");
+    assert!(!ok && err.contains("--credentials DIR"), "{err}");
+    let (ok, err) = lbctl_as(&a, &["--credentials", "/nonexistent"], &["service", "list"]);
+    assert!(
+        !ok && err.contains("--credentials /nonexistent: /nonexistent/ca.pem: No such file"),
+        "{err}"
+    );
     Ok(())
 }
 
