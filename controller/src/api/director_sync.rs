@@ -238,6 +238,7 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
             let mut metrics = app.raft.metrics();
             let mut shutdown = app.shutdown.clone();
             let mut sent_revision = None;
+            let mut budget = super::budget::WriteBudget::new(std::time::Instant::now());
             let mut ack = if app.may_grant_leases() {
                 first.heartbeat
             } else {
@@ -268,6 +269,10 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
                             }
                             record(&app, &report, stream);
                             for cmd in check_verdicts(&app, &node, &report) {
+                                // Over budget: a later report carries the change.
+                                if !budget.take(std::time::Instant::now()) {
+                                    break;
+                                }
                                 if let Err(e) = app.write(cmd).await {
                                     tracing::warn!(director = %node, error = %e, "recording health verdicts");
                                 }

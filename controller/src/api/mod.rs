@@ -5,6 +5,7 @@
 //! become gRPC statuses.
 
 pub mod authz;
+mod budget;
 mod cluster_admin;
 mod director_sync;
 pub mod enrollment;

@@ -6,7 +6,7 @@ use lb_proto::pb;
 use lb_proto::pb::real_server_sync_client::RealServerSyncClient;
 use lb_proto::pb::service_admin_client::ServiceAdminClient;
 use lb_proto::pki::{Ca, Credentials, Identity, Role};
-use lb_testkit::{lbctl_ok, ControllerProc};
+use lb_testkit::{lbctl_ok, wait_for, ControllerProc};
 use tokio_stream::StreamExt;
 
 /// lbctl with explicit TLS flags (not the admin credentials the helpers use).
@@ -324,6 +324,104 @@ async fn a_flapping_agent_cannot_flood_the_log() -> anyhow::Result<()> {
     let cap = 1 + 10 + (5.0 * (elapsed.as_secs_f64() + 0.3)).ceil() as u64;
     assert!(written <= cap, "{written} entries, cap {cap}");
     assert!(written >= 5, "health changes still land: {written}");
+    Ok(())
+}
+
+/// A director that flips its health verdict for an agentless backend on
+/// every report is held to the same budget as a realserver agent.
+#[tokio::test]
+async fn a_flapping_director_cannot_flood_the_log() -> anyhow::Result<()> {
+    use lb_proto::pb::director_sync_client::DirectorSyncClient;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir()?;
+    let node = ControllerProc::start(1, dir.path(), true, &[])?;
+    node.wait_leader().await?;
+    let a = node.addr.clone();
+    lbctl_ok(
+        &a,
+        &[
+            "service",
+            "create",
+            "web",
+            "--vip",
+            "10.1.0.100:80/tcp",
+            "--check",
+            "tcp",
+        ],
+    )?;
+    lbctl_ok(&a, &["realserver", "add", "web", "10.1.0.11:80"])?;
+    let report = |i: u64, down: bool| pb::DirectorReport {
+        node_id: "d1".into(),
+        heartbeat: i,
+        unhealthy: if down {
+            vec![pb::BackendRef {
+                service: "web".into(),
+                address: "10.1.0.11".into(),
+                port: 80,
+            }]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(report(1, false)).await?;
+    let mut inbound = DirectorSyncClient::new(lb_testkit::channel(&a).await?)
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tokio::spawn(async move { while let Some(Ok(_)) = inbound.next().await {} });
+    // Live and heartbeating until it owns the VIP.
+    let mut i = 1;
+    let started = Instant::now();
+    loop {
+        i += 1;
+        tx.send(report(i, false)).await?;
+        let status = lbctl_ok(&a, &["status"])?;
+        if status.contains("d1@") {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "d1 never owned the VIP:\n{status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = node.status().await.map(|s| s.last_log_index).unwrap_or(0);
+    let started = Instant::now();
+    let reports = 400u64;
+    for n in 0..reports {
+        i += 1;
+        tx.send(report(i, n % 2 == 0)).await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    let written = node.status().await.map(|s| s.last_log_index).unwrap_or(0) - before;
+    println!("{reports} director reports flipping a verdict in {elapsed:?}: {written} log entries (cap: 10 + 5/s)");
+    let cap = 10 + (5.0 * (elapsed.as_secs_f64() + 0.3)).ceil() as u64;
+    assert!(written <= cap, "{written} entries, cap {cap}");
+    assert!(written >= 5, "verdicts still land: {written}");
+    // Nothing is lost: with the heartbeats that follow, the last verdict
+    // lands. Down, then up again.
+    for down in [true, false] {
+        let health = wait_for(Duration::from_secs(5), "the last verdict", || {
+            i += 1;
+            let sent = tx.try_send(report(i, down));
+            let list = lbctl_ok(&a, &["realserver", "list", "web"]);
+            async move {
+                sent.ok()?;
+                let list = list.ok()?;
+                let line = list
+                    .lines()
+                    .find(|l| l.contains("10.1.0.11:80"))?
+                    .to_string();
+                line.contains(if down { " down " } else { " up " })
+                    .then_some(line)
+            }
+        })
+        .await?;
+        println!("{health}");
+    }
     Ok(())
 }
 
