@@ -12,9 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use lb_proto::pki::Role;
 use lb_testkit::netns::Topology;
-use lb_testkit::{agent_tls, bin, lbctl_ok, wait_for, ControllerProc};
+use lb_testkit::{bin, lbctl_ok, wait_for, ControllerProc};
 
 const VIP: &str = "10.0.0.100";
 
@@ -109,49 +108,61 @@ async fn demo() -> anyhow::Result<()> {
     let mut procs = Procs(Vec::new());
     let state = dir.path().join("state");
     // An agent in namespace `ns`, logging to a file in the temporary directory.
-    // TLS: the controller listens on 10.0.0.1, so every agent gets a
-    // certificate from its CA (see `agent_tls`).
-    let mut start =
-        |ns: &str, program: &str, args: &[&str], tls: Vec<String>| -> anyhow::Result<()> {
-            let log = std::fs::File::create(dir.path().join(format!("{ns}.log")))?;
-            let child = t
-                .command(ns, &bin(program))
-                .args(["--controller", &ctl, "--node-id", ns])
-                .args(args)
-                .args(tls)
-                .arg("--state-dir")
-                .arg(&state)
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("starting {program} in {ns}"))?;
-            procs.0.push(child);
-            Ok(())
-        };
+    // TLS: the controller listens on 10.0.0.1, so every agent joins with a
+    // token and keeps its certificate in its own --pki-dir.
+    let mut start = |ns: &str, program: &str, args: &[&str], token: &str| -> anyhow::Result<()> {
+        let log = std::fs::File::create(dir.path().join(format!("{ns}.log")))?;
+        let child = t
+            .command(ns, &bin(program))
+            .args(["--controller", &ctl, "--node-id", ns])
+            .args(args)
+            .args(["--join-token", token])
+            .arg("--pki-dir")
+            .arg(dir.path().join(format!("{ns}-pki")))
+            .arg("--state-dir")
+            .arg(&state)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {program} in {ns}"))?;
+        procs.0.push(child);
+        Ok(())
+    };
     step(
-        "the director agent in d1, with a certificate for director d1 (lbctl pki issue)",
-        &format!("lb-director --controller {ctl} --node-id d1 --interface eth0 --ca ca.pem --cert d1.pem --key d1.key"),
+        "join tokens: one for the director, one the two realserver agents share; each pins the CA by its fingerprint",
+        "lbctl token create --role director\n$ lbctl token create --role realserver --uses 2",
+    );
+    let director_token = lbctl(&ctl, &["token", "create", "--role", "director"])?;
+    let realserver_token = lbctl(
+        &ctl,
+        &["token", "create", "--role", "realserver", "--uses", "2"],
+    )?;
+    step(
+        "the director agent in d1: it joins with its token, then speaks mTLS as director d1",
+        &format!(
+            "lb-director --controller {ctl} --node-id d1 --interface eth0 --join-token lbj1.…"
+        ),
     );
     start(
         "d1",
         "lb-director",
         &["--interface", "eth0"],
-        agent_tls(&ctl, Role::Director, "d1", &[])?,
+        director_token.trim(),
     )?;
     for (rs, rip) in [("rs1", "10.0.0.21"), ("rs2", "10.0.0.22")] {
         step(
             &format!("the realserver agent on {rs}"),
             &format!(
-                "lb-realserver --controller {ctl} --node-id {rs} --address {rip} --labels pool=web --ca ca.pem --cert {rs}.pem --key {rs}.key"
+                "lb-realserver --controller {ctl} --node-id {rs} --address {rip} --labels pool=web --join-token lbj1.…"
             ),
         );
         start(
             rs,
             "lb-realserver",
             &["--address", rip, "--labels", "pool=web"],
-            agent_tls(&ctl, Role::Realserver, rs, &[rip.parse()?])?,
+            realserver_token.trim(),
         )?;
     }
 
@@ -235,6 +246,9 @@ async fn demo() -> anyhow::Result<()> {
     .await?;
     step("the fabric at a glance", "lbctl status --stats");
     lbctl(&ctl, &["status", "--stats"])?;
+    step("the join tokens, used up", "lbctl token list");
+    lbctl(&ctl, &["token", "list"])?;
+
     step(
         "what the director programmed, read from its kernel",
         "ipvsadm -Ln   (in d1)",
