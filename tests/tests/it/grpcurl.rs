@@ -153,8 +153,27 @@ async fn grpcurl_over_mtls() -> anyhow::Result<()> {
     );
     assert!(ok, "{err}");
     assert!(out.contains("\"name\": \"web\""), "{out}");
+    // A join token, as the README mints one with grpcurl.
+    let (ok, out, err) = grpcurl(
+        &[
+            &tls[..],
+            &[
+                "-cert",
+                &cert,
+                "-key",
+                &key,
+                "-d",
+                r#"{"role":"realserver","ttl":"3600s"}"#,
+                a,
+                "lb.v1.ClusterAdmin/CreateJoinToken",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(ok && out.contains("\"token\": \"lbj1."), "{out}{err}");
     let (ok, out, err) = grpcurl(&[&tls[..], &[a, "list"]].concat());
     assert!(ok && out.contains("lb.v1.ServiceAdmin"), "{out}{err}");
+    assert!(out.contains("lb.v1.Enrollment"), "{out}");
     let (ok, _, err) = grpcurl(
         &[
             &tls[..],
