@@ -1,6 +1,7 @@
 //! Fuzz targets for the decoders that read bytes from outside: the API's
-//! validation of protobuf messages (anything a client sends) and the
-//! director's reading of IPVS netlink replies. No input may panic; each
+//! validation of protobuf messages (anything a client sends), what a joining
+//! agent sends before it has a certificate (its token and its certificate
+//! request), and the director's reading of IPVS netlink replies. No input may panic; each
 //! target runs a few seconds in CI and 600 s for the closing notes:
 //!
 //!   LB_FUZZ_SECS=600 cargo test -p lb-testkit --test fuzz -- --nocapture --test-threads 1
@@ -381,4 +382,48 @@ fn ipvs_netlink_replies_never_panic() {
         }
     });
     println!("fuzz netlink: {decoded_count} decoded as messages, {read} read as a service, destination or daemon");
+}
+
+/// What `Enrollment/Join` reads from a caller that has no certificate yet:
+/// the token text and the PKCS#10 request (PEM), which the CA parses,
+/// checks the signature of, and signs.
+#[test]
+fn join_inputs_never_panic() {
+    use lb_proto::pki::{Ca, Identity, JoinToken, Role};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::open(dir.path(), true).expect("CA");
+    let (csr, _key) = lb_proto::pki::request().expect("request");
+    let der = pem::parse(&csr).expect("pem").into_contents();
+    let token = JoinToken::generate(&lb_proto::pki::sha256_hex(b"ca"))
+        .expect("token")
+        .to_string();
+    let who = Identity::new(Role::Realserver, "rs1");
+    let (mut tokens, mut signed) = (0u64, 0u64);
+    run("join", 3, |rng, input| {
+        let mut text = token.clone().into_bytes();
+        rng.mutate_bytes(&mut text);
+        input.extend_from_slice(&text);
+        if String::from_utf8_lossy(&text).parse::<JoinToken>().is_ok() {
+            tokens += 1;
+        }
+        // A request mutated as DER (reaching the X.509 parser), or as text.
+        let request = if rng.chance(2) {
+            let mut bytes = der.clone();
+            rng.mutate_bytes(&mut bytes);
+            pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", bytes))
+        } else {
+            let mut bytes = csr.clone().into_bytes();
+            rng.mutate_bytes(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
+        input.extend_from_slice(request.as_bytes());
+        let ips = ["10.0.0.21".parse().expect("ip")];
+        if ca
+            .sign_request(&request, &who, &ips, std::time::Duration::from_secs(60))
+            .is_ok()
+        {
+            signed += 1;
+        }
+    });
+    println!("fuzz join: {tokens} tokens parsed, {signed} requests signed");
 }
