@@ -135,40 +135,23 @@ async fn grpcurl_over_mtls() -> anyhow::Result<()> {
     let file = |f: &str| pki.join(f).to_string_lossy().into_owned();
     let (ca, cert, key) = (file("ca.pem"), file("admin.pem"), file("admin.key"));
     let tls = ["-cacert", &ca, "-authority", "controller.lbfabric"];
-    let (ok, out, err) = grpcurl(
-        &[
-            &tls[..],
+    // As the README's lines call it, with the admin certificate.
+    let as_admin = |data: &str, method: &str| {
+        grpcurl(
             &[
-                "-cert",
-                &cert,
-                "-key",
-                &key,
-                "-d",
-                "{}",
-                a,
-                "lb.v1.ServiceAdmin/ListServices",
-            ],
-        ]
-        .concat(),
-    );
+                &tls[..],
+                &["-cert", &cert, "-key", &key, "-d", data, a, method],
+            ]
+            .concat(),
+        )
+    };
+    let (ok, out, err) = as_admin("{}", "lb.v1.ServiceAdmin/ListServices");
     assert!(ok, "{err}");
     assert!(out.contains("\"name\": \"web\""), "{out}");
     // A join token, as the README mints one with grpcurl.
-    let (ok, out, err) = grpcurl(
-        &[
-            &tls[..],
-            &[
-                "-cert",
-                &cert,
-                "-key",
-                &key,
-                "-d",
-                r#"{"role":"realserver","ttl":"3600s"}"#,
-                a,
-                "lb.v1.ClusterAdmin/CreateJoinToken",
-            ],
-        ]
-        .concat(),
+    let (ok, out, err) = as_admin(
+        r#"{"role":"realserver","ttl":"3600s"}"#,
+        "lb.v1.ClusterAdmin/CreateJoinToken",
     );
     assert!(ok && out.contains("\"token\": \"lbj1."), "{out}{err}");
     let (ok, out, err) = grpcurl(&[&tls[..], &[a, "list"]].concat());
