@@ -167,7 +167,7 @@ pub async fn run(
         .layer(api::authz::AuthzLayer::new({
             let app = app.clone();
             Arc::new(move |caller: &tls::Verified| {
-                api::authz::is_revoked(&app.state.read().state, caller)
+                api::authz::cut_off(&app.state.read().state, caller)
             })
         }))
         .add_routes(routes);

@@ -47,6 +47,9 @@ pub struct Verified {
     /// (`lb_proto::pki::issued_at_ms`); `None` for a certificate from an
     /// operator's own CA, which a revocation then covers whatever its age.
     pub issued_at_ms: Option<u64>,
+    /// When the certificate expires: a connection made before then is cut
+    /// off at it.
+    pub expires_at: std::time::SystemTime,
 }
 
 /// What the controller knows about the other end of a connection; tonic
@@ -241,6 +244,10 @@ fn identity_of(der: &CertificateDer<'_>) -> Result<Verified, String> {
         identity,
         ips,
         issued_at_ms: lb_proto::pki::issued_at_ms(cert.raw_serial()),
+        expires_at: std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(
+                u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
+            ),
     })
 }
 

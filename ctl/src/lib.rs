@@ -49,9 +49,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         None => cli.tls.client_config()?,
     };
+    let plaintext = tls.is_none();
     let mut ctl = Controller::new(&cli.controller, Duration::from_secs(cli.timeout))?.with_tls(tls);
     let out = cli.output;
-    match cli.command {
+    let done = match cli.command {
         Command::Service(cmd) => service(&mut ctl, out, cmd).await,
         Command::Realserver(cmd) => realserver(&mut ctl, out, cmd).await,
         Command::Director(DirectorCmd::List) => directors(&mut ctl, out).await,
@@ -71,7 +72,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completion { .. } | Command::Pki(_) => Ok(()),
         Command::Node(NodeCmd::Revoke { node }) => revoke(&mut ctl, out, node).await,
         Command::Token(cmd) => token(&mut ctl, out, cmd).await,
-    }
+    };
+    done.map_err(|e| with_tls_hint(e, plaintext))
 }
 
 /// Calls `$method` of a `$client` through the leader-following connection;
@@ -88,32 +90,28 @@ macro_rules! call {
     }};
 }
 
-/// Status errors read `CODE: message`, e.g. `InvalidArgument: service.endpoint.port: …`,
-/// with a hint when the cause is a TLS mismatch between lbctl and the controller.
+/// Status errors read `CODE: message`, e.g. `InvalidArgument: service.endpoint.port: …`.
 fn api<T>(r: Result<T, tonic::Status>) -> anyhow::Result<T> {
-    r.map_err(|s| {
-        let hint = tls_hint(s.code(), s.message())
-            .map(|h| format!("\n  hint: {h}"))
-            .unwrap_or_default();
-        anyhow::anyhow!("{:?}: {}{hint}", s.code(), s.message())
-    })
+    r.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
 }
 
-/// What to do about an error that says lbctl and the controller disagree
-/// about TLS.
-fn tls_hint(code: tonic::Code, message: &str) -> Option<&'static str> {
+/// `error` with a hint when its cause looks like lbctl and the controller
+/// disagreeing about TLS (`plaintext`: lbctl spoke without it).
+fn with_tls_hint(error: anyhow::Error, plaintext: bool) -> anyhow::Error {
     const CREDENTIALS: &str = "lbctl needs the admin credentials: --credentials DIR (or LB_CREDENTIALS=DIR), where DIR holds ca.pem, admin.pem and admin.key: a bootstrapping controller's <data-dir>/pki, or what `lbctl pki admin-cert` wrote";
-    if message.contains("h2 protocol error") || message.contains("http2 error") {
-        // Plaintext spoken to a TLS port.
-        return Some(CREDENTIALS);
-    }
-    if code == tonic::Code::Unauthenticated && message.contains("no client certificate") {
-        return Some(CREDENTIALS);
-    }
-    if message.contains("InvalidContentType") {
-        return Some("the controller serves plaintext (it listens on loopback, or runs with --insecure): drop --credentials/--ca or LB_CREDENTIALS");
-    }
-    None
+    let text = error.to_string();
+    // A plaintext request to a TLS port fails at the transport or HTTP/2 layer.
+    let transport = ["transport error", "h2 protocol error", "http2 error"]
+        .iter()
+        .any(|m| text.contains(m));
+    let hint = if (plaintext && transport) || text.contains("no client certificate") {
+        CREDENTIALS
+    } else if !plaintext && text.contains("InvalidContentType") {
+        "the controller serves plaintext (it listens on loopback, or runs with --insecure): drop --credentials/--ca or LB_CREDENTIALS"
+    } else {
+        return error;
+    };
+    anyhow::anyhow!("{text}\n  hint: {hint}")
 }
 
 async fn service(ctl: &mut Controller, out: Output, cmd: ServiceCmd) -> anyhow::Result<()> {

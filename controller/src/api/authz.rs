@@ -38,21 +38,42 @@ fn required(path: &str) -> Option<&'static [Role]> {
     }
 }
 
-/// Whether a caller's certificate is revoked.
-pub type Revoked = std::sync::Arc<dyn Fn(&Verified) -> bool + Send + Sync>;
+/// Why a caller whose certificate was good at the handshake is no longer
+/// let in, if it is not.
+pub type CutOff = std::sync::Arc<dyn Fn(&Verified) -> Option<String> + Send + Sync>;
 
-/// Whether `state` revokes the certificate `caller` presented. Revocation is
-/// for agents; controllers and admins are removed from the cluster or get a
-/// new CA.
-pub(crate) fn is_revoked(state: &crate::state::State, caller: &Verified) -> bool {
-    matches!(caller.identity.role, Role::Director | Role::Realserver)
-        && state
-            .security
-            .is_revoked(&caller.identity.name, caller.issued_at_ms)
+/// Why `caller` is no longer let in: its certificate expired since the
+/// connection was made, or `state` revokes it. Revocation is for agents;
+/// controllers and admins are removed from the cluster or get a new CA.
+pub(crate) fn cut_off(state: &crate::state::State, caller: &Verified) -> Option<String> {
+    let who = &caller.identity;
+    if let Ok(ago) = std::time::SystemTime::now().duration_since(caller.expires_at) {
+        return Some(format!(
+            "the certificate of {who} expired {}s ago",
+            ago.as_secs()
+        ));
+    }
+    let revoked = matches!(who.role, Role::Director | Role::Realserver)
+        && state.security.is_revoked(&who.name, caller.issued_at_ms);
+    revoked.then(|| format!("the certificate of {who} is revoked"))
+}
+
+/// Ends an agent's stream when its caller is cut off (see [`cut_off`]);
+/// true if it did.
+pub(crate) async fn end_if_cut_off<T>(
+    app: &crate::app::App,
+    caller: Option<&Verified>,
+    tx: &tokio::sync::mpsc::Sender<Result<T, Status>>,
+) -> bool {
+    let Some(why) = caller.and_then(|c| cut_off(&app.state.read().state, c)) else {
+        return false;
+    };
+    let _ = tx.send(Err(Status::unauthenticated(why))).await;
+    true
 }
 
 /// The verdict for one call.
-pub(crate) fn check(path: &str, peer: Option<&Peer>, revoked: &Revoked) -> Result<(), Status> {
+pub(crate) fn check(path: &str, peer: Option<&Peer>, cut_off: &CutOff) -> Result<(), Status> {
     let Some(roles) = required(path) else {
         return Ok(());
     };
@@ -64,14 +85,14 @@ pub(crate) fn check(path: &str, peer: Option<&Peer>, revoked: &Revoked) -> Resul
         Err(why) => Err(Status::unauthenticated(format!(
             "{why}; present a certificate issued by this fabric's CA"
         ))),
-        Ok(v) if revoked(v) => Err(Status::unauthenticated(format!(
-            "the certificate of {} is revoked",
-            v.identity
-        ))),
-        Ok(Verified { identity, .. }) if roles.contains(&identity.role) => Ok(()),
-        Ok(Verified { identity, .. }) => Err(Status::permission_denied(format!(
-            "{identity} may not call {path}"
-        ))),
+        Ok(v) => match cut_off(v) {
+            Some(why) => Err(Status::unauthenticated(why)),
+            None if roles.contains(&v.identity.role) => Ok(()),
+            None => Err(Status::permission_denied(format!(
+                "{} may not call {path}",
+                v.identity
+            ))),
+        },
     }
 }
 
@@ -85,12 +106,12 @@ pub(crate) fn caller<T>(req: &tonic::Request<T>) -> Option<Verified> {
 
 #[derive(Clone)]
 pub struct AuthzLayer {
-    revoked: Revoked,
+    cut_off: CutOff,
 }
 
 impl AuthzLayer {
-    pub fn new(revoked: Revoked) -> Self {
-        AuthzLayer { revoked }
+    pub fn new(cut_off: CutOff) -> Self {
+        AuthzLayer { cut_off }
     }
 }
 
@@ -100,7 +121,7 @@ impl<S> tower::Layer<S> for AuthzLayer {
     fn layer(&self, inner: S) -> Authz<S> {
         Authz {
             inner,
-            revoked: self.revoked.clone(),
+            cut_off: self.cut_off.clone(),
         }
     }
 }
@@ -108,7 +129,7 @@ impl<S> tower::Layer<S> for AuthzLayer {
 #[derive(Clone)]
 pub struct Authz<S> {
     inner: S,
-    revoked: Revoked,
+    cut_off: CutOff,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -130,7 +151,7 @@ where
         match check(
             req.uri().path(),
             req.extensions().get::<Peer>(),
-            &self.revoked,
+            &self.cut_off,
         ) {
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(status) => {
@@ -155,6 +176,7 @@ mod tests {
                     identity,
                     ips: Vec::new(),
                     issued_at_ms: Some(1),
+                    expires_at: std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
                 })
                 .map_err(String::from),
         }
@@ -166,7 +188,7 @@ mod tests {
         let director = peer(Ok(Identity::new(Role::Director, "d1")));
         let controller = peer(Ok(Identity::new(Role::Controller, "2")));
         let stranger = peer(Err("no client certificate"));
-        let none: Revoked = std::sync::Arc::new(|_| false);
+        let none: CutOff = std::sync::Arc::new(|_| None);
         let code = |path: &str, p: &Peer| check(path, Some(p), &none).err().map(|s| s.code());
         use tonic::Code::{PermissionDenied, Unauthenticated};
         assert_eq!(code("/lb.v1.ServiceAdmin/CreateService", &admin), None);
@@ -206,9 +228,21 @@ mod tests {
         // Plaintext: nothing to check.
         assert!(check("/lb.v1.ServiceAdmin/CreateService", None, &none).is_ok());
         // A revoked director is turned away, whatever it calls.
-        let d1_revoked: Revoked = std::sync::Arc::new(|v| v.identity.name == "d1");
-        let e = check("/lb.v1.DirectorSync/Sync", Some(&director), &d1_revoked).unwrap_err();
+        let mut state = crate::state::State::default();
+        state.security.revoked.insert("d1".into(), 5);
+        let state = std::sync::Arc::new(state);
+        let by_state: CutOff = std::sync::Arc::new(move |v| cut_off(&state, v));
+        let e = check("/lb.v1.DirectorSync/Sync", Some(&director), &by_state).unwrap_err();
         assert_eq!(e.code(), Unauthenticated);
         assert_eq!(e.message(), "the certificate of director d1 is revoked");
+        // An admin cannot be revoked; an expired certificate is cut off.
+        assert!(check("/lb.v1.ServiceAdmin/ListServices", Some(&admin), &by_state).is_ok());
+        let mut old = admin.clone();
+        if let Ok(v) = &mut old.identity {
+            v.expires_at = std::time::SystemTime::now() - std::time::Duration::from_secs(3);
+        }
+        let e = check("/lb.v1.ServiceAdmin/ListServices", Some(&old), &by_state).unwrap_err();
+        assert_eq!(e.code(), Unauthenticated);
+        assert_eq!(e.message(), "the certificate of admin admin expired 3s ago");
     }
 }

@@ -168,7 +168,7 @@ impl pb::real_server_sync_server::RealServerSync for RealServerSync {
     ) -> Result<Response<DesiredStream>, Status> {
         self.app.require_leader().map_err(status)?;
         let caller = super::authz::caller(&req);
-        let revoked_caller = caller.clone();
+        let stream_caller = caller.clone();
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("node_id: the stream ended before the first report")
@@ -209,12 +209,8 @@ impl pb::real_server_sync_server::RealServerSync for RealServerSync {
             let mut ack = first.heartbeat;
             let mut sent: Option<(Vec<pb::Service>, Vec<String>, bool)> = None;
             loop {
-                if revoked_caller
-                    .as_ref()
-                    .is_some_and(|c| super::authz::is_revoked(&app.state.read().state, c))
-                {
-                    let msg = format!("the certificate of realserver {node} is revoked");
-                    let _ = tx.send(Err(Status::unauthenticated(msg))).await;
+                // Revoked, or expired since the stream began.
+                if super::authz::end_if_cut_off(&app, stream_caller.as_ref(), &tx).await {
                     break;
                 }
                 // Heartbeat answers carry the configuration only when it changed.

@@ -59,6 +59,47 @@ async fn report(addr: &str, dir: &Path, node: &str, ip: &str) -> Result<(), toni
     }
 }
 
+/// A realserver stream with the credentials in `dir` that reports every
+/// 300 ms; it ends with the status the controller closed it with.
+async fn long_stream(
+    addr: &str,
+    dir: &Path,
+    node: &str,
+    ip: &str,
+) -> anyhow::Result<tokio::task::JoinHandle<Option<tonic::Status>>> {
+    let creds = enroll::load(dir)?;
+    let channel = lb_proto::client::channel(addr, Some(&creds.client_config()))?;
+    let report = pb::RealServerReport {
+        node_id: node.into(),
+        address: ip.into(),
+        heartbeat: 1,
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(report.clone()).await?;
+    let mut answers = RealServerSyncClient::new(channel)
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(300));
+        let mut report = report;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    report.heartbeat += 1;
+                    let _ = tx.send(report.clone()).await;
+                }
+                answer = answers.next() => match answer {
+                    Some(Ok(_)) => {}
+                    Some(Err(s)) => return Some(s),
+                    None => return None,
+                },
+            }
+        }
+    }))
+}
+
 #[tokio::test]
 async fn agents_join_with_tokens_and_renew() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -156,6 +197,9 @@ async fn agents_join_with_tokens_and_renew() -> anyhow::Result<()> {
     assert!(msg.contains("rs1 has joined before"), "{msg}");
     enroll::join(&a, &fleet, &rs("rs2", "10.1.0.12"), &rs2).await?;
     report(&a, &rs2, "rs2", "10.1.0.12").await?;
+    // A stream opened with rs2's 6 s certificate, never renewed: cut off
+    // when the certificate expires, though the connection was made before.
+    let rs2_stream = long_stream(&a, &rs2, "rs2", "10.1.0.12").await?;
 
     // Renewal: a new key and certificate, accepted as the old one was.
     let before = std::fs::read_to_string(rs1.join("node.pem"))?;
@@ -179,6 +223,15 @@ async fn agents_join_with_tokens_and_renew() -> anyhow::Result<()> {
         .expect_err("expired");
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("xpired"), "{e:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(3), rs2_stream).await??;
+    let ended = ended.expect("ended with a status");
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert!(
+        ended
+            .message()
+            .starts_with("the certificate of realserver rs2 expired"),
+        "{ended:?}"
+    );
 
     // Revoked: refused; a token for any node cannot bring it back, one for
     // rs1 alone can, with a new certificate, while the old ones stay refused.
