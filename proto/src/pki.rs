@@ -310,7 +310,9 @@ impl Ca {
     }
 
     /// Issues `name.pem` / `name.key` for `identity` into `dir` (with a copy
-    /// of `ca.pem`) unless they are there already.
+    /// of `ca.pem`) unless they are there already with more than a third of
+    /// their life left: a controller restarted late in its certificate's
+    /// life renews its own and the admin's.
     pub fn ensure(
         &self,
         dir: &Path,
@@ -326,7 +328,14 @@ impl Ca {
             write_pem(&dir.join("ca.pem"), &self.cert_pem, false)?;
         }
         if cert.exists() && key.exists() {
-            return Ok(());
+            let (issued, expires) = lifetime(&read(&cert)?)?;
+            let life = expires.duration_since(issued).unwrap_or_default();
+            let left = expires
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            if left > life / 3 {
+                return Ok(());
+            }
         }
         let issued = self.issue(identity, ips, DEFAULT_CERT_LIFETIME)?;
         write_pem(&key, &issued.key_pem, true)?;
@@ -723,4 +732,28 @@ macro_rules! handshake_signatures {
                 .supported_schemes()
         }
     };
+}
+
+#[cfg(test)]
+mod renewal_tests {
+    use super::*;
+
+    #[test]
+    fn ensure_renews_a_certificate_late_in_its_life() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::open(dir.path(), true).unwrap();
+        let id = Identity::new(Role::Admin, "admin");
+        let short = ca.issue(&id, &[], Duration::from_secs(3)).unwrap();
+        write_pem(&dir.path().join("admin.pem"), &short.cert_pem, false).unwrap();
+        write_pem(&dir.path().join("admin.key"), &short.key_pem, true).unwrap();
+        ca.ensure(dir.path(), "admin", &id, &[]).unwrap();
+        let kept = read(&dir.path().join("admin.pem")).unwrap();
+        assert_eq!(kept, short.cert_pem, "most of its life left: kept");
+        std::thread::sleep(Duration::from_millis(2500));
+        ca.ensure(dir.path(), "admin", &id, &[]).unwrap();
+        let renewed = read(&dir.path().join("admin.pem")).unwrap();
+        assert_ne!(renewed, short.cert_pem, "less than a third left: renewed");
+        let (_, until) = lifetime(&renewed).unwrap();
+        assert!(until > std::time::SystemTime::now() + Duration::from_secs(300 * 24 * 3600));
+    }
 }

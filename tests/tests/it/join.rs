@@ -386,3 +386,29 @@ async fn a_realserver_agent_joins_with_a_token_and_renews() -> anyhow::Result<()
     println!("{}", lbctl_ok(&a, &["token", "list"])?);
     Ok(())
 }
+
+/// A plaintext controller (loopback, the quickstart) has nothing to join:
+/// it says so instead of minting a token agents could not use.
+#[tokio::test]
+async fn a_plaintext_controller_mints_no_tokens() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = ControllerProc::start(1, dir.path(), true, &[])?;
+    node.wait_leader().await?;
+    let out = lb_testkit::lbctl(&node.addr, &["token", "create", "--role", "director"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("FailedPrecondition: this controller serves plaintext"),
+        "{err}"
+    );
+    let bad = lb_testkit::lbctl(
+        &node.addr,
+        &["token", "create", "--role", "director", "--ttl", "90d"],
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("InvalidArgument: ttl: must be a positive duration of at most 30 days"),
+        "{err}"
+    );
+    Ok(())
+}
