@@ -98,6 +98,10 @@ pub enum ControllerError {
     Tls(#[from] tls::TlsError),
 }
 
+/// How long a stopping controller waits for its clients to close their
+/// connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs one controller node on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -206,7 +210,18 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    let served = server.await;
+    // Connections get GOAWAY and close; one whose client never closes it
+    // (a frozen host) cannot hold the shutdown up for ever.
+    let served = match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(served) => served,
+        Err(_) => {
+            tracing::warn!(
+                grace_s = SHUTDOWN_GRACE.as_secs(),
+                "connections still open after the grace period; closing them"
+            );
+            Ok(Ok(()))
+        }
+    };
     let _ = placement.await;
     let _ = confirm.await;
     let _ = lost_agents.await;

@@ -278,6 +278,16 @@ impl ControllerProc {
         self.spawn()
     }
 
+    /// Like [`ControllerProc::restart`], after a clean shutdown (SIGTERM),
+    /// as `systemctl restart` does.
+    pub fn restart_gracefully(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            Command::new("kill").arg(c.id().to_string()).status()?;
+            let _ = c.wait();
+        }
+        self.spawn()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{decode, StoreError, EVENTS, SERVICES, SM_META, SNAPSHOT};
-use crate::state::{Command, CommandResult, Event, EventKind, State};
+use crate::state::{Command, CommandResult, Event, State};
 use crate::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use lb_proto::model::Service;
 
 const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
@@ -30,6 +31,11 @@ const REVISION: &str = "revision";
 const OWNERS: &str = "owners";
 /// Join tokens, revocations and the CA ([`crate::state::Security`]).
 const SECURITY: &str = "security";
+/// Registered realserver agents (with operators' drains) and the directors'
+/// health verdicts: a restarted controller must not forget its backends
+/// until every agent has reported again.
+const AGENTS: &str = "agents";
+const DIRECTOR_DOWN: &str = "director_down";
 const SNAPSHOT_META: &str = "meta";
 const SNAPSHOT_DATA: &str = "data";
 
@@ -96,6 +102,12 @@ impl StateMachineStore {
         if let Some(b) = read_meta(SECURITY)? {
             data.state.security = decode(SECURITY, &b)?;
         }
+        if let Some(b) = read_meta(AGENTS)? {
+            data.state.agents = decode(AGENTS, &b)?;
+        }
+        if let Some(b) = read_meta(DIRECTOR_DOWN)? {
+            data.state.director_down = decode(DIRECTOR_DOWN, &b)?;
+        }
         for item in txn.open_table(SERVICES)?.iter()? {
             let (name, bytes) = item?;
             let service = decode(format_args!("service {}", name.value()), bytes.value())?;
@@ -131,8 +143,7 @@ impl StateMachineStore {
     ) -> Result<Vec<CommandResult>, StoreError> {
         let mut results = Vec::new();
         let mut events: Vec<Event> = Vec::new();
-        let mut owners_changed = false;
-        let mut security_changed = false;
+        let mut changed = Side::default();
         let mut snapshot = None;
         self.shared.replace(|data| {
             for entry in entries {
@@ -140,15 +151,7 @@ impl StateMachineStore {
                 match entry.payload {
                     EntryPayload::Blank => results.push(Ok(crate::state::Applied::none())),
                     EntryPayload::Normal(cmd) => {
-                        let assigns = matches!(cmd, Command::AssignVip { .. });
-                        let secures = matches!(
-                            cmd,
-                            Command::RevokeNode { .. }
-                                | Command::CreateJoinToken { .. }
-                                | Command::DeleteJoinToken { .. }
-                                | Command::RedeemJoinToken { .. }
-                                | Command::SetCa { .. }
-                        );
+                        let touches = Side::of(&cmd);
                         let revision = data.state.revision;
                         let result = data.state.apply(cmd);
                         // Every event the command made (a batch makes several).
@@ -161,8 +164,9 @@ impl StateMachineStore {
                                     .cloned(),
                             );
                         }
-                        owners_changed |= assigns && result.is_ok();
-                        security_changed |= secures && result.is_ok();
+                        if result.is_ok() {
+                            changed = changed.or(touches);
+                        }
                         results.push(result);
                     }
                     EntryPayload::Membership(m) => {
@@ -171,16 +175,30 @@ impl StateMachineStore {
                     }
                 }
             }
+            // The configured services the events name (events carry the
+            // effective service, agents' backends included, which must not
+            // be stored as configuration); `None`: deleted.
+            let services: Vec<(String, Option<Service>)> = events
+                .iter()
+                .map(|e| e.service.name.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .map(|name| {
+                    let configured = data.state.services.get(&name).cloned();
+                    (name, configured)
+                })
+                .collect();
             snapshot = Some((
                 data.last_applied,
                 data.membership.clone(),
                 data.state.revision,
                 data.state.events.front().map(|e| e.revision),
-                owners_changed.then(|| data.state.owners.clone()),
-                security_changed.then(|| data.state.security.clone()),
+                changed.blobs(&data.state),
+                services,
             ));
         });
-        let Some((last_applied, membership, revision, oldest_event, owners, security)) = snapshot
+        let Some((last_applied, membership, revision, oldest_event, blobs, changed_services)) =
+            snapshot
         else {
             return Ok(results);
         };
@@ -189,15 +207,15 @@ impl StateMachineStore {
         {
             let mut services = txn.open_table(SERVICES)?;
             let mut table = txn.open_table(EVENTS)?;
+            for (name, configured) in &changed_services {
+                match configured {
+                    Some(service) => {
+                        services.insert(name.as_str(), serde_json::to_vec(service)?.as_slice())?
+                    }
+                    None => services.remove(name.as_str())?,
+                };
+            }
             for event in &events {
-                if event.kind == EventKind::ServiceDeleted {
-                    services.remove(event.service.name.as_str())?;
-                } else {
-                    services.insert(
-                        event.service.name.as_str(),
-                        serde_json::to_vec(&event.service)?.as_slice(),
-                    )?;
-                }
                 table.insert(event.revision, serde_json::to_vec(event)?.as_slice())?;
             }
             if let Some(oldest) = oldest_event {
@@ -205,13 +223,11 @@ impl StateMachineStore {
             }
         }
         write_sm_meta(&txn, last_applied, &membership, revision)?;
-        if let Some(owners) = owners {
-            txn.open_table(SM_META)?
-                .insert(OWNERS, serde_json::to_vec(&owners)?.as_slice())?;
-        }
-        if let Some(security) = security {
-            txn.open_table(SM_META)?
-                .insert(SECURITY, serde_json::to_vec(&security)?.as_slice())?;
+        {
+            let mut meta = txn.open_table(SM_META)?;
+            for (key, bytes) in blobs? {
+                meta.insert(key, bytes.as_slice())?;
+            }
         }
         txn.commit()?;
         Ok(results)
@@ -243,9 +259,10 @@ impl StateMachineStore {
         )?;
         {
             // What lives outside the tables comes from the snapshot too.
-            let mut meta_table = txn.open_table(SM_META)?;
-            meta_table.insert(OWNERS, serde_json::to_vec(&state.owners)?.as_slice())?;
-            meta_table.insert(SECURITY, serde_json::to_vec(&state.security)?.as_slice())?;
+            let mut meta = txn.open_table(SM_META)?;
+            for (key, bytes) in Side::ALL.blobs(&state)? {
+                meta.insert(key, bytes.as_slice())?;
+            }
         }
         txn.commit()?;
         self.shared.replace(|data| {
@@ -269,6 +286,70 @@ impl StateMachineStore {
             meta: decode(SNAPSHOT_META, meta.value())?,
             snapshot: Box::new(Cursor::new(data.value().to_vec())),
         }))
+    }
+}
+
+/// The parts of the state kept in `SM_META` beside the tables, each as one
+/// JSON value: written when a command changes them, all of them when a
+/// snapshot is installed, read back at start.
+#[derive(Debug, Default, Clone, Copy)]
+struct Side {
+    owners: bool,
+    security: bool,
+    backends: bool,
+}
+
+impl Side {
+    const ALL: Side = Side {
+        owners: true,
+        security: true,
+        backends: true,
+    };
+
+    /// What `cmd` may change.
+    fn of(cmd: &Command) -> Side {
+        Side {
+            owners: matches!(cmd, Command::AssignVip { .. }),
+            security: matches!(
+                cmd,
+                Command::RevokeNode { .. }
+                    | Command::CreateJoinToken { .. }
+                    | Command::DeleteJoinToken { .. }
+                    | Command::RedeemJoinToken { .. }
+                    | Command::SetCa { .. }
+            ),
+            backends: matches!(
+                cmd,
+                Command::RegisterRealServer { .. }
+                    | Command::SetAgentDrain { .. }
+                    | Command::SetAgentLost { .. }
+                    | Command::SetDirectorChecks { .. }
+            ),
+        }
+    }
+
+    fn or(self, other: Side) -> Side {
+        Side {
+            owners: self.owners || other.owners,
+            security: self.security || other.security,
+            backends: self.backends || other.backends,
+        }
+    }
+
+    /// The keys and values it names.
+    fn blobs(self, state: &State) -> Result<Vec<(&'static str, Vec<u8>)>, serde_json::Error> {
+        let mut out = Vec::new();
+        if self.owners {
+            out.push((OWNERS, serde_json::to_vec(&state.owners)?));
+        }
+        if self.security {
+            out.push((SECURITY, serde_json::to_vec(&state.security)?));
+        }
+        if self.backends {
+            out.push((AGENTS, serde_json::to_vec(&state.agents)?));
+            out.push((DIRECTOR_DOWN, serde_json::to_vec(&state.director_down)?));
+        }
+        Ok(out)
     }
 }
 
@@ -376,5 +457,88 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         self.current_snapshot()
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Agent;
+    use lb_proto::pb;
+
+    fn entry(index: u64, cmd: Command) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmd),
+        }
+    }
+
+    /// What a restarted node reads back is the configuration and the
+    /// agents as they were: an agent's backend stays the agent's (it is not
+    /// stored as a listed realserver of the service), with its drain.
+    #[tokio::test]
+    async fn the_stored_state_reads_back_as_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut service = Service::try_from(pb::Service {
+            name: "web".into(),
+            virtual_address: Some(pb::service::VirtualAddress::Endpoint(pb::Endpoint {
+                address: "10.1.0.100".into(),
+                port: 80,
+                protocol: "tcp".into(),
+            })),
+            mode: "dr".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        service
+            .realserver_selector
+            .insert("pool".into(), "web".into());
+        let agent = Agent {
+            node_id: "rs1".into(),
+            address: "10.1.0.11".parse().unwrap(),
+            labels: [("pool".to_string(), "web".to_string())].into(),
+            unhealthy: Default::default(),
+            draining: false,
+            drained: false,
+            lost: false,
+        };
+        let applied = {
+            let (_log, mut sm) = super::super::open(dir.path()).unwrap();
+            sm.apply([
+                entry(1, Command::CreateService { service }),
+                entry(2, Command::RegisterRealServer { agent }),
+                entry(
+                    3,
+                    Command::SetAgentDrain {
+                        node_id: "rs1".into(),
+                        drain: true,
+                    },
+                ),
+            ])
+            .await
+            .unwrap();
+            let state = sm.shared().read().state.clone();
+            state
+        };
+        assert_eq!(
+            applied
+                .effective_services()
+                .next()
+                .unwrap()
+                .realservers
+                .len(),
+            1
+        );
+        let (_log, sm) = super::super::open(dir.path()).unwrap();
+        let read = sm.shared().read().state.clone();
+        assert!(
+            read.services["web"].realservers.is_empty(),
+            "{:?}",
+            read.services["web"]
+        );
+        assert_eq!(read.services, applied.services);
+        assert_eq!(read.agents, applied.agents);
+        assert!(read.agents["rs1"].drained);
+        assert_eq!(read.revision, applied.revision);
     }
 }

@@ -1,6 +1,8 @@
 //! An operator's day one: CRUD through lbctl on a single-node controller, and
 //! nothing lost across a hard restart.
 
+use std::time::Duration;
+
 use lb_testkit::{lbctl, lbctl_ok, ControllerProc};
 use serde_json::Value;
 
@@ -180,6 +182,86 @@ async fn lbctl_crud_survives_restart() -> anyhow::Result<()> {
     assert!(
         err.contains("InvalidArgument") && err.contains("realserver.weight"),
         "{err}"
+    );
+    Ok(())
+}
+
+/// Agent-registered backends and an operator's drain survive a hard restart
+/// of the controller: the directors must not be told a service has no
+/// backends while the agents reconnect.
+#[tokio::test]
+async fn agent_backends_and_drains_survive_restart() -> anyhow::Result<()> {
+    use lb_proto::pb;
+    use lb_proto::pb::real_server_sync_client::RealServerSyncClient;
+    use tokio_stream::StreamExt;
+    let dir = tempfile::tempdir()?;
+    // Snapshots and purges early, so the restart starts from the stored
+    // state rather than replaying the whole log.
+    let compact = ["--snapshot-every", "2", "--keep-logs", "0"];
+    let mut node = ControllerProc::start(1, dir.path(), true, &compact)?;
+    node.wait_leader().await?;
+    let a = node.addr.clone();
+    lbctl_ok(
+        &a,
+        &[
+            "service",
+            "create",
+            "web",
+            "--vip",
+            "10.1.0.100:80/tcp",
+            "--selector",
+            "pool=web",
+        ],
+    )?;
+    let report = pb::RealServerReport {
+        node_id: "rs1".into(),
+        address: "10.1.0.11".into(),
+        labels: [("pool".to_string(), "web".to_string())].into(),
+        heartbeat: 1,
+        ..Default::default()
+    };
+    let mut stream = RealServerSyncClient::new(lb_testkit::channel(&a).await?)
+        .sync(tokio_stream::once(report))
+        .await?
+        .into_inner();
+    stream.next().await.expect("an answer")?;
+    drop(stream);
+    // Let the client close its connection (the lbctl calls below block this
+    // runtime), so the graceful restart does not wait for it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lbctl_ok(&a, &["realserver", "drain", "rs1"])?;
+    // Later writes make the earlier ones durable, as in any running fabric.
+    for (name, vip) in [("dns", "10.1.0.53:53/udp"), ("ntp", "10.1.0.123:123/udp")] {
+        lbctl_ok(&a, &["service", "create", name, "--vip", vip])?;
+    }
+    let before = lbctl_ok(&a, &["realserver", "list", "web"])?;
+    assert!(
+        before.contains("10.1.0.11:80") && before.contains("agent rs1"),
+        "{before}"
+    );
+
+    for graceful in [false, true] {
+        if graceful {
+            node.restart_gracefully()?;
+        } else {
+            node.restart()?;
+        }
+        node.wait_leader().await?;
+        let after = lbctl_ok(&node.addr, &["realserver", "list", "web"])?;
+        assert_eq!(
+            before, after,
+            "backends changed across a restart (graceful: {graceful})"
+        );
+    }
+    let json = json(&lbctl_ok(
+        &node.addr,
+        &["realserver", "list", "web", "-o", "json"],
+    )?);
+    let rs = &json["realservers"][0];
+    assert_eq!(rs["agent"], "rs1", "{json}");
+    assert_eq!(
+        rs["realserver"]["adminState"], "draining",
+        "still drained: {json}"
     );
     Ok(())
 }
