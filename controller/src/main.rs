@@ -127,15 +127,21 @@ fn tls_setup(args: &Args, bound: std::net::SocketAddr) -> anyhow::Result<Option<
             dir.display()
         )
     })?;
+    let mut ips = vec![bound.ip()];
+    ips.extend(advertised);
+    if bound.ip().is_unspecified() || !ips.iter().any(|ip| ip.is_loopback()) {
+        ips.push(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let me = Identity::new(Role::Controller, args.node_id.to_string());
     if ca.can_issue() {
-        let mut ips = vec![bound.ip()];
-        ips.extend(advertised);
-        if bound.ip().is_unspecified() || !ips.iter().any(|ip| ip.is_loopback()) {
-            ips.push(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        let me = Identity::new(Role::Controller, args.node_id.to_string());
         ca.ensure(&dir, "controller", &me, &ips)?;
         ca.ensure(&dir, "admin", &Identity::new(Role::Admin, "admin"), &[])?;
+    } else if let Some(keys) = replicated_ca(&args.data_dir, &ca)? {
+        // A controller that joined with a certificate made elsewhere renews
+        // its own with the CA the cluster replicated to it.
+        if dir.join("controller.pem").exists() {
+            keys.ensure(&dir, "controller", &me, &ips)?;
+        }
     }
     let creds = Credentials::from_dir(&dir, "controller").with_context(|| {
         format!(
@@ -151,6 +157,25 @@ fn tls_setup(args: &Args, bound: std::net::SocketAddr) -> anyhow::Result<Option<
         key_pem,
     });
     Ok(Some(TlsSetup { creds, ca_keys }))
+}
+
+/// The CA as this node's store holds it, able to issue, if it is the same
+/// CA as `ca` (the one in <data-dir>/pki that TLS trusts).
+fn replicated_ca(
+    data_dir: &std::path::Path,
+    ca: &lb_proto::pki::Ca,
+) -> anyhow::Result<Option<lb_proto::pki::Ca>> {
+    use lb_proto::pki::{fingerprint, Ca};
+    let Some(keys) = lb_controller::store::stored_ca(data_dir)
+        .with_context(|| format!("reading the store in {}", data_dir.display()))?
+    else {
+        return Ok(None);
+    };
+    if fingerprint(&keys.cert_pem)? != fingerprint(&ca.cert_pem)? {
+        tracing::warn!("the replicated CA is not the one in <data-dir>/pki; not renewing this controller's certificate");
+        return Ok(None);
+    }
+    Ok(Some(Ca::from_pem(keys.cert_pem, Some(&keys.key_pem))?))
 }
 
 #[tokio::main]

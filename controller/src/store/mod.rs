@@ -16,8 +16,10 @@ use std::sync::Arc;
 use redb::{Database, TableDefinition};
 
 pub use log::LogStore;
-pub use state_machine::{SharedState, SmData, StateMachineStore};
+pub use state_machine::{stored_ca, SharedState, SmData, StateMachineStore};
 
+/// The one redb file in the data directory.
+const DB_FILE: &str = "lbfabric.redb";
 const LOGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
 const RAFT_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta");
 const SM_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sm_meta");
@@ -77,7 +79,7 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
         path: data_dir.to_path_buf(),
         source,
     })?;
-    let db = Arc::new(Database::create(data_dir.join("lbfabric.redb"))?);
+    let db = Arc::new(Database::create(data_dir.join(DB_FILE))?);
     // Create every table once so readers never meet a missing one.
     let txn = db.begin_write()?;
     txn.open_table(LOGS)?;

@@ -289,6 +289,29 @@ impl StateMachineStore {
     }
 }
 
+/// The CA (with its key) in the replicated state as this node last stored
+/// it; `None` when `data_dir` has no store yet, or the state no CA. Read
+/// before the node starts, so that a controller without `ca.key` on disk
+/// can still renew its own certificate.
+pub fn stored_ca(data_dir: &std::path::Path) -> Result<Option<crate::state::CaKeys>, StoreError> {
+    let path = data_dir.join(super::DB_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let db = Database::open(&path)?;
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(SM_META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(bytes) = meta.get(SECURITY)? else {
+        return Ok(None);
+    };
+    let security: crate::state::Security = decode(SECURITY, bytes.value())?;
+    Ok(security.ca)
+}
+
 /// The parts of the state kept in `SM_META` beside the tables, each as one
 /// JSON value: written when a command changes them, all of them when a
 /// snapshot is installed, read back at start.

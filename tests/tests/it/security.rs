@@ -260,6 +260,63 @@ async fn three_controllers_over_mtls() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A controller whose certificate was made elsewhere (it has no `ca.key`)
+/// renews it at start with the CA the cluster replicated to it, and then
+/// serves Raft with it.
+#[tokio::test]
+async fn a_controller_renews_its_certificate_with_the_replicated_ca() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut nodes = lb_testkit::start_cluster(3, dir.path(), &["--tls"]).await?;
+    let all = nodes
+        .iter()
+        .map(|n| n.addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    lbctl_ok(
+        &all,
+        &["service", "create", "web", "--vip", "10.10.1.30:80/tcp"],
+    )?;
+    let pki = nodes[0].pki.clone().expect("TLS");
+    let own = nodes[1].data_dir.join("pki");
+    assert!(!own.join("ca.key").exists(), "node 2 has no CA key on disk");
+
+    // Node 2 stops; its certificate has expired by the time it starts again.
+    nodes[1].kill();
+    let ca = Ca::open(&pki, false)?;
+    let me = Identity::new(Role::Controller, "2");
+    let short = ca.issue(
+        &me,
+        &["127.0.0.1".parse()?],
+        std::time::Duration::from_secs(1),
+    )?;
+    lb_proto::pki::write_pem(&own.join("controller.pem"), &short.cert_pem, false)?;
+    lb_proto::pki::write_pem(&own.join("controller.key"), &short.key_pem, true)?;
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    nodes[1].restart()?;
+
+    let renewed = lb_proto::pki::read(&own.join("controller.pem"))?;
+    assert_ne!(renewed, short.cert_pem, "renewed at start");
+    let (_, until) = lb_proto::pki::lifetime(&renewed)?;
+    assert!(until > std::time::SystemTime::now() + std::time::Duration::from_secs(300 * 24 * 3600));
+    // The leader replicates to node 2 over TLS, verifying the new certificate.
+    lbctl_ok(
+        &all,
+        &["service", "create", "dns", "--vip", "10.10.1.53:53/udp"],
+    )?;
+    let seen = lb_testkit::wait_for(
+        std::time::Duration::from_secs(10),
+        "node 2 to catch up",
+        || async {
+            let list = lbctl_ok(&nodes[1].addr, &["service", "list", "--stale"]).ok()?;
+            list.contains("dns").then_some(list)
+        },
+    )
+    .await;
+    let logs: String = nodes.iter().map(|n| n.log_text()).collect();
+    seen.map_err(|e| anyhow::anyhow!("{e}\n{logs}"))?;
+    Ok(())
+}
+
 /// A realserver agent that flips its health on every report cannot flood
 /// the Raft log: its writes are capped (a burst of 10, then 5 per second),
 /// and the last state still lands.
