@@ -368,6 +368,15 @@ pub fn lbctl_ok(controller: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `a,b,c`: the addresses of `nodes`, as `--controller` takes them.
+pub fn addresses(nodes: &[ControllerProc]) -> String {
+    nodes
+        .iter()
+        .map(|n| n.addr.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Starts `n` controllers under `dir` and joins them into one cluster through
 /// `ClusterAdmin` (node 1 bootstraps, the others are added and promoted).
 pub async fn start_cluster(

@@ -216,11 +216,7 @@ async fn only_the_fabrics_identities_get_in() -> anyhow::Result<()> {
 async fn three_controllers_over_mtls() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut nodes = lb_testkit::start_cluster(3, dir.path(), &["--tls"]).await?;
-    let all = nodes
-        .iter()
-        .map(|n| n.addr.clone())
-        .collect::<Vec<_>>()
-        .join(",");
+    let all = lb_testkit::addresses(&nodes);
     lbctl_ok(
         &all,
         &["service", "create", "web", "--vip", "10.10.1.30:80/tcp"],
@@ -231,11 +227,7 @@ async fn three_controllers_over_mtls() -> anyhow::Result<()> {
         "{status}"
     );
     nodes[0].kill();
-    let rest = nodes[1..]
-        .iter()
-        .map(|n| n.addr.clone())
-        .collect::<Vec<_>>()
-        .join(",");
+    let rest = lb_testkit::addresses(&nodes[1..]);
     let list = lbctl_ok(&rest, &["service", "list"]);
     let logs: String = nodes.iter().map(|n| n.log_text()).collect();
     let list = list.map_err(|e| anyhow::anyhow!("{e}\n{logs}"))?;
@@ -267,11 +259,7 @@ async fn three_controllers_over_mtls() -> anyhow::Result<()> {
 async fn a_controller_renews_its_certificate_with_the_replicated_ca() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut nodes = lb_testkit::start_cluster(3, dir.path(), &["--tls"]).await?;
-    let all = nodes
-        .iter()
-        .map(|n| n.addr.clone())
-        .collect::<Vec<_>>()
-        .join(",");
+    let all = lb_testkit::addresses(&nodes);
     lbctl_ok(
         &all,
         &["service", "create", "web", "--vip", "10.10.1.30:80/tcp"],
