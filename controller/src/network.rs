@@ -10,7 +10,7 @@ use openraft::error::{NetworkError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::typ::*;
 
@@ -50,16 +50,9 @@ impl PeerClient {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.addr))
+        let endpoint = lb_proto::client::endpoint(&self.addr, self.tls.as_ref())
             .map_err(|e| NetworkError::new(&e))?
-            .tcp_nodelay(true)
             .connect_timeout(std::time::Duration::from_millis(500));
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint
-                .tls_config(tls.clone())
-                .map_err(|e| NetworkError::new(&e))?;
-        }
         let client = RaftClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

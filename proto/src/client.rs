@@ -26,6 +26,13 @@ pub fn leader_hint(status: &Status) -> Option<String> {
 /// A lazily connected channel to `addr` (`host:port`, or a URI); with
 /// `tls`, over TLS (`https`) verifying the controller against the pinned CA.
 pub fn channel(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, Status> {
+    Ok(endpoint(addr, tls)?.connect_lazy())
+}
+
+/// How every client here reaches a controller at `addr`: `http`, or with
+/// `tls` `https`; a 2 s connect timeout (callers may set their own), no
+/// Nagle delay.
+pub fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, Status> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let uri = if addr.contains("://") {
         addr.to_string()
@@ -42,7 +49,7 @@ pub fn channel(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, Sta
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(&e))?;
     }
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint)
 }
 
 /// Splits `a:1,b:2` into addresses.

@@ -246,28 +246,29 @@ fn refused(s: tonic::Status) -> EnrollError {
 /// passed; retries failures at a tenth of the time left (1 s to 1 min).
 async fn renew_forever(tls: AgentTls, controllers: String, dir: PathBuf) {
     loop {
-        let wait = match load(&dir).and_then(|c| {
-            let (from, until) = pki::lifetime(c.cert_pem.as_deref().unwrap_or(""))?;
-            Ok(from + until.duration_since(from).unwrap_or_default() * 2 / 3)
-        }) {
-            Ok(at) => at.duration_since(SystemTime::now()).unwrap_or_default(),
+        let (from, until) = match load(&dir)
+            .and_then(|c| pki::lifetime(c.cert_pem.as_deref().unwrap_or("")))
+        {
+            Ok(life) => life,
             Err(e) => {
                 tracing::error!(error = %e, "reading this agent's certificate; not renewing it");
                 return;
             }
         };
-        tokio::time::sleep(wait).await;
+        let renew_at = from + until.duration_since(from).unwrap_or_default() * 2 / 3;
+        tokio::time::sleep(
+            renew_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default(),
+        )
+        .await;
         match renew(&controllers, &dir).await {
             Ok(creds) => {
                 tracing::info!(pki_dir = %dir.display(), "certificate renewed; reconnecting with it");
                 tls.replace(creds.client_config());
             }
             Err(e) => {
-                let left = load(&dir)
-                    .ok()
-                    .and_then(|c| pki::lifetime(c.cert_pem.as_deref()?).ok())
-                    .and_then(|(_, until)| until.duration_since(SystemTime::now()).ok())
-                    .unwrap_or_default();
+                let left = until.duration_since(SystemTime::now()).unwrap_or_default();
                 let retry = (left / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
                 tracing::warn!(error = %e, retry_s = retry.as_secs(), "renewing the certificate");
                 tokio::time::sleep(retry).await;

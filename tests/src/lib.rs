@@ -329,13 +329,7 @@ impl Drop for ControllerProc {
 /// when the controller there serves TLS.
 pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
     let tls = admin_tls(addr)?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10));
-    if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls)?;
-    }
+    let endpoint = lb_proto::client::endpoint(addr, tls.as_ref())?.timeout(Duration::from_secs(10));
     Ok(endpoint.connect().await?)
 }
 

@@ -213,14 +213,13 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
     ) -> Result<Response<DesiredStream>, Status> {
         self.app.require_leader().map_err(status)?;
         let caller = super::authz::caller(&req);
-        let stream_caller = caller.clone();
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("node_id: the stream ended before the first report")
         })?;
         check_name("node_id", &first.node_id).map_err(|e| status(e.into()))?;
         // A director speaks only for itself (later reports must keep the id).
-        if let Some(c) = caller.filter(|c| c.identity.name != first.node_id) {
+        if let Some(c) = caller.as_ref().filter(|c| c.identity.name != first.node_id) {
             return Err(Status::permission_denied(format!(
                 "node_id: {} may not report as director {}",
                 c.identity, first.node_id
@@ -246,7 +245,7 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
             };
             loop {
                 // Revoked, or expired since the stream began.
-                if super::authz::end_if_cut_off(&app, stream_caller.as_ref(), &tx).await {
+                if super::authz::end_if_cut_off(&app, caller.as_ref(), &tx).await {
                     break;
                 }
                 let msg = desired(&app, &node, ack, sent_revision);

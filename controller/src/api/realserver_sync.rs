@@ -168,15 +168,13 @@ impl pb::real_server_sync_server::RealServerSync for RealServerSync {
     ) -> Result<Response<DesiredStream>, Status> {
         self.app.require_leader().map_err(status)?;
         let caller = super::authz::caller(&req);
-        let stream_caller = caller.clone();
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("node_id: the stream ended before the first report")
         })?;
         let mut registered = agent(&first)?;
         // A realserver agent speaks only for its own node id and address.
-        let bound_ips = caller.as_ref().map(|c| c.ips.clone());
-        if let Some(c) = caller {
+        if let Some(c) = &caller {
             if c.identity.name != registered.node_id {
                 return Err(Status::permission_denied(format!(
                     "node_id: {} may not register as realserver {}",
@@ -210,7 +208,7 @@ impl pb::real_server_sync_server::RealServerSync for RealServerSync {
             let mut sent: Option<(Vec<pb::Service>, Vec<String>, bool)> = None;
             loop {
                 // Revoked, or expired since the stream began.
-                if super::authz::end_if_cut_off(&app, stream_caller.as_ref(), &tx).await {
+                if super::authz::end_if_cut_off(&app, caller.as_ref(), &tx).await {
                     break;
                 }
                 // Heartbeat answers carry the configuration only when it changed.
@@ -239,7 +237,7 @@ impl pb::real_server_sync_server::RealServerSync for RealServerSync {
                                 Ok(a) => a,
                                 Err(e) => { let _ = tx.send(Err(e)).await; break; }
                             };
-                            if bound_ips.as_ref().is_some_and(|ips| !ips.contains(&now.address)) {
+                            if caller.as_ref().is_some_and(|c| !c.ips.contains(&now.address)) {
                                 let msg = format!("address: {} is not in this agent's certificate", now.address);
                                 let _ = tx.send(Err(Status::permission_denied(msg))).await;
                                 break;

@@ -210,17 +210,26 @@ async fn only_the_fabrics_identities_get_in() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Three controllers talk Raft over mTLS: a change commits, a leader's death
-/// elects another, and the change is still there.
-#[tokio::test]
-async fn three_controllers_over_mtls() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut nodes = lb_testkit::start_cluster(3, dir.path(), &["--tls"]).await?;
+/// Three controllers over mTLS (their addresses, comma-separated) with a
+/// service `web` committed.
+async fn three_tls_controllers_with_web(
+    dir: &Path,
+) -> anyhow::Result<(Vec<ControllerProc>, String)> {
+    let nodes = lb_testkit::start_cluster(3, dir, &["--tls"]).await?;
     let all = lb_testkit::addresses(&nodes);
     lbctl_ok(
         &all,
         &["service", "create", "web", "--vip", "10.10.1.30:80/tcp"],
     )?;
+    Ok((nodes, all))
+}
+
+/// Three controllers talk Raft over mTLS: a change commits, a leader's death
+/// elects another, and the change is still there.
+#[tokio::test]
+async fn three_controllers_over_mtls() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut nodes, all) = three_tls_controllers_with_web(dir.path()).await?;
     let status = lbctl_ok(&all, &["cluster", "status"])?;
     assert!(
         status.contains("voter") && status.matches("voter").count() == 3,
@@ -258,12 +267,7 @@ async fn three_controllers_over_mtls() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_controller_renews_its_certificate_with_the_replicated_ca() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut nodes = lb_testkit::start_cluster(3, dir.path(), &["--tls"]).await?;
-    let all = lb_testkit::addresses(&nodes);
-    lbctl_ok(
-        &all,
-        &["service", "create", "web", "--vip", "10.10.1.30:80/tcp"],
-    )?;
+    let (mut nodes, all) = three_tls_controllers_with_web(dir.path()).await?;
     let pki = nodes[0].pki.clone().expect("TLS");
     let own = nodes[1].data_dir.join("pki");
     assert!(!own.join("ca.key").exists(), "node 2 has no CA key on disk");
