@@ -2,33 +2,32 @@
 //! the two operations every API handler needs — a replicated write, and a
 //! read barrier that makes a read linearizable.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use openraft::error::ClientWriteError as WriteError;
 use tokio::sync::watch;
 
-use crate::api::{ApiError, DirectorSeen};
+use crate::error::ApiError;
+use crate::fleet::Fleet;
 use crate::state::{Applied, Command};
 use crate::store::SharedState;
+use crate::timing::LeaseTiming;
 use crate::typ::{NodeId, Raft, RaftError};
 
 pub struct App {
     pub id: NodeId,
-    pub leases: crate::placement::LeaseTiming,
+    pub leases: LeaseTiming,
     pub raft: Raft,
     pub state: Arc<SharedState>,
-    /// Leader-only soft state: what each director last reported.
-    pub directors: Mutex<BTreeMap<String, DirectorSeen>>,
-    /// Leader-only soft state: when each realserver agent last reported.
-    pub agents_seen: Mutex<BTreeMap<String, Instant>>,
+    /// Leader-only soft state: what the directors and agents last reported.
+    pub fleet: Fleet,
     /// How long an agent may be silent before its backends drain.
     pub agent_grace: std::time::Duration,
     /// Turns true when the node shuts down; long streams end on it.
     pub shutdown: watch::Receiver<bool>,
     /// When the last leadership check that a quorum confirmed was *started*
-    /// (see `placement::confirm_leadership`).
+    /// (see [`crate::leader::confirm`]).
     pub leadership_confirmed: Mutex<Option<Instant>>,
     /// The CA certificate this node serves TLS under (what join tokens pin);
     /// `None` on a plaintext listener.

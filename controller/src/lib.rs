@@ -1,16 +1,27 @@
 //! lb-controller: the Raft-replicated configuration of an lbfabric fabric.
 //!
-//! Layout: [`state`] is the replicated configuration and its commands (pure
-//! logic); [`store`] keeps the Raft log and the applied state in redb;
-//! [`network`] carries Raft RPCs to peers; [`api`] serves gRPC; [`placement`]
-//! elects each VIP's director on the leader; [`app`] ties a node together. [`run`] starts one node and serves until shutdown.
+//! Layout, each layer using only those above it:
+//! - [`state`]: the replicated configuration and its commands (pure logic);
+//! - [`typ`], [`store`]: openraft's types, the Raft log and applied state in redb;
+//! - [`timing`], [`error`]: the lease timing, API errors and their statuses;
+//! - [`fleet`]: the leader's in-memory view of directors and agents;
+//! - [`app`]: one node — its Raft handle, state, fleet, writes and reads;
+//! - [`network`], [`tls`]: Raft RPCs to peers, TLS and caller identities;
+//! - [`leader`]: the leader-only loops (VIP placement, leadership
+//!   confirmation, lost agents);
+//! - [`api`]: the gRPC handlers.
+//!
+//! [`run`] starts one node and serves until shutdown.
 
 pub mod api;
 pub mod app;
+pub mod error;
+pub mod fleet;
+pub mod leader;
 pub mod network;
-pub mod placement;
 pub mod state;
 pub mod store;
+pub mod timing;
 pub mod tls;
 pub mod typ;
 
@@ -67,7 +78,7 @@ pub struct Config {
     /// Initialize a one-node cluster when the data dir is new.
     pub bootstrap: bool,
     pub raft: RaftTuning,
-    pub leases: placement::LeaseTiming,
+    pub leases: timing::LeaseTiming,
     /// How long a realserver agent may be silent before its backends drain.
     pub agent_grace: std::time::Duration,
     /// TLS on the listener and to peers: the CA and this controller's
@@ -143,8 +154,7 @@ pub async fn run(
         leases: config.leases,
         raft: raft.clone(),
         state,
-        directors: Default::default(),
-        agents_seen: Default::default(),
+        fleet: Default::default(),
         agent_grace: config.agent_grace,
         shutdown: shutdown_rx,
         leadership_confirmed: Default::default(),
@@ -152,17 +162,7 @@ pub async fn run(
         agent_cert_lifetime: config.agent_cert_lifetime,
     });
     let routes = api::router(app.clone())?;
-    let placement = tokio::spawn(placement::run(
-        app.clone(),
-        config.leases,
-        shutdown_tx.subscribe(),
-    ));
-    let confirm = tokio::spawn(placement::confirm_leadership(
-        app.clone(),
-        config.leases,
-        shutdown_tx.subscribe(),
-    ));
-    let lost_agents = tokio::spawn(api::drain_lost_agents(app.clone(), shutdown_tx.subscribe()));
+    let leader_tasks = leader::spawn(&app, &shutdown_tx);
     let mut down = shutdown_tx.subscribe();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -222,9 +222,9 @@ pub async fn run(
             Ok(Ok(()))
         }
     };
-    let _ = placement.await;
-    let _ = confirm.await;
-    let _ = lost_agents.await;
+    for task in leader_tasks {
+        let _ = task.await;
+    }
     if let Some(task) = ca_handover {
         let _ = task.await;
     }

@@ -214,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
             snapshot_every: args.snapshot_every,
             keep_logs: args.keep_logs,
         },
-        leases: lb_controller::placement::LeaseTiming {
+        leases: lb_controller::timing::LeaseTiming {
             fence: Duration::from_millis(args.lease_ms),
             margin: Duration::from_millis(args.lease_margin_ms),
             hold_down: Duration::from_millis(args.preempt_hold_down_ms),

@@ -124,7 +124,7 @@ impl Acceptor {
         };
         let mut chain = pem_certs("controller certificate", cert)?;
         // The CA goes after our own certificate: a joining agent pins it by
-        // fingerprint (lb_proto::enroll); everyone else already has it.
+        // fingerprint (lb_proto::pki::enroll); everyone else already has it.
         for ca in pem_certs("CA certificate", &creds.ca_pem)? {
             if !chain.contains(&ca) {
                 chain.push(ca);

@@ -17,7 +17,7 @@ pub struct Cli {
         env = "LB_CONTROLLER",
         default_value = "127.0.0.1:7070"
     )]
-    pub controller: String,
+    pub controller: lb_proto::client::Controllers,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

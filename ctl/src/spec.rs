@@ -2,6 +2,7 @@
 //! the controller applies every rule, so errors name the same fields whether
 //! a request came from lbctl, grpcurl or an agent.
 
+use crate::cli::{CheckFlags, ServiceFlags};
 use anyhow::{bail, Context};
 use lb_proto::pb;
 
@@ -74,6 +75,155 @@ pub fn label(text: &str) -> anyhow::Result<(String, String)> {
         .split_once('=')
         .with_context(|| format!("label {text:?}: expected key=value"))?;
     Ok((k.to_string(), v.to_string()))
+}
+
+/// Writes the given flags onto a service message; absent flags leave fields alone.
+pub(crate) fn apply_flags(svc: &mut pb::Service, f: &ServiceFlags) -> anyhow::Result<()> {
+    if let Some(vip) = &f.vip {
+        svc.virtual_address = Some(pb::service::VirtualAddress::Endpoint(self::vip(vip)?));
+    }
+    if let Some(mark) = f.fwmark {
+        svc.virtual_address = Some(pb::service::VirtualAddress::Fwmark(pb::Fwmark {
+            mark,
+            family: f.family.clone().unwrap_or_default(),
+            address: f.mark_address.clone().unwrap_or_default(),
+            protocol: f.mark_protocol.clone().unwrap_or_default(),
+            ports: f.mark_ports.clone(),
+        }));
+    }
+    set_given(&mut svc.scheduler, &f.scheduler);
+    set_given(&mut svc.mode, &f.mode);
+    set_given(&mut svc.tunnel_type, &f.tunnel_type);
+    if !f.scheduler_flags.is_empty() {
+        svc.scheduler_flags = f.scheduler_flags.clone();
+    }
+    if f.persistence.is_some() || f.netmask.is_some() {
+        let p = svc.persistence.get_or_insert_with(Default::default);
+        if let Some(t) = f.persistence {
+            p.timeout_seconds = t;
+            if t == 0 && f.netmask.is_none() {
+                p.netmask.clear();
+            }
+        }
+        set_given(&mut p.netmask, &f.netmask);
+    }
+    if let Some(o) = f.one_packet {
+        svc.one_packet = o;
+    }
+    if f.default_weight.is_some() {
+        svc.default_weight = f.default_weight;
+    }
+    if !f.selector.is_empty() {
+        svc.realserver_selector = f
+            .selector
+            .iter()
+            .map(|l| label(l))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if !f.realservers.is_empty() {
+        svc.realservers = f
+            .realservers
+            .iter()
+            .map(|r| {
+                let (address, port) =
+                    address_port(r).with_context(|| format!("--realserver {r:?}"))?;
+                Ok(pb::RealServer {
+                    address,
+                    port,
+                    ..Default::default()
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(s) = &f.sorry_server {
+        let (address, port) = address_port(s).with_context(|| format!("--sorry-server {s:?}"))?;
+        svc.sorry_server = Some(pb::Backend { address, port });
+    }
+    if let Some(q) = f.quorum {
+        svc.quorum = q;
+    }
+    if let Some(h) = f.hysteresis {
+        svc.hysteresis = h;
+    }
+    if !f.director_selector.is_empty() || !f.prefer_director.is_empty() {
+        let d = svc.directors.get_or_insert_with(Default::default);
+        if !f.director_selector.is_empty() {
+            d.selector = f
+                .director_selector
+                .iter()
+                .map(|l| label(l))
+                .collect::<anyhow::Result<_>>()?;
+        }
+        if !f.prefer_director.is_empty() {
+            d.preferred = f.prefer_director.clone();
+        }
+    }
+    apply_check(svc, &f.check)
+}
+
+/// Overwrites `field` with the flag's value when the flag was given.
+fn set_given(field: &mut String, flag: &Option<String>) {
+    if let Some(v) = flag {
+        field.clone_from(v);
+    }
+}
+
+pub(crate) fn apply_check(svc: &mut pb::Service, c: &CheckFlags) -> anyhow::Result<()> {
+    if c.check.as_deref() == Some("none") {
+        svc.health_check = None;
+        return Ok(());
+    }
+    let any = c.check.is_some()
+        || c.check_interval.is_some()
+        || c.check_timeout.is_some()
+        || c.check_rise.is_some()
+        || c.check_fall.is_some()
+        || c.check_port.is_some()
+        || c.check_path.is_some()
+        || !c.check_status.is_empty()
+        || c.check_regex.is_some()
+        || c.check_digest.is_some()
+        || c.check_host.is_some()
+        || c.check_command.is_some()
+        || !c.check_args.is_empty()
+        || c.check_inhibit.is_some();
+    if !any {
+        return Ok(());
+    }
+    let h = svc.health_check.get_or_insert_with(Default::default);
+    if let Some(t) = &c.check {
+        h.r#type = t.clone();
+    }
+    if let Some(i) = &c.check_interval {
+        h.interval = Some(duration(i).context("--check-interval")?);
+    }
+    if let Some(t) = &c.check_timeout {
+        h.timeout = Some(duration(t).context("--check-timeout")?);
+    }
+    if c.check_rise.is_some() {
+        h.rise = c.check_rise;
+    }
+    if c.check_fall.is_some() {
+        h.fall = c.check_fall;
+    }
+    if let Some(p) = c.check_port {
+        h.port = p;
+    }
+    set_given(&mut h.http_path, &c.check_path);
+    set_given(&mut h.http_body_regex, &c.check_regex);
+    set_given(&mut h.http_digest, &c.check_digest);
+    set_given(&mut h.http_host, &c.check_host);
+    set_given(&mut h.exec_command, &c.check_command);
+    if !c.check_status.is_empty() {
+        h.http_status = c.check_status.clone();
+    }
+    if !c.check_args.is_empty() {
+        h.exec_args = c.check_args.clone();
+    }
+    if let Some(i) = c.check_inhibit {
+        h.inhibit_on_failure = i;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

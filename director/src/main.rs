@@ -13,7 +13,7 @@ use lb_director::vip::AnnounceConfig;
 struct Args {
     /// Controller address(es), comma-separated.
     #[arg(long, env = "LB_CONTROLLER", default_value = "127.0.0.1:7070")]
-    controller: String,
+    controller: lb_proto::client::Controllers,
     /// This director's name (unique among directors).
     #[arg(long, env = "LB_NODE_ID")]
     node_id: String,
@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, env = "LB_STATE_DIR", default_value = "/run/lbfabric")]
     state_dir: std::path::PathBuf,
     #[command(flatten)]
-    tls: lb_proto::enroll::AgentTlsFlags,
+    tls: lb_proto::pki::enroll::AgentTlsFlags,
 }
 
 #[tokio::main]
@@ -63,12 +63,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     lb_proto::convert::check_name("--node-id", &args.node_id)?;
     let labels = lb_proto::process::label_flags("--labels", &args.labels)?;
-    let who = lb_proto::enroll::Enrollee {
+    let who = lb_proto::pki::enroll::Enrollee {
         role: lb_proto::pki::Role::Director,
         node_id: args.node_id.clone(),
         address: None,
     };
-    let tls = lb_proto::enroll::setup(&args.tls, &args.controller, &who).await?;
+    let tls = lb_proto::pki::enroll::setup(&args.tls, &args.controller, &who).await?;
     let config = Config {
         controllers: args.controller,
         tls,

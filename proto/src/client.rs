@@ -1,9 +1,11 @@
 //! A connection to the controller cluster that follows leader redirects.
 //!
-//! `--controller` may list several addresses. A call that meets `UNAVAILABLE`
-//! retries at the address in the `x-lb-leader` metadata when there is one, at
-//! the next listed address when the node is unreachable, and waits briefly
-//! when no leader is elected yet — all within one deadline.
+//! `--controller` may list several addresses ([`Controllers`], parsed once).
+//! One [`Follower`] decides where to go after a failure, for everyone: the
+//! address in the `x-lb-leader` metadata when there is one (unless that
+//! leader just failed), else the next listed address after a backoff. The
+//! agents' streams run on it through [`follow_leader`]; lbctl's unary calls
+//! through [`Controller::call`], within one deadline.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -52,36 +54,190 @@ pub fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, S
     Ok(endpoint)
 }
 
-/// Splits `a:1,b:2` into addresses.
-pub fn addresses(list: &str) -> Vec<String> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(String::from)
-        .collect()
+/// The controller addresses `--controller` lists (`a:1,b:2`), parsed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controllers(Vec<String>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("controller: no address given (a comma-separated list of host:port)")]
+pub struct NoController;
+
+impl std::str::FromStr for Controllers {
+    type Err = NoController;
+
+    fn from_str(list: &str) -> Result<Self, NoController> {
+        let addrs: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .collect();
+        if addrs.is_empty() {
+            return Err(NoController);
+        }
+        Ok(Controllers(addrs))
+    }
 }
 
-pub struct Controller {
+impl Controllers {
+    pub fn addrs(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Controllers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+/// Where to go after a failure, as [`Follower::failed`] decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// To the leader a controller named: at once.
+    Leader(String),
+    /// To the next listed controller, after `delay`.
+    Other { delay: Duration },
+}
+
+/// Which controller to talk to: follows leader redirects, skips a leader
+/// that recently failed at the transport level (followers keep naming a
+/// dead leader until they elect a new one, and following such a hint again
+/// would only burn time), otherwise rotates through the list, backing off
+/// from `first` to `max`.
+#[derive(Debug, Clone)]
+pub struct Follower {
     addrs: Vec<String>,
-    current: usize,
-    channel: Option<Channel>,
+    target: String,
+    next: usize,
+    unreachable: std::collections::BTreeMap<String, Instant>,
+    first: Duration,
+    max: Duration,
+    backoff: Duration,
+}
+
+/// How long a controller that failed at the transport level is not
+/// followed to by a redirect.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
+
+impl Follower {
+    pub fn new(controllers: &Controllers, first: Duration, max: Duration) -> Self {
+        Follower {
+            addrs: controllers.0.clone(),
+            target: controllers.0[0].clone(),
+            next: 0,
+            unreachable: Default::default(),
+            first,
+            max,
+            backoff: first,
+        }
+    }
+
+    /// The controller to talk to now.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// A session ended without an error (the controller closed it): come
+    /// back to the same controller after the shortest delay.
+    pub fn ended(&mut self) -> Duration {
+        self.backoff = self.first;
+        self.delay()
+    }
+
+    /// A call or session failed with `status`: where to go next.
+    pub fn failed(&mut self, status: &Status) -> Next {
+        let recently_failed = |addr: &str, failed: &std::collections::BTreeMap<String, Instant>| {
+            failed
+                .get(addr)
+                .is_some_and(|at| at.elapsed() < UNREACHABLE_FOR)
+        };
+        if let Some(leader) = leader_hint(status) {
+            if leader != self.target && !recently_failed(&leader, &self.unreachable) {
+                self.target = leader.clone();
+                return Next::Leader(leader);
+            }
+        }
+        // Transport failures carry their cause; a controller's own answer
+        // ("no leader elected yet") does not.
+        if std::error::Error::source(status).is_some() {
+            self.unreachable.insert(self.target.clone(), Instant::now());
+        }
+        self.next = (self.next + 1) % self.addrs.len();
+        self.target = self.addrs[self.next].clone();
+        Next::Other {
+            delay: self.delay(),
+        }
+    }
+
+    fn delay(&mut self) -> Duration {
+        let now = self.backoff;
+        self.backoff = (self.backoff * 2).min(self.max);
+        now
+    }
+}
+
+/// One stream with one controller, as an agent runs it.
+pub trait Session: Send {
+    /// Runs a session with the controller at `addr` until it ends.
+    fn run(&mut self, addr: &str) -> impl Future<Output = Result<(), Status>> + Send;
+}
+
+/// Keeps `session` connected to the controller leader until `stop` turns
+/// true: follows redirects, reconnects with backoff, skips dead leaders.
+/// The one session loop of both agents.
+pub async fn follow_leader(
+    mut follower: Follower,
+    session: &mut impl Session,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let outcome = tokio::select! {
+            o = session.run(follower.target()) => o,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let delay = match outcome {
+            Ok(()) => follower.ended(),
+            Err(status) => {
+                let from = follower.target().to_string();
+                match follower.failed(&status) {
+                    Next::Leader(leader) => {
+                        tracing::info!(leader = %leader, "following the controller leader");
+                        continue;
+                    }
+                    Next::Other { delay } => {
+                        tracing::warn!(controller = %from, error = %status.message(), "controller stream lost");
+                        delay
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Unary calls to the controller cluster that follow the leader.
+pub struct Controller {
+    follower: Follower,
+    /// The channel to the follower's target, while it stays the target.
+    channel: Option<(String, Channel)>,
     deadline: Duration,
     tls: Option<ClientTlsConfig>,
 }
 
 impl Controller {
-    pub fn new(addrs: &str, deadline: Duration) -> Result<Self, Status> {
-        let addrs = addresses(addrs);
-        if addrs.is_empty() {
-            return Err(Status::invalid_argument("controller: no address given"));
-        }
-        Ok(Controller {
-            addrs,
-            current: 0,
+    /// Retries within `deadline`, every 100 ms while no leader answers.
+    pub fn new(controllers: &Controllers, deadline: Duration) -> Self {
+        let pause = Duration::from_millis(100);
+        Controller {
+            follower: Follower::new(controllers, pause, pause),
             channel: None,
             deadline,
             tls: None,
-        })
+        }
     }
 
     /// Connects over TLS with these settings.
@@ -91,23 +247,15 @@ impl Controller {
     }
 
     fn channel(&mut self) -> Result<Channel, Status> {
-        if let Some(c) = &self.channel {
-            return Ok(c.clone());
-        }
-        let channel = channel(&self.addrs[self.current], self.tls.as_ref())?;
-        self.channel = Some(channel.clone());
-        Ok(channel)
-    }
-
-    fn switch_to(&mut self, addr: String) {
-        self.channel = None;
-        match self.addrs.iter().position(|a| *a == addr) {
-            Some(i) => self.current = i,
-            None => {
-                self.addrs.push(addr);
-                self.current = self.addrs.len() - 1;
+        let target = self.follower.target();
+        if let Some((addr, c)) = &self.channel {
+            if addr == target {
+                return Ok(c.clone());
             }
         }
+        let channel = channel(target, self.tls.as_ref())?;
+        self.channel = Some((target.to_string(), channel.clone()));
+        Ok(channel)
     }
 
     /// Runs `call` against the leader (or any node, for reads), following redirects.
@@ -125,15 +273,67 @@ impl Controller {
             if status.code() != Code::Unavailable || Instant::now() >= give_up {
                 return Err(status);
             }
-            match leader_hint(&status) {
-                Some(addr) => self.switch_to(addr),
-                None => {
-                    // Unreachable node or an election under way: try the next address.
-                    self.channel = None;
-                    self.current = (self.current + 1) % self.addrs.len();
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+            if let Next::Other { delay } = self.follower.failed(&status) {
+                // Unreachable node or an election under way: try the next address.
+                self.channel = None;
+                tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn controllers(list: &str) -> Controllers {
+        list.parse().unwrap()
+    }
+
+    fn redirect(to: &str) -> Status {
+        let mut s = Status::unavailable("not the leader");
+        s.metadata_mut()
+            .insert(LEADER_METADATA, to.parse().unwrap());
+        s
+    }
+
+    #[test]
+    fn addresses_are_parsed_once_and_empty_lists_refused() {
+        assert_eq!(controllers(" a:1, b:2 ,").addrs(), ["a:1", "b:2"]);
+        assert_eq!(controllers("a:1,b:2").to_string(), "a:1,b:2");
+        let e = " , ".parse::<Controllers>().unwrap_err();
+        assert!(e.to_string().starts_with("controller: no address given"));
+    }
+
+    #[test]
+    fn follows_redirects_and_rotates_with_backoff() {
+        let ms = Duration::from_millis;
+        let mut f = Follower::new(&controllers("a:1,b:2,c:3"), ms(50), ms(250));
+        assert_eq!(f.target(), "a:1");
+        assert_eq!(f.failed(&redirect("c:3")), Next::Leader("c:3".into()));
+        assert_eq!(f.target(), "c:3");
+        // No hint: the next listed address, the delay doubling up to max.
+        let none = Status::unavailable("no leader elected yet");
+        assert_eq!(f.failed(&none), Next::Other { delay: ms(50) });
+        assert_eq!(f.target(), "b:2");
+        assert_eq!(f.failed(&none), Next::Other { delay: ms(100) });
+        assert_eq!(f.failed(&none), Next::Other { delay: ms(200) });
+        assert_eq!(f.failed(&none), Next::Other { delay: ms(250) });
+        assert_eq!(f.ended(), ms(50));
+        assert_eq!(f.ended(), ms(50));
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_just_failed_is_not_followed_again() {
+        let ms = Duration::from_millis;
+        let mut f = Follower::new(&controllers("a:1,b:2,c:3"), ms(50), ms(250));
+        // a:1 is dead: a transport error (it carries a source).
+        let dead = Status::from_error(Box::new(std::io::Error::other("connection refused")));
+        assert!(matches!(f.failed(&dead), Next::Other { .. }));
+        assert_eq!(f.target(), "b:2");
+        // b:2 has not elected a new leader yet and still names a:1.
+        assert!(matches!(f.failed(&redirect("a:1")), Next::Other { .. }));
+        assert_eq!(f.target(), "c:3", "rotated, not redirected");
+        assert_eq!(f.failed(&redirect("b:2")), Next::Leader("b:2".into()));
     }
 }

@@ -20,7 +20,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 pub mod client;
 pub mod convert;
-pub mod enroll;
 pub mod json;
 pub mod model;
 pub mod pki;

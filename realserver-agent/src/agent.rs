@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use lb_hostnet::{NetError, Rtnl};
-use lb_proto::client::{addresses, channel, leader_hint};
+use lb_proto::client::{channel, follow_leader, Controllers, Follower, Session};
 use lb_proto::model::Service;
 use lb_proto::pb;
 use lb_proto::pb::real_server_sync_client::RealServerSyncClient;
@@ -35,10 +35,10 @@ use lb_hostnet::checks::{self, targets, Target};
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Controller addresses; any of them (the leader is found by redirect).
-    pub controllers: String,
+    pub controllers: Controllers,
     /// TLS to the controllers (the CA, and this agent's certificate, which
     /// renewal replaces); plaintext when it has none.
-    pub tls: lb_proto::enroll::AgentTls,
+    pub tls: lb_proto::pki::enroll::AgentTls,
     pub node_id: String,
     /// The realserver's address (RIP), as the directors reach it.
     pub address: IpAddr,
@@ -55,8 +55,6 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("--controller: no address given")]
-    NoController,
     #[error("host networking: {0}")]
     Net(#[from] NetError),
     #[error("--address {0}: no interface of this host has it")]
@@ -89,9 +87,6 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
-    if addresses(&config.controllers).is_empty() {
-        return Err(AgentError::NoController);
-    }
     let rip_interface = interface_of(&Rtnl::open()?, config.address)?
         .ok_or(AgentError::NoSuchAddress(config.address))?;
     tracing::info!(address = %config.address, interface = %rip_interface, "realserver agent starting");
@@ -121,12 +116,19 @@ pub async fn run(
         progress.clone(),
         stop_rx.clone(),
     ));
-    let session = tokio::spawn(session_loop(
+    let follower = Follower::new(
+        &config.controllers,
+        Duration::from_millis(100),
+        Duration::from_secs(2),
+    );
+    let mut session = RealServer {
         config,
-        desired_tx,
-        (progress, status_rx),
-        stop_rx,
-    ));
+        desired: desired_tx,
+        progress,
+        status: status_rx,
+        heartbeat: 0,
+    };
+    let session = tokio::spawn(async move { follow_leader(follower, &mut session, stop_rx).await });
     shutdown.await;
     drain(&config_drain, &status_tx, &desired_for_drain).await;
     tracing::info!("shutting down: removing the VIPs and restoring the sysctls this agent set");
@@ -330,93 +332,64 @@ fn report(
     }
 }
 
-async fn session_loop(
+/// The session's side of the agent: what it reports and what it publishes.
+struct RealServer {
     config: Config,
     desired: watch::Sender<Desired>,
-    (progress, mut status): (Arc<Mutex<Progress>>, watch::Receiver<HostStatus>),
-    mut stop: watch::Receiver<bool>,
-) {
-    let addrs = addresses(&config.controllers);
-    let mut target = addrs[0].clone();
-    let mut next = 0;
-    let first_backoff = Duration::from_millis(100);
-    let mut backoff = first_backoff;
-    let mut heartbeat = 0u64;
-    loop {
-        let outcome = tokio::select! {
-            o = session(&config, &target, &desired, (&progress, &mut status), &mut heartbeat) => o,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        match outcome {
-            Ok(()) => backoff = first_backoff,
-            Err(status) => match leader_hint(&status) {
-                Some(leader) if leader != target => {
-                    tracing::info!(leader = %leader, "following the controller leader");
-                    target = leader;
-                    continue;
-                }
-                _ => {
-                    tracing::warn!(controller = %target, error = %status.message(), "controller stream lost");
-                    next = (next + 1) % addrs.len();
-                    target = addrs[next].clone();
-                }
-            },
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+    progress: Arc<Mutex<Progress>>,
+    status: watch::Receiver<HostStatus>,
+    /// Numbers the reports across sessions.
+    heartbeat: u64,
+}
+
+impl RealServer {
+    fn next_report(&mut self) -> pb::RealServerReport {
+        self.heartbeat += 1;
+        report(&self.config, self.heartbeat, &self.progress, &self.status)
     }
 }
 
-/// One stream with one controller; returns when it ends.
-async fn session(
-    config: &Config,
-    addr: &str,
-    desired: &watch::Sender<Desired>,
-    (progress, status): (&Mutex<Progress>, &mut watch::Receiver<HostStatus>),
-    heartbeat: &mut u64,
-) -> Result<(), tonic::Status> {
-    let (tx, rx) = mpsc::channel(8);
-    *heartbeat += 1;
-    let _ = tx.send(report(config, *heartbeat, progress, status)).await;
-    let mut renewed = config.tls.changed();
-    let mut inbound = RealServerSyncClient::new(channel(addr, config.tls.current().as_ref())?)
-        .sync(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    tracing::info!(controller = %addr, "registered");
-    let mut ticker = tokio::time::interval(config.heartbeat);
-    loop {
-        tokio::select! {
-            msg = inbound.message() => match msg? {
-                Some(d) => {
-                    if let Some(cfg) = d.config {
-                        let services: Result<Vec<Service>, _> = cfg.services.into_iter().map(Service::try_from).collect();
-                        let directors = cfg.director_addresses.iter().filter_map(|a| a.parse().ok()).collect();
-                        match services {
-                            Ok(s) => { desired.send_replace(Some((d.revision, s, directors, cfg.drained))); }
-                            Err(e) => tracing::error!(revision = d.revision, error = %e, "controller sent an invalid service"),
+impl Session for RealServer {
+    /// One stream with one controller; returns when it ends.
+    async fn run(&mut self, addr: &str) -> Result<(), tonic::Status> {
+        let (tx, rx) = mpsc::channel(8);
+        let _ = tx.send(self.next_report()).await;
+        let mut renewed = self.config.tls.changed();
+        let mut inbound =
+            RealServerSyncClient::new(channel(addr, self.config.tls.current().as_ref())?)
+                .sync(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+        tracing::info!(controller = %addr, "registered");
+        let mut ticker = tokio::time::interval(self.config.heartbeat);
+        loop {
+            tokio::select! {
+                msg = inbound.message() => match msg? {
+                    Some(d) => {
+                        if let Some(cfg) = d.config {
+                            let services: Result<Vec<Service>, _> = cfg.services.into_iter().map(Service::try_from).collect();
+                            let directors = cfg.director_addresses.iter().filter_map(|a| a.parse().ok()).collect();
+                            match services {
+                                Ok(s) => { self.desired.send_replace(Some((d.revision, s, directors, cfg.drained))); }
+                                Err(e) => tracing::error!(revision = d.revision, error = %e, "controller sent an invalid service"),
+                            }
                         }
                     }
+                    None => return Ok(()),
+                },
+                // A renewed certificate counts from the next connection.
+                Ok(()) = renewed.changed() => return Ok(()),
+                // A health change or a drain is reported at once, not at the next tick.
+                r = self.status.changed() => {
+                    if r.is_err() { return Ok(()) }
+                    if tx.send(self.next_report()).await.is_err() {
+                        return Ok(());
+                    }
                 }
-                None => return Ok(()),
-            },
-            // A renewed certificate counts from the next connection.
-            Ok(()) = renewed.changed() => return Ok(()),
-            // A health change or a drain is reported at once, not at the next tick.
-            r = status.changed() => {
-                if r.is_err() { return Ok(()) }
-                *heartbeat += 1;
-                if tx.send(report(config, *heartbeat, progress, status)).await.is_err() {
-                    return Ok(());
-                }
-            }
-            _ = ticker.tick() => {
-                *heartbeat += 1;
-                if tx.send(report(config, *heartbeat, progress, status)).await.is_err() {
-                    return Ok(());
+                _ = ticker.tick() => {
+                    if tx.send(self.next_report()).await.is_err() {
+                        return Ok(());
+                    }
                 }
             }
         }

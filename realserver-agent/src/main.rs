@@ -15,7 +15,7 @@ use lb_realserver::agent::{run, Config};
 struct Args {
     /// Controller address(es), comma-separated.
     #[arg(long, env = "LB_CONTROLLER", default_value = "127.0.0.1:7070")]
-    controller: String,
+    controller: lb_proto::client::Controllers,
     /// This realserver's name (unique among realserver agents).
     #[arg(long, env = "LB_NODE_ID")]
     node_id: String,
@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, env = "LB_STATE_DIR", default_value = "/run/lbfabric")]
     state_dir: std::path::PathBuf,
     #[command(flatten)]
-    tls: lb_proto::enroll::AgentTlsFlags,
+    tls: lb_proto::pki::enroll::AgentTlsFlags,
 }
 
 #[tokio::main]
@@ -54,12 +54,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     lb_proto::convert::check_name("--node-id", &args.node_id)?;
     let address = lb_proto::convert::unicast_ip("--address", &args.address)?;
-    let who = lb_proto::enroll::Enrollee {
+    let who = lb_proto::pki::enroll::Enrollee {
         role: lb_proto::pki::Role::Realserver,
         node_id: args.node_id.clone(),
         address: Some(address),
     };
-    let tls = lb_proto::enroll::setup(&args.tls, &args.controller, &who).await?;
+    let tls = lb_proto::pki::enroll::setup(&args.tls, &args.controller, &who).await?;
     let config = Config {
         controllers: args.controller,
         tls,

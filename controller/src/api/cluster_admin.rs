@@ -8,8 +8,8 @@ use openraft::error::ClientWriteError as WriteError;
 use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 
-use super::{status, ApiError};
 use crate::app::App;
+use crate::error::{status, ApiError};
 use crate::typ::{ClientWriteError, Node, NodeId, RaftError};
 
 pub(super) struct ClusterAdmin {

@@ -18,8 +18,8 @@ use lb_proto::pki::{self, Ca, Identity, Role};
 use lb_proto::FieldError;
 use tonic::{Request, Response, Status};
 
-use super::status;
 use crate::app::App;
+use crate::error::status;
 use crate::state::{CaKeys, Command, JoinAttempt, JoinToken};
 
 /// A token with no `ttl` lasts this long.
@@ -276,7 +276,7 @@ impl pb::enrollment_server::Enrollment for Enrollment {
             .map_err(|e| field("csr_pem", e.to_string()))?;
         match self.app.write(Command::RedeemJoinToken { attempt }).await {
             Ok(_) => {}
-            Err(super::ApiError::Rejected(r)) => return Err(refused(r)),
+            Err(crate::error::ApiError::Rejected(r)) => return Err(refused(r)),
             Err(e) => return Err(status(e)),
         }
         tracing::info!(token = %token.id, %identity, ?ips, ?remote, "agent joined");

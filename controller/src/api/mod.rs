@@ -1,8 +1,10 @@
 //! The controller's gRPC surface: `lb.v1.ServiceAdmin`, `lb.v1.ClusterAdmin`,
 //! `lb.v1.DirectorSync`, `lb.v1.RealServerSync`, `lb.v1.Raft`,
 //! `grpc.health.v1.Health` and server reflection (v1 and v1alpha, so grpcurl
-//! 1.8 can `list` and `describe`). [`status`] is the one place domain errors
-//! become gRPC statuses.
+//! 1.8 can `list` and `describe`). Handlers are thin: domain errors become
+//! statuses in [`crate::error::status`], the two agent streams share
+//! [`stream`]'s skeleton, and the leader's view of its fleet is
+//! [`crate::fleet`].
 
 pub mod authz;
 mod budget;
@@ -12,67 +14,14 @@ pub mod enrollment;
 mod raft;
 mod realserver_sync;
 mod service_admin;
-
-pub use director_sync::DirectorSeen;
-pub use realserver_sync::drain_lost_agents;
+mod stream;
 
 use std::sync::Arc;
 
 use lb_proto::pb;
-use lb_proto::FieldError;
-use tonic::metadata::MetadataValue;
-use tonic::Status;
 
 use crate::app::App;
 use crate::network::MAX_MESSAGE_BYTES;
-use crate::state::Rejected;
-
-/// Metadata key carrying the leader's address on a redirect.
-pub const LEADER_METADATA: &str = "x-lb-leader";
-
-/// What an API call can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error(transparent)]
-    Invalid(#[from] FieldError),
-    #[error(transparent)]
-    Rejected(#[from] Rejected),
-    #[error("this controller is not the leader")]
-    NotLeader { leader: Option<String> },
-    #[error("membership change refused: {0}")]
-    Membership(String),
-    #[error("raft: {0}")]
-    Raft(String),
-}
-
-/// Maps a domain error to the status a client sees.
-pub fn status(e: ApiError) -> Status {
-    match e {
-        ApiError::Invalid(f) => Status::invalid_argument(f.to_string()),
-        ApiError::Rejected(r) => match r {
-            Rejected::Invalid(f) => Status::invalid_argument(f.to_string()),
-            Rejected::AlreadyExists { .. } => Status::already_exists(r.to_string()),
-            Rejected::NotFound { .. } => Status::not_found(r.to_string()),
-            Rejected::Conflict { .. } | Rejected::StaleEpoch { .. } => {
-                Status::aborted(r.to_string())
-            }
-            Rejected::Unauthenticated { why } => Status::unauthenticated(why),
-            Rejected::PermissionDenied { why } => Status::permission_denied(why),
-        },
-        ApiError::NotLeader { leader: Some(addr) } => {
-            let mut s = Status::unavailable(format!("not the leader; the leader is at {addr}"));
-            if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
-                s.metadata_mut().insert(LEADER_METADATA, v);
-            }
-            s
-        }
-        ApiError::NotLeader { leader: None } => {
-            Status::unavailable("no leader elected yet; retry shortly")
-        }
-        ApiError::Membership(m) => Status::failed_precondition(m),
-        ApiError::Raft(m) => Status::internal(m),
-    }
-}
 
 /// Largest request an operator or a director sends: an import of many
 /// services, a director's counters for every service.

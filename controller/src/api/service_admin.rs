@@ -12,8 +12,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::status;
 use crate::app::App;
+use crate::error::status;
 use crate::state::{Applied, Command, Event, EventKind};
 
 pub(super) struct ServiceAdmin {
@@ -339,9 +339,12 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
     ) -> Result<Response<pb::ListDirectorsResponse>, Status> {
         self.app.require_leader().map_err(status)?;
         Ok(Response::new(pb::ListDirectorsResponse {
-            directors: super::director_sync::list(&self.app),
+            directors: self
+                .app
+                .fleet
+                .directors_status(&self.app.state, self.app.leases),
             revision: self.app.state.read().state.revision,
-            vips: super::director_sync::vips(&self.app),
+            vips: self.app.fleet.vips_status(&self.app.state),
         }))
     }
 
@@ -350,8 +353,11 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         _req: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::FabricStatus>, Status> {
         self.app.require_leader().map_err(status)?;
-        let directors = super::director_sync::list(&self.app);
-        let vips = super::director_sync::vips(&self.app);
+        let directors = self
+            .app
+            .fleet
+            .directors_status(&self.app.state, self.app.leases);
+        let vips = self.app.fleet.vips_status(&self.app.state);
         let data = self.app.state.read();
         let state = &data.state;
         let services = state

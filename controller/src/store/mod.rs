@@ -9,6 +9,7 @@
 
 mod log;
 mod state_machine;
+mod tables;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -20,22 +20,15 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransacti
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::tables::{Side, AGENTS, DIRECTOR_DOWN, OWNERS, SECURITY};
 use super::{decode, StoreError, EVENTS, SERVICES, SM_META, SNAPSHOT};
-use crate::state::{Command, CommandResult, Event, State};
+use crate::state::{CommandResult, Event, State};
 use crate::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use lb_proto::model::Service;
 
 const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
 const REVISION: &str = "revision";
-const OWNERS: &str = "owners";
-/// Join tokens, revocations and the CA ([`crate::state::Security`]).
-const SECURITY: &str = "security";
-/// Registered realserver agents (with operators' drains) and the directors'
-/// health verdicts: a restarted controller must not forget its backends
-/// until every agent has reported again.
-const AGENTS: &str = "agents";
-const DIRECTOR_DOWN: &str = "director_down";
 const SNAPSHOT_META: &str = "meta";
 const SNAPSHOT_DATA: &str = "data";
 
@@ -312,70 +305,6 @@ pub fn stored_ca(data_dir: &std::path::Path) -> Result<Option<crate::state::CaKe
     Ok(security.ca)
 }
 
-/// The parts of the state kept in `SM_META` beside the tables, each as one
-/// JSON value: written when a command changes them, all of them when a
-/// snapshot is installed, read back at start.
-#[derive(Debug, Default, Clone, Copy)]
-struct Side {
-    owners: bool,
-    security: bool,
-    backends: bool,
-}
-
-impl Side {
-    const ALL: Side = Side {
-        owners: true,
-        security: true,
-        backends: true,
-    };
-
-    /// What `cmd` may change.
-    fn of(cmd: &Command) -> Side {
-        Side {
-            owners: matches!(cmd, Command::AssignVip { .. }),
-            security: matches!(
-                cmd,
-                Command::RevokeNode { .. }
-                    | Command::CreateJoinToken { .. }
-                    | Command::DeleteJoinToken { .. }
-                    | Command::RedeemJoinToken { .. }
-                    | Command::SetCa { .. }
-            ),
-            backends: matches!(
-                cmd,
-                Command::RegisterRealServer { .. }
-                    | Command::SetAgentDrain { .. }
-                    | Command::SetAgentLost { .. }
-                    | Command::SetDirectorChecks { .. }
-            ),
-        }
-    }
-
-    fn or(self, other: Side) -> Side {
-        Side {
-            owners: self.owners || other.owners,
-            security: self.security || other.security,
-            backends: self.backends || other.backends,
-        }
-    }
-
-    /// The keys and values it names.
-    fn blobs(self, state: &State) -> Result<Vec<(&'static str, Vec<u8>)>, serde_json::Error> {
-        let mut out = Vec::new();
-        if self.owners {
-            out.push((OWNERS, serde_json::to_vec(&state.owners)?));
-        }
-        if self.security {
-            out.push((SECURITY, serde_json::to_vec(&state.security)?));
-        }
-        if self.backends {
-            out.push((AGENTS, serde_json::to_vec(&state.agents)?));
-            out.push((DIRECTOR_DOWN, serde_json::to_vec(&state.director_down)?));
-        }
-        Ok(out)
-    }
-}
-
 fn write_sm_meta(
     txn: &WriteTransaction,
     last_applied: Option<LogId>,
@@ -486,7 +415,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Agent;
+    use crate::state::{Agent, Command};
     use lb_proto::pb;
 
     fn entry(index: u64, cmd: Command) -> Entry {

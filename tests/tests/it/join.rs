@@ -1,15 +1,15 @@
 //! Join tokens against a real controller over TLS: what an agent sees when
 //! it joins with a good, expired, used-up, misdirected or foreign token,
 //! renewal, and re-admission after a revocation. The agent side is the
-//! library the agents run (`lb_proto::enroll`); `netns::a_realserver_agent_joins_with_a_token`
+//! library the agents run (`lb_proto::pki::enroll`); `netns::a_realserver_agent_joins_with_a_token`
 //! runs the agent binary itself.
 
 use std::path::Path;
 use std::time::Duration;
 
-use lb_proto::enroll::{self, EnrollError, Enrollee};
 use lb_proto::pb;
 use lb_proto::pb::real_server_sync_client::RealServerSyncClient;
+use lb_proto::pki::enroll::{self, EnrollError, Enrollee};
 use lb_proto::pki::{JoinToken, Role};
 use lb_testkit::{lbctl_ok, ControllerProc};
 use tokio_stream::StreamExt;
@@ -31,7 +31,7 @@ fn token(addr: &str, args: &[&str]) -> anyhow::Result<JoinToken> {
 
 /// The refusal `join` ended with.
 async fn refused(addr: &str, t: &JoinToken, who: &Enrollee, dir: &Path) -> (tonic::Code, String) {
-    match enroll::join(addr, t, who, dir).await {
+    match enroll::join(&addr.parse().unwrap(), t, who, dir).await {
         Err(EnrollError::Refused { code, message }) => (code, message),
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -119,7 +119,7 @@ async fn agents_join_with_tokens_and_renew() -> anyhow::Result<()> {
     let good = token(&a, &["--role", "realserver"])?;
     let mut foreign = good.clone();
     foreign.ca_sha256 = lb_proto::pki::sha256_hex(b"another CA");
-    match enroll::join(&a, &foreign, &rs("rs1", "10.1.0.11"), &rs1).await {
+    match enroll::join(&a.parse()?, &foreign, &rs("rs1", "10.1.0.11"), &rs1).await {
         Err(e @ EnrollError::Pin { .. }) => {
             assert!(
                 e.to_string()
@@ -168,7 +168,7 @@ async fn agents_join_with_tokens_and_renew() -> anyhow::Result<()> {
 
     // The good token: a certificate for rs1 and its address, which the
     // realserver stream accepts; the CA the agent keeps is the fabric's.
-    enroll::join(&a, &good, &rs("rs1", "10.1.0.11"), &rs1).await?;
+    enroll::join(&a.parse()?, &good, &rs("rs1", "10.1.0.11"), &rs1).await?;
     assert_eq!(
         std::fs::read_to_string(rs1.join("ca.pem"))?,
         std::fs::read_to_string(pki.join("ca.pem"))?
@@ -195,7 +195,7 @@ async fn agents_join_with_tokens_and_renew() -> anyhow::Result<()> {
     let (code, msg) = refused(&a, &fleet, &rs("rs1", "10.1.0.11"), &dir.path().join("x")).await;
     assert_eq!(code, tonic::Code::PermissionDenied, "{msg}");
     assert!(msg.contains("rs1 has joined before"), "{msg}");
-    enroll::join(&a, &fleet, &rs("rs2", "10.1.0.12"), &rs2).await?;
+    enroll::join(&a.parse()?, &fleet, &rs("rs2", "10.1.0.12"), &rs2).await?;
     report(&a, &rs2, "rs2", "10.1.0.12").await?;
     // A stream opened with rs2's 6 s certificate, never renewed: cut off
     // when the certificate expires, though the connection was made before.
@@ -203,7 +203,7 @@ async fn agents_join_with_tokens_and_renew() -> anyhow::Result<()> {
 
     // Renewal: a new key and certificate, accepted as the old one was.
     let before = std::fs::read_to_string(rs1.join("node.pem"))?;
-    enroll::renew(&a, &rs1).await?;
+    enroll::renew(&a.parse()?, &rs1).await?;
     let after = std::fs::read_to_string(rs1.join("node.pem"))?;
     assert_ne!(before, after);
     report(&a, &rs1, "rs1", "10.1.0.11").await?;
@@ -211,7 +211,7 @@ async fn agents_join_with_tokens_and_renew() -> anyhow::Result<()> {
     // (issued later) still works after that.
     std::fs::write(dir.path().join("old.pem"), &before)?;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    enroll::renew(&a, &rs1).await?;
+    enroll::renew(&a.parse()?, &rs1).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     report(&a, &rs1, "rs1", "10.1.0.11").await?;
     let old = dir.path().join("old");
@@ -249,7 +249,7 @@ async fn agents_join_with_tokens_and_renew() -> anyhow::Result<()> {
     assert!(msg.contains("--node rs1"), "{msg}");
     let again = token(&a, &["--role", "realserver", "--node", "rs1"])?;
     std::fs::remove_file(rs1.join("node.pem"))?;
-    enroll::join(&a, &again, &rs("rs1", "10.1.0.11"), &rs1).await?;
+    enroll::join(&a.parse()?, &again, &rs("rs1", "10.1.0.11"), &rs1).await?;
     report(&a, &rs1, "rs1", "10.1.0.11").await?;
     let e = report(&a, &revoked_copy, "rs1", "10.1.0.11")
         .await

@@ -249,13 +249,13 @@ async fn three_controllers_over_mtls() -> anyhow::Result<()> {
             .trim()
             .parse()?;
     let d1 = dir.path().join("d1-pki");
-    let who = lb_proto::enroll::Enrollee {
+    let who = lb_proto::pki::enroll::Enrollee {
         role: Role::Director,
         node_id: "d1".into(),
         address: None,
     };
-    lb_proto::enroll::join(&rest, &token, &who, &d1).await?;
-    let creds = lb_proto::enroll::load(&d1)?;
+    lb_proto::pki::enroll::join(&rest.parse()?, &token, &who, &d1).await?;
+    let creds = lb_proto::pki::enroll::load(&d1)?;
     let (issued, _) = lb_proto::pki::lifetime(creds.cert_pem.as_deref().unwrap_or(""))?;
     assert!(issued.elapsed()? < std::time::Duration::from_secs(60));
     Ok(())

@@ -27,7 +27,7 @@ use rustls::RootCertStore;
 use tokio::sync::watch;
 use tonic::transport::ClientTlsConfig;
 
-use crate::client::Controller;
+use crate::client::{Controller, Controllers};
 use crate::pb;
 use crate::pki::{self, Credentials, JoinToken, PkiError, Role};
 use crate::process::TlsFlags;
@@ -125,7 +125,7 @@ pub struct Enrollee {
 /// none), renewed in the background; else plaintext.
 pub async fn setup(
     flags: &AgentTlsFlags,
-    controllers: &str,
+    controllers: &Controllers,
     who: &Enrollee,
 ) -> Result<AgentTls, EnrollError> {
     if flags.files.ca.is_some() {
@@ -134,9 +134,7 @@ pub async fn setup(
     let dir = &flags.pki_dir;
     if !dir.join(NODE_FILE).exists() {
         let Some(token) = &flags.join_token else {
-            let remote = crate::client::addresses(controllers)
-                .iter()
-                .any(|a| !is_loopback(a));
+            let remote = controllers.addrs().iter().any(|a| !is_loopback(a));
             if remote {
                 tracing::warn!(pki_dir = %dir.display(), "no certificate and no --join-token: connecting in plaintext, which a controller off loopback refuses; create a token with `lbctl token create`");
             }
@@ -147,11 +145,7 @@ pub async fn setup(
     }
     let creds = load(dir)?;
     let tls = AgentTls::fixed(Some(creds.client_config()));
-    tokio::spawn(renew_forever(
-        tls.clone(),
-        controllers.to_string(),
-        dir.clone(),
-    ));
+    tokio::spawn(renew_forever(tls.clone(), controllers.clone(), dir.clone()));
     Ok(tls)
 }
 
@@ -183,12 +177,12 @@ fn store(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
 /// Trades the token for a certificate and keeps it in `dir`. Retries while
 /// no controller answers; a refusal (expired token, wrong role…) is final.
 pub async fn join(
-    controllers: &str,
+    controllers: &Controllers,
     token: &JoinToken,
     who: &Enrollee,
     dir: &Path,
 ) -> Result<(), EnrollError> {
-    let addrs = crate::client::addresses(controllers);
+    let addrs = controllers.addrs();
     let mut attempt = 0usize;
     let ca_pem = loop {
         let addr = &addrs[attempt % addrs.len()];
@@ -208,9 +202,8 @@ pub async fn join(
         cert_pem: None,
         key_pem: None,
     };
-    let mut controller = Controller::new(controllers, Duration::from_secs(30))
-        .map_err(refused)?
-        .with_tls(Some(creds.client_config()));
+    let mut controller =
+        Controller::new(controllers, Duration::from_secs(30)).with_tls(Some(creds.client_config()));
     let req = pb::JoinRequest {
         token: token.to_string(),
         role: who.role.to_string(),
@@ -244,7 +237,7 @@ fn refused(s: tonic::Status) -> EnrollError {
 
 /// Renews the certificate in `dir` whenever two thirds of its life has
 /// passed; retries failures at a tenth of the time left (1 s to 1 min).
-async fn renew_forever(tls: AgentTls, controllers: String, dir: PathBuf) {
+async fn renew_forever(tls: AgentTls, controllers: Controllers, dir: PathBuf) {
     loop {
         let (from, until) = match load(&dir)
             .and_then(|c| pki::lifetime(c.cert_pem.as_deref().unwrap_or("")))
@@ -278,12 +271,11 @@ async fn renew_forever(tls: AgentTls, controllers: String, dir: PathBuf) {
 }
 
 /// One renewal: a new key, a certificate for it, both stored.
-pub async fn renew(controllers: &str, dir: &Path) -> Result<Credentials, EnrollError> {
+pub async fn renew(controllers: &Controllers, dir: &Path) -> Result<Credentials, EnrollError> {
     let creds = load(dir)?;
     let (csr_pem, key_pem) = pki::request()?;
-    let mut controller = Controller::new(controllers, Duration::from_secs(30))
-        .map_err(refused)?
-        .with_tls(Some(creds.client_config()));
+    let mut controller =
+        Controller::new(controllers, Duration::from_secs(30)).with_tls(Some(creds.client_config()));
     let answer = controller
         .call(|ch| {
             let csr_pem = csr_pem.clone();

@@ -1,6 +1,7 @@
 //! VIP owner election: which director answers for each VIP.
 //!
-//! The leader runs [`run`]; the decision itself is [`decide`], pure logic.
+//! The leader runs [`Placement`]; the decision itself is [`step`] and
+//! [`decide`], pure logic.
 //! Rules:
 //! - a director is *live* while the leader has heard from it within
 //!   `fence + margin`; it holds a VIP only while its own lease (`fence` after
@@ -25,60 +26,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lb_proto::model::Service;
-use tokio::sync::watch;
-
 use crate::app::App;
-use crate::state::{Command, VipOwner};
-
-/// Lease timing shared by the controller and its directors.
-#[derive(Debug, Clone, Copy)]
-pub struct LeaseTiming {
-    /// A director drops a VIP this long after sending the last acknowledged heartbeat.
-    pub fence: Duration,
-    /// Extra wait before the leader gives a silent director's VIPs away.
-    pub margin: Duration,
-    /// How long a preferred director must have been live before it takes
-    /// its VIP back from another live director.
-    pub hold_down: Duration,
-}
-
-impl Default for LeaseTiming {
-    fn default() -> Self {
-        LeaseTiming {
-            fence: Duration::from_millis(600),
-            margin: Duration::from_millis(200),
-            hold_down: Duration::from_secs(10),
-        }
-    }
-}
-
-/// What the services on one VIP ask of its owner.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Needs {
-    pub selectors: Vec<BTreeMap<String, String>>,
-    pub preferred: Vec<String>,
-}
-
-/// The VIP addresses of the configuration and what each needs.
-pub fn vips<'a>(services: impl IntoIterator<Item = &'a Service>) -> BTreeMap<IpAddr, Needs> {
-    let mut out: BTreeMap<IpAddr, Needs> = BTreeMap::new();
-    for s in services {
-        if let Some(address) = s.vip() {
-            let needs = out.entry(address).or_default();
-            needs.selectors.push(s.directors.selector.clone());
-            for p in &s.directors.preferred {
-                if !needs.preferred.contains(p) {
-                    needs.preferred.push(p.clone());
-                }
-            }
-        }
-    }
-    out
-}
+use crate::state::{vips, Command, Needs, VipOwner};
+use crate::timing::LeaseTiming;
 
 /// A director as the leader sees it.
 #[derive(Debug, Clone, Default)]
@@ -133,7 +85,7 @@ pub fn step(
         Some(_) => assign(),
         None => {
             let still_held = released.is_some_and(|(old, since)| {
-                since < timing.fence + timing.margin
+                since < timing.silence()
                     && candidates
                         .get(old)
                         .is_some_and(|c| c.live && c.holds.contains(&vip))
@@ -173,75 +125,40 @@ pub fn decide(
         .map(|(name, _)| name.clone())
 }
 
-/// Keeps [`App::may_grant_leases`] current: on the leader, a quorum round
-/// (`ensure_linearizable`) every `period`; the start of a round that
-/// succeeds is when leadership was last known to hold.
-pub async fn confirm_leadership(
-    app: Arc<App>,
+/// The placement loop's memory.
+pub struct Placement {
     timing: LeaseTiming,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    // A confirmation stays good for `margin`; renewing it every fifth of
-    // that leaves room for slow rounds before the leader must withhold acks.
-    let period = round_period(timing);
-    loop {
-        let confirmed = if app.require_leader().is_ok() {
-            let started = Instant::now();
-            let round = tokio::time::timeout(timing.margin, app.raft.ensure_linearizable()).await;
-            matches!(round, Ok(Ok(_))).then_some(started)
-        } else {
-            None
-        };
-        {
-            let mut c = app
-                .leadership_confirmed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match confirmed {
-                Some(at) => *c = Some(at),
-                None if app.require_leader().is_err() => *c = None,
-                None => {} // a slow round: the previous confirmation ages out by itself
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = shutdown.wait_for(|d| *d) => return,
+    /// VIPs this leader took from a live owner: (old owner, when). Soft
+    /// state: a new leader waits fence + margin before anything, which
+    /// covers a release it did not see.
+    released: BTreeMap<IpAddr, (String, Instant)>,
+}
+
+impl Placement {
+    pub fn new(timing: LeaseTiming) -> Self {
+        Placement {
+            timing,
+            released: BTreeMap::new(),
         }
     }
 }
 
-/// A fifth of the margin, between 5 and 50 ms (10 ms at tuned timers, 40 ms
-/// at the defaults): how often the leader renews its leadership
-/// confirmation and looks for VIPs to move.
-fn round_period(timing: LeaseTiming) -> Duration {
-    (timing.margin / 5).clamp(Duration::from_millis(5), Duration::from_millis(50))
-}
+impl super::Task for Placement {
+    /// How late a dead owner's VIP may move beyond fence + margin. The round
+    /// is cheap: a lock, a pass over the VIPs, no I/O unless something moves.
+    fn period(&self) -> Duration {
+        self.timing.round()
+    }
 
-/// The leader's placement loop; idle on followers.
-pub async fn run(app: Arc<App>, timing: LeaseTiming, mut shutdown: watch::Receiver<bool>) {
-    let mut leader_since: Option<Instant> = None;
-    // VIPs this leader took from a live owner: (old owner, when). Soft
-    // state: a new leader waits fence + margin before anything, which
-    // covers a release it did not see.
-    let mut released: BTreeMap<IpAddr, (String, Instant)> = BTreeMap::new();
-    // How late a dead owner's VIP may move beyond fence + margin. The round
-    // is cheap: a lock, a pass over the VIPs, no I/O unless something moves.
-    let period = round_period(timing);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = shutdown.wait_for(|d| *d) => return,
+    fn not_leading(&mut self, _app: &App) {
+        self.released.clear();
+    }
+
+    async fn round(&mut self, app: &App, since: Instant) {
+        if since.elapsed() < self.timing.silence() {
+            return;
         }
-        if app.require_leader().is_err() {
-            leader_since = None;
-            released.clear();
-            continue;
-        }
-        let since = *leader_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < timing.fence + timing.margin {
-            continue;
-        }
-        for c in changes(&app, timing, &released) {
+        for c in changes(app, self.timing, &self.released) {
             let (vip, epoch) = (c.vip, c.expected_epoch + 1);
             match &c.to {
                 Some(d) => tracing::info!(vip = %vip, director = %d, epoch, "assigning VIP"),
@@ -259,10 +176,11 @@ pub async fn run(app: Arc<App>, timing: LeaseTiming, mut shutdown: watch::Receiv
                     tracing::warn!(vip = %vip, error = %e, "VIP assignment not committed")
                 }
                 (Ok(_), Some(_)) => {
-                    released.remove(&vip);
+                    self.released.remove(&vip);
                 }
                 (Ok(_), None) => {
-                    released.insert(vip, (c.from.unwrap_or_default(), Instant::now()));
+                    self.released
+                        .insert(vip, (c.from.unwrap_or_default(), Instant::now()));
                 }
             }
         }
@@ -287,11 +205,10 @@ fn changes(
     released: &BTreeMap<IpAddr, (String, Instant)>,
 ) -> Vec<Change> {
     let candidates: BTreeMap<String, Candidate> = {
-        let seen = app
+        let fleet = app.fleet.lock();
+        fleet
             .directors
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        seen.iter()
+            .iter()
             .map(|(name, d)| {
                 let live = d.live(timing);
                 (

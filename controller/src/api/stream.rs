@@ -1,0 +1,112 @@
+//! The skeleton both agent streams share (`DirectorSync`, `RealServerSync`):
+//! the first report opens the stream; then the controller sends a message
+//! at the start and after every report or applied change, and the stream
+//! ends when the agent hangs up, reports under another node id, is cut off
+//! (revoked, or its certificate expired), or this node stops leading — so
+//! the agent follows the new leader. What differs lives in [`AgentStream`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Status, Streaming};
+
+use super::authz;
+use super::budget::WriteBudget;
+use crate::app::App;
+use crate::error::status;
+use crate::tls::Verified;
+
+/// What a server stream of `T` looks like to tonic.
+pub(super) type Outbound<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// One kind of agent stream.
+pub(super) trait AgentStream: Send + 'static {
+    type Report: Send + 'static;
+    type Desired: Send + 'static;
+    /// Who is on the other end, for logs: `director`, `realserver`.
+    const ROLE: &'static str;
+
+    fn node_id(report: &Self::Report) -> &str;
+
+    /// The next message to the agent.
+    fn desired(&mut self, app: &App) -> Self::Desired;
+
+    /// A report after the first; an error ends the stream with it. Raft
+    /// writes it causes take from `budget`.
+    fn report(
+        &mut self,
+        app: &App,
+        report: Self::Report,
+        budget: &mut WriteBudget,
+    ) -> impl Future<Output = Result<(), Status>> + Send;
+
+    /// The stream ended.
+    fn ended(&mut self, _app: &App) {}
+}
+
+/// The first report, which opens every agent stream.
+pub(super) async fn first_report<R>(inbound: &mut Streaming<R>) -> Result<R, Status> {
+    inbound.message().await?.ok_or_else(|| {
+        Status::invalid_argument("node_id: the stream ended before the first report")
+    })
+}
+
+/// Serves `agent`'s stream for `node` (already opened and authorized).
+pub(super) fn serve<S: AgentStream>(
+    app: Arc<App>,
+    caller: Option<Verified>,
+    node: String,
+    mut inbound: Streaming<S::Report>,
+    mut agent: S,
+) -> Outbound<S::Desired> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut changed = app.state.subscribe();
+        let mut metrics = app.raft.metrics();
+        let mut shutdown = app.shutdown.clone();
+        let mut budget = WriteBudget::new(Instant::now());
+        loop {
+            // Revoked, or expired since the stream began.
+            if authz::end_if_cut_off(&app, caller.as_ref(), &tx).await {
+                break;
+            }
+            if tx.send(Ok(agent.desired(&app))).await.is_err() {
+                break;
+            }
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(report)) if S::node_id(&report) == node => {
+                        if let Err(e) = agent.report(&app, report, &mut budget).await {
+                            let _ = tx.send(Err(e)).await;
+                            break;
+                        }
+                    }
+                    Ok(Some(report)) => {
+                        let msg = format!("node_id: this stream belongs to {node}, not {}", S::node_id(&report));
+                        let _ = tx.send(Err(Status::invalid_argument(msg))).await;
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                r = changed.changed() => if r.is_err() { break },
+                r = metrics.changed() => {
+                    if r.is_err() { break }
+                    if let Err(e) = app.require_leader() {
+                        let _ = tx.send(Err(status(e))).await;
+                        break;
+                    }
+                }
+                // Drop the non-Send watch::Ref before any arm awaits.
+                _ = async { let _ = shutdown.wait_for(|down| *down).await; } => break,
+            }
+        }
+        agent.ended(&app);
+        tracing::info!(role = S::ROLE, node_id = %node, "agent stream ended");
+    });
+    Box::pin(ReceiverStream::new(rx))
+}

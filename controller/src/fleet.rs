@@ -1,0 +1,210 @@
+//! The leader's in-memory view of its fleet: what each director last
+//! reported and when each realserver agent was last heard from.
+//!
+//! Soft state, behind one lock: it is rebuilt from the agents' reports after
+//! a leader change (they reconnect), and counters live here rather than in
+//! Raft, where they would flood the log.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use lb_proto::pb;
+
+use crate::state::State;
+use crate::store::SharedState;
+use crate::timing::LeaseTiming;
+
+/// What the leader last heard from a director.
+#[derive(Debug, Clone)]
+pub struct DirectorSeen {
+    pub labels: BTreeMap<String, String>,
+    pub connected: bool,
+    /// The stream the last report came on: when a director reconnects, the
+    /// end of its old stream must not mark the new one disconnected.
+    pub stream: u64,
+    pub last_seen: Instant,
+    /// Since when it has been live without a gap (for the preemption hold-down).
+    pub live_since: Instant,
+    pub applied_revision: u64,
+    pub errors: Vec<String>,
+    pub foreign_services: Vec<String>,
+    pub changes_applied: u64,
+    pub held: Vec<pb::VipLease>,
+    /// Its last IPVS counters and when they arrived (reports carry them
+    /// only when they are new).
+    pub stats: Option<(Arc<pb::IpvsStats>, Instant)>,
+    /// Its host's own addresses (for NAT realservers' route check).
+    pub addresses: Vec<String>,
+}
+
+impl DirectorSeen {
+    /// Heard from within `fence + margin`. Not `connected`: a director whose
+    /// stream just broke (its agent restarting, a controller failing over)
+    /// still holds its VIPs until its lease runs out. Only silence counts.
+    pub fn live(&self, timing: LeaseTiming) -> bool {
+        self.last_seen.elapsed() < timing.silence()
+    }
+}
+
+/// Directors and realserver agents as this node (when leading) sees them.
+#[derive(Debug, Default)]
+pub struct Members {
+    pub directors: BTreeMap<String, DirectorSeen>,
+    /// When each realserver agent last reported.
+    pub agents: BTreeMap<String, Instant>,
+}
+
+/// [`Members`] behind one lock.
+#[derive(Debug, Default)]
+pub struct Fleet(Mutex<Members>);
+
+impl Fleet {
+    /// The members; hold the guard briefly, and never across an await.
+    pub fn lock(&self) -> MutexGuard<'_, Members> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a director's report, which came on `stream`.
+    pub fn director_reported(&self, report: &pb::DirectorReport, stream: u64, timing: LeaseTiming) {
+        let mut m = self.lock();
+        let now = Instant::now();
+        let before = m.directors.get(&report.node_id);
+        let live_since = before
+            .filter(|d| d.live(timing))
+            .map_or(now, |d| d.live_since);
+        let stats = match &report.stats {
+            Some(s) => Some((Arc::new(s.clone()), now)),
+            None => before.and_then(|d| d.stats.clone()),
+        };
+        m.directors.insert(
+            report.node_id.clone(),
+            DirectorSeen {
+                labels: report.labels.clone().into_iter().collect(),
+                connected: true,
+                stream,
+                last_seen: now,
+                live_since,
+                applied_revision: report.applied_revision,
+                errors: report.errors.clone(),
+                foreign_services: report.foreign_services.clone(),
+                changes_applied: report.changes_applied,
+                held: report.held.clone(),
+                stats,
+                addresses: report.addresses.clone(),
+            },
+        );
+    }
+
+    /// A director's `stream` ended (a newer one may have replaced it).
+    pub fn director_disconnected(&self, node_id: &str, stream: u64) {
+        let mut m = self.lock();
+        if let Some(d) = m.directors.get_mut(node_id).filter(|d| d.stream == stream) {
+            d.connected = false;
+        }
+    }
+
+    /// A realserver agent reported.
+    pub fn agent_seen(&self, node_id: &str) {
+        self.lock()
+            .agents
+            .insert(node_id.to_string(), Instant::now());
+    }
+
+    /// The live directors' own addresses, sorted.
+    pub fn director_addresses(&self, timing: LeaseTiming) -> Vec<String> {
+        let m = self.lock();
+        let mut out: Vec<String> = m
+            .directors
+            .values()
+            .filter(|d| d.live(timing))
+            .flat_map(|d| d.addresses.iter().cloned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The directors, for `ListDirectors` and `GetStatus`.
+    pub fn directors_status(
+        &self,
+        shared: &SharedState,
+        timing: LeaseTiming,
+    ) -> Vec<pb::DirectorStatus> {
+        // Whoever needs both locks takes the fleet's first.
+        let directors = self.lock().directors.clone();
+        let data = shared.read();
+        let state = &data.state;
+        directors
+            .iter()
+            .map(|(node_id, d)| pb::DirectorStatus {
+                node_id: node_id.clone(),
+                labels: d.labels.clone().into_iter().collect(),
+                connected: d.connected,
+                last_seen_ms: millis_since(d.last_seen),
+                applied_revision: d.applied_revision,
+                errors: d.errors.clone(),
+                foreign_services: d.foreign_services.clone(),
+                changes_applied: d.changes_applied,
+                held: d.held.clone(),
+                owns: vip_leases(state, node_id),
+                live: d.live(timing),
+                stats: d.stats.as_ref().map(|(s, _)| (**s).clone()),
+                stats_age_ms: d.stats.as_ref().map_or(0, |(_, at)| millis_since(*at)),
+            })
+            .collect()
+    }
+
+    /// Every VIP of the configuration: owner, epoch, whether the owner
+    /// reports holding it, and its services.
+    pub fn vips_status(&self, shared: &SharedState) -> Vec<pb::VipStatus> {
+        let held: BTreeMap<String, Vec<pb::VipLease>> = self
+            .lock()
+            .directors
+            .iter()
+            .map(|(name, d)| (name.clone(), d.held.clone()))
+            .collect();
+        let data = shared.read();
+        let state = &data.state;
+        let mut out: BTreeMap<IpAddr, pb::VipStatus> = BTreeMap::new();
+        for s in state.services.values() {
+            if let Some(address) = s.vip() {
+                let entry = out.entry(address).or_insert_with(|| {
+                    let owner = state.owners.get(&address);
+                    let name = owner.map(|o| o.director.clone()).unwrap_or_default();
+                    let epoch = owner.map_or(0, |o| o.epoch);
+                    let vip = address.to_string();
+                    let is_held = held
+                        .get(&name)
+                        .is_some_and(|h| h.iter().any(|l| l.vip == vip && l.epoch == epoch));
+                    pb::VipStatus {
+                        vip,
+                        owner: name,
+                        epoch,
+                        held: is_held,
+                        services: Vec::new(),
+                    }
+                });
+                entry.services.push(s.name.clone());
+            }
+        }
+        out.into_values().collect()
+    }
+}
+
+/// The VIPs `node` owns, as the wire carries them.
+pub fn vip_leases(state: &State, node: &str) -> Vec<pb::VipLease> {
+    state
+        .owned_by(node)
+        .into_iter()
+        .map(|(vip, epoch)| pb::VipLease {
+            vip: vip.to_string(),
+            epoch,
+        })
+        .collect()
+}
+
+fn millis_since(at: Instant) -> u64 {
+    u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,80 @@
+//! VIP ownership: which director answers for each VIP, fenced by epoch.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use lb_proto::model::Service;
+use serde::{Deserialize, Serialize};
+
+use super::{Applied, CommandResult, Rejected, State};
+
+/// The director that answers for a VIP, and the epoch it got it in. Epochs
+/// only grow; a director presents its epoch so stale owners can be told apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipOwner {
+    pub director: String,
+    pub epoch: u64,
+}
+
+/// What the services on one VIP ask of its owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub selectors: Vec<BTreeMap<String, String>>,
+    pub preferred: Vec<String>,
+}
+
+/// The VIP addresses of the configuration and what each needs.
+pub fn vips<'a>(services: impl IntoIterator<Item = &'a Service>) -> BTreeMap<IpAddr, Needs> {
+    let mut out: BTreeMap<IpAddr, Needs> = BTreeMap::new();
+    for s in services {
+        if let Some(address) = s.vip() {
+            let needs = out.entry(address).or_default();
+            needs.selectors.push(s.directors.selector.clone());
+            for p in &s.directors.preferred {
+                if !needs.preferred.contains(p) {
+                    needs.preferred.push(p.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+impl State {
+    /// Gives `vip` to `director` if its epoch is still `expected_epoch`.
+    /// Not a configuration change: no revision, no event.
+    pub(super) fn assign_vip(
+        &mut self,
+        vip: IpAddr,
+        director: String,
+        expected_epoch: u64,
+    ) -> CommandResult {
+        let actual = self.owners.get(&vip).map_or(0, |o| o.epoch);
+        if actual != expected_epoch {
+            return Err(Rejected::StaleEpoch {
+                vip,
+                expected: expected_epoch,
+                actual,
+            });
+        }
+        self.owners.insert(
+            vip,
+            VipOwner {
+                director,
+                epoch: actual + 1,
+            },
+        );
+        Ok(Applied::none())
+    }
+
+    /// The VIPs `node` owns among those the configuration still has, with
+    /// their epochs.
+    pub fn owned_by(&self, node: &str) -> Vec<(IpAddr, u64)> {
+        let vips = vips(self.services.values());
+        self.owners
+            .iter()
+            .filter(|(vip, o)| o.director == node && vips.contains_key(vip))
+            .map(|(vip, o)| (*vip, o.epoch))
+            .collect()
+    }
+}

@@ -1,0 +1,238 @@
+//! The rules of the services themselves: unique names and virtual
+//! addresses, no traffic claimed twice, realservers found by address and
+//! port, batches applied whole or not at all.
+
+use std::net::IpAddr;
+
+use lb_proto::convert::{check_realserver, patch_realserver};
+use lb_proto::model::{RealServer, RealServerPatch, Service, VirtualAddress};
+use lb_proto::FieldError;
+
+use super::{Applied, Command, CommandResult, EventKind, Rejected, State};
+
+impl State {
+    /// `lbctl import`: several services at once.
+    pub(super) fn apply_services(
+        &mut self,
+        services: Vec<Service>,
+        replace: bool,
+    ) -> CommandResult {
+        // All or nothing: apply to a copy, keep it only if every service fits.
+        let mut next = self.clone();
+        let mut revision = 0;
+        for (i, service) in services.into_iter().enumerate() {
+            let name = service.name.clone();
+            let cmd = if replace && next.services.contains_key(&name) {
+                Command::UpdateService {
+                    service,
+                    expected_mod_revision: 0,
+                }
+            } else {
+                Command::CreateService { service }
+            };
+            revision = next.apply(cmd).map_err(|r| r.in_batch(i, &name))?.revision;
+        }
+        *self = next;
+        Ok(Applied {
+            revision,
+            service: None,
+        })
+    }
+
+    pub(super) fn create_service(&mut self, service: Service) -> CommandResult {
+        self.check_unique(&service, None)?;
+        Ok(self.commit(EventKind::ServiceCreated, service, None))
+    }
+
+    pub(super) fn update_service(
+        &mut self,
+        service: Service,
+        expected_mod_revision: u64,
+    ) -> CommandResult {
+        let current = self.service(&service.name)?;
+        if expected_mod_revision != 0 && expected_mod_revision != current.mod_revision {
+            return Err(Rejected::Conflict {
+                name: service.name,
+                expected: expected_mod_revision,
+                actual: current.mod_revision,
+            });
+        }
+        let create_revision = current.create_revision;
+        self.check_unique(&service, Some(&service.name))?;
+        let service = Service {
+            create_revision,
+            ..service
+        };
+        Ok(self.commit(EventKind::ServiceUpdated, service, None))
+    }
+
+    pub(super) fn delete_service(&mut self, name: String) -> CommandResult {
+        let service = self.service(&name)?.clone();
+        let revision = self.next_event(EventKind::ServiceDeleted, &service, None);
+        self.services.remove(&name);
+        Ok(Applied {
+            revision,
+            service: Some(service),
+        })
+    }
+
+    pub(super) fn add_realserver(
+        &mut self,
+        service: String,
+        realserver: RealServer,
+    ) -> CommandResult {
+        let mut next = self.service(&service)?.clone();
+        let rs = check_realserver(&next, realserver, "realserver").map_err(Rejected::Invalid)?;
+        next.realservers.push(rs.clone());
+        Ok(self.commit(EventKind::RealServerAdded, next, Some(rs)))
+    }
+
+    pub(super) fn update_realserver(
+        &mut self,
+        service: String,
+        address: IpAddr,
+        port: u16,
+        patch: RealServerPatch,
+    ) -> CommandResult {
+        let mut next = self.service(&service)?.clone();
+        let idx = realserver_index(&next, address, port)?;
+        let rs = patch_realserver(&next.realservers[idx], &patch).map_err(Rejected::Invalid)?;
+        next.realservers[idx] = rs.clone();
+        Ok(self.commit(EventKind::RealServerUpdated, next, Some(rs)))
+    }
+
+    pub(super) fn remove_realserver(
+        &mut self,
+        service: String,
+        address: IpAddr,
+        port: u16,
+    ) -> CommandResult {
+        let mut next = self.service(&service)?.clone();
+        let idx = realserver_index(&next, address, port)?;
+        let rs = next.realservers.remove(idx);
+        Ok(self.commit(EventKind::RealServerRemoved, next, Some(rs)))
+    }
+
+    /// Stores a changed service under the next revision, with its event.
+    fn commit(
+        &mut self,
+        kind: EventKind,
+        mut service: Service,
+        realserver: Option<RealServer>,
+    ) -> Applied {
+        let revision = self.revision + 1;
+        if kind == EventKind::ServiceCreated {
+            service.create_revision = revision;
+        }
+        service.mod_revision = revision;
+        self.next_event(kind, &service, realserver);
+        self.services.insert(service.name.clone(), service.clone());
+        Applied {
+            revision,
+            service: Some(service),
+        }
+    }
+
+    fn service(&self, name: &str) -> Result<&Service, Rejected> {
+        self.services.get(name).ok_or_else(|| Rejected::NotFound {
+            what: format!("service {name}"),
+        })
+    }
+
+    /// A name and a virtual address belong to one service only.
+    fn check_unique(&self, service: &Service, replacing: Option<&str>) -> Result<(), Rejected> {
+        if replacing.is_none() && self.services.contains_key(&service.name) {
+            return Err(Rejected::AlreadyExists {
+                what: format!("service {}", service.name),
+            });
+        }
+        match self
+            .services
+            .values()
+            .find(|s| s.address == service.address && Some(s.name.as_str()) != replacing)
+        {
+            Some(other) => Err(Rejected::AlreadyExists {
+                what: format!(
+                    "virtual address {} (service {})",
+                    service.address, other.name
+                ),
+            }),
+            None => Ok(()),
+        }?;
+        let others = self
+            .services
+            .values()
+            .filter(|s| s.name != service.name && Some(s.name.as_str()) != replacing);
+        for other in others {
+            if let Some(e) = mark_clash(service, other) {
+                return Err(Rejected::Invalid(e));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Traffic two services would both claim. IPVS looks a packet's mark up
+/// before its address, so a fwmark service silently shadows an endpoint
+/// service on marked traffic; two overlapping marks make the rule order decide.
+fn mark_clash(service: &Service, other: &Service) -> Option<FieldError> {
+    match (&service.mark_match, &other.mark_match, other.address) {
+        (Some(mine), Some(theirs), _) if mine.overlaps(theirs) => Some(FieldError::new(
+            "service.fwmark.address",
+            format!(
+                "marks {mine}, which overlaps {theirs} marked for service {}",
+                other.name
+            ),
+        )),
+        (
+            Some(mine),
+            _,
+            VirtualAddress::Endpoint {
+                address,
+                port,
+                protocol,
+            },
+        ) if service.catches(address, protocol, port) => Some(FieldError::new(
+            "service.fwmark.address",
+            format!(
+                "marks {mine}, which includes {}, the VIP of service {}",
+                other.address, other.name
+            ),
+        )),
+        (None, Some(theirs), _) => match service.address {
+            VirtualAddress::Endpoint {
+                address,
+                port,
+                protocol,
+            } if other.catches(address, protocol, port) => Some(FieldError::new(
+                "service.endpoint",
+                format!(
+                    "{} is marked ({theirs}) for fwmark service {}",
+                    service.address, other.name
+                ),
+            )),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Finds a realserver; port 0 in a request means the service's default port.
+fn realserver_index(service: &Service, address: IpAddr, port: u16) -> Result<usize, Rejected> {
+    let port = if port == 0 {
+        service.default_realserver_port()
+    } else {
+        port
+    };
+    service
+        .realservers
+        .iter()
+        .position(|rs| rs.address == address && rs.port == port)
+        .ok_or_else(|| Rejected::NotFound {
+            what: format!(
+                "realserver {} in service {}",
+                std::net::SocketAddr::new(address, port),
+                service.name
+            ),
+        })
+}

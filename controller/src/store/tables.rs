@@ -1,0 +1,102 @@
+//! Where each command's changes are kept beyond the services and events
+//! tables: the state-machine meta blobs it rewrites.
+
+use crate::state::{Command, State};
+
+pub(super) const OWNERS: &str = "owners";
+/// Join tokens, revocations and the CA ([`crate::state::Security`]).
+pub(super) const SECURITY: &str = "security";
+/// Registered realserver agents (with operators' drains) and the directors'
+/// health verdicts: a restarted controller must not forget its backends
+/// until every agent has reported again.
+pub(super) const AGENTS: &str = "agents";
+pub(super) const DIRECTOR_DOWN: &str = "director_down";
+
+/// The parts of the state kept in `SM_META` beside the tables, each as one
+/// JSON value: written when a command changes them, all of them when a
+/// snapshot is installed, read back at start.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Side {
+    owners: bool,
+    security: bool,
+    backends: bool,
+}
+
+impl Side {
+    pub(super) const ALL: Side = Side {
+        owners: true,
+        security: true,
+        backends: true,
+    };
+
+    /// What `cmd` may change.
+    ///
+    /// Exhaustive on purpose, with no wildcard: a new command does not
+    /// compile until it is decided here where its changes are stored.
+    pub(super) fn of(cmd: &Command) -> Side {
+        const NONE: Side = Side {
+            owners: false,
+            security: false,
+            backends: false,
+        };
+        match cmd {
+            // Services and events: written from the events every applied
+            // command makes (see `apply_entries`), nothing more.
+            Command::CreateService { .. }
+            | Command::UpdateService { .. }
+            | Command::DeleteService { .. }
+            | Command::ApplyServices { .. }
+            | Command::AddRealServer { .. }
+            | Command::UpdateRealServer { .. }
+            | Command::RemoveRealServer { .. } => NONE,
+            Command::AssignVip { .. } => Side {
+                owners: true,
+                ..NONE
+            },
+            Command::RevokeNode { .. }
+            | Command::CreateJoinToken { .. }
+            | Command::DeleteJoinToken { .. }
+            | Command::RedeemJoinToken { .. }
+            | Command::SetCa { .. } => Side {
+                security: true,
+                ..NONE
+            },
+            // Agents and verdicts change the backends: their events are
+            // stored with the services, the agents and verdicts here.
+            Command::RegisterRealServer { .. }
+            | Command::SetAgentDrain { .. }
+            | Command::SetAgentLost { .. }
+            | Command::SetDirectorChecks { .. } => Side {
+                backends: true,
+                ..NONE
+            },
+        }
+    }
+
+    pub(super) fn or(self, other: Side) -> Side {
+        Side {
+            owners: self.owners || other.owners,
+            security: self.security || other.security,
+            backends: self.backends || other.backends,
+        }
+    }
+
+    /// The keys and values it names.
+    pub(super) fn blobs(
+        self,
+        state: &State,
+    ) -> Result<Vec<(&'static str, Vec<u8>)>, serde_json::Error> {
+        let mut out = Vec::new();
+        if self.owners {
+            out.push((OWNERS, serde_json::to_vec(&state.owners)?));
+        }
+        if self.security {
+            out.push((SECURITY, serde_json::to_vec(&state.security)?));
+        }
+        if self.backends {
+            out.push((AGENTS, serde_json::to_vec(&state.agents)?));
+            out.push((DIRECTOR_DOWN, serde_json::to_vec(&state.director_down)?));
+        }
+        Ok(out)
+    }
+}

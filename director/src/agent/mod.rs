@@ -1,0 +1,221 @@
+//! The director agent: one reconcile loop fed by the controller.
+//!
+//! Four tasks share state through channels:
+//! - the **session** ([`session`]) keeps a `DirectorSync` stream with the
+//!   controller leader (`lb_proto::client::follow_leader`: following
+//!   redirects, reconnecting with backoff), sends a report every heartbeat
+//!   and publishes each desired configuration it receives — a service this
+//!   director refuses is reported, not applied;
+//! - the **reconciler** ([`reconciler`]) compares the desired table with the kernel's on every
+//!   new configuration and every `resync` period (so hand edits are
+//!   repaired), applies the difference, keeps the fwmark services' nftables
+//!   mark rules (see [`crate::marks`]), and records what it did for the next
+//!   report;
+//! - the **VIP loop** ([`vips`]) keeps the interface's VIP addresses equal to what the
+//!   lease allows (adding one only once its services are programmed),
+//!   announces each VIP it takes (gratuitous ARP / unsolicited NA), and runs
+//!   the IPVS sync daemons: backup always, master while it holds a VIP;
+//! - the **checker** runs the health checks of the backends no realserver
+//!   agent checks (`lb_hostnet::checks`), owners and standbys alike, and the
+//!   reports carry the failing ones; the VIP owner's verdicts count.
+//!
+//! Losing the controller changes nothing in the kernel: the table stays as
+//! last reconciled until a new configuration arrives. Nothing is flushed, at
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use lb_hostnet::checks::{self, Target};
+use lb_hostnet::Rtnl;
+use lb_proto::client::{follow_leader, Controllers, Follower};
+use lb_proto::model::Service;
+use lb_proto::pb;
+use tokio::sync::{watch, Notify};
+
+use crate::ipvs::{Ipvs, IpvsError};
+use crate::lease_file::LeaseFile;
+use crate::vip::{AnnounceConfig, Lease};
+
+mod reconciler;
+mod session;
+mod vips;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Controller addresses; any of them (the leader is found by redirect).
+    pub controllers: Controllers,
+    /// TLS to the controllers (the CA, and this agent's certificate, which
+    /// renewal replaces); plaintext when it has none.
+    pub tls: lb_proto::pki::enroll::AgentTls,
+    pub node_id: String,
+    pub labels: BTreeMap<String, String>,
+    /// Interface the VIP addresses go on while this director owns them.
+    pub interface: String,
+    pub heartbeat: Duration,
+    /// How often the kernel is compared with the desired state even without a change.
+    pub resync: Duration,
+    pub announce: AnnounceConfig,
+    /// Connection sync over this interface; `None` leaves the daemons alone.
+    pub sync: Option<SyncConfig>,
+    /// Where the lease file goes (see [`crate::lease_file`]).
+    pub state_dir: PathBuf,
+}
+
+/// The IPVS sync daemons' settings (the same on every director of a pool).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    pub interface: String,
+    pub sync_id: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("IPVS: {0}")]
+    Ipvs(#[from] IpvsError),
+    #[error("--interface: {0}")]
+    Interface(#[from] lb_hostnet::NetError),
+}
+
+/// What the next report tells the controller.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    applied_revision: u64,
+    errors: Vec<String>,
+    foreign_services: Vec<String>,
+    changes_applied: u64,
+    /// The last reconcile round's counters, and that round's number (a
+    /// report carries them only when newer than what it last sent).
+    stats: Option<Arc<pb::IpvsStats>>,
+    stats_round: u64,
+    /// Backends failing the health check this director runs: (service, backend).
+    unhealthy: BTreeSet<(String, SocketAddr)>,
+    /// This host's own addresses, for NAT realservers' route check.
+    addresses: Vec<String>,
+}
+
+/// The latest desired configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Desired {
+    revision: u64,
+    services: Vec<Service>,
+    /// The services of that revision this director refuses, with the
+    /// reason; each keeps what it had before (see [`session::accept`]).
+    refused: Vec<String>,
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    // Fail early, and load ip_vs, if the kernel has no IPVS.
+    let ipvs = tokio::task::spawn_blocking(Ipvs::open)
+        .await
+        .map_err(|e| IpvsError::Socket(e.to_string()))??;
+    let iface = config.interface.clone();
+    let (rtnl, link) = tokio::task::spawn_blocking(move || {
+        let rtnl = Rtnl::open()?;
+        let link = rtnl.link(&iface)?;
+        Ok::<_, lb_hostnet::NetError>((rtnl, link))
+    })
+    .await
+    .map_err(|e| lb_hostnet::NetError::Socket(e.to_string()))??;
+    let host = vips::Host {
+        rtnl,
+        link,
+        ipvs: tokio::task::spawn_blocking(Ipvs::open)
+            .await
+            .map_err(|e| IpvsError::Socket(e.to_string()))??,
+        announce: config.announce,
+        sync: config.sync.clone(),
+    };
+    let lease_file = LeaseFile::new(&config.state_dir, &config.node_id);
+    let inherited = match lease_file.load() {
+        Ok(Some(l)) => {
+            let now = std::time::Instant::now();
+            let left = l.until.map(|u| u.saturating_duration_since(now));
+            tracing::info!(
+                vips = ?l.vips.keys().collect::<Vec<_>>(),
+                left_ms = left.map(|d| d.as_millis()),
+                "continuing the previous process's lease"
+            );
+            l
+        }
+        Ok(None) => Lease::default(),
+        Err(e) => {
+            // Without it the agent behaves as on first start: VIPs of the
+            // configuration it does not hold are removed once it knows them.
+            tracing::warn!(error = %e, "ignoring the lease file");
+            Lease::default()
+        }
+    };
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let lease = Arc::new(Mutex::new(inherited.clone()));
+    // Wakes the VIP loop at once when a grant arrives, instead of at its
+    // next tick: a takeover is that much sooner.
+    let lease_changed = Arc::new(Notify::new());
+    let (desired_tx, desired_rx) = watch::channel::<Option<Desired>>(None);
+    // The backends this director checks (those without a realserver agent).
+    let (checks_tx, checks_rx) = watch::channel(Vec::new());
+    let failing = progress.clone();
+    let on_change: checks::OnChange = Arc::new(move |t: &Target, passing: bool| {
+        let mut p = failing.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (t.service.clone(), t.backend);
+        if passing {
+            p.unhealthy.remove(&key);
+        } else {
+            p.unhealthy.insert(key);
+        }
+    });
+    let (programmed_tx, programmed_rx) = watch::channel(BTreeSet::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let checker = tokio::spawn(checks::run(checks_rx, on_change, stop_rx.clone()));
+
+    let reconciler = tokio::spawn(reconciler::run(
+        ipvs,
+        config.resync,
+        desired_rx.clone(),
+        programmed_tx,
+        progress.clone(),
+        stop_rx.clone(),
+    ));
+    let vips = tokio::spawn(vips::run(
+        host,
+        inherited.vips.keys().copied().collect(),
+        desired_rx,
+        programmed_rx,
+        (lease.clone(), lease_changed.clone()),
+        stop_rx.clone(),
+    ));
+    let follower = Follower::new(
+        &config.controllers,
+        // Retry fast: the lease is running out while no controller answers.
+        Duration::from_millis(50),
+        Duration::from_millis(250),
+    );
+    let mut session = session::Director::new(
+        config,
+        (desired_tx, checks_tx),
+        progress,
+        (lease, lease_changed),
+        lease_file.clone(),
+    );
+    let session = tokio::spawn(async move { follow_leader(follower, &mut session, stop_rx).await });
+    shutdown.await;
+    tracing::info!("shutting down: releasing VIPs; the IPVS table stays as it is");
+    let _ = stop_tx.send(true);
+    let _ = reconciler.await;
+    let _ = checker.await;
+    let _ = session.await;
+    if let Ok(true) = vips.await {
+        // Released: nothing is left for a next process to continue.
+        if let Err(e) = lease_file.remove() {
+            tracing::warn!(error = %e, "removing the lease file");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! PEM files for a TLS client or server.
+
+use std::path::Path;
+
+use super::{read, PkiError, SERVER_NAME};
+
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub ca_pem: String,
+    pub cert_pem: Option<String>,
+    pub key_pem: Option<String>,
+}
+
+impl Credentials {
+    /// `ca`, and `cert` + `key` when given.
+    pub fn from_files(
+        ca: &Path,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Credentials, PkiError> {
+        if cert.is_some() != key.is_some() {
+            return Err(PkiError::Invalid(
+                "give both a certificate and its key, or neither".into(),
+            ));
+        }
+        Ok(Credentials {
+            ca_pem: read(ca)?,
+            cert_pem: cert.map(read).transpose()?,
+            key_pem: key.map(read).transpose()?,
+        })
+    }
+
+    /// `dir/ca.pem`, `dir/<name>.pem`, `dir/<name>.key`.
+    pub fn from_dir(dir: &Path, name: &str) -> Result<Credentials, PkiError> {
+        Self::from_files(
+            &dir.join("ca.pem"),
+            Some(&dir.join(format!("{name}.pem"))),
+            Some(&dir.join(format!("{name}.key"))),
+        )
+    }
+
+    /// tonic's client settings: trust only the fabric's CA, verify the
+    /// controllers' common name, present our certificate.
+    pub fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        let mut c = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .domain_name(SERVER_NAME);
+        if let (Some(cert), Some(key)) = (&self.cert_pem, &self.key_pem) {
+            c = c.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        c
+    }
+}
