@@ -70,7 +70,7 @@ pub(super) fn serve<S: AgentStream>(
         let mut metrics = app.raft.metrics();
         let mut shutdown = app.shutdown.clone();
         let mut budget = WriteBudget::new(Instant::now());
-        loop {
+        'stream: loop {
             // Revoked, or expired since the stream began.
             if authz::end_if_cut_off(&app, caller.as_ref(), &tx).await {
                 break;
@@ -78,31 +78,40 @@ pub(super) fn serve<S: AgentStream>(
             if tx.send(Ok(agent.desired(&app))).await.is_err() {
                 break;
             }
-            tokio::select! {
-                msg = inbound.message() => match msg {
-                    Ok(Some(report)) if S::node_id(&report) == node => {
-                        if let Err(e) = agent.report(&app, report, &mut budget).await {
-                            let _ = tx.send(Err(e)).await;
-                            break;
+            // Until there is something to answer: a report, or a change.
+            loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(report)) if S::node_id(&report) == node => {
+                            if let Err(e) = agent.report(&app, report, &mut budget).await {
+                                let _ = tx.send(Err(e)).await;
+                                break 'stream;
+                            }
+                            continue 'stream;
+                        }
+                        Ok(Some(report)) => {
+                            let msg = format!("node_id: this stream belongs to {node}, not {}", S::node_id(&report));
+                            let _ = tx.send(Err(Status::invalid_argument(msg))).await;
+                            break 'stream;
+                        }
+                        Ok(None) | Err(_) => break 'stream,
+                    },
+                    r = changed.changed() => {
+                        if r.is_err() { break 'stream }
+                        continue 'stream;
+                    }
+                    // Raft's metrics change often; only a lost leadership
+                    // is news to the agent.
+                    r = metrics.changed() => {
+                        if r.is_err() { break 'stream }
+                        if let Err(e) = app.require_leader() {
+                            let _ = tx.send(Err(status(e))).await;
+                            break 'stream;
                         }
                     }
-                    Ok(Some(report)) => {
-                        let msg = format!("node_id: this stream belongs to {node}, not {}", S::node_id(&report));
-                        let _ = tx.send(Err(Status::invalid_argument(msg))).await;
-                        break;
-                    }
-                    Ok(None) | Err(_) => break,
-                },
-                r = changed.changed() => if r.is_err() { break },
-                r = metrics.changed() => {
-                    if r.is_err() { break }
-                    if let Err(e) = app.require_leader() {
-                        let _ = tx.send(Err(status(e))).await;
-                        break;
-                    }
+                    // Drop the non-Send watch::Ref before any arm awaits.
+                    _ = async { let _ = shutdown.wait_for(|down| *down).await; } => break 'stream,
                 }
-                // Drop the non-Send watch::Ref before any arm awaits.
-                _ = async { let _ = shutdown.wait_for(|down| *down).await; } => break,
             }
         }
         agent.ended(&app);

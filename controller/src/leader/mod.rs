@@ -3,7 +3,7 @@
 //! that a quorum still follows this leader (no proof, no lease grants),
 //! [`lost_agents`] drains the backends of realserver agents gone silent.
 //!
-//! The runner ticks each task at its own period; on a follower it tells the
+//! The runner runs each task's round a period after the last one ended; on a follower it tells the
 //! task it is not leading (so it drops its soft state), and on the leader it
 //! hands the task the instant this leadership began, since a new leader
 //! knows nobody's liveness yet and must wait before it judges.
@@ -34,11 +34,12 @@ pub trait Task: Send + 'static {
 /// Runs `task` until `shutdown` turns true.
 pub async fn run(app: Arc<App>, mut task: impl Task, mut shutdown: watch::Receiver<bool>) {
     let mut since: Option<Instant> = None;
-    let mut ticks = tokio::time::interval(task.period());
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A full period between rounds, however long a round took: under a
+    // slow CPU, back-to-back quorum rounds would starve everything else.
+    let period = task.period();
     loop {
         tokio::select! {
-            _ = ticks.tick() => {}
+            _ = tokio::time::sleep(period) => {}
             _ = shutdown.wait_for(|d| *d) => return,
         }
         if app.require_leader().is_err() {
