@@ -434,6 +434,15 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
                 .filter(|d| d.live)
                 .map(|d| d.node_id.clone())
                 .collect(),
+            director_errors: directors
+                .iter()
+                .flat_map(|d| {
+                    d.errors.iter().map(|e| pb::DirectorError {
+                        director: d.node_id.clone(),
+                        error: e.clone(),
+                    })
+                })
+                .collect(),
         }))
     }
 

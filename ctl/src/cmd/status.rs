@@ -151,5 +151,8 @@ pub(crate) async fn status(
         "revision {}, {} of {} directors live",
         resp.revision, resp.directors_live, resp.directors
     );
+    for e in &resp.director_errors {
+        println!("director {}: {}", e.director, e.error);
+    }
     Ok(())
 }

@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{ipvsadm, ipvsadm_save, sorted, Proc};
-use lb_testkit::{bin, lbctl_ok, wait_for, ControllerProc};
+use lb_proto::pb;
+use lb_testkit::{bin, lbctl_ok, wait_for, words, ControllerProc};
 
 /// The lbfabric VIPs (10.10.1.x) on lo, as `ADDR/PREFIX`.
 fn vips_on_lo() -> Vec<String> {
@@ -100,67 +101,20 @@ async fn director_programs_repairs_and_survives_restart() -> anyhow::Result<()> 
     let a = node.addr.clone();
     lbctl_ok(
         &a,
-        &[
-            "service",
-            "create",
-            "web",
-            "--vip",
-            "10.10.1.30:80/tcp",
-            "--scheduler",
-            "wlc",
-            "--mode",
-            "nat",
-            "--persistence",
-            "30",
-        ],
+        &words("service create web --vip 10.10.1.30:80/tcp --scheduler wlc --mode nat --persistence 30"),
     )?;
     lbctl_ok(
         &a,
-        &[
-            "realserver",
-            "add",
-            "web",
-            "192.168.10.11:8080",
-            "--weight",
-            "2",
-        ],
+        &words("realserver add web 192.168.10.11:8080 --weight 2"),
     )?;
     lbctl_ok(&a, &["realserver", "add", "web", "192.168.10.12:8080"])?;
     lbctl_ok(
         &a,
-        &[
-            "service",
-            "create",
-            "dns",
-            "--vip",
-            "10.10.1.53:53/udp",
-            "--scheduler",
-            "rr",
-            "--mode",
-            "dr",
-            "--realserver",
-            "10.0.0.11",
-            "--realserver",
-            "10.0.0.12",
-        ],
+        &words("service create dns --vip 10.10.1.53:53/udp --scheduler rr --mode dr --realserver 10.0.0.11 --realserver 10.0.0.12"),
     )?;
     lbctl_ok(
         &a,
-        &[
-            "service",
-            "create",
-            "shop",
-            "--fwmark",
-            "80",
-            "--scheduler",
-            "sh",
-            "--scheduler-flag",
-            "sh-port",
-            "--mode",
-            "tun",
-            "--realserver",
-            "10.0.0.21",
-        ],
+        &words("service create shop --fwmark 80 --scheduler sh --scheduler-flag sh-port --mode tun --realserver 10.0.0.21"),
     )?;
 
     let log = dir.path().join("director.log");
@@ -188,14 +142,7 @@ async fn director_programs_repairs_and_survives_restart() -> anyhow::Result<()> 
     // Edits reach the kernel and touch only what they name.
     lbctl_ok(
         &a,
-        &[
-            "realserver",
-            "update",
-            "web",
-            "192.168.10.11:8080",
-            "--weight",
-            "5",
-        ],
+        &words("realserver update web 192.168.10.11:8080 --weight 5"),
     )?;
     lbctl_ok(&a, &["service", "update", "dns", "--scheduler", "wrr"])?;
     lbctl_ok(&a, &["realserver", "remove", "dns", "10.0.0.12"])?;
@@ -321,6 +268,174 @@ async fn director_programs_repairs_and_survives_restart() -> anyhow::Result<()> 
         "the table changed when the agent restarted alone"
     );
     drop(director);
+    ipvsadm("-C");
+    Ok(())
+}
+
+/// A `DirectorSync` hop between the director and the controller that, once
+/// armed, gives service `web` a scheduler this director does not know: a
+/// controller whose rules differ from the director's (a newer release, say).
+#[derive(Clone)]
+struct Skew {
+    upstream: String,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[tonic::async_trait]
+impl pb::director_sync_server::DirectorSync for Skew {
+    type SyncStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::DirectorDesired, tonic::Status>> + Send>,
+    >;
+
+    async fn sync(
+        &self,
+        req: tonic::Request<tonic::Streaming<pb::DirectorReport>>,
+    ) -> Result<tonic::Response<Self::SyncStream>, tonic::Status> {
+        use tokio_stream::StreamExt;
+        let reports = req.into_inner().filter_map(Result::ok);
+        let mut upstream = pb::director_sync_client::DirectorSyncClient::connect(format!(
+            "http://{}",
+            self.upstream
+        ))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let desired = upstream.sync(reports).await?.into_inner();
+        let armed = self.armed.clone();
+        let skewed = desired.map(move |msg| {
+            msg.map(|mut d| {
+                if armed.load(std::sync::atomic::Ordering::SeqCst) {
+                    for s in d.config.iter_mut().flat_map(|c| c.services.iter_mut()) {
+                        if s.name == "web" {
+                            s.scheduler = "nonesuch".into();
+                        }
+                    }
+                }
+                d
+            })
+        });
+        Ok(tonic::Response::new(Box::pin(skewed)))
+    }
+}
+
+/// A service the director cannot take is not applied and not silent: the
+/// director reports why (`lbctl director list -o json`, `lbctl status`),
+/// keeps that service as it was, and applies the rest of the change.
+#[tokio::test]
+async fn a_refused_service_is_reported_and_the_rest_applies() -> anyhow::Result<()> {
+    if !super::in_vm() {
+        return Ok(());
+    }
+    ipvsadm("-C");
+    let dir = tempfile::tempdir()?;
+    let node = ControllerProc::start(1, dir.path(), true, &[])?;
+    node.wait_leader().await?;
+    let a = node.addr.clone();
+    lbctl_ok(
+        &a,
+        &words("service create web --vip 10.10.1.30:80/tcp --scheduler rr --mode nat"),
+    )?;
+    lbctl_ok(&a, &words("realserver add web 192.168.10.11:8080"))?;
+    lbctl_ok(
+        &a,
+        &words("service create dns --vip 10.10.1.53:53/udp --scheduler rr --mode dr"),
+    )?;
+    lbctl_ok(&a, &words("realserver add dns 10.0.0.11"))?;
+
+    let skew = Skew {
+        upstream: a.clone(),
+        armed: Default::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hop = listener.local_addr()?.to_string();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::director_sync_server::DirectorSyncServer::new(
+                skew.clone(),
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let _director = start_director(&hop, &dir.path().join("director.log"));
+    let before = [
+        "-A -t 10.10.1.30:80 -s rr",
+        "-a -t 10.10.1.30:80 -r 192.168.10.11:8080 -m -w 1",
+        "-A -u 10.10.1.53:53 -s rr",
+        "-a -u 10.10.1.53:53 -r 10.0.0.11:53 -g -w 1",
+    ];
+    kernel_shows(&before, Duration::from_secs(20), "both services").await;
+
+    // From now on every configuration names a scheduler the director
+    // refuses for web; a change to both services is sent.
+    skew.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    lbctl_ok(&a, &words("realserver add web 192.168.10.12:8080"))?;
+    lbctl_ok(&a, &words("realserver add dns 10.0.0.12"))?;
+    let after = [
+        "-A -t 10.10.1.30:80 -s rr",
+        "-a -t 10.10.1.30:80 -r 192.168.10.11:8080 -m -w 1",
+        "-A -u 10.10.1.53:53 -s rr",
+        "-a -u 10.10.1.53:53 -r 10.0.0.11:53 -g -w 1",
+        "-a -u 10.10.1.53:53 -r 10.0.0.12:53 -g -w 1",
+    ];
+    kernel_shows(
+        &after,
+        Duration::from_secs(20),
+        "dns changed, web as it was",
+    )
+    .await;
+    let errors = wait_for(
+        Duration::from_secs(10),
+        "the refusal in lbctl director list -o json",
+        || async {
+            let out = lbctl_ok(&a, &words("director list -o json")).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+            let d = &v["directors"][0];
+            let errors: Vec<String> = d["errors"]
+                .as_array()?
+                .iter()
+                .filter_map(|e| e.as_str().map(String::from))
+                .collect();
+            (d["nodeId"] == "dir-a" && !errors.is_empty()).then_some((errors, v))
+        },
+    )
+    .await?;
+    println!("{:#}", errors.1);
+    assert_eq!(
+        errors.0,
+        [
+            "service web refused: service.scheduler: unknown value \"nonesuch\"; \
+             expected one of rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, mh, fo, ovf, twos"
+        ],
+        "the director's errors"
+    );
+    // Not applied: the revision the director reports stays behind.
+    let d = &errors.1["directors"][0];
+    let applied: u64 = d["appliedRevision"].as_str().unwrap_or("0").parse()?;
+    let revision: u64 = errors.1["revision"].as_str().unwrap_or("0").parse()?;
+    assert!(applied < revision, "applied {applied} of {revision}: {d}");
+    let status = lbctl_ok(&a, &["status"])?;
+    println!("{status}");
+    assert!(
+        status.contains("director dir-a: service web refused: service.scheduler"),
+        "lbctl status shows the refusal:\n{status}"
+    );
+    // The same controller's rules again: the director catches up.
+    skew.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+    lbctl_ok(&a, &words("realserver update dns 10.0.0.12 --weight 3"))?;
+    let caught_up = [
+        "-A -t 10.10.1.30:80 -s rr",
+        "-a -t 10.10.1.30:80 -r 192.168.10.11:8080 -m -w 1",
+        "-a -t 10.10.1.30:80 -r 192.168.10.12:8080 -m -w 1",
+        "-A -u 10.10.1.53:53 -s rr",
+        "-a -u 10.10.1.53:53 -r 10.0.0.11:53 -g -w 1",
+        "-a -u 10.10.1.53:53 -r 10.0.0.12:53 -g -w 3",
+    ];
+    kernel_shows(&caught_up, Duration::from_secs(20), "everything applied").await;
+    wait_for(Duration::from_secs(10), "no errors reported", || async {
+        let out = lbctl_ok(&a, &words("director list -o json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let errors = v["directors"][0]["errors"].as_array().map_or(0, Vec::len);
+        (errors == 0).then_some(())
+    })
+    .await?;
     ipvsadm("-C");
     Ok(())
 }
