@@ -172,10 +172,14 @@ fn mutate(rng: &mut Rng, seeds: &[String]) -> String {
 }
 
 /// One input through every parser: refusals name a line in the file, and
-/// whatever is accepted validates and exports without trouble.
-fn exercise(text: &str) {
+/// whatever is accepted validates and exports without trouble. Counts, per
+/// format, the inputs read and those that went on to be exported.
+fn exercise(text: &str, reached: &mut [(u64, u64); 3]) {
     let lines = text.split('\n').count();
-    for format in [Format::Keepalived, Format::Piranha, Format::Ipvsadm] {
+    for (k, format) in [Format::Keepalived, Format::Piranha, Format::Ipvsadm]
+        .into_iter()
+        .enumerate()
+    {
         match import::parse(format, "fuzz", text) {
             Err(e) => assert!(
                 (1..=lines).contains(&e.line),
@@ -183,10 +187,12 @@ fn exercise(text: &str) {
                 e.line
             ),
             Ok(imported) => {
+                reached[k].0 += 1;
                 for n in &imported.notes {
                     assert!((1..=lines).contains(&n.line), "{format:?}: note {n}");
                 }
                 if let Ok(services) = imported.validate() {
+                    reached[k].1 += 1;
                     let k = export::keepalived(&services, Some("lb1")).text;
                     let i = export::ipvsadm(&services).text;
                     // Our own output always reads back.
@@ -207,14 +213,22 @@ fn importers_never_panic() {
         .iter()
         .map(|f| std::fs::read_to_string(format!("{dir}/{f}")).unwrap())
         .collect();
-    let mut accepted = 0u64;
+    let mut reached = [(0u64, 0u64); 3];
     run("importers", 3, |rng, input| {
         let text = mutate(rng, &seeds);
         input.extend_from_slice(text.as_bytes());
-        exercise(&text);
-        if import::parse(Format::Keepalived, "f", &text).is_ok() {
-            accepted += 1;
-        }
+        exercise(&text, &mut reached);
     });
-    println!("fuzz importers: {accepted} inputs read by the keepalived importer");
+    println!(
+        "fuzz importers: (read, exported) keepalived {:?}, piranha {:?}, ipvsadm {:?}",
+        reached[0], reached[1], reached[2]
+    );
+    // Each importer read inputs and handed services on to the exporters:
+    // the mutations did not only ever produce refusals.
+    for (format, (read, exported)) in ["keepalived", "piranha", "ipvsadm"].iter().zip(reached) {
+        assert!(
+            read > 0 && exported > 0,
+            "{format}: {read} read, {exported} exported"
+        );
+    }
 }

@@ -8,9 +8,14 @@
 //! - [`lbctl`] runs the CLI against a controller, as an operator would.
 //! - [`require`] turns a missing prerequisite into a skip locally and into a
 //!   failure when `LB_REQUIRE_PRIVILEGED_TESTS=1` (as CI sets it).
+//! - [`netns`] builds test networks; [`fabric`] the whole fabric on one (for
+//!   the VM), with observers of what clients see; [`vm`] is the IPVS VM;
+//!   [`proc`] owns child processes; [`fuzz`] is the mutation harness.
 
+pub mod fabric;
 pub mod fuzz;
 pub mod netns;
+pub mod proc;
 pub mod vm;
 
 use std::future::Future;
@@ -70,12 +75,26 @@ pub fn which(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// Polls `check` every 20 ms until it returns `Some`, or fails after `within`.
+/// How often [`wait_for`] checks: every 20 ms, and every 200 ms in the VM,
+/// where a check (a process spawned from 9p, a TLS handshake) costs tens of
+/// times more and polling at the host's pace starved the very processes
+/// under test (a controller election slowed by the test's own polling).
+pub fn poll_interval() -> Duration {
+    if vm::in_vm() {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_millis(20)
+    }
+}
+
+/// Polls `check` every [`poll_interval`] until it returns `Some`, or fails
+/// after `within`.
 pub async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    let every = poll_interval();
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = check().await {
@@ -84,7 +103,7 @@ where
         if Instant::now() >= deadline {
             bail!("timed out after {within:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -331,6 +350,13 @@ pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
     let tls = admin_tls(addr)?;
     let endpoint = lb_proto::client::endpoint(addr, tls.as_ref())?.timeout(Duration::from_secs(10));
     Ok(endpoint.connect().await?)
+}
+
+/// An argument list written as one line: `words("service create web --vip
+/// 10.0.0.1:80/tcp")`. For lists of plain words; build lists with values in
+/// them as arrays.
+pub fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
 }
 
 /// Runs `lbctl --controller <controller> <args…>` (as admin over TLS when

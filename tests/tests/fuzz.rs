@@ -282,6 +282,11 @@ fn api_validation_never_panics() {
         let _ = lb_proto::convert::realserver_key(&word(rng), number(rng));
     });
     println!("fuzz validation: {valid} services were valid");
+    // The generator must reach past the decoder into the rules.
+    assert!(
+        valid > 0,
+        "no generated service was valid: the fuzzer tested only refusals"
+    );
 }
 
 /// One netlink attribute: u16 length (header included), u16 type, payload
@@ -341,6 +346,16 @@ fn well_formed(rng: &mut Rng, outer: u16) -> Vec<u8> {
             (1, 1, _) | (2, 11, _) => (*rng.pick(&[2u16, 10, 2, 10, 0, 7])).to_ne_bytes().to_vec(),
             (1, 6, _) => rng.pick(&[&b"wlc\0"[..], b"rr\0", b"x", b""]).to_vec(),
             (2, 3, _) => rng.below(5).to_ne_bytes()[..4].to_vec(),
+            // A daemon: its state (master 1, backup 2, or neither), its
+            // interface's name and a sync id around the 0..=255 the
+            // reader accepts.
+            (3, 1, _) => (*rng.pick(&[1u32, 2, 1, 2, 0, 3])).to_ne_bytes().to_vec(),
+            (3, 2, _) => {
+                let mut name = rng.pick(&[&b"eth0"[..], b"bond0.100", b"x", b""]).to_vec();
+                name.resize(16, 0);
+                name
+            }
+            (3, 3, _) => (rng.below(300) as u32).to_ne_bytes().to_vec(),
             _ => (0..*size).map(|_| rng.next_u64() as u8).collect(),
         };
         out.extend(nla(t, &payload));
@@ -353,8 +368,9 @@ fn well_formed(rng: &mut Rng, outer: u16) -> Vec<u8> {
 /// random attributes, then flipped bytes.
 #[test]
 fn ipvs_netlink_replies_never_panic() {
-    // How deep the inputs get: decoded as a message, read as an object.
-    let (mut decoded_count, mut read) = (0u64, 0u64);
+    // How deep the inputs get: decoded as a message, read as each object.
+    let mut decoded_count = 0u64;
+    let (mut services, mut dests, mut daemons) = (0u64, 0u64, 0u64);
     run("netlink", 3, |rng, input| {
         let mut raw = vec![rng.below(18) as u8, 1, 0, 0];
         let outer = *rng.pick(&[1u16, 2, 3, 0x8001, 0x8002, 0x8003]);
@@ -375,13 +391,20 @@ fn ipvs_netlink_replies_never_panic() {
             Genlmsghdr::<Cmd, CmdAttr>::from_bytes_with_input(&mut Cursor::new(&raw), raw.len());
         if let Ok(msg) = decoded {
             decoded_count += 1;
-            let service = lb_director::ipvs::parse_service(&msg).is_some();
-            let dest = lb_director::ipvs::parse_dest(&msg, *rng.pick(&[2u16, 10, 0, 7])).is_some();
-            let daemon = lb_director::ipvs::parse_daemon(&msg).is_some();
-            read += u64::from(service || dest || daemon);
+            services += u64::from(lb_director::ipvs::parse_service(&msg).is_some());
+            dests += u64::from(
+                lb_director::ipvs::parse_dest(&msg, *rng.pick(&[2u16, 10, 0, 7])).is_some(),
+            );
+            daemons += u64::from(lb_director::ipvs::parse_daemon(&msg).is_some());
         }
     });
-    println!("fuzz netlink: {decoded_count} decoded as messages, {read} read as a service, destination or daemon");
+    println!("fuzz netlink: {decoded_count} decoded as messages; read as {services} services, {dests} destinations, {daemons} daemons");
+    // Every reader was reached with input it accepted, not only refusals.
+    assert!(decoded_count > 0, "no input decoded as a netlink message");
+    assert!(
+        services > 0 && dests > 0 && daemons > 0,
+        "a reader was never reached: {services} services, {dests} destinations, {daemons} daemons"
+    );
 }
 
 /// What `Enrollment/Join` reads from a caller that has no certificate yet:
@@ -426,4 +449,8 @@ fn join_inputs_never_panic() {
         }
     });
     println!("fuzz join: {tokens} tokens parsed, {signed} requests signed");
+    assert!(
+        tokens > 0 && signed > 0,
+        "the token parser or the signer was never reached with good input: {tokens} tokens, {signed} signed"
+    );
 }

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use lb_proto::pb;
-use lb_testkit::{lbctl_ok, wait_for, ControllerProc};
+use lb_testkit::{lbctl_ok, wait_for, words, ControllerProc};
 
 /// Snapshot often and keep no log behind it, so a node that misses a few
 /// dozen writes can only catch up from a snapshot.
@@ -192,15 +192,7 @@ async fn leader_kill_elects_fast_loses_nothing_and_rejoins_by_snapshot() -> anyh
     // And it takes part again: a write through it is redirected and lands.
     lbctl_ok(
         &nodes[k].addr,
-        &[
-            "service",
-            "create",
-            "after",
-            "--vip",
-            "10.9.9.9:80/tcp",
-            "--mode",
-            "nat",
-        ],
+        &words("service create after --vip 10.9.9.9:80/tcp --mode nat"),
     )?;
     let names = names_on(&nodes[new_leader], false).await?;
     assert!(names.contains(&"after".to_string()));

@@ -11,7 +11,7 @@ use lb_proto::pb;
 use lb_proto::pb::real_server_sync_client::RealServerSyncClient;
 use lb_proto::pki::enroll::{self, EnrollError, Enrollee};
 use lb_proto::pki::{JoinToken, Role};
-use lb_testkit::{lbctl_ok, ControllerProc};
+use lb_testkit::{lbctl_ok, words, ControllerProc};
 use tokio_stream::StreamExt;
 
 fn rs(name: &str, ip: &str) -> Enrollee {
@@ -156,14 +156,15 @@ async fn agents_join_with_tokens_and_renew() -> anyhow::Result<()> {
 
     // Nothing changed: no certificate, the tokens unused.
     assert!(!rs1.join("node.pem").exists());
-    let list = lbctl_ok(&a, &["token", "list"])?;
-    println!("{list}");
+    let list: serde_json::Value =
+        serde_json::from_str(&lbctl_ok(&a, &words("token list -o json"))?)?;
+    println!("{list:#}");
     for t in [&good, &short, &director] {
-        let line = list
-            .lines()
-            .find(|l| l.starts_with(&t.id))
-            .unwrap_or_default();
-        assert!(line.split_whitespace().nth(3) == Some("1"), "{line}");
+        let info = list["tokens"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|i| i["id"] == t.id.as_str()))
+            .unwrap_or(&serde_json::Value::Null);
+        assert_eq!(info["usesLeft"], 1, "{info}");
     }
 
     // The good token: a certificate for rs1 and its address, which the
@@ -287,17 +288,7 @@ async fn a_realserver_agent_joins_with_a_token_and_renews() -> anyhow::Result<()
     let a = controllers[0].addr.clone();
     lbctl_ok(
         &a,
-        &[
-            "service",
-            "create",
-            "web",
-            "--vip",
-            "10.83.0.100:80/tcp",
-            "--mode",
-            "dr",
-            "--selector",
-            "pool=web",
-        ],
+        &words("service create web --vip 10.83.0.100:80/tcp --mode dr --selector pool=web"),
     )?;
     let token = lbctl_ok(&a, &["token", "create", "--role", "realserver"])?;
     let agent = bin("lb-realserver").to_string_lossy().into_owned();

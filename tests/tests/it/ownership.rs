@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use lb_proto::client::{channel, leader_hint};
 use lb_proto::pb;
 use lb_proto::pb::director_sync_client::DirectorSyncClient;
-use lb_testkit::{lbctl_ok, start_cluster, wait_for};
+use lb_testkit::{lbctl_ok, start_cluster, wait_for, words};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -270,16 +270,7 @@ async fn failover_figures_at_default_and_tuned_timers() -> anyhow::Result<()> {
         ("defaults (lease 600 ms, margin 200 ms, heartbeat 200 ms)", &[], Duration::from_millis(200)),
         (
             "tuned (lease 200 ms, margin 50 ms, heartbeat 50 ms, Raft heartbeat 20 ms, election 60 ms)",
-            &[
-                "--lease-ms",
-                "200",
-                "--lease-margin-ms",
-                "50",
-                "--raft-heartbeat-ms",
-                "20",
-                "--raft-election-ms",
-                "60",
-            ],
+            &words("--lease-ms 200 --lease-margin-ms 50 --raft-heartbeat-ms 20 --raft-election-ms 60"),
             Duration::from_millis(50),
         ),
     ];
@@ -344,15 +335,7 @@ async fn a_preferred_director_takes_its_vip_back_after_the_hold_down() -> anyhow
     let a = nodes[0].addr.clone();
     lbctl_ok(
         &a,
-        &[
-            "service",
-            "create",
-            "web",
-            "--vip",
-            "10.1.0.1:80/tcp",
-            "--prefer-director",
-            "da",
-        ],
+        &words("service create web --vip 10.1.0.1:80/tcp --prefer-director da"),
     )?;
     let hb = Duration::from_millis(200);
     let db = ProtoDirector::start(&a, "db", hb);

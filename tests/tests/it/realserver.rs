@@ -237,16 +237,9 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
     // rs2's agent dies without a word: its backend stays as it is for the
     // grace period, then drains (weight 0) until the agent is back.
     let admin_state = |rip: &str| {
-        let list = lbctl_ok(&a, &["realserver", "list", "web"]).unwrap_or_default();
-        let line = list
-            .lines()
-            .find(|l| l.contains(rip))
+        entry(&a, "web", rip)
+            .and_then(|e| e["realserver"]["adminState"].as_str().map(String::from))
             .unwrap_or_default()
-            .to_string();
-        line.split_whitespace()
-            .nth(3)
-            .unwrap_or_default()
-            .to_string()
     };
     assert!(Command::new("kill")
         .args(["-9", &pids[1].to_string()])
@@ -291,11 +284,20 @@ async fn agents_register_prepare_the_host_and_undo_it() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The HEALTH column of `lbctl realserver list` for `rip`.
+/// `rip`'s entry in `lbctl realserver list SERVICE -o json`.
+fn entry(a: &str, service: &str, rip: &str) -> Option<serde_json::Value> {
+    let list = lbctl_ok(a, &["realserver", "list", service, "-o", "json"]).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&list).ok()?;
+    v["realservers"]
+        .as_array()?
+        .iter()
+        .find(|e| e["realserver"]["address"] == rip)
+        .cloned()
+}
+
+/// `rip`'s health in `lbctl realserver list SERVICE -o json`.
 fn health_of(a: &str, service: &str, rip: &str) -> Option<String> {
-    let list = lbctl_ok(a, &["realserver", "list", service]).ok()?;
-    let line = list.lines().find(|l| l.contains(rip))?;
-    line.split_whitespace().nth(6).map(String::from)
+    entry(a, service, rip)?["health"].as_str().map(String::from)
 }
 
 /// Polls every 10 ms until `rip`'s health reads `want`; returns how long it took.

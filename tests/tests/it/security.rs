@@ -6,7 +6,7 @@ use lb_proto::pb;
 use lb_proto::pb::real_server_sync_client::RealServerSyncClient;
 use lb_proto::pb::service_admin_client::ServiceAdminClient;
 use lb_proto::pki::{Ca, Credentials, Identity, Role};
-use lb_testkit::{lbctl_ok, wait_for, ControllerProc};
+use lb_testkit::{lbctl_ok, wait_for, words, ControllerProc};
 use tokio_stream::StreamExt;
 
 /// lbctl with explicit TLS flags (not the admin credentials the helpers use).
@@ -320,17 +320,7 @@ async fn a_flapping_agent_cannot_flood_the_log() -> anyhow::Result<()> {
     node.wait_leader().await?;
     lbctl_ok(
         &node.addr,
-        &[
-            "service",
-            "create",
-            "web",
-            "--vip",
-            "10.1.0.100:80/tcp",
-            "--selector",
-            "pool=web",
-            "--check",
-            "tcp",
-        ],
+        &words("service create web --vip 10.1.0.100:80/tcp --selector pool=web --check tcp"),
     )?;
     let log_index = || async {
         node.status()
@@ -388,15 +378,7 @@ async fn a_flapping_director_cannot_flood_the_log() -> anyhow::Result<()> {
     let a = node.addr.clone();
     lbctl_ok(
         &a,
-        &[
-            "service",
-            "create",
-            "web",
-            "--vip",
-            "10.1.0.100:80/tcp",
-            "--check",
-            "tcp",
-        ],
+        &words("service create web --vip 10.1.0.100:80/tcp --check tcp"),
     )?;
     lbctl_ok(&a, &["realserver", "add", "web", "10.1.0.11:80"])?;
     let report = |i: u64, down: bool| pb::DirectorReport {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lb_testkit::{lbctl, lbctl_ok, ControllerProc};
+use lb_testkit::{lbctl, lbctl_ok, words, ControllerProc};
 use serde_json::Value;
 
 fn json(text: &str) -> Value {
@@ -20,38 +20,12 @@ async fn lbctl_crud_survives_restart() -> anyhow::Result<()> {
     // The example from the issue, exactly as an operator types it.
     let out = lbctl_ok(
         &a,
-        &[
-            "service",
-            "create",
-            "web",
-            "--vip",
-            "10.10.1.30:80/tcp",
-            "--scheduler",
-            "wlc",
-            "--mode",
-            "nat",
-            "--persistence",
-            "30",
-        ],
+        &words("service create web --vip 10.10.1.30:80/tcp --scheduler wlc --mode nat --persistence 30"),
     )?;
     assert!(out.contains("10.10.1.30:80/tcp wlc persistent 30"), "{out}");
     lbctl_ok(
         &a,
-        &[
-            "service",
-            "create",
-            "dns",
-            "--vip",
-            "10.10.1.53:53/udp",
-            "--scheduler",
-            "rr",
-            "--mode",
-            "dr",
-            "--realserver",
-            "10.0.0.11",
-            "--realserver",
-            "10.0.0.12",
-        ],
+        &words("service create dns --vip 10.10.1.53:53/udp --scheduler rr --mode dr --realserver 10.0.0.11 --realserver 10.0.0.12"),
     )?;
     lbctl_ok(
         &a,
@@ -60,17 +34,7 @@ async fn lbctl_crud_survives_restart() -> anyhow::Result<()> {
     // A fwmark service that names its traffic, and a VIP that would be shadowed by it.
     let tls = lbctl_ok(
         &a,
-        &[
-            "service",
-            "create",
-            "tls",
-            "--fwmark",
-            "1",
-            "--mark-address",
-            "10.10.1.40",
-            "--mark-ports",
-            "443,80",
-        ],
+        &words("service create tls --fwmark 1 --mark-address 10.10.1.40 --mark-ports 443,80"),
     )?;
     assert!(
         tls.contains("fwmark 1/inet (10.10.1.40 tcp 80,443)"),
@@ -89,42 +53,16 @@ async fn lbctl_crud_survives_restart() -> anyhow::Result<()> {
     lbctl_ok(&a, &["service", "delete", "tls"])?;
     lbctl_ok(
         &a,
-        &[
-            "realserver",
-            "add",
-            "web",
-            "192.168.10.11:8080",
-            "--weight",
-            "2",
-        ],
+        &words("realserver add web 192.168.10.11:8080 --weight 2"),
     )?;
     lbctl_ok(&a, &["realserver", "add", "web", "192.168.10.12:8080"])?;
     lbctl_ok(
         &a,
-        &[
-            "realserver",
-            "update",
-            "web",
-            "192.168.10.12:8080",
-            "--weight",
-            "5",
-            "--state",
-            "draining",
-        ],
+        &words("realserver update web 192.168.10.12:8080 --weight 5 --state draining"),
     )?;
     lbctl_ok(
         &a,
-        &[
-            "service",
-            "update",
-            "web",
-            "--scheduler",
-            "rr",
-            "--persistence",
-            "60",
-            "--netmask",
-            "255.255.255.0",
-        ],
+        &words("service update web --scheduler rr --persistence 60 --netmask 255.255.255.0"),
     )?;
     lbctl_ok(&a, &["realserver", "remove", "dns", "10.0.0.12"])?;
     lbctl_ok(&a, &["service", "delete", "tmp"])?;
@@ -168,14 +106,7 @@ async fn lbctl_crud_survives_restart() -> anyhow::Result<()> {
     // Errors reach the operator with the field named and a failing exit code.
     let bad = lbctl(
         &addr,
-        &[
-            "realserver",
-            "add",
-            "web",
-            "192.168.10.13:8080",
-            "--weight",
-            "70000",
-        ],
+        &words("realserver add web 192.168.10.13:8080 --weight 70000"),
     );
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
@@ -203,15 +134,7 @@ async fn agent_backends_and_drains_survive_restart() -> anyhow::Result<()> {
     let a = node.addr.clone();
     lbctl_ok(
         &a,
-        &[
-            "service",
-            "create",
-            "web",
-            "--vip",
-            "10.1.0.100:80/tcp",
-            "--selector",
-            "pool=web",
-        ],
+        &words("service create web --vip 10.1.0.100:80/tcp --selector pool=web"),
     )?;
     let report = pb::RealServerReport {
         node_id: "rs1".into(),

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use lb_proto::pb;
-use lb_testkit::{bin, lbctl_ok, ControllerProc};
+use lb_testkit::{bin, lbctl_ok, words, ControllerProc};
 use tokio_stream::StreamExt;
 
 #[tokio::test]
@@ -17,27 +17,12 @@ async fn watch_is_ordered_resumable_and_live() -> anyhow::Result<()> {
     node.wait_leader().await?;
     lbctl_ok(
         &a,
-        &[
-            "service",
-            "create",
-            "web",
-            "--vip",
-            "10.10.1.30:80/tcp",
-            "--mode",
-            "nat",
-        ],
+        &words("service create web --vip 10.10.1.30:80/tcp --mode nat"),
     )?;
     lbctl_ok(&a, &["realserver", "add", "web", "192.168.10.11:8080"])?;
     lbctl_ok(
         &a,
-        &[
-            "realserver",
-            "update",
-            "web",
-            "192.168.10.11:8080",
-            "--weight",
-            "4",
-        ],
+        &words("realserver update web 192.168.10.11:8080 --weight 4"),
     )?;
 
     // lbctl watch from revision 1 prints the history, then follows live changes.
@@ -78,15 +63,7 @@ async fn watch_is_ordered_resumable_and_live() -> anyhow::Result<()> {
     assert!(idle.is_err(), "an event arrived with no change: {idle:?}");
     lbctl_ok(
         &a,
-        &[
-            "service",
-            "create",
-            "api",
-            "--vip",
-            "10.10.1.31:443/tcp",
-            "--mode",
-            "nat",
-        ],
+        &words("service create api --vip 10.10.1.31:443/tcp --mode nat"),
     )?;
     let live = stream.next().await.expect("live event")?;
     assert_eq!(

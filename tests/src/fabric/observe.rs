@@ -1,0 +1,209 @@
+//! Observers of what clients see: a client probing a URL every few ms
+//! ([`Probe`] → [`Seen`]), a director's VIP sampled every 10 ms ([`Watch`]),
+//! ARP on the client's wire ([`Capture`]), and readers of lbctl's JSON.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::Fabric;
+use crate::proc::{signal, Proc};
+
+pub fn stdout_of(p: &mut Proc) -> String {
+    let mut out = String::new();
+    if let Some(mut s) = p.0.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    let _ = p.0.wait();
+    out
+}
+
+pub struct Probe(pub(super) Proc);
+
+/// What the client saw: requests in start order.
+pub struct Seen {
+    /// (start, Ok(body) | Err(why)), start in ms since the epoch.
+    pub requests: Vec<(u128, Result<String, String>)>,
+}
+
+impl Probe {
+    pub fn finish(mut self) -> Seen {
+        let out = stdout_of(&mut self.0);
+        let mut requests: Vec<(u128, Result<String, String>)> = out
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, ' ');
+                let start = parts.next()?.parse().ok()?;
+                let kind = parts.next()?;
+                let rest = parts.next().unwrap_or_default().to_string();
+                Some((start, if kind == "OK" { Ok(rest) } else { Err(rest) }))
+            })
+            .collect();
+        requests.sort_by_key(|r| r.0);
+        Seen { requests }
+    }
+}
+
+impl Seen {
+    pub fn failed(&self) -> Vec<&(u128, Result<String, String>)> {
+        self.requests.iter().filter(|r| r.1.is_err()).collect()
+    }
+
+    /// The longest stretch without service: from the first failed request's
+    /// start to the start of the next request that succeeded (or of the
+    /// last request, when none did before the probe ended).
+    pub fn gap(&self) -> Duration {
+        let mut worst = 0;
+        let mut down_since = None;
+        for (start, r) in &self.requests {
+            match (r, down_since) {
+                (Err(_), None) => down_since = Some(*start),
+                (Ok(_), Some(since)) => {
+                    worst = worst.max(start - since);
+                    down_since = None;
+                }
+                _ => {}
+            }
+        }
+        if let (Some(since), Some((last, _))) = (down_since, self.requests.last()) {
+            worst = worst.max(last - since);
+        }
+        Duration::from_millis(worst as u64)
+    }
+
+    pub fn recovered(&self) -> bool {
+        matches!(self.requests.last(), Some((_, Ok(_))))
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{} requests, {} failed, longest gap {:?}",
+            self.requests.len(),
+            self.failed().len(),
+            self.gap()
+        )
+    }
+}
+
+pub struct Watch(pub(super) Proc);
+
+impl Watch {
+    /// Intervals [from, to) in ms during which the address was held.
+    pub fn finish(mut self) -> Vec<(u128, u128)> {
+        let out = stdout_of(&mut self.0);
+        let mut held = Vec::new();
+        let mut since = None;
+        for line in out.lines() {
+            let Some((t, what)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(t) = t.parse::<u128>() else { continue };
+            match what {
+                "1" => since = Some(t),
+                "0" | "end" => {
+                    if let Some(s) = since.take() {
+                        held.push((s, t));
+                    }
+                }
+                _ => {}
+            }
+        }
+        held
+    }
+}
+
+/// Overlaps between two sets of held intervals (both holding at once).
+pub fn overlaps(a: &[(u128, u128)], b: &[(u128, u128)]) -> Vec<(u128, u128)> {
+    let mut out = Vec::new();
+    for &(a0, a1) in a {
+        for &(b0, b1) in b {
+            let (s, e) = (a0.max(b0), a1.min(b1));
+            if s < e {
+                out.push((s, e));
+            }
+        }
+    }
+    out
+}
+
+/// From `lbctl director stats NODE -o json`: a service's connections, and
+/// each realserver's (`address:port`).
+pub fn service_conns(json: &str, service: &str) -> Option<(u64, Vec<(String, u64)>)> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    // proto3 JSON writes 64-bit counters as strings, and leaves zeros out.
+    let conns = |c: &serde_json::Value| -> u64 {
+        c["conns"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    let stats = v["directors"][0]["stats"]["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["service"] == service)?;
+    let realservers = stats["realservers"]
+        .as_array()?
+        .iter()
+        .map(|r| {
+            let port = r["port"].as_u64().unwrap_or(0);
+            (
+                format!("{}:{port}", r["address"].as_str().unwrap_or_default()),
+                conns(&r["counters"]),
+            )
+        })
+        .collect();
+    Some((conns(&stats["counters"]), realservers))
+}
+
+/// `requests` balanced across `backends` (rr: each answers, alternately).
+pub fn assert_balanced(answers: &[String], backends: [&str; 2], what: &str) {
+    assert!(
+        answers.iter().all(|a| backends.contains(&a.as_str())),
+        "{what}: {answers:?}"
+    );
+    for pair in answers.windows(2) {
+        assert_ne!(
+            pair[0], pair[1],
+            "{what}: rr did not alternate: {answers:?}"
+        );
+    }
+}
+
+/// Captures ARP on the client's interface until dropped; `lines` reads what was seen.
+pub struct Capture(Proc);
+
+impl Capture {
+    pub fn start(f: &Fabric) -> anyhow::Result<Capture> {
+        let tcpdump = crate::which("tcpdump").ok_or_else(|| anyhow::anyhow!("tcpdump"))?;
+        let mut child =
+            f.t.command("cl", &tcpdump)
+                .args(["-l", "-n", "-i", "eth0", "arp"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?;
+        // tcpdump says "listening on …" on stderr once capturing.
+        let mut err = BufReader::new(
+            child
+                .stderr
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("stderr"))?,
+        );
+        let mut line = String::new();
+        while !line.contains("listening on") {
+            line.clear();
+            anyhow::ensure!(err.read_line(&mut line)? > 0, "tcpdump did not start");
+        }
+        Ok(Capture(Proc(child)))
+    }
+
+    pub fn lines(mut self) -> Vec<String> {
+        signal(self.0 .0.id(), "INT");
+        stdout_of(&mut self.0).lines().map(String::from).collect()
+    }
+}
+
+pub fn gratuitous_arps<'a>(lines: &'a [String], vip: &str) -> Vec<&'a String> {
+    let who = format!("who-has {vip} tell {vip}");
+    lines.iter().filter(|l| l.contains(&who)).collect()
+}
