@@ -36,28 +36,6 @@ pub(crate) async fn cluster(
     if out == Output::Json {
         return output::json(&status, "lb.v1.ClusterStatus");
     }
-    let leader = if status.has_leader {
-        format!("leader {} at {}", status.leader_id, status.leader_address)
-    } else {
-        "no leader".to_string()
-    };
-    println!(
-        "node {} is {} (term {}), {leader}",
-        status.node_id, status.state, status.term
-    );
-    println!(
-        "revision {}, log last {} applied {} snapshot {} purged {}",
-        status.revision,
-        status.last_log_index,
-        status.last_applied_index,
-        status.snapshot_index,
-        status.purged_index
-    );
-    let rows: Vec<Vec<String>> = status
-        .members
-        .iter()
-        .map(|m| vec![m.node_id.to_string(), m.address.clone(), m.role.clone()])
-        .collect();
-    output::table(&["ID", "ADDRESS", "ROLE"], &rows);
+    output::lists::cluster(&status);
     Ok(())
 }

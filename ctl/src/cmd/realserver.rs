@@ -78,36 +78,7 @@ pub(crate) async fn realserver(
             if out == Output::Json {
                 return output::json(&resp, "lb.v1.ListRealServersResponse");
             }
-            let rows: Vec<Vec<String>> = resp
-                .realservers
-                .iter()
-                .filter_map(|e| {
-                    let rs = e.realserver.as_ref()?;
-                    Some(vec![
-                        e.service.clone(),
-                        output::endpoint(&rs.address, rs.port),
-                        rs.weight.unwrap_or(1).to_string(),
-                        rs.admin_state.clone(),
-                        rs.upper_threshold.to_string(),
-                        rs.lower_threshold.to_string(),
-                        e.health.clone(),
-                        output::source(&e.agent),
-                    ])
-                })
-                .collect();
-            output::table(
-                &[
-                    "SERVICE",
-                    "REALSERVER",
-                    "WEIGHT",
-                    "STATE",
-                    "UPPER",
-                    "LOWER",
-                    "HEALTH",
-                    "SOURCE",
-                ],
-                &rows,
-            );
+            output::lists::realservers(&resp);
             Ok(())
         }
     }

@@ -42,33 +42,7 @@ pub(crate) async fn service(
             if out == Output::Json {
                 return output::json(&resp, "lb.v1.ListServicesResponse");
             }
-            let rows: Vec<Vec<String>> = resp
-                .services
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.name.clone(),
-                        output::virtual_address(s),
-                        s.scheduler.clone(),
-                        s.mode.clone(),
-                        output::persistence(s),
-                        s.realservers.len().to_string(),
-                        s.mod_revision.to_string(),
-                    ]
-                })
-                .collect();
-            output::table(
-                &[
-                    "NAME",
-                    "VIRTUAL ADDRESS",
-                    "SCHED",
-                    "MODE",
-                    "PERSIST",
-                    "REALSERVERS",
-                    "REVISION",
-                ],
-                &rows,
-            );
+            output::lists::services(&resp);
             Ok(())
         }
         ServiceCmd::Get { name, stale } => {

@@ -44,7 +44,7 @@ pub(crate) async fn token(ctl: &mut Controller, out: Output, cmd: TokenCmd) -> a
                 "join token {} for {role} agents ({who}), {} use(s), expires {}; pins CA sha256:{}",
                 info.id,
                 info.uses_left,
-                from_now(info.expires_at_ms),
+                output::lists::from_now(info.expires_at_ms),
                 resp.ca_sha256
             );
             println!("{}", resp.token);
@@ -72,43 +72,6 @@ pub(crate) async fn token(ctl: &mut Controller, out: Output, cmd: TokenCmd) -> a
     if out == Output::Json {
         return output::json(&list, "lb.v1.ListJoinTokensResponse");
     }
-    let rows: Vec<Vec<String>> = list
-        .tokens
-        .iter()
-        .map(|t| {
-            vec![
-                t.id.clone(),
-                t.role.clone(),
-                if t.node_id.is_empty() {
-                    "*".into()
-                } else {
-                    t.node_id.clone()
-                },
-                t.uses_left.to_string(),
-                from_now(t.expires_at_ms),
-                t.joined.join(","),
-            ]
-        })
-        .collect();
-    output::table(
-        &["ID", "ROLE", "NODE", "USES LEFT", "EXPIRES", "JOINED"],
-        &rows,
-    );
+    output::lists::tokens(&list);
     Ok(())
-}
-
-/// "in 59m" / "3m ago" for a Unix-milliseconds time.
-fn from_now(at_ms: u64) -> String {
-    let now = lb_proto::pki::unix_ms(std::time::SystemTime::now());
-    let span = |ms: u64| match ms / 1000 {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    };
-    if at_ms >= now {
-        format!("in {}", span(at_ms - now))
-    } else {
-        format!("{} ago", span(now - at_ms))
-    }
 }

@@ -53,6 +53,16 @@ fn start_director(controller: &str, log: &std::path::Path) -> Proc {
     )
 }
 
+/// An empty IPVS table and a single-node controller (in a temporary
+/// directory, returned with it) that leads.
+async fn empty_kernel_and_controller() -> anyhow::Result<(tempfile::TempDir, ControllerProc)> {
+    ipvsadm("-C");
+    let dir = tempfile::tempdir()?;
+    let node = ControllerProc::start(1, dir.path(), true, &[])?;
+    node.wait_leader().await?;
+    Ok((dir, node))
+}
+
 async fn kernel_shows(want: &[&str], within: Duration, what: &str) -> Duration {
     let want = sorted(want);
     let t0 = Instant::now();
@@ -93,11 +103,8 @@ async fn director_programs_repairs_and_survives_restart() -> anyhow::Result<()> 
     if !super::in_vm() {
         return Ok(());
     }
-    ipvsadm("-C");
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "0")?;
-    let dir = tempfile::tempdir()?;
-    let node = ControllerProc::start(1, dir.path(), true, &[])?;
-    node.wait_leader().await?;
+    let (dir, node) = empty_kernel_and_controller().await?;
     let a = node.addr.clone();
     lbctl_ok(
         &a,
@@ -325,10 +332,7 @@ async fn a_refused_service_is_reported_and_the_rest_applies() -> anyhow::Result<
     if !super::in_vm() {
         return Ok(());
     }
-    ipvsadm("-C");
-    let dir = tempfile::tempdir()?;
-    let node = ControllerProc::start(1, dir.path(), true, &[])?;
-    node.wait_leader().await?;
+    let (dir, node) = empty_kernel_and_controller().await?;
     let a = node.addr.clone();
     lbctl_ok(
         &a,

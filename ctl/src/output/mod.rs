@@ -1,5 +1,8 @@
 //! Rendering: aligned tables for people, protobuf JSON (as grpcurl prints it) for scripts.
 
+pub mod fabric;
+pub mod lists;
+
 use lb_proto::pb;
 
 /// Prints rows under headers with columns padded to their widest cell.
