@@ -141,6 +141,7 @@ pub async fn run(
         Arc::new(raft_config),
         network::Network {
             tls: config.tls.as_ref().map(|c| c.client_config()),
+            connect_timeout: network::Network::connect_timeout(config.raft.election_max),
         },
         log_store,
         sm_store,

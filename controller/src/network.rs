@@ -22,6 +22,19 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub struct Network {
     /// mTLS to peers with this controller's certificate; `None`: plaintext.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// How long dialling a peer (TCP and the TLS handshake) may take.
+    pub connect_timeout: std::time::Duration,
+}
+
+impl Network {
+    /// Dialling a peer may take 500 ms, or the longest election timeout
+    /// when that is longer: a connection that cannot be set up within it is
+    /// dropped and dialled again, so on a slow host (the emulated CPUs of
+    /// the VM test bed, where a TLS handshake takes seconds) a shorter limit
+    /// would never let a new leader reach its followers.
+    pub fn connect_timeout(election_max: std::time::Duration) -> std::time::Duration {
+        election_max.max(std::time::Duration::from_millis(500))
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -32,6 +45,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             tls: self.tls.clone(),
+            connect_timeout: self.connect_timeout,
             client: None,
         }
     }
@@ -42,6 +56,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     tls: Option<tonic::transport::ClientTlsConfig>,
+    connect_timeout: std::time::Duration,
     client: Option<RaftClient<Channel>>,
 }
 
@@ -52,7 +67,7 @@ impl PeerClient {
         }
         let endpoint = lb_proto::client::endpoint(&self.addr, self.tls.as_ref())
             .map_err(|e| NetworkError::new(&e))?
-            .connect_timeout(std::time::Duration::from_millis(500));
+            .connect_timeout(self.connect_timeout);
         let client = RaftClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
