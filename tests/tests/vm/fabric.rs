@@ -182,17 +182,33 @@ async fn owner_agent_kill_and_restart_fails_no_request() -> anyhow::Result<()> {
     let (f, mut d1, _d2) = running().await?;
     let hb = VM_DIRECTOR_HEARTBEAT;
     let owners = f.owners()?;
-    let probe = f.probe(&format!("http://{DR_VIP}/"), 5, 20)?;
+    // The probe runs until well after the new process has reconnected
+    // (started from 9p under emulation, it may take seconds to say a word).
+    let probe = f.probe(&format!("http://{DR_VIP}/"), 20, 20)?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let log_before = std::fs::read_to_string(f.log("d1"))?.len();
     drop(d1);
     let restarted = Instant::now();
     d1 = f.start_director("d1", &hb)?;
+    let since_restart = || {
+        let text = std::fs::read_to_string(f.log("d1")).unwrap_or_default();
+        text.get(log_before..).unwrap_or_default().to_string()
+    };
+    let reconnected = wait_for(
+        Duration::from_secs(15),
+        "the restarted agent to continue its lease and reconnect",
+        || async {
+            let said = since_restart();
+            (said.contains("continuing the previous process's lease")
+                && said.contains("connected controller="))
+            .then_some(())
+        },
+    )
+    .await;
     let seen = probe.finish();
-    let said = std::fs::read_to_string(f.log("d1"))?;
-    let said = &said[log_before..];
+    let said = since_restart();
     assert!(
-        said.contains("continuing the previous process's lease") && !said.contains("VIP removed"),
+        reconnected.is_ok() && !said.contains("VIP removed"),
         "the restarted agent must continue its lease and keep the VIPs:\n{said}"
     );
     println!(
