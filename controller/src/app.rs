@@ -2,14 +2,14 @@
 //! the two operations every API handler needs — a replicated write, and a
 //! read barrier that makes a read linearizable.
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
 
 use openraft::error::ClientWriteError as WriteError;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::fleet::Fleet;
+use crate::grants::Grants;
 use crate::state::{Applied, Command};
 use crate::store::SharedState;
 use crate::timing::LeaseTiming;
@@ -26,9 +26,8 @@ pub struct App {
     pub agent_grace: std::time::Duration,
     /// Turns true when the node shuts down; long streams end on it.
     pub shutdown: watch::Receiver<bool>,
-    /// When the last leadership check that a quorum confirmed was *started*
-    /// (see [`crate::leader::confirm`]).
-    pub leadership_confirmed: Mutex<Option<Instant>>,
+    /// The VIP lease grants this node gave (see [`crate::grants`]).
+    pub grants: Mutex<Grants>,
     /// The CA certificate this node serves TLS under (what join tokens pin);
     /// `None` on a plaintext listener.
     pub ca_pem: Option<String>,
@@ -48,16 +47,11 @@ impl App {
         }
     }
 
-    /// True while this node may extend directors' leases: a quorum confirmed
-    /// its leadership less than `margin` ago. A deposed leader that has not
-    /// noticed yet stops granting within `margin` of the new leader's
-    /// election, and the new leader waits `fence + margin` before moving a
-    /// VIP — so the last lease it granted has run out by then.
-    pub fn may_grant_leases(&self) -> bool {
-        self.leadership_confirmed
+    /// The grant book; hold the guard briefly, and never across an await.
+    pub fn grants(&self) -> std::sync::MutexGuard<'_, Grants> {
+        self.grants
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|at| at.elapsed() < self.leases.margin)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Succeeds only on the leader; otherwise names the leader to redirect to.

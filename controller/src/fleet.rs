@@ -1,9 +1,10 @@
-//! The leader's in-memory view of its fleet: what each director last
+//! This node's in-memory view of its fleet: what each director last
 //! reported and when each realserver agent was last heard from.
 //!
-//! Soft state, behind one lock: it is rebuilt from the agents' reports after
-//! a leader change (they reconnect), and counters live here rather than in
-//! Raft, where they would flood the log.
+//! Soft state, behind one lock. Directors report to every controller, so a
+//! new leader already knows which are live; realserver agents report to the
+//! leader only and are known again once they reconnect. Counters live here
+//! rather than in Raft, where they would flood the log.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -37,6 +38,8 @@ pub struct DirectorSeen {
     pub stats: Option<(Arc<pb::IpvsStats>, Instant)>,
     /// Its host's own addresses (for NAT realservers' route check).
     pub addresses: Vec<String>,
+    /// It is stopping and wants its VIPs moved.
+    pub leaving: bool,
 }
 
 impl DirectorSeen {
@@ -93,6 +96,7 @@ impl Fleet {
                 held: report.held.clone(),
                 stats,
                 addresses: report.addresses.clone(),
+                leaving: report.leaving,
             },
         );
     }

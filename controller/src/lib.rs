@@ -4,11 +4,11 @@
 //! - [`state`]: the replicated configuration and its commands (pure logic);
 //! - [`typ`], [`store`]: openraft's types, the Raft log and applied state in redb;
 //! - [`timing`], [`error`]: the lease timing, API errors and their statuses;
-//! - [`fleet`]: the leader's in-memory view of directors and agents;
+//! - [`fleet`]: this node's in-memory view of directors and agents;
+//! - [`grants`]: the VIP lease grants this node gives directors;
 //! - [`app`]: one node — its Raft handle, state, fleet, writes and reads;
 //! - [`network`], [`tls`]: Raft RPCs to peers, TLS and caller identities;
-//! - [`leader`]: the leader-only loops (VIP placement, leadership
-//!   confirmation, lost agents);
+//! - [`leader`]: the leader-only loops (VIP placement, lost agents);
 //! - [`api`]: the gRPC handlers.
 //!
 //! [`run`] starts one node and serves until shutdown.
@@ -17,6 +17,7 @@ pub mod api;
 pub mod app;
 pub mod error;
 pub mod fleet;
+pub mod grants;
 pub mod leader;
 pub mod network;
 pub mod state;
@@ -158,7 +159,10 @@ pub async fn run(
         fleet: Default::default(),
         agent_grace: config.agent_grace,
         shutdown: shutdown_rx,
-        leadership_confirmed: Default::default(),
+        grants: std::sync::Mutex::new(grants::Grants::new(
+            std::time::Instant::now(),
+            config.leases.silence(),
+        )),
         ca_pem: config.tls.as_ref().map(|c| c.ca_pem.clone()),
         agent_cert_lifetime: config.agent_cert_lifetime,
     });

@@ -20,12 +20,11 @@
 //! before the next report can tell the controller anything new, so the file
 //! never grants more than the controller last heard this node hold.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::vip::Lease;
+use crate::lease::Lease;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseFileError {
@@ -115,15 +114,20 @@ impl LeaseFile {
 }
 
 /// The file's text; `now`/`now_ns` are the same moment on both clocks.
+/// It keeps what the lease holds now and until when, the epochs let go of
+/// for good, and the addresses on the interface.
 fn encode(lease: &Lease, now: Instant, now_ns: u128) -> String {
     let mut out =
         String::from("# lbfabric director lease: the next process of this node continues it\n");
-    if let Some(until) = lease.until {
+    for (vip, (epoch, until)) in lease.holding(now) {
         let left = until.saturating_duration_since(now).as_nanos();
-        out.push_str(&format!("until_monotonic_ns {}\n", now_ns + left));
+        out.push_str(&format!("vip {vip} {epoch} {}\n", now_ns + left));
     }
-    for (vip, epoch) in &lease.vips {
-        out.push_str(&format!("vip {vip} {epoch}\n"));
+    for (vip, epoch) in &lease.dropped {
+        out.push_str(&format!("dropped {vip} {epoch}\n"));
+    }
+    for vip in &lease.added {
+        out.push_str(&format!("added {vip}\n"));
     }
     out
 }
@@ -131,7 +135,6 @@ fn encode(lease: &Lease, now: Instant, now_ns: u128) -> String {
 /// Parses [`encode`]'s text; errors are (line number, reason).
 fn decode(text: &str, now: Instant, now_ns: u128) -> Result<Lease, (usize, String)> {
     let mut lease = Lease::default();
-    let mut vips = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         let line = line.trim();
@@ -139,87 +142,90 @@ fn decode(text: &str, now: Instant, now_ns: u128) -> Result<Lease, (usize, Strin
             continue;
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
+        let addr = |a: &str| -> Result<IpAddr, (usize, String)> {
+            a.parse().map_err(|e| (n, format!("address {a:?}: {e}")))
+        };
+        let epoch = |e: &str| -> Result<u64, (usize, String)> {
+            e.parse().map_err(|err| (n, format!("epoch {e:?}: {err}")))
+        };
         match fields.as_slice() {
-            ["until_monotonic_ns", ns] => {
+            ["vip", a, e, ns] => {
                 let ns: u128 = ns
                     .parse()
-                    .map_err(|e| (n, format!("until_monotonic_ns {ns:?}: {e}")))?;
+                    .map_err(|err| (n, format!("lease end {ns:?}: {err}")))?;
                 let left = ns.saturating_sub(now_ns);
                 let left = Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX));
-                lease.until = Some(now.checked_add(left).unwrap_or(now));
+                let until = now.checked_add(left).unwrap_or(now);
+                lease.inherited.insert(addr(a)?, (epoch(e)?, until));
             }
-            ["vip", addr, epoch] => {
-                let addr: IpAddr = addr
-                    .parse()
-                    .map_err(|e| (n, format!("vip {addr:?}: {e}")))?;
-                let epoch: u64 = epoch
-                    .parse()
-                    .map_err(|e| (n, format!("epoch {epoch:?}: {e}")))?;
-                vips.insert(addr, epoch);
+            ["dropped", a, e] => {
+                lease.dropped.insert(addr(a)?, epoch(e)?);
+            }
+            ["added", a] => {
+                lease.added.insert(addr(a)?);
             }
             _ => return Err((n, format!("unknown line {line:?}"))),
         }
     }
-    lease.vips = vips;
     Ok(lease)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
-    fn lease(until: Option<Instant>) -> Lease {
+    fn v4() -> IpAddr {
+        "10.0.0.100".parse().unwrap()
+    }
+
+    fn v6() -> IpAddr {
+        "2001:db8::100".parse().unwrap()
+    }
+
+    fn lease(until: Instant) -> Lease {
         Lease {
-            until,
-            vips: BTreeMap::from([
-                ("10.0.0.100".parse().unwrap(), 3),
-                ("2001:db8::100".parse().unwrap(), 7),
-            ]),
+            inherited: BTreeMap::from([(v4(), (3, until)), (v6(), (7, until))]),
+            dropped: BTreeMap::from([("10.0.0.7".parse().unwrap(), 2)]),
+            added: [v4()].into(),
+            ..Default::default()
         }
     }
 
     #[test]
     fn a_restarted_process_keeps_the_same_lease_end() {
         let t0 = Instant::now();
-        let text = encode(
-            &lease(Some(t0 + Duration::from_millis(900))),
-            t0,
-            5_000_000_000,
-        );
-        assert!(text.contains("until_monotonic_ns 5900000000\n"), "{text}");
+        let text = encode(&lease(t0 + Duration::from_millis(900)), t0, 5_000_000_000);
+        assert!(text.contains("vip 10.0.0.100 3 5900000000\n"), "{text}");
         // The new process reads it 400 ms later on the shared clock: 500 ms are left.
         let t1 = Instant::now();
         let back = decode(&text, t1, 5_400_000_000).unwrap();
-        assert_eq!(back.until, Some(t1 + Duration::from_millis(500)));
-        assert_eq!(back.vips, lease(None).vips);
+        assert_eq!(back.inherited[&v4()], (3, t1 + Duration::from_millis(500)));
         assert_eq!(back.held(t1 + Duration::from_millis(499)).len(), 2);
         assert!(back.held(t1 + Duration::from_millis(500)).is_empty());
+        assert_eq!(back.dropped, lease(t0).dropped);
+        assert_eq!(back.added, lease(t0).added, "what the kernel has is known");
     }
 
     #[test]
-    fn an_expired_or_absent_lease_holds_nothing() {
+    fn an_expired_lease_holds_nothing() {
         let t0 = Instant::now();
-        let text = encode(&lease(Some(t0 + Duration::from_millis(100))), t0, 1_000);
+        let text = encode(&lease(t0 + Duration::from_millis(100)), t0, 1_000);
         let back = decode(&text, t0, 1_000 + 200_000_000).unwrap();
         assert!(back.held(t0).is_empty(), "ran out before the restart");
-        let text = encode(&lease(None), t0, 1_000);
-        let back = decode(&text, t0, 1_000).unwrap();
-        assert_eq!(
-            back.vips.len(),
-            2,
-            "the VIPs are still known (to be removed)"
-        );
-        assert!(back.held(t0).is_empty(), "never acknowledged");
+        assert_eq!(back.added.len(), 1, "still known, to be removed");
     }
 
     #[test]
     fn a_damaged_file_names_the_line() {
         let t0 = Instant::now();
-        let err = decode("# x\nvip 10.0.0.300 1\n", t0, 0).unwrap_err();
+        let err = decode("# x\nvip 10.0.0.300 1 5\n", t0, 0).unwrap_err();
         assert_eq!(err.0, 2);
         assert!(err.1.contains("10.0.0.300"), "{}", err.1);
-        let err = decode("until_monotonic_ns soon\n", t0, 0).unwrap_err();
-        assert!(err.1.contains("until_monotonic_ns"), "{}", err.1);
+        let err = decode("vip 10.0.0.1 1 soon\n", t0, 0).unwrap_err();
+        assert!(err.1.contains("lease end"), "{}", err.1);
+        let err = decode("until_monotonic_ns 5\n", t0, 0).unwrap_err();
+        assert!(err.1.contains("unknown line"), "{}", err.1);
     }
 
     #[test]
@@ -228,9 +234,9 @@ mod tests {
         let file = LeaseFile::new(&dir, "d1");
         assert!(file.load().unwrap().is_none());
         let until = Instant::now() + Duration::from_secs(5);
-        file.save(&lease(Some(until))).unwrap();
+        file.save(&lease(until)).unwrap();
         let back = file.load().unwrap().unwrap();
-        let end = back.until.unwrap();
+        let end = back.inherited[&v4()].1;
         // Nanosecond clocks read at slightly different moments.
         assert!(end <= until + Duration::from_millis(5) && end + Duration::from_millis(5) >= until);
         file.remove().unwrap();

@@ -49,6 +49,11 @@ struct Args {
     /// VIPs its node still holds (tmpfs, so a reboot clears it).
     #[arg(long, env = "LB_STATE_DIR", default_value = "/run/lbfabric")]
     state_dir: std::path::PathBuf,
+    /// On SIGTERM, how long to wait for the controllers to move this
+    /// director's VIPs to another one before letting them go anyway, in
+    /// milliseconds.
+    #[arg(long, env = "LB_HANDOVER_MS", default_value_t = 2000)]
+    handover_ms: u64,
     #[command(flatten)]
     tls: lb_proto::pki::enroll::AgentTlsFlags,
 }
@@ -88,6 +93,8 @@ async fn main() -> anyhow::Result<()> {
             sync_id: args.sync_id,
         }),
         state_dir: args.state_dir,
+        ack_deadline: lb_proto::client::ack_deadline(Duration::from_millis(args.heartbeat_ms)),
+        handover: Duration::from_millis(args.handover_ms),
     };
     run(config, lb_proto::process::shutdown_signal()).await?;
     Ok(())

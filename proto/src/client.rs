@@ -33,7 +33,9 @@ pub fn channel(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, Sta
 
 /// How every client here reaches a controller at `addr`: `http`, or with
 /// `tls` `https`; a 2 s connect timeout (callers may set their own), no
-/// Nagle delay.
+/// Nagle delay, and keepalives — HTTP/2 pings every second, answered within
+/// a second, and TCP keepalive — so that a controller host that died without
+/// a reset is noticed in seconds, not when TCP gives up minutes later.
 pub fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, Status> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let uri = if addr.contains("://") {
@@ -47,7 +49,13 @@ pub fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, S
     let mut endpoint = Endpoint::from_shared(uri)
         .map_err(|e| bad(&e))?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(1))
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(Duration::from_secs(5)))
+        .tcp_keepalive_interval(Some(Duration::from_secs(1)))
+        .tcp_keepalive_retries(Some(3));
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(&e))?;
     }
@@ -170,10 +178,100 @@ impl Follower {
         }
     }
 
+    /// The next delay: the backoff with jitter (between half and all of
+    /// it), so that agents that lost one controller together do not retry
+    /// in step.
     fn delay(&mut self) -> Duration {
         let now = self.backoff;
         self.backoff = (self.backoff * 2).min(self.max);
-        now
+        jitter(now)
+    }
+}
+
+/// Between half and all of `d`, at random.
+pub fn jitter(d: Duration) -> Duration {
+    d / 2 + d.mul_f64(fastrand::f64() / 2.0)
+}
+
+/// Notices a controller that stopped answering an agent's stream: the
+/// controller answers every report, so a report left unanswered for the
+/// deadline means the controller (or the path to it) is stalled, and the
+/// stream is dropped for a new connection — at once, not when TCP notices.
+#[derive(Debug, Clone)]
+pub struct AckDeadline {
+    deadline: Duration,
+    /// When the oldest unanswered report went out.
+    waiting_since: Option<Instant>,
+}
+
+impl AckDeadline {
+    pub fn new(deadline: Duration) -> Self {
+        AckDeadline {
+            deadline,
+            waiting_since: None,
+        }
+    }
+
+    /// A report went out at `now`.
+    pub fn sent(&mut self, now: Instant) {
+        self.waiting_since.get_or_insert(now);
+    }
+
+    /// The controller answered.
+    pub fn heard(&mut self) {
+        self.waiting_since = None;
+    }
+
+    /// `Err` once a report has waited longer than the deadline at `now`.
+    pub fn check(&self, now: Instant) -> Result<(), Status> {
+        match self.waiting_since {
+            Some(since) if now.duration_since(since) >= self.deadline => {
+                Err(Status::deadline_exceeded(format!(
+                    "controller: no answer to a report within {} ms",
+                    self.deadline.as_millis()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The ack deadline of an agent reporting every `heartbeat`: three
+/// heartbeats, and never under 300 ms.
+pub fn ack_deadline(heartbeat: Duration) -> Duration {
+    (heartbeat * 3).max(Duration::from_millis(300))
+}
+
+/// Keeps `session` connected to the one controller at `addr` until `stop`
+/// turns true, reconnecting after `first`..`max` with jitter (directors
+/// keep such a stream with every controller).
+pub async fn keep_connected(
+    addr: String,
+    session: &mut impl Session,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    first: Duration,
+    max: Duration,
+) {
+    let mut backoff = first;
+    loop {
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            o = session.run(&addr) => o,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if let Err(status) = outcome {
+            tracing::warn!(controller = %addr, error = %status.message(), "controller stream lost");
+        }
+        // A stream that lasted a while starts the backoff over.
+        if started.elapsed() > max {
+            backoff = first;
+        }
+        let delay = jitter(backoff);
+        backoff = (backoff * 2).min(max);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 
@@ -314,13 +412,22 @@ mod tests {
         assert_eq!(f.target(), "c:3");
         // No hint: the next listed address, the delay doubling up to max.
         let none = Status::unavailable("no leader elected yet");
-        assert_eq!(f.failed(&none), Next::Other { delay: ms(50) });
+        let delay = |n: Next| match n {
+            Next::Other { delay } => delay,
+            other => panic!("{other:?}"),
+        };
+        let within = |d: Duration, full: u64| d >= ms(full / 2) && d <= ms(full);
+        assert!(within(delay(f.failed(&none)), 50));
         assert_eq!(f.target(), "b:2");
-        assert_eq!(f.failed(&none), Next::Other { delay: ms(100) });
-        assert_eq!(f.failed(&none), Next::Other { delay: ms(200) });
-        assert_eq!(f.failed(&none), Next::Other { delay: ms(250) });
-        assert_eq!(f.ended(), ms(50));
-        assert_eq!(f.ended(), ms(50));
+        assert!(within(delay(f.failed(&none)), 100));
+        assert!(within(delay(f.failed(&none)), 200));
+        assert!(within(delay(f.failed(&none)), 250));
+        assert!(within(f.ended(), 50));
+        assert!(within(f.ended(), 50));
+        // The jitter spreads agents out.
+        let spread: std::collections::BTreeSet<Duration> =
+            (0..20).map(|_| jitter(ms(100))).collect();
+        assert!(spread.len() > 1, "{spread:?}");
     }
 
     #[tokio::test]

@@ -18,10 +18,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lb_hostnet::{NetError, Rtnl};
-use lb_proto::client::{channel, follow_leader, Controllers, Follower, Session};
+use lb_proto::client::{
+    ack_deadline, channel, follow_leader, AckDeadline, Controllers, Follower, Session,
+};
 use lb_proto::model::Service;
 use lb_proto::pb;
 use lb_proto::pb::real_server_sync_client::RealServerSyncClient;
@@ -361,11 +363,15 @@ impl Session for RealServer {
                 .await?
                 .into_inner();
         tracing::info!(controller = %addr, "registered");
+        // A leader that stops answering is left for another at once.
+        let mut waiting = AckDeadline::new(ack_deadline(self.config.heartbeat));
+        waiting.sent(Instant::now());
         let mut ticker = tokio::time::interval(self.config.heartbeat);
         loop {
             tokio::select! {
                 msg = inbound.message() => match msg? {
                     Some(d) => {
+                        waiting.heard();
                         if let Some(cfg) = d.config {
                             let services: Result<Vec<Service>, _> = cfg.services.into_iter().map(Service::try_from).collect();
                             let directors = cfg.director_addresses.iter().filter_map(|a| a.parse().ok()).collect();
@@ -382,11 +388,14 @@ impl Session for RealServer {
                 // A health change or a drain is reported at once, not at the next tick.
                 r = self.status.changed() => {
                     if r.is_err() { return Ok(()) }
+                    waiting.sent(Instant::now());
                     if tx.send(self.next_report()).await.is_err() {
                         return Ok(());
                     }
                 }
                 _ = ticker.tick() => {
+                    waiting.check(Instant::now())?;
+                    waiting.sent(Instant::now());
                     if tx.send(self.next_report()).await.is_err() {
                         return Ok(());
                     }

@@ -1,9 +1,12 @@
-//! `lb.v1.DirectorSync`: one stream per director, served by the leader only.
+//! `lb.v1.DirectorSync`: one stream per director on **every** controller.
 //!
-//! The leader keeps what it hears from each director (liveness, applied
-//! revision, errors, foreign services) in the [`crate::fleet`]: it is
-//! rebuilt from the reports after a leader change, when the directors
-//! reconnect. The stream skeleton is [`super::stream`].
+//! Each controller answers a director's heartbeats with the VIP lease grants
+//! of its own applied state ([`crate::grants`]): a director keeps its VIPs
+//! while a majority of controllers answer, whichever of them leads. Each
+//! also keeps what it hears from each director (liveness, applied revision,
+//! errors, foreign services) in its [`crate::fleet`], so a new leader knows
+//! at once who is live; only the leader turns health verdicts into Raft
+//! writes. The stream skeleton is [`super::stream`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -19,8 +22,7 @@ use super::budget::WriteBudget;
 use super::stream::{first_report, serve, AgentStream, Outbound};
 use crate::app::App;
 use crate::error::status;
-use crate::fleet::vip_leases;
-use crate::state::Command;
+use crate::state::{Command, State};
 
 pub(super) struct DirectorSync {
     app: Arc<App>,
@@ -88,23 +90,77 @@ struct Director {
     ack: u64,
     /// The configuration revision last sent.
     sent_revision: Option<u64>,
+    /// What the director last reported holding.
+    held: Vec<pb::VipLease>,
+}
+
+impl Director {
+    /// Records what a report says about the director's VIPs: what it holds,
+    /// and the epochs it let go for good.
+    fn heard(&mut self, app: &App, report: &pb::DirectorReport) {
+        self.ack = report.heartbeat;
+        self.held.clone_from(&report.held);
+        if report.released.is_empty() {
+            return;
+        }
+        let mut grants = app.grants();
+        for l in &report.released {
+            if let Ok(vip) = l.vip.parse() {
+                grants.released(&self.node, vip, l.epoch);
+            }
+        }
+    }
+}
+
+/// The cluster's voters and every member's API address, as this node knows them.
+fn membership(app: &App) -> (Vec<u64>, Vec<String>) {
+    let metrics = app.raft.metrics();
+    let m = metrics.borrow();
+    let membership = m.membership_config.membership();
+    let voters = membership.voter_ids().collect();
+    let addrs = membership.nodes().map(|(_, n)| n.addr.clone()).collect();
+    (voters, addrs)
+}
+
+/// Of the leases `held`, those whose epoch `state` shows to be over for
+/// `owned` (what the director owns now): moved on, or no longer configured.
+/// A VIP whose epoch this node has not reached yet is not judged.
+fn superseded(state: &State, held: &[pb::VipLease], owned: &[(IpAddr, u64)]) -> Vec<pb::VipLease> {
+    held.iter()
+        .filter(|l| {
+            let Ok(vip) = l.vip.parse::<IpAddr>() else {
+                return false;
+            };
+            let known = state.owners.get(&vip).map_or(0, |o| o.epoch);
+            known >= l.epoch && !owned.contains(&(vip, l.epoch))
+        })
+        .cloned()
+        .collect()
 }
 
 impl AgentStream for Director {
     type Report = pb::DirectorReport;
     type Desired = pb::DirectorDesired;
     const ROLE: &'static str = "director";
+    const LEADER_ONLY: bool = false;
 
     fn node_id(report: &pb::DirectorReport) -> &str {
         &report.node_id
     }
 
-    /// Its leases always, the configuration only when the revision differs
+    /// Its grants always, the configuration only when the revision differs
     /// from the one sent. Read under one lock, so the revision, the
-    /// configuration and the leases belong together.
+    /// configuration and the grants belong together.
     fn desired(&mut self, app: &App) -> pb::DirectorDesired {
+        let (voters, controllers) = membership(app);
         let data = app.state.read();
         let state = &data.state;
+        let owned = state.owned_by(&self.node);
+        let leases = if self.ack > 0 {
+            app.grants().grant(&self.node, &owned, Instant::now())
+        } else {
+            Vec::new()
+        };
         let sent = self.sent_revision.replace(state.revision);
         pb::DirectorDesired {
             revision: state.revision,
@@ -124,8 +180,18 @@ impl AgentStream for Director {
                     .collect(),
             }),
             heartbeat_ack: self.ack,
-            leases: vip_leases(state, &self.node),
+            leases: leases
+                .into_iter()
+                .map(|(vip, epoch)| pb::VipLease {
+                    vip: vip.to_string(),
+                    epoch,
+                })
+                .collect(),
             lease_ms: app.leases.lease_ms(),
+            controller_id: app.id,
+            voters,
+            controllers,
+            superseded: superseded(state, &self.held, &owned),
         }
     }
 
@@ -135,13 +201,13 @@ impl AgentStream for Director {
         report: pb::DirectorReport,
         budget: &mut WriteBudget,
     ) -> Result<(), Status> {
-        // No ack, no lease: a leader that cannot show a recent quorum may
-        // have been replaced.
-        if app.may_grant_leases() {
-            self.ack = report.heartbeat;
-        }
+        self.heard(app, &report);
         app.fleet
             .director_reported(&report, self.stream, app.leases);
+        // Verdicts become Raft writes, which only the leader makes.
+        if app.require_leader().is_err() {
+            return Ok(());
+        }
         for cmd in check_verdicts(app, &self.node, &report) {
             // Over budget: a later report carries the change.
             if !budget.take(Instant::now()) {
@@ -168,7 +234,6 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
         &self,
         req: Request<Streaming<pb::DirectorReport>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        self.app.require_leader().map_err(status)?;
         let caller = super::authz::caller(&req);
         let mut inbound = req.into_inner();
         let first = first_report(&mut inbound).await?;
@@ -186,16 +251,14 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
             .fleet
             .director_reported(&first, stream, self.app.leases);
         tracing::info!(director = %node, "director connected");
-        let director = Director {
+        let mut director = Director {
             node: node.clone(),
             stream,
-            ack: if self.app.may_grant_leases() {
-                first.heartbeat
-            } else {
-                0
-            },
+            ack: 0,
             sent_revision: None,
+            held: Vec::new(),
         };
+        director.heard(&self.app, &first);
         Ok(Response::new(serve(
             self.app.clone(),
             caller,

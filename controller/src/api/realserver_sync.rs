@@ -106,6 +106,7 @@ impl AgentStream for RealServer {
     type Report = pb::RealServerReport;
     type Desired = pb::RealServerDesired;
     const ROLE: &'static str = "realserver";
+    const LEADER_ONLY: bool = true;
 
     fn node_id(report: &pb::RealServerReport) -> &str {
         &report.node_id

@@ -2,8 +2,9 @@
 //! the first report opens the stream; then the controller sends a message
 //! at the start and after every report or applied change, and the stream
 //! ends when the agent hangs up, reports under another node id, is cut off
-//! (revoked, or its certificate expired), or this node stops leading — so
-//! the agent follows the new leader. What differs lives in [`AgentStream`].
+//! (revoked, or its certificate expired), or — for the streams only the
+//! leader serves — this node stops leading, so the agent follows the new
+//! leader. What differs lives in [`AgentStream`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +31,8 @@ pub(super) trait AgentStream: Send + 'static {
     type Desired: Send + 'static;
     /// Who is on the other end, for logs: `director`, `realserver`.
     const ROLE: &'static str;
+    /// Served by the leader only (the stream ends when it stops leading).
+    const LEADER_ONLY: bool;
 
     fn node_id(report: &Self::Report) -> &str;
 
@@ -102,7 +105,7 @@ pub(super) fn serve<S: AgentStream>(
                     }
                     // Raft's metrics change often; only a lost leadership
                     // is news to the agent.
-                    r = metrics.changed() => {
+                    r = metrics.changed(), if S::LEADER_ONLY => {
                         if r.is_err() { break 'stream }
                         if let Err(e) = app.require_leader() {
                             let _ = tx.send(Err(status(e))).await;

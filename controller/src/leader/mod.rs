@@ -1,6 +1,6 @@
 //! What only the leader does, each as a [`Task`] run by one runner:
-//! [`placement`] elects each VIP's director, [`confirm`] keeps the proof
-//! that a quorum still follows this leader (no proof, no lease grants),
+//! [`placement`] elects each VIP's director (the grants that let a director
+//! hold one come from every controller, see [`crate::grants`]),
 //! [`lost_agents`] drains the backends of realserver agents gone silent.
 //!
 //! The runner runs each task's round a period after the last one ended; on a follower it tells the
@@ -17,7 +17,6 @@ use tokio::task::JoinHandle;
 
 use crate::app::App;
 
-pub mod confirm;
 pub mod lost_agents;
 pub mod placement;
 
@@ -58,11 +57,6 @@ pub fn spawn(app: &Arc<App>, shutdown: &watch::Sender<bool>) -> Vec<JoinHandle<(
         tokio::spawn(run(
             app.clone(),
             placement::Placement::new(app.leases),
-            shutdown.subscribe(),
-        )),
-        tokio::spawn(run(
-            app.clone(),
-            confirm::Confirm::new(app.leases),
             shutdown.subscribe(),
         )),
         tokio::spawn(run(

@@ -41,6 +41,9 @@ pub struct Candidate {
     pub live_for: Duration,
     /// The VIPs it last reported holding.
     pub holds: BTreeSet<IpAddr>,
+    /// It is stopping: it keeps what it has until someone else can take it,
+    /// and gets nothing new.
+    pub leaving: bool,
 }
 
 /// What to do with one VIP now.
@@ -71,6 +74,12 @@ pub fn step(
     match current {
         Some(owner) if candidates.get(owner).is_some_and(|c| c.live) => {
             if !ok(owner) {
+                // A stopping owner keeps its VIP while nobody else can take
+                // it: a gap until its lease ends helps no one.
+                let leaving = candidates.get(owner).is_some_and(|c| c.leaving);
+                if leaving && decide(needs, candidates, load).is_none() {
+                    return Step::Keep;
+                }
                 return Step::Release;
             }
             let preferred = needs.preferred.iter().find(|p| ok(p));
@@ -101,6 +110,7 @@ pub fn step(
 
 fn eligible(needs: &Needs, c: &Candidate) -> bool {
     c.live
+        && !c.leaving
         && needs
             .selectors
             .iter()
@@ -222,6 +232,7 @@ fn changes(
                             Duration::ZERO
                         },
                         holds: d.held.iter().filter_map(|l| l.vip.parse().ok()).collect(),
+                        leaving: d.leaving,
                     },
                 )
             })
@@ -408,6 +419,22 @@ mod tests {
         assert_eq!(
             step(vip, &any, Some("b"), None, &d, &none, timing()),
             Step::Assign("a".into())
+        );
+        // A stopping owner hands over to a live director, and keeps the VIP
+        // when there is none.
+        let leaving = Candidate {
+            leaving: true,
+            ..live_for(60, &[vip])
+        };
+        let d = dirs(&[("a", live_for(1, &[])), ("b", leaving.clone())]);
+        assert_eq!(
+            step(vip, &any, Some("b"), None, &d, &none, timing()),
+            Step::Release
+        );
+        let d = dirs(&[("b", leaving)]);
+        assert_eq!(
+            step(vip, &any, Some("b"), None, &d, &none, timing()),
+            Step::Keep
         );
         let d = dirs(&[
             ("a", cand(true, &[("site", "fra")])),

@@ -1,18 +1,19 @@
 //! The director agent: one reconcile loop fed by the controller.
 //!
 //! Four tasks share state through channels:
-//! - the **session** ([`session`]) keeps a `DirectorSync` stream with the
-//!   controller leader (`lb_proto::client::follow_leader`: following
-//!   redirects, reconnecting with backoff), sends a report every heartbeat
-//!   and publishes each desired configuration it receives — a service this
-//!   director refuses is reported, not applied;
+//! - the **session** ([`session`]) keeps a `DirectorSync` stream with every
+//!   controller (reconnecting with backoff, dropping one that stops
+//!   answering), sends a report on each every heartbeat, folds their grants
+//!   into the quorum lease and publishes the newest desired configuration —
+//!   a service this director refuses is reported, not applied;
 //! - the **reconciler** ([`reconciler`]) compares the desired table with the kernel's on every
 //!   new configuration and every `resync` period (so hand edits are
 //!   repaired), applies the difference, keeps the fwmark services' nftables
 //!   mark rules (see [`crate::marks`]), and records what it did for the next
 //!   report;
 //! - the **VIP loop** ([`vips`]) keeps the interface's VIP addresses equal to what the
-//!   lease allows (adding one only once its services are programmed),
+//!   lease allows (adding one only once its services are programmed, and
+//!   removing those it added whose service is gone),
 //!   announces each VIP it takes (gratuitous ARP / unsolicited NA), and runs
 //!   the IPVS sync daemons: backup always, master while it holds a VIP;
 //! - the **checker** runs the health checks of the backends no realserver
@@ -31,14 +32,15 @@ use std::time::Duration;
 
 use lb_hostnet::checks::{self, Target};
 use lb_hostnet::Rtnl;
-use lb_proto::client::{follow_leader, Controllers, Follower};
+use lb_proto::client::Controllers;
 use lb_proto::model::Service;
 use lb_proto::pb;
 use tokio::sync::{watch, Notify};
 
 use crate::ipvs::{Ipvs, IpvsError};
+use crate::lease::Lease;
 use crate::lease_file::LeaseFile;
-use crate::vip::{AnnounceConfig, Lease};
+use crate::vip::AnnounceConfig;
 
 mod reconciler;
 mod session;
@@ -63,6 +65,12 @@ pub struct Config {
     pub sync: Option<SyncConfig>,
     /// Where the lease file goes (see [`crate::lease_file`]).
     pub state_dir: PathBuf,
+    /// A controller that leaves a report unanswered this long is dropped
+    /// and dialled again.
+    pub ack_deadline: Duration,
+    /// On shutdown, how long to wait for the VIPs to move to another
+    /// director before letting them go anyway.
+    pub handover: Duration,
 }
 
 /// The IPVS sync daemons' settings (the same on every director of a pool).
@@ -107,6 +115,27 @@ struct Desired {
     refused: Vec<String>,
 }
 
+/// Waits until the lease holds no VIP and none is on the interface — the
+/// controllers moved them away — or `limit` has passed; true in the first
+/// case.
+async fn hand_over(lease: &Mutex<Lease>, limit: Duration) -> bool {
+    let give_up = std::time::Instant::now() + limit;
+    loop {
+        let now = std::time::Instant::now();
+        let empty = {
+            let l = lease.lock().unwrap_or_else(PoisonError::into_inner);
+            l.held(now).is_empty() && l.added.is_empty()
+        };
+        if empty {
+            return true;
+        }
+        if now >= give_up {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -137,12 +166,12 @@ pub async fn run(
     let inherited = match lease_file.load() {
         Ok(Some(l)) => {
             let now = std::time::Instant::now();
-            let left = l.until.map(|u| u.saturating_duration_since(now));
-            tracing::info!(
-                vips = ?l.vips.keys().collect::<Vec<_>>(),
-                left_ms = left.map(|d| d.as_millis()),
-                "continuing the previous process's lease"
-            );
+            let left: BTreeMap<_, _> = l
+                .holding(now)
+                .into_iter()
+                .map(|(vip, (_, until))| (vip, until.saturating_duration_since(now).as_millis()))
+                .collect();
+            tracing::info!(held_ms = ?left, on_interface = ?l.added, "continuing the previous process's lease");
             l
         }
         Ok(None) => Lease::default(),
@@ -183,30 +212,35 @@ pub async fn run(
         progress.clone(),
         stop_rx.clone(),
     ));
+    let report_now = Arc::new(watch::channel(0u64).0);
+    let (leaving_tx, leaving_rx) = watch::channel(false);
     let vips = tokio::spawn(vips::run(
         host,
-        inherited.vips.keys().copied().collect(),
         desired_rx,
         programmed_rx,
         (lease.clone(), lease_changed.clone()),
+        (lease_file.clone(), report_now.clone()),
         stop_rx.clone(),
     ));
-    let follower = Follower::new(
-        &config.controllers,
-        // Retry fast: the lease is running out while no controller answers.
-        Duration::from_millis(50),
-        Duration::from_millis(250),
-    );
-    let mut session = session::Director::new(
+    let handover = config.handover;
+    let shared = Arc::new(session::Shared::new(
         config,
         (desired_tx, checks_tx),
         progress,
-        (lease, lease_changed),
+        (lease.clone(), lease_changed),
         lease_file.clone(),
-    );
-    let session = tokio::spawn(async move { follow_leader(follower, &mut session, stop_rx).await });
+        (report_now.clone(), leaving_rx),
+    ));
+    let session = tokio::spawn(session::run(shared, stop_rx));
     shutdown.await;
-    tracing::info!("shutting down: releasing VIPs; the IPVS table stays as it is");
+    tracing::info!("shutting down: asking for the VIPs to move to another director");
+    let _ = leaving_tx.send(true);
+    report_now.send_modify(|n| *n += 1);
+    let handed_over = hand_over(&lease, handover).await;
+    tracing::info!(
+        handed_over,
+        "releasing the VIPs still held; the IPVS table stays as it is"
+    );
     let _ = stop_tx.send(true);
     let _ = reconciler.await;
     let _ = checker.await;

@@ -1,73 +1,44 @@
-//! The session with the controller leader: one `DirectorSync` stream at a
-//! time (reconnecting is `lb_proto::client::follow_leader`'s job), a report
-//! every heartbeat, the lease grants acted on, and each desired
-//! configuration published for the reconciler and the checker.
+//! The sessions with the controllers: one `DirectorSync` stream with
+//! **every** controller (`lb_proto::client::keep_connected` each), a report
+//! on each every heartbeat, each controller's grants folded into the quorum
+//! lease ([`crate::lease`]), and the newest desired configuration any of
+//! them sends published for the reconciler and the checker.
+//!
+//! The streams start with the `--controller` list and then follow the
+//! cluster's membership as the controllers name it, so a director pointed
+//! at one controller still reaches the majority its lease needs.
 
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use lb_hostnet::checks::{self, Target};
-use lb_proto::client::{channel, Session};
+use lb_proto::client::{channel, keep_connected, AckDeadline, Session};
 use lb_proto::model::Service;
 use lb_proto::pb;
 use lb_proto::pb::director_sync_client::DirectorSyncClient;
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Config, Desired, Progress};
+use crate::lease::{Lease, SentHeartbeats};
 use crate::lease_file::LeaseFile;
-use crate::vip::{lease_until, Lease, SentHeartbeats};
 
-fn report(
-    config: &Config,
-    heartbeat: u64,
-    progress: &Mutex<Progress>,
-    lease: &Mutex<Lease>,
-    stats_sent: &mut u64,
-) -> pb::DirectorReport {
-    let p = progress.lock().unwrap_or_else(PoisonError::into_inner);
-    // Counters change every round; sending them with each heartbeat would
-    // multiply the stream's traffic for nothing.
-    let stats = (p.stats_round > *stats_sent)
-        .then(|| p.stats.as_deref().cloned())
-        .flatten();
-    *stats_sent = p.stats_round;
-    let (applied_revision, changes_applied) = (p.applied_revision, p.changes_applied);
-    let (errors, foreign_services) = (p.errors.clone(), p.foreign_services.clone());
-    let addresses = p.addresses.clone();
-    let unhealthy: Vec<pb::BackendRef> = p
-        .unhealthy
-        .iter()
-        .map(|(service, b)| pb::BackendRef {
-            service: service.clone(),
-            address: b.ip().to_string(),
-            port: b.port().into(),
+fn vip_leases(list: impl IntoIterator<Item = (IpAddr, u64)>) -> Vec<pb::VipLease> {
+    list.into_iter()
+        .map(|(vip, epoch)| pb::VipLease {
+            vip: vip.to_string(),
+            epoch,
         })
-        .collect();
-    drop(p);
-    let held = lease
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .held(std::time::Instant::now());
-    pb::DirectorReport {
-        node_id: config.node_id.clone(),
-        labels: config.labels.clone().into_iter().collect(),
-        heartbeat,
-        applied_revision,
-        errors,
-        foreign_services,
-        changes_applied,
-        held: held
-            .into_iter()
-            .map(|(vip, epoch)| pb::VipLease {
-                vip: vip.to_string(),
-                epoch,
-            })
-            .collect(),
-        stats,
-        unhealthy,
-        addresses,
-    }
+        .collect()
+}
+
+fn parse_leases(list: &[pb::VipLease]) -> BTreeMap<IpAddr, u64> {
+    list.iter()
+        .filter_map(|l| Some((l.vip.parse().ok()?, l.epoch)))
+        .collect()
 }
 
 /// The health checks the controller asks of this director, from the
@@ -83,28 +54,36 @@ fn check_targets(services: &[Service], asked: &[pb::BackendRef]) -> Vec<Target> 
         .collect()
 }
 
-/// The session's side of the agent: what it reads and what it publishes.
-pub(super) struct Director {
-    config: Config,
-    desired: watch::Sender<Option<Desired>>,
-    checks: watch::Sender<Vec<Target>>,
-    progress: Arc<Mutex<Progress>>,
-    lease: Arc<Mutex<Lease>>,
-    lease_changed: Arc<Notify>,
-    lease_file: LeaseFile,
-    /// Numbers the reports across sessions, so an ack names one send time.
-    heartbeat: u64,
+/// What every stream reads and publishes.
+pub(super) struct Shared {
+    pub(super) config: Config,
+    pub(super) desired: watch::Sender<Option<Desired>>,
+    pub(super) checks: watch::Sender<Vec<Target>>,
+    pub(super) progress: Arc<Mutex<Progress>>,
+    pub(super) lease: Arc<Mutex<Lease>>,
+    /// Wakes the VIP loop when the lease changed.
+    pub(super) lease_changed: Arc<Notify>,
+    pub(super) lease_file: LeaseFile,
+    /// Bumped to have every stream report at once, not at its next tick
+    /// (a VIP let go, the agent leaving): hand-overs wait on that report.
+    pub(super) report_now: Arc<watch::Sender<u64>>,
+    /// True once the agent is stopping.
+    pub(super) leaving: watch::Receiver<bool>,
+    /// The controllers to keep a stream with.
+    targets: watch::Sender<BTreeSet<String>>,
 }
 
-impl Director {
+impl Shared {
     pub(super) fn new(
         config: Config,
         (desired, checks): (watch::Sender<Option<Desired>>, watch::Sender<Vec<Target>>),
         progress: Arc<Mutex<Progress>>,
         (lease, lease_changed): (Arc<Mutex<Lease>>, Arc<Notify>),
         lease_file: LeaseFile,
+        (report_now, leaving): (Arc<watch::Sender<u64>>, watch::Receiver<bool>),
     ) -> Self {
-        Director {
+        let listed = config.controllers.addrs().iter().cloned().collect();
+        Shared {
             config,
             desired,
             checks,
@@ -112,26 +91,76 @@ impl Director {
             lease,
             lease_changed,
             lease_file,
-            heartbeat: 0,
+            report_now,
+            leaving,
+            targets: watch::channel(listed).0,
         }
     }
 
-    /// Acts on a grant: the lease runs from the send time of the heartbeat
-    /// it acknowledges. Saved before the next report (sent from this task)
-    /// can tell the controller what the lease now says.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lease> {
+        self.lease.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next report: what the reconciler did, what the kernel has.
+    fn report(&self, heartbeat: u64, stats_sent: &mut u64) -> pb::DirectorReport {
+        let p = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        // Counters change every round; sending them with each heartbeat would
+        // multiply the stream's traffic for nothing.
+        let stats = (p.stats_round > *stats_sent)
+            .then(|| p.stats.as_deref().cloned())
+            .flatten();
+        *stats_sent = p.stats_round;
+        let unhealthy: Vec<pb::BackendRef> = p
+            .unhealthy
+            .iter()
+            .map(|(service, b)| pb::BackendRef {
+                service: service.clone(),
+                address: b.ip().to_string(),
+                port: b.port().into(),
+            })
+            .collect();
+        let mut report = pb::DirectorReport {
+            node_id: self.config.node_id.clone(),
+            labels: self.config.labels.clone().into_iter().collect(),
+            heartbeat,
+            applied_revision: p.applied_revision,
+            errors: p.errors.clone(),
+            foreign_services: p.foreign_services.clone(),
+            changes_applied: p.changes_applied,
+            stats,
+            unhealthy,
+            addresses: p.addresses.clone(),
+            leaving: *self.leaving.borrow(),
+            ..Default::default()
+        };
+        drop(p);
+        let l = self.lock();
+        let now = Instant::now();
+        // What the kernel has, not what the lease says.
+        report.held = vip_leases(l.added.iter().map(|v| (*v, l.epoch_of(*v, now))));
+        report.released = vip_leases(l.released());
+        report
+    }
+
+    /// Acts on a controller's answer: its grants count from the send time
+    /// of the heartbeat it acknowledges. Saved before the next report (sent
+    /// from this task) can tell the controller what the lease now says.
     fn granted(&self, d: &pb::DirectorDesired, sent: &mut SentHeartbeats) {
+        let now = Instant::now();
+        let at = sent.acked(d.heartbeat_ack);
         let changed = {
-            let mut l = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
-            let before = l.clone();
-            if let Some(at) = sent.acked(d.heartbeat_ack) {
-                l.until = Some(lease_until(at, d.lease_ms));
-            }
-            l.vips = d
-                .leases
-                .iter()
-                .filter_map(|v| Some((v.vip.parse().ok()?, v.epoch)))
-                .collect();
-            (*l != before).then(|| l.clone())
+            let mut l = self.lock();
+            let before = (l.holding(now), l.dropped.clone());
+            l.granted(
+                d.controller_id,
+                at,
+                Duration::from_millis(u64::from(d.lease_ms)),
+                parse_leases(&d.leases),
+                d.voters.iter().copied().collect(),
+            );
+            l.supersede(parse_leases(&d.superseded));
+            l.forget(now, Duration::from_secs(10));
+            ((l.holding(now), l.dropped.clone()) != before).then(|| l.clone())
         };
         if let Some(l) = changed {
             if let Err(e) = self.lease_file.save(&l) {
@@ -139,64 +168,92 @@ impl Director {
             }
             self.lease_changed.notify_one();
         }
+        let members: BTreeSet<String> = d.controllers.iter().cloned().collect();
+        if !members.is_empty() {
+            self.targets.send_if_modified(|t| {
+                let new = *t != members;
+                if new {
+                    tracing::info!(controllers = ?members, "the controllers named the cluster's members");
+                    *t = members;
+                }
+                new
+            });
+        }
     }
 
-    /// Publishes a new configuration for the reconciler and the checker.
+    /// Publishes a configuration newer than the one published, for the
+    /// reconciler and the checker (every controller sends each revision).
     fn configure(&self, revision: u64, cfg: pb::DesiredConfig) {
-        let previous = self.desired.borrow().as_ref().map(|d| d.services.clone());
+        let previous = self.desired.borrow().clone();
+        if previous.as_ref().is_some_and(|d| d.revision >= revision) {
+            return;
+        }
+        let previous = previous.map(|d| d.services);
         let (services, refused) = accept(cfg.services, previous.as_deref().unwrap_or(&[]));
         for why in &refused {
             tracing::error!(revision, refused = %why, "refusing a service the controller sent");
         }
-        self.checks
-            .send_replace(check_targets(&services, &cfg.checks));
-        self.desired.send_replace(Some(Desired {
-            revision,
-            services,
-            refused,
-        }));
-    }
-
-    fn next_report(
-        &mut self,
-        sent: &mut SentHeartbeats,
-        stats_sent: &mut u64,
-    ) -> pb::DirectorReport {
-        self.heartbeat += 1;
-        sent.sent(self.heartbeat, std::time::Instant::now());
-        report(
-            &self.config,
-            self.heartbeat,
-            &self.progress,
-            &self.lease,
-            stats_sent,
-        )
+        let targets = check_targets(&services, &cfg.checks);
+        let published = self.desired.send_if_modified(|d| {
+            if d.as_ref().is_some_and(|d| d.revision >= revision) {
+                return false;
+            }
+            *d = Some(Desired {
+                revision,
+                services,
+                refused,
+            });
+            true
+        });
+        if published {
+            self.checks.send_replace(targets);
+        }
     }
 }
 
-impl Session for Director {
+/// One controller's stream.
+struct Stream {
+    shared: Arc<Shared>,
+}
+
+impl Session for Stream {
     /// One stream with one controller; returns when it ends.
     async fn run(&mut self, addr: &str) -> Result<(), tonic::Status> {
+        let sh = self.shared.clone();
         let (tx, rx) = mpsc::channel(8);
         let mut sent = SentHeartbeats::default();
-        // A new stream may reach a new leader, which has no counters yet.
+        let mut heartbeat = 0;
+        // A new stream may reach a controller that has no counters yet.
         let mut stats_sent = 0;
-        let _ = tx.send(self.next_report(&mut sent, &mut stats_sent)).await;
-        let mut renewed = self.config.tls.changed();
-        let mut inbound =
-            DirectorSyncClient::new(channel(addr, self.config.tls.current().as_ref())?)
-                .sync(ReceiverStream::new(rx))
-                .await?
-                .into_inner();
+        // Connecting may take long (a TLS handshake on a slow host): the
+        // deadline starts with the stream.
+        let mut waiting = AckDeadline::new(sh.config.ack_deadline);
+        let mut report_now = sh.report_now.subscribe();
+        let mut next = |sent: &mut SentHeartbeats, waiting: &mut AckDeadline| {
+            heartbeat += 1;
+            let now = Instant::now();
+            sent.sent(heartbeat, now);
+            waiting.sent(now);
+            sh.report(heartbeat, &mut stats_sent)
+        };
+        let _ = tx.send(next(&mut sent, &mut waiting)).await;
+        let mut renewed = sh.config.tls.changed();
+        let mut inbound = DirectorSyncClient::new(channel(addr, sh.config.tls.current().as_ref())?)
+            .sync(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
         tracing::info!(controller = %addr, "connected");
-        let mut ticker = tokio::time::interval(self.config.heartbeat);
+        waiting.heard();
+        waiting.sent(Instant::now());
+        let mut ticker = tokio::time::interval(sh.config.heartbeat);
         loop {
             tokio::select! {
                 msg = inbound.message() => match msg? {
                     Some(d) => {
-                        self.granted(&d, &mut sent);
+                        waiting.heard();
+                        sh.granted(&d, &mut sent);
                         if let Some(cfg) = d.config {
-                            self.configure(d.revision, cfg);
+                            sh.configure(d.revision, cfg);
                         }
                     }
                     None => return Ok(()),
@@ -204,13 +261,66 @@ impl Session for Director {
                 // A renewed certificate counts from the next connection.
                 Ok(()) = renewed.changed() => return Ok(()),
                 _ = ticker.tick() => {
-                    let report = self.next_report(&mut sent, &mut stats_sent);
-                    if tx.send(report).await.is_err() {
+                    waiting.check(Instant::now())?;
+                    if tx.send(next(&mut sent, &mut waiting)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(()) = report_now.changed() => {
+                    if tx.send(next(&mut sent, &mut waiting)).await.is_err() {
                         return Ok(());
                     }
                 }
             }
         }
+    }
+}
+
+/// Keeps one stream with each controller until `stop` turns true: the
+/// listed ones, then the members the controllers name.
+pub(super) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let mut streams: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
+    let mut targets = shared.targets.subscribe();
+    let mut stopping = stop.clone();
+    loop {
+        let want = targets.borrow_and_update().clone();
+        streams.retain(|addr, task| {
+            let keep = want.contains(addr);
+            if !keep {
+                tracing::info!(controller = %addr, "no longer a member: stream closed");
+                task.abort();
+            }
+            keep
+        });
+        for addr in want {
+            if streams.contains_key(&addr) {
+                continue;
+            }
+            let mut stream = Stream {
+                shared: shared.clone(),
+            };
+            let stop = stop.clone();
+            let a = addr.clone();
+            let task = tokio::spawn(async move {
+                // Retry fast: a lease is running out while too few answer.
+                keep_connected(
+                    a,
+                    &mut stream,
+                    stop,
+                    Duration::from_millis(50),
+                    Duration::from_millis(500),
+                )
+                .await;
+            });
+            streams.insert(addr, task);
+        }
+        tokio::select! {
+            r = targets.changed() => if r.is_err() { break },
+            _ = stopping.wait_for(|s| *s) => break,
+        }
+    }
+    for (_, task) in streams {
+        let _ = task.await;
     }
 }
 

@@ -1,6 +1,11 @@
 //! The VIP loop: keeps the interface's VIP addresses equal to what the
 //! lease allows (adding one only once its services are programmed),
 //! announces each VIP it takes, and runs the IPVS sync daemons.
+//!
+//! It records the addresses it put on the interface in the lease
+//! (`Lease::added`, saved in the lease file), so that an address whose
+//! service was deleted — or readdressed, also while the agent was down — is
+//! still known to be its own and taken off.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -13,7 +18,9 @@ use tokio::sync::{watch, Notify};
 
 use super::{Desired, SyncConfig};
 use crate::ipvs::{Ipvs, IpvsError, SyncDaemon, SyncRole};
-use crate::vip::{converge, AnnounceConfig, Announcements, Lease};
+use crate::lease::Lease;
+use crate::lease_file::LeaseFile;
+use crate::vip::{converge, AnnounceConfig, Announcements};
 
 /// The VIP addresses of the desired configuration.
 fn managed_vips(desired: &Option<Desired>) -> BTreeSet<IpAddr> {
@@ -34,20 +41,21 @@ pub(super) struct Host {
 }
 
 impl Host {
-    /// Addresses, then sync daemons; returns the VIPs newly added.
+    /// Addresses, then sync daemons; returns the VIPs newly added and the
+    /// managed VIPs now on the interface.
     fn converge(
         &self,
         managed: &BTreeSet<IpAddr>,
         held: &BTreeSet<IpAddr>,
         ready: &BTreeSet<IpAddr>,
-    ) -> Result<Vec<IpAddr>, String> {
-        let added = converge(&self.rtnl, self.link.index, managed, held, ready)
+    ) -> Result<(Vec<IpAddr>, BTreeSet<IpAddr>), String> {
+        let out = converge(&self.rtnl, self.link.index, managed, held, ready)
             .map_err(|e| e.to_string())?;
         if let Some(sync) = &self.sync {
             self.converge_sync(sync, !held.is_empty())
                 .map_err(|e| e.to_string())?;
         }
-        Ok(added)
+        Ok(out)
     }
 
     /// Backup always (to take over connections when a VIP moves here),
@@ -87,15 +95,41 @@ impl Host {
     }
 }
 
+/// Records the managed VIPs on the interface in the lease (and its file);
+/// when one went away, every stream reports at once — a hand-over waits on
+/// that report.
+fn record(
+    lease: &Mutex<Lease>,
+    present: BTreeSet<IpAddr>,
+    file: &LeaseFile,
+    report_now: &watch::Sender<u64>,
+) {
+    let (saved, removed) = {
+        let mut l = lease.lock().unwrap_or_else(PoisonError::into_inner);
+        if l.added == present {
+            return;
+        }
+        let removed = l.added.difference(&present).next().is_some();
+        l.added = present;
+        (l.clone(), removed)
+    };
+    if let Err(e) = file.save(&saved) {
+        tracing::warn!(error = %e, "saving the lease");
+    }
+    if removed {
+        report_now.send_modify(|n| *n += 1);
+    }
+}
+
 /// Keeps the interface's VIP addresses equal to what the lease allows,
 /// checking often enough that an expired lease drops the address within a
 /// tick, and announces the VIPs it takes.
 pub(super) async fn run(
     host: Host,
-    inherited: BTreeSet<IpAddr>,
     desired: watch::Receiver<Option<Desired>>,
     programmed: watch::Receiver<BTreeSet<IpAddr>>,
     (lease, lease_changed): (Arc<Mutex<Lease>>, Arc<Notify>),
+    (lease_file, report_now): (LeaseFile, Arc<watch::Sender<u64>>),
     mut stop: watch::Receiver<bool>,
 ) -> bool {
     let host = Arc::new(host);
@@ -106,15 +140,17 @@ pub(super) async fn run(
     loop {
         let stopping = *stop.borrow();
         let now = std::time::Instant::now();
-        // VIPs the previous process held are ours to remove even before (or
-        // without) a configuration naming them.
+        // VIPs this agent (or the previous process) put on the interface
+        // are its own to remove, even when no configuration names them now.
         let mut managed = managed_vips(&desired.borrow());
-        managed.extend(inherited.iter().copied());
-        let held: BTreeSet<IpAddr> = if stopping {
-            BTreeSet::new()
-        } else {
+        let held: BTreeSet<IpAddr> = {
             let l = lease.lock().unwrap_or_else(PoisonError::into_inner);
-            l.held(now).into_keys().collect()
+            managed.extend(l.added.iter().copied());
+            if stopping {
+                BTreeSet::new()
+            } else {
+                l.held(now).into_keys().collect()
+            }
         };
         let ready = programmed.borrow().clone();
         // Ask the kernel on every change, and every second to repair hand edits.
@@ -127,10 +163,11 @@ pub(super) async fn run(
             let h = host.clone();
             let (m, hd, r) = state.clone();
             match tokio::task::spawn_blocking(move || h.converge(&m, &hd, &r)).await {
-                Ok(Ok(added)) => {
+                Ok(Ok((added, present))) => {
                     for vip in added {
                         announcements.taken(vip, now, &host.announce);
                     }
+                    record(&lease, present, &lease_file, &report_now);
                     last = Some(state.clone());
                     converged = true;
                 }

@@ -44,22 +44,22 @@ pub const VIPS: [&str; 4] = [DR_VIP, TUN_VIP, NAT_VIP, MARK_VIP];
 /// the host (a shell loop: 27 times), and a gRPC round trip there (over
 /// mTLS) can exceed the LAN defaults' 50 ms Raft heartbeat, which openraft
 /// also uses as the AppendEntries deadline: at 250 ms, quorum checks timed
-/// out in bursts and spurious elections followed, so the heartbeat is
-/// 500 ms. Everything else is scaled up alike; the figures printed are for
-/// these timers. Until leases stop depending on the leader, the lease must
-/// outlast a leader change plus the agents' reconnect: after a leader was
-/// killed, 4.3-11.6 s passed before a new one held (a Vote RPC to a peer
-/// never dialled before waits for a TLS handshake that takes seconds under
-/// emulation), so the lease is 25 s.
+/// out in bursts and spurious elections followed. So every controller timer
+/// is the default times ten: Raft heartbeat 500 ms, election 1.5-3 s, lease
+/// 6 s, margin 2 s. The leases no longer wait for a new leader (every
+/// controller grants them), so the lease only has to outlast a few lost
+/// heartbeats. The directors report every 500 ms (more often than ten times
+/// the default: more answers within one lease). The figures printed are for
+/// these timers.
 pub const VM_CONTROLLER_TIMERS: [&str; 8] = [
     "--raft-heartbeat-ms",
     "500",
     "--raft-election-ms",
     "1500",
     "--lease-ms",
-    "25000",
+    "6000",
     "--lease-margin-ms",
-    "2500",
+    "2000",
 ];
 pub const VM_DIRECTOR_HEARTBEAT: [&str; 2] = ["--heartbeat-ms", "500"];
 

@@ -1,0 +1,179 @@
+//! VIP lease grants: what this controller tells each director it may hold.
+//!
+//! Every controller (the leader and each follower alike) serves the
+//! directors' streams and grants leases from its **own applied state**:
+//! a director that owns `(vip, epoch)` there gets that grant in the answer to
+//! each heartbeat. The director holds a VIP while a **majority of the voters**
+//! have a fresh grant for the same epoch, each counted from the moment the
+//! director *sent* the heartbeat it answers (so the director's side always
+//! ends first).
+//!
+//! The one rule this module enforces: a controller grants a VIP's newer
+//! epoch only once every grant it gave for an older epoch has run out plus
+//! the margin — or once the old owner has promised (in a report's
+//! `released`) never to hold that epoch again and taken the address off.
+//!
+//! Why two directors can never both hold a VIP: suppose D1 holds `(v, e)`
+//! and D2 holds `(v, e')` with `e < e'` at the same instant. Each holds
+//! through a majority of fresh grants; any two majorities of one voter set
+//! share a controller C. C granted `(v, e')` only after its last `(v, e)`
+//! grant had been out for `lease + margin`, and D1's use of that grant ended
+//! at most `lease` after D1 sent the heartbeat — before C even answered it.
+//! After applying `e'`, C's state never shows `e` again (epochs only grow),
+//! so it grants no `(v, e)` afterwards. So C cannot have both grants fresh at
+//! once: a contradiction. A released epoch is the same argument with D1's
+//! promise in place of the wait. None of this needs the leader: a minority
+//! of controllers, the leader included, may die or hang and every director
+//! keeps its VIPs on the grants of the rest.
+//!
+//! A controller that (re)starts knows nothing of the grants it gave before;
+//! it grants nothing for `lease + margin` after it starts, so whatever it
+//! granted in a previous life has run out first.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// The last grant this controller gave for one VIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Given {
+    epoch: u64,
+    director: String,
+    at: Instant,
+}
+
+/// This controller's grant book, one per process.
+#[derive(Debug)]
+pub struct Grants {
+    /// Nothing is granted before this instant (see the module docs).
+    quiet_until: Instant,
+    /// How long after its last grant of an epoch the next may be granted:
+    /// lease + margin.
+    wait: Duration,
+    last: BTreeMap<IpAddr, Given>,
+    /// When records older than `wait` were last forgotten.
+    swept: Instant,
+}
+
+impl Grants {
+    pub fn new(now: Instant, wait: Duration) -> Self {
+        Grants {
+            quiet_until: now + wait,
+            wait,
+            last: BTreeMap::new(),
+            swept: now,
+        }
+    }
+
+    /// The grants for `director`, which owns `owned` (VIP → epoch) in this
+    /// controller's applied state, at `now`. A VIP whose older epoch may
+    /// still be held elsewhere is left out until that has run out.
+    pub fn grant(
+        &mut self,
+        director: &str,
+        owned: &[(IpAddr, u64)],
+        now: Instant,
+    ) -> Vec<(IpAddr, u64)> {
+        if now < self.quiet_until {
+            return Vec::new();
+        }
+        if now >= self.swept + self.wait {
+            self.forget_expired(now);
+        }
+        let mut out = Vec::with_capacity(owned.len());
+        for &(vip, epoch) in owned {
+            if let Some(g) = self.last.get(&vip) {
+                let older_may_be_held = g.epoch < epoch && now < g.at + self.wait;
+                if older_may_be_held || g.epoch > epoch {
+                    continue;
+                }
+            }
+            self.last.insert(
+                vip,
+                Given {
+                    epoch,
+                    director: director.to_string(),
+                    at: now,
+                },
+            );
+            out.push((vip, epoch));
+        }
+        out
+    }
+
+    /// `director` promises never to hold `(vip, epoch)` again and has taken
+    /// the address off: the newer epoch need not wait for this one.
+    pub fn released(&mut self, director: &str, vip: IpAddr, epoch: u64) {
+        if self
+            .last
+            .get(&vip)
+            .is_some_and(|g| g.epoch == epoch && g.director == director)
+        {
+            self.last.remove(&vip);
+        }
+    }
+
+    /// The VIPs' last grants older than any wait, forgotten (bounded memory
+    /// when VIPs come and go).
+    fn forget_expired(&mut self, now: Instant) {
+        self.swept = now;
+        let wait = self.wait;
+        self.last.retain(|_, g| now < g.at + wait);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn vip() -> IpAddr {
+        "10.0.0.100".parse().unwrap()
+    }
+
+    #[test]
+    fn nothing_is_granted_until_a_previous_life_s_grants_ran_out() {
+        let t0 = Instant::now();
+        let mut g = Grants::new(t0, 800 * MS);
+        assert!(g.grant("d1", &[(vip(), 1)], t0 + 799 * MS).is_empty());
+        assert_eq!(g.grant("d1", &[(vip(), 1)], t0 + 800 * MS), [(vip(), 1)]);
+    }
+
+    #[test]
+    fn a_new_epoch_waits_for_the_old_one_s_last_grant() {
+        let t0 = Instant::now();
+        let mut g = Grants::new(t0 - 800 * MS, 800 * MS);
+        assert_eq!(g.grant("d1", &[(vip(), 1)], t0), [(vip(), 1)]);
+        assert_eq!(g.grant("d1", &[(vip(), 1)], t0 + 100 * MS), [(vip(), 1)]);
+        // Epoch 2 went to d2: withheld until 800 ms after the last epoch-1 grant.
+        assert!(g.grant("d2", &[(vip(), 2)], t0 + 899 * MS).is_empty());
+        assert_eq!(g.grant("d2", &[(vip(), 2)], t0 + 900 * MS), [(vip(), 2)]);
+        // A lagging view of epoch 1 is never granted after epoch 2.
+        assert!(g.grant("d1", &[(vip(), 1)], t0 + 901 * MS).is_empty());
+    }
+
+    #[test]
+    fn a_released_epoch_lets_the_next_be_granted_at_once() {
+        let t0 = Instant::now();
+        let mut g = Grants::new(t0 - 800 * MS, 800 * MS);
+        g.grant("d1", &[(vip(), 1)], t0);
+        // A promise from another director, or for another epoch, counts for nothing.
+        g.released("d2", vip(), 1);
+        g.released("d1", vip(), 0);
+        assert!(g.grant("d2", &[(vip(), 3)], t0 + 10 * MS).is_empty());
+        g.released("d1", vip(), 1);
+        assert_eq!(g.grant("d2", &[(vip(), 3)], t0 + 20 * MS), [(vip(), 3)]);
+    }
+
+    #[test]
+    fn old_records_are_forgotten() {
+        let t0 = Instant::now();
+        let mut g = Grants::new(t0 - 800 * MS, 800 * MS);
+        g.grant("d1", &[(vip(), 1)], t0);
+        g.forget_expired(t0 + 799 * MS);
+        assert_eq!(g.last.len(), 1);
+        g.forget_expired(t0 + 800 * MS);
+        assert!(g.last.is_empty());
+    }
+}

@@ -1,0 +1,286 @@
+//! The quorum lease: which VIPs this director may hold, and until when.
+//!
+//! Every controller answers each heartbeat with its grants (VIP → epoch)
+//! from its own applied state. A grant counts until `lease_ms` after the
+//! director *sent* the heartbeat it answers — the director's clock only, so
+//! the director's side of a grant always ends before the controller's. A VIP
+//! is held at one epoch while a **majority of the voters** have a fresh grant
+//! for that epoch; the controllers' side of the argument that two directors
+//! never both hold a VIP is in `lb_controller::grants`.
+//!
+//! An epoch a controller reports as *superseded* (the VIP moved, was
+//! released, or is no longer configured) is dropped for good: it is never
+//! held again, whatever grants are still fresh, and once its address is off
+//! the interface the director says so (`released`), which lets the
+//! controllers grant the next epoch at once instead of waiting the lease out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// One controller's latest grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub until: Instant,
+    pub vips: BTreeMap<IpAddr, u64>,
+}
+
+/// What the director may hold, from every controller's grants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// Each controller's latest grants, by its Raft node id.
+    pub grants: BTreeMap<u64, Grant>,
+    /// The voters as each controller names them: the majority is counted
+    /// over their union (membership changes one node at a time, so any
+    /// two of these views overlap in a majority).
+    pub voters: BTreeMap<u64, BTreeSet<u64>>,
+    /// What a previous process of this node held, and until when (from the
+    /// lease file): held on that authority alone until then.
+    pub inherited: BTreeMap<IpAddr, (u64, Instant)>,
+    /// VIP → the highest epoch let go of for good.
+    pub dropped: BTreeMap<IpAddr, u64>,
+    /// The VIP addresses this agent put on the interface and has not taken
+    /// off yet: what the kernel has, kept across restarts so that a VIP
+    /// deleted while the agent was down is still removed.
+    pub added: BTreeSet<IpAddr>,
+}
+
+impl Lease {
+    /// The VIPs held at `now`, with their epoch and until when the
+    /// majority lasts (without further grants).
+    pub fn holding(&self, now: Instant) -> BTreeMap<IpAddr, (u64, Instant)> {
+        let voters: BTreeSet<u64> = self.voters.values().flatten().copied().collect();
+        let need = voters.len() / 2 + 1;
+        let mut ends: BTreeMap<(IpAddr, u64), Vec<Instant>> = BTreeMap::new();
+        for (id, g) in &self.grants {
+            if !voters.contains(id) || g.until <= now {
+                continue;
+            }
+            for (vip, epoch) in &g.vips {
+                ends.entry((*vip, *epoch)).or_default().push(g.until);
+            }
+        }
+        let mut out: BTreeMap<IpAddr, (u64, Instant)> = BTreeMap::new();
+        for ((vip, epoch), mut until) in ends {
+            if until.len() < need {
+                continue;
+            }
+            // The majority lasts as long as its need-th longest grant.
+            until.sort_unstable_by(|a, b| b.cmp(a));
+            let end = until[need - 1];
+            if out.get(&vip).is_none_or(|(e, _)| *e < epoch) {
+                out.insert(vip, (epoch, end));
+            }
+        }
+        for (vip, (epoch, until)) in &self.inherited {
+            if *until > now && out.get(vip).is_none_or(|(e, _)| e < epoch) {
+                out.insert(*vip, (*epoch, *until));
+            }
+        }
+        out.retain(|vip, (epoch, _)| self.dropped.get(vip).is_none_or(|d| *epoch > *d));
+        out
+    }
+
+    /// The VIPs held at `now`, with their epoch.
+    pub fn held(&self, now: Instant) -> BTreeMap<IpAddr, u64> {
+        self.holding(now)
+            .into_iter()
+            .map(|(vip, (epoch, _))| (vip, epoch))
+            .collect()
+    }
+
+    /// Controller `id`'s grants, answering a heartbeat sent at `sent`
+    /// (`None`: the answer to a heartbeat already answered, whose time has
+    /// been used; the grant keeps that end).
+    pub fn granted(
+        &mut self,
+        id: u64,
+        sent: Option<Instant>,
+        lease: Duration,
+        vips: BTreeMap<IpAddr, u64>,
+        voters: BTreeSet<u64>,
+    ) {
+        if !voters.is_empty() {
+            self.voters.insert(id, voters);
+        }
+        let until = match (sent, self.grants.get(&id)) {
+            (Some(at), _) => at + lease,
+            (None, Some(g)) => g.until,
+            (None, None) => return,
+        };
+        self.grants.insert(id, Grant { until, vips });
+    }
+
+    /// A controller says these epochs are over: never hold them again.
+    pub fn supersede(&mut self, over: impl IntoIterator<Item = (IpAddr, u64)>) {
+        for (vip, epoch) in over {
+            let d = self.dropped.entry(vip).or_insert(epoch);
+            *d = (*d).max(epoch);
+        }
+    }
+
+    /// The epoch this director last knew `vip` at (for reports of what the
+    /// kernel has): held, granted, inherited or dropped.
+    pub fn epoch_of(&self, vip: IpAddr, now: Instant) -> u64 {
+        if let Some((epoch, _)) = self.holding(now).get(&vip) {
+            return *epoch;
+        }
+        let granted = self.grants.values().filter_map(|g| g.vips.get(&vip));
+        let inherited = self.inherited.get(&vip).map(|(e, _)| e);
+        granted
+            .chain(inherited)
+            .chain(self.dropped.get(&vip))
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The epochs let go of for good whose address is off the interface.
+    pub fn released(&self) -> Vec<(IpAddr, u64)> {
+        self.dropped
+            .iter()
+            .filter(|(vip, _)| !self.added.contains(vip))
+            .map(|(vip, epoch)| (*vip, *epoch))
+            .collect()
+    }
+
+    /// Forgets what no longer matters: grants run out long ago, dropped
+    /// epochs of VIPs no controller grants any more.
+    pub fn forget(&mut self, now: Instant, keep: Duration) {
+        self.grants.retain(|_, g| g.until + keep > now);
+        self.inherited.retain(|_, (_, until)| *until > now);
+        let granted: BTreeSet<IpAddr> = self
+            .grants
+            .values()
+            .flat_map(|g| g.vips.keys().copied())
+            .collect();
+        self.dropped
+            .retain(|vip, _| granted.contains(vip) || self.added.contains(vip));
+    }
+}
+
+/// Remembers when each heartbeat of one stream was sent, to start a grant
+/// at the ack.
+#[derive(Debug, Default)]
+pub struct SentHeartbeats(BTreeMap<u64, Instant>);
+
+impl SentHeartbeats {
+    pub fn sent(&mut self, seq: u64, at: Instant) {
+        self.0.insert(seq, at);
+        // Acks come in order; anything far behind will not be acknowledged.
+        while self.0.len() > 64 {
+            self.0.pop_first();
+        }
+    }
+
+    /// The send time of an acknowledged heartbeat, the first time it is
+    /// acknowledged (and forgets it and older ones).
+    pub fn acked(&mut self, seq: u64) -> Option<Instant> {
+        let at = self.0.get(&seq).copied();
+        self.0.retain(|s, _| *s > seq);
+        at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn vip() -> IpAddr {
+        "10.0.0.100".parse().unwrap()
+    }
+
+    fn three() -> BTreeSet<u64> {
+        BTreeSet::from([1, 2, 3])
+    }
+
+    fn grant(l: &mut Lease, id: u64, sent: Instant, epoch: u64) {
+        l.granted(
+            id,
+            Some(sent),
+            600 * MS,
+            BTreeMap::from([(vip(), epoch)]),
+            three(),
+        );
+    }
+
+    #[test]
+    fn a_vip_is_held_while_a_majority_of_grants_is_fresh() {
+        let t0 = Instant::now();
+        let mut l = Lease::default();
+        grant(&mut l, 1, t0, 4);
+        assert!(l.held(t0).is_empty(), "one of three is no majority");
+        grant(&mut l, 2, t0 + 100 * MS, 4);
+        assert_eq!(l.held(t0), BTreeMap::from([(vip(), 4)]));
+        // The majority lasts as long as its shorter grant: 1's, at 600 ms.
+        grant(&mut l, 3, t0 + 200 * MS, 4);
+        assert_eq!(
+            l.holding(t0)[&vip()].1,
+            t0 + 700 * MS,
+            "2 and 3 last longest"
+        );
+        assert_eq!(l.held(t0 + 699 * MS).len(), 1);
+        assert!(l.held(t0 + 700 * MS).is_empty(), "only 3 is fresh then");
+        // A grant from a controller that is not a voter does not count.
+        let mut l = Lease::default();
+        grant(&mut l, 1, t0, 4);
+        grant(&mut l, 9, t0, 4);
+        assert!(l.held(t0).is_empty());
+    }
+
+    #[test]
+    fn grants_for_different_epochs_do_not_add_up() {
+        let t0 = Instant::now();
+        let mut l = Lease::default();
+        grant(&mut l, 1, t0, 4);
+        grant(&mut l, 2, t0, 5);
+        assert!(l.held(t0).is_empty());
+        grant(&mut l, 3, t0, 5);
+        assert_eq!(l.held(t0), BTreeMap::from([(vip(), 5)]));
+    }
+
+    #[test]
+    fn a_superseded_epoch_is_never_held_again_and_is_released_once_off() {
+        let t0 = Instant::now();
+        let mut l = Lease::default();
+        grant(&mut l, 1, t0, 4);
+        grant(&mut l, 2, t0, 4);
+        l.added.insert(vip());
+        l.supersede([(vip(), 4)]);
+        assert!(l.held(t0).is_empty(), "fresh grants notwithstanding");
+        assert!(l.released().is_empty(), "the address is still on");
+        assert_eq!(l.epoch_of(vip(), t0), 4);
+        l.added.remove(&vip());
+        assert_eq!(l.released(), [(vip(), 4)]);
+        // The VIP comes back in a later epoch.
+        grant(&mut l, 1, t0, 6);
+        grant(&mut l, 2, t0, 6);
+        assert_eq!(l.held(t0), BTreeMap::from([(vip(), 6)]));
+    }
+
+    #[test]
+    fn a_repeated_ack_keeps_the_grant_s_end_and_an_inherited_lease_holds_until_its_end() {
+        let t0 = Instant::now();
+        let mut l = Lease::default();
+        grant(&mut l, 1, t0, 4);
+        l.granted(1, None, 600 * MS, BTreeMap::new(), three());
+        assert_eq!(l.grants[&1].until, t0 + 600 * MS);
+        assert!(l.grants[&1].vips.is_empty(), "the newer answer's grants");
+        l.inherited.insert(vip(), (4, t0 + 300 * MS));
+        assert_eq!(l.held(t0 + 299 * MS), BTreeMap::from([(vip(), 4)]));
+        assert!(l.held(t0 + 300 * MS).is_empty());
+    }
+
+    #[test]
+    fn grants_start_at_the_send_of_the_acknowledged_heartbeat() {
+        let t0 = Instant::now();
+        let mut sent = SentHeartbeats::default();
+        sent.sent(1, t0);
+        sent.sent(2, t0 + 100 * MS);
+        assert_eq!(sent.acked(2), Some(t0 + 100 * MS));
+        assert_eq!(sent.acked(2), None, "used once");
+        assert_eq!(sent.acked(1), None, "older heartbeats are forgotten");
+    }
+}
