@@ -93,7 +93,10 @@ impl LeaseFile {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let tmp = self.path.with_extension("lease.tmp");
+        // Several tasks save: each writes a sibling of its own.
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.path.with_extension(format!("lease.tmp{n}"));
         // The shared clock first: the written end may be a hair early, never late.
         let now_ns = monotonic_ns();
         let text = encode(lease, Instant::now(), now_ns);

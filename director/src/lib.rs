@@ -10,16 +10,19 @@
 //! addresses this director owns while its lease is fresh and schedules their
 //! announcements (the frames themselves are built and sent by
 //! `lb_hostnet::announce`); [`lease`] is the quorum lease from every
-//! controller's grants; [`lease_file`] lets a restarted agent continue
-//! its node's lease; the agent also runs the IPVS sync daemons.
+//! controller's grants, and [`fence`] the kernel's enforcement of its end
+//! (nftables, through [`nft`]); [`lease_file`] lets a restarted agent
+//! continue its node's lease; the agent also runs the IPVS sync daemons.
 
 pub mod agent;
 pub mod desired;
+pub mod fence;
 pub mod forwarding;
 pub mod ipvs;
 pub mod lease;
 pub mod lease_file;
 pub mod marks;
+pub mod nft;
 pub mod reconcile;
 pub mod stats;
 pub mod vip;

@@ -14,10 +14,9 @@
 //! IPVS table it is read back every round: a hand edit changes what the
 //! kernel prints, and the table is replaced.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use lb_proto::model::{Family, MarkMatch, Service, VirtualAddress};
+
+use crate::nft::NftError;
 
 /// The nftables table (family inet) lbfabric owns.
 pub const TABLE: &str = "lbfabric";
@@ -174,38 +173,10 @@ impl Marks {
         args: &[&str],
         stdin: Option<&str>,
     ) -> Result<String, MarkError> {
-        let (program, prefix) = self
-            .nft
-            .split_first()
-            .map_or(("nft", &[][..]), |(p, rest)| (p.as_str(), rest));
-        let spawn = |source| MarkError::Spawn {
-            program: program.to_string(),
-            source,
-        };
-        let mut child = Command::new(program)
-            .args(prefix)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn)?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(text.as_bytes()).map_err(spawn)?;
-        }
-        let out = child.wait_with_output().map_err(spawn)?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(MarkError::Nft {
-                op,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            })
-        }
+        crate::nft::run(&self.nft, op, args, stdin).map_err(|e| match e {
+            NftError::Spawn { program, source } => MarkError::Spawn { program, source },
+            NftError::Failed { op, stderr } => MarkError::Nft { op, stderr },
+        })
     }
 }
 

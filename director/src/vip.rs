@@ -7,18 +7,22 @@ use std::time::{Duration, Instant};
 
 use lb_hostnet::{Address, NetError, Rtnl};
 
-/// Makes the VIPs on interface `ifindex` those `held`: removes every VIP of
-/// `managed` that is not held, adds held VIPs that are also `ready` (their
-/// services are in the kernel — a VIP that attracts traffic before IPVS can
-/// take it black-holes it). Addresses that are not in `managed` are never
-/// touched. Returns the VIPs it added (to be announced) and the managed VIPs
-/// on the interface afterwards.
+/// Makes the VIPs on interface `ifindex` those `held` (each with the time
+/// its lease has left): removes every VIP of `managed` that is not held,
+/// adds held VIPs that are also `ready` (their services are in the kernel —
+/// a VIP that attracts traffic before IPVS can take it black-holes it).
+/// Each address is added with its lease as its lifetime, and with `refresh`
+/// the lifetimes of those already there are renewed, so the kernel deletes
+/// an address whose lease is not renewed. Addresses that are not in
+/// `managed` are never touched. Returns the VIPs it added (to be announced)
+/// and the managed VIPs on the interface afterwards.
 pub fn converge(
     rtnl: &Rtnl,
     ifindex: u32,
     managed: &BTreeSet<IpAddr>,
-    held: &BTreeSet<IpAddr>,
+    held: &BTreeMap<IpAddr, Duration>,
     ready: &BTreeSet<IpAddr>,
+    refresh: bool,
 ) -> Result<(Vec<IpAddr>, BTreeSet<IpAddr>), NetError> {
     let on_iface: BTreeSet<IpAddr> = rtnl
         .addresses(ifindex)?
@@ -28,22 +32,29 @@ pub fn converge(
     let host_prefix = |addr: &IpAddr| if addr.is_ipv4() { 32 } else { 128 };
     let mut present: BTreeSet<IpAddr> = on_iface.intersection(managed).copied().collect();
     let mut added = Vec::new();
-    for vip in held
-        .iter()
-        .filter(|v| ready.contains(v) && !on_iface.contains(v))
-    {
-        rtnl.add_address(&Address {
+    for (vip, left) in held {
+        let new = !on_iface.contains(vip);
+        // One already there keeps its lifetime renewed, ready or not: a
+        // restarted agent continues what the previous process held before
+        // it has programmed anything.
+        if (new && !ready.contains(vip)) || (!new && !refresh) {
+            continue;
+        }
+        let a = Address {
             ifindex,
             addr: *vip,
             prefix_len: host_prefix(vip),
-        })?;
-        tracing::info!(vip = %vip, "VIP added");
-        added.push(*vip);
-        present.insert(*vip);
+        };
+        rtnl.put_address(&a, Some(*left))?;
+        if new {
+            tracing::info!(vip = %vip, "VIP added");
+            added.push(*vip);
+            present.insert(*vip);
+        }
     }
     for vip in on_iface
         .iter()
-        .filter(|v| managed.contains(v) && !held.contains(v))
+        .filter(|v| managed.contains(v) && !held.contains_key(v))
     {
         rtnl.del_address(&Address {
             ifindex,

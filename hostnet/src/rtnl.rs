@@ -1,6 +1,7 @@
 //! Links and addresses over rtnetlink.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use neli::consts::nl::NlmF;
 use neli::consts::rtnl::{Ifa, IfaF, Iff, Ifla, RtAddrFamily, RtScope, Rtm};
@@ -225,6 +226,17 @@ impl Rtnl {
     }
 
     fn addr_msg(op: &'static str, a: &Address) -> Result<Ifaddrmsg, NetError> {
+        Self::addr_msg_for(op, a, None)
+    }
+
+    /// With `lifetime`, the address's preferred and valid lifetimes
+    /// (IFA_CACHEINFO, whole seconds, rounded up): the kernel deletes it
+    /// when they run out.
+    fn addr_msg_for(
+        op: &'static str,
+        a: &Address,
+        lifetime: Option<Duration>,
+    ) -> Result<Ifaddrmsg, NetError> {
         let object = format!("{}/{} on {}", a.addr, a.prefix_len, a.ifindex);
         let err = |e: String| NetError::Netlink {
             op,
@@ -237,6 +249,22 @@ impl Rtnl {
                 RtattrBuilder::default()
                     .rta_type(t)
                     .rta_payload(addr_bytes(a.addr))
+                    .build()
+                    .map_err(|e| err(e.to_string()))?,
+            );
+        }
+        if let Some(lifetime) = lifetime {
+            let secs = lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0);
+            let secs = u32::try_from(secs.max(1)).unwrap_or(u32::MAX - 1);
+            // struct ifa_cacheinfo: preferred, valid, cstamp, tstamp.
+            let mut info = Vec::with_capacity(16);
+            for field in [secs, secs, 0, 0] {
+                info.extend_from_slice(&field.to_ne_bytes());
+            }
+            attrs.push(
+                RtattrBuilder::default()
+                    .rta_type(Ifa::Cacheinfo)
+                    .rta_payload(info)
                     .build()
                     .map_err(|e| err(e.to_string()))?,
             );
@@ -274,6 +302,22 @@ impl Rtnl {
             Err(NetError::Kernel { errno: 17, .. }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Adds an address, or updates it, with a lifetime (`None`: forever):
+    /// the kernel deletes it once the lifetime runs out unless this is
+    /// called again first.
+    pub fn put_address(&self, a: &Address, lifetime: Option<Duration>) -> Result<(), NetError> {
+        let msg = Self::addr_msg_for("put address", a, lifetime)?;
+        let object = format!("{}/{} on {}", a.addr, a.prefix_len, a.ifindex);
+        self.request::<_, Ifaddrmsg>(
+            "put address",
+            object,
+            Rtm::Newaddr,
+            NlmF::CREATE | NlmF::REPLACE | NlmF::ACK,
+            msg,
+        )?;
+        Ok(())
     }
 
     /// Removes an address; `Ok(false)` when it was not there.

@@ -161,6 +161,7 @@ pub async fn run(
             .map_err(|e| IpvsError::Socket(e.to_string()))??,
         announce: config.announce,
         sync: config.sync.clone(),
+        fence: Mutex::new(crate::fence::Fence::new(vec!["nft".into()])),
     };
     let lease_file = LeaseFile::new(&config.state_dir, &config.node_id);
     let inherited = match lease_file.load() {

@@ -7,16 +7,17 @@
 //! service was deleted — or readdressed, also while the agent was down — is
 //! still known to be its own and taken off.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lb_hostnet::{Link, Rtnl};
 use lb_proto::model::Service;
 use tokio::sync::{watch, Notify};
 
 use super::{Desired, SyncConfig};
+use crate::fence::Fence;
 use crate::ipvs::{Ipvs, IpvsError, SyncDaemon, SyncRole};
 use crate::lease::Lease;
 use crate::lease_file::LeaseFile;
@@ -38,24 +39,48 @@ pub(super) struct Host {
     pub(super) ipvs: Ipvs,
     pub(super) announce: AnnounceConfig,
     pub(super) sync: Option<SyncConfig>,
+    /// The kernel-enforced end of each lease (see [`crate::fence`]).
+    pub(super) fence: Mutex<Fence>,
 }
 
 impl Host {
-    /// Addresses, then sync daemons; returns the VIPs newly added and the
-    /// managed VIPs now on the interface.
+    /// The fence first (a VIP is let through before its address appears,
+    /// and stopped before it goes), then addresses, then sync daemons;
+    /// returns the VIPs newly added and the managed VIPs now on the
+    /// interface.
     fn converge(
         &self,
         managed: &BTreeSet<IpAddr>,
-        held: &BTreeSet<IpAddr>,
+        held: &BTreeMap<IpAddr, Duration>,
         ready: &BTreeSet<IpAddr>,
+        refresh: bool,
     ) -> Result<(Vec<IpAddr>, BTreeSet<IpAddr>), String> {
-        let out = converge(&self.rtnl, self.link.index, managed, held, ready)
+        if refresh {
+            self.refresh_fence(managed, held)?;
+        }
+        let out = converge(&self.rtnl, self.link.index, managed, held, ready, refresh)
             .map_err(|e| e.to_string())?;
         if let Some(sync) = &self.sync {
             self.converge_sync(sync, !held.is_empty())
                 .map_err(|e| e.to_string())?;
         }
         Ok(out)
+    }
+
+    fn refresh_fence(
+        &self,
+        managed: &BTreeSet<IpAddr>,
+        held: &BTreeMap<IpAddr, Duration>,
+    ) -> Result<(), String> {
+        let mut fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
+        fence.set(managed, held).map_err(|e| e.to_string())
+    }
+
+    fn remove_fence(&self) {
+        let mut fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = fence.remove() {
+            tracing::warn!(error = %e, "removing the VIP fence");
+        }
     }
 
     /// Backup always (to take over connections when a VIP moves here),
@@ -121,9 +146,67 @@ fn record(
     }
 }
 
-/// Keeps the interface's VIP addresses equal to what the lease allows,
-/// checking often enough that an expired lease drops the address within a
-/// tick, and announces the VIPs it takes.
+/// What one round wants: the VIPs this director guards (may ever hold),
+/// those it holds with their lease end, and those whose services are in the
+/// kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Wanted {
+    managed: BTreeSet<IpAddr>,
+    held: BTreeMap<IpAddr, Instant>,
+    ready: BTreeSet<IpAddr>,
+}
+
+impl Wanted {
+    fn read(
+        desired: &watch::Receiver<Option<Desired>>,
+        programmed: &watch::Receiver<BTreeSet<IpAddr>>,
+        lease: &Mutex<Lease>,
+        now: Instant,
+    ) -> Wanted {
+        // VIPs this agent (or the previous process) put on the interface
+        // are its own to remove, even when no configuration names them now.
+        let mut managed = managed_vips(&desired.borrow());
+        let held = {
+            let l = lease.lock().unwrap_or_else(PoisonError::into_inner);
+            managed.extend(l.added.iter().copied());
+            l.holding(now)
+                .into_iter()
+                .map(|(vip, (_, until))| (vip, until))
+                .collect()
+        };
+        Wanted {
+            managed,
+            held,
+            ready: programmed.borrow().clone(),
+        }
+    }
+
+    /// The time each held VIP's lease has left at `now`.
+    fn left(&self, now: Instant) -> BTreeMap<IpAddr, Duration> {
+        self.held
+            .iter()
+            .map(|(vip, until)| (*vip, until.saturating_duration_since(now)))
+            .filter(|(_, left)| !left.is_zero())
+            .collect()
+    }
+
+    /// The same VIPs, whatever their lease ends.
+    fn same_sets(&self, other: &Wanted) -> bool {
+        self.managed == other.managed
+            && self.ready == other.ready
+            && self.held.keys().eq(other.held.keys())
+    }
+}
+
+/// Keeps the interface's VIP addresses and the fence equal to what the
+/// lease allows, checking often enough that an expired lease drops the
+/// address within a tick, and announces the VIPs it takes. The fence and
+/// the addresses' lifetimes are renewed every third of the shortest lease
+/// left, so the kernel ends them itself if this loop stalls.
+///
+/// On `stop`: with nothing held any more (handed over), the addresses and
+/// the fence go and it returns true; otherwise they stay for the kernel to
+/// end at the lease end (a restart continues them) and it returns false.
 pub(super) async fn run(
     host: Host,
     desired: watch::Receiver<Option<Desired>>,
@@ -134,53 +217,63 @@ pub(super) async fn run(
 ) -> bool {
     let host = Arc::new(host);
     let tick = Duration::from_millis(20);
-    let mut last: Option<(BTreeSet<IpAddr>, BTreeSet<IpAddr>, BTreeSet<IpAddr>)> = None;
-    let mut last_check = std::time::Instant::now();
+    let mut last: Option<Wanted> = None;
+    let mut last_check = Instant::now();
+    let mut refresh_at = Instant::now();
     let mut announcements = Announcements::default();
     loop {
         let stopping = *stop.borrow();
-        let now = std::time::Instant::now();
-        // VIPs this agent (or the previous process) put on the interface
-        // are its own to remove, even when no configuration names them now.
-        let mut managed = managed_vips(&desired.borrow());
-        let held: BTreeSet<IpAddr> = {
-            let l = lease.lock().unwrap_or_else(PoisonError::into_inner);
-            managed.extend(l.added.iter().copied());
-            if stopping {
-                BTreeSet::new()
-            } else {
-                l.held(now).into_keys().collect()
-            }
-        };
-        let ready = programmed.borrow().clone();
-        // Ask the kernel on every change, and every second to repair hand edits.
-        let state = (managed, held, ready);
-        let mut converged = false;
-        if last.as_ref() != Some(&state)
-            || stopping
-            || last_check.elapsed() > Duration::from_secs(1)
-        {
+        let now = Instant::now();
+        let wanted = Wanted::read(&desired, &programmed, &lease, now);
+        if stopping && !wanted.held.is_empty() {
+            let left = wanted.left(now);
+            tracing::info!(vips = ?left, "keeping the VIPs held until their lease ends: the kernel drops them then, unless a restarted agent continues the lease");
             let h = host.clone();
-            let (m, hd, r) = state.clone();
-            match tokio::task::spawn_blocking(move || h.converge(&m, &hd, &r)).await {
+            let _ =
+                tokio::task::spawn_blocking(move || h.refresh_fence(&wanted.managed, &left)).await;
+            return false;
+        }
+        // Ask the kernel on every change, before the fence or the lifetimes
+        // run low, and every second to repair hand edits.
+        let changed = !last.as_ref().is_some_and(|l| l.same_sets(&wanted));
+        let refresh = now >= refresh_at;
+        if changed || refresh || stopping || last_check.elapsed() > Duration::from_secs(1) {
+            let h = host.clone();
+            let w = wanted.clone();
+            let left = wanted.left(now);
+            match tokio::task::spawn_blocking(move || {
+                h.converge(&w.managed, &left, &w.ready, refresh || changed)
+            })
+            .await
+            {
                 Ok(Ok((added, present))) => {
                     for vip in added {
                         announcements.taken(vip, now, &host.announce);
                     }
                     record(&lease, present, &lease_file, &report_now);
-                    last = Some(state.clone());
-                    converged = true;
+                    // Only a refresh moves the next one: the kernel's
+                    // expiries are those of the last refresh.
+                    if refresh || changed {
+                        let shortest = wanted.left(now).into_values().min();
+                        refresh_at = now + shortest.map_or(Duration::from_secs(1), |d| d / 3);
+                    }
+                    last = Some(wanted.clone());
+                    if stopping {
+                        let h = host.clone();
+                        let _ = tokio::task::spawn_blocking(move || h.remove_fence()).await;
+                        return true;
+                    }
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "VIP addresses"),
                 Err(e) => tracing::warn!(error = %e, "VIP task"),
             }
-            last_check = std::time::Instant::now();
+            last_check = Instant::now();
         }
         if stopping {
-            // Whether the VIPs are gone.
-            return converged;
+            return false;
         }
-        let due = announcements.due(now, &state.1, &host.announce);
+        let held: BTreeSet<IpAddr> = wanted.held.keys().copied().collect();
+        let due = announcements.due(now, &held, &host.announce);
         if !due.is_empty() {
             let h = host.clone();
             let _ = tokio::task::spawn_blocking(move || h.announce(&due)).await;
