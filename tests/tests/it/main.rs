@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cluster;
+mod fence;
 mod grpcurl;
 mod import;
 mod join;
