@@ -52,7 +52,7 @@ struct Args {
     /// On SIGTERM, how long to wait for the controllers to move this
     /// director's VIPs to another one before letting them go anyway, in
     /// milliseconds.
-    #[arg(long, env = "LB_HANDOVER_MS", default_value_t = 2000)]
+    #[arg(long, env = "LB_HANDOVER_MS", default_value_t = 5000)]
     handover_ms: u64,
     #[command(flatten)]
     tls: lb_proto::pki::enroll::AgentTlsFlags,

@@ -291,6 +291,11 @@ impl ControllerProc {
     }
 
     /// Starts the process again on the same address and data directory.
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         // The bootstrap decision was made on the first start; a restart reuses the data.

@@ -116,24 +116,31 @@ struct Desired {
 }
 
 /// Waits until the lease holds no VIP and none is on the interface — the
-/// controllers moved them away — or `limit` has passed; true in the first
-/// case.
-async fn hand_over(lease: &Mutex<Lease>, limit: Duration) -> bool {
+/// controllers moved them away — and the controllers have answered the
+/// reports saying so (two answers from each, at most `limit` in all: the
+/// new owners get the VIPs without waiting for this director's silence);
+/// or until `limit` has passed. True in the first case.
+async fn hand_over(shared: &session::Shared, limit: Duration) -> bool {
     let give_up = std::time::Instant::now() + limit;
+    let mut answers = shared.answers.subscribe();
     loop {
         let now = std::time::Instant::now();
         let empty = {
-            let l = lease.lock().unwrap_or_else(PoisonError::into_inner);
+            let l = shared.lease.lock().unwrap_or_else(PoisonError::into_inner);
             l.held(now).is_empty() && l.added.is_empty()
         };
         if empty {
-            return true;
+            break;
         }
         if now >= give_up {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    shared.report_now.send_modify(|n| *n += 1);
+    let want = *answers.borrow_and_update() + 2 * shared.controllers() as u64;
+    let _ = tokio::time::timeout_at(give_up.into(), answers.wait_for(|n| *n >= want)).await;
+    true
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -230,14 +237,18 @@ pub async fn run(
         progress,
         (lease.clone(), lease_changed),
         lease_file.clone(),
-        (report_now.clone(), leaving_rx),
+        (
+            report_now.clone(),
+            leaving_rx,
+            Arc::new(watch::channel(0).0),
+        ),
     ));
-    let session = tokio::spawn(session::run(shared, stop_rx));
+    let session = tokio::spawn(session::run(shared.clone(), stop_rx));
     shutdown.await;
     tracing::info!("shutting down: asking for the VIPs to move to another director");
     let _ = leaving_tx.send(true);
     report_now.send_modify(|n| *n += 1);
-    let handed_over = hand_over(&lease, handover).await;
+    let handed_over = hand_over(&shared, handover).await;
     tracing::info!(
         handed_over,
         "releasing the VIPs still held; the IPVS table stays as it is"

@@ -69,6 +69,9 @@ pub(super) struct Shared {
     pub(super) report_now: Arc<watch::Sender<u64>>,
     /// True once the agent is stopping.
     pub(super) leaving: watch::Receiver<bool>,
+    /// Counts the controllers' answers (a hand-over waits for those to the
+    /// reports that say the VIPs are gone).
+    pub(super) answers: Arc<watch::Sender<u64>>,
     /// The controllers to keep a stream with.
     targets: watch::Sender<BTreeSet<String>>,
 }
@@ -80,7 +83,11 @@ impl Shared {
         progress: Arc<Mutex<Progress>>,
         (lease, lease_changed): (Arc<Mutex<Lease>>, Arc<Notify>),
         lease_file: LeaseFile,
-        (report_now, leaving): (Arc<watch::Sender<u64>>, watch::Receiver<bool>),
+        (report_now, leaving, answers): (
+            Arc<watch::Sender<u64>>,
+            watch::Receiver<bool>,
+            Arc<watch::Sender<u64>>,
+        ),
     ) -> Self {
         let listed = config.controllers.addrs().iter().cloned().collect();
         Shared {
@@ -93,8 +100,14 @@ impl Shared {
             lease_file,
             report_now,
             leaving,
+            answers,
             targets: watch::channel(listed).0,
         }
+    }
+
+    /// How many controllers the streams go to.
+    pub(super) fn controllers(&self) -> usize {
+        self.targets.borrow().len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Lease> {
@@ -251,6 +264,7 @@ impl Session for Stream {
                 msg = inbound.message() => match msg? {
                     Some(d) => {
                         waiting.heard();
+                        sh.answers.send_modify(|n| *n += 1);
                         sh.granted(&d, &mut sent);
                         if let Some(cfg) = d.config {
                             sh.configure(d.revision, cfg);

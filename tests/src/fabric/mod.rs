@@ -61,7 +61,9 @@ pub const VM_CONTROLLER_TIMERS: [&str; 8] = [
     "--lease-margin-ms",
     "2000",
 ];
-pub const VM_DIRECTOR_HEARTBEAT: [&str; 2] = ["--heartbeat-ms", "500"];
+/// The directors' report interval in the VM, and the hand-over limit on
+/// SIGTERM scaled like the controllers' timers.
+pub const VM_DIRECTOR_HEARTBEAT: [&str; 4] = ["--heartbeat-ms", "500", "--handover-ms", "30000"];
 
 pub struct Fabric {
     pub t: Topology,
@@ -389,6 +391,33 @@ impl Fabric {
             .stdout(Stdio::piped())
             .spawn()?;
         Ok(Probe(Proc(child)))
+    }
+
+    /// Asks for `vip`'s MAC from the client every 20 ms for `seconds`.
+    pub fn arp_ask(&self, vip: &str, seconds: u64) -> anyhow::Result<observe::ArpAsk> {
+        let script = format!(
+            "end=$(($(date +%s) + {seconds})); while [ $(date +%s) -lt $end ]; do \
+             busybox arping -f -c 1 -w 1 -I eth0 {vip} >/dev/null 2>&1; sleep 0.02; done"
+        );
+        let child = self
+            .t
+            .command("cl", std::path::Path::new("sh"))
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(observe::ArpAsk {
+            _asking: Proc(child),
+        })
+    }
+
+    /// The MAC address of `ns`'s eth0.
+    pub fn mac(&self, ns: &str) -> anyhow::Result<String> {
+        Ok(self
+            .t
+            .sh(ns, "cat /sys/class/net/eth0/address")?
+            .trim()
+            .to_string())
     }
 
     /// Samples every 10 ms whether `ns` holds `vip`.

@@ -177,7 +177,7 @@ impl Capture {
         let tcpdump = crate::which("tcpdump").ok_or_else(|| anyhow::anyhow!("tcpdump"))?;
         let mut child =
             f.t.command("cl", &tcpdump)
-                .args(["-l", "-n", "-i", "eth0", "arp"])
+                .args(["-l", "-n", "-tt", "-i", "eth0", "arp"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -201,6 +201,26 @@ impl Capture {
         signal(self.0 .0.id(), "INT");
         stdout_of(&mut self.0).lines().map(String::from).collect()
     }
+}
+
+/// The ARP replies for `vip` in captured lines: (ms since the epoch, MAC).
+pub fn arp_replies(lines: &[String], vip: &str) -> Vec<(u128, String)> {
+    let reply = format!("Reply {vip} is-at ");
+    lines
+        .iter()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(&reply)?;
+            let mac = rest.split([',', ' ']).next()?.to_string();
+            let secs: f64 = l.split_whitespace().next()?.parse().ok()?;
+            Some(((secs * 1000.0) as u128, mac))
+        })
+        .collect()
+}
+
+/// Asks for `vip`'s MAC from the client every 20 ms (busybox arping, done
+/// at the first reply) until dropped, so that a [`Capture`] sees who answers.
+pub struct ArpAsk {
+    pub(super) _asking: Proc,
 }
 
 pub fn gratuitous_arps<'a>(lines: &'a [String], vip: &str) -> Vec<&'a String> {

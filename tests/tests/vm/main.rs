@@ -8,6 +8,7 @@
 
 mod director;
 mod fabric;
+mod failover;
 mod forwarding;
 mod import;
 mod ipvs_client;
