@@ -7,33 +7,68 @@ use std::time::{Duration, Instant};
 
 use lb_hostnet::{Address, NetError, Rtnl};
 
-/// Makes the VIPs on interface `ifindex` those `held` (each with the time
-/// its lease has left): removes every VIP of `managed` that is not held,
-/// adds held VIPs that are also `ready` (their services are in the kernel —
-/// a VIP that attracts traffic before IPVS can take it black-holes it).
-/// Each address is added with its lease as its lifetime, and with `refresh`
-/// the lifetimes of those already there are renewed, so the kernel deletes
-/// an address whose lease is not renewed. Addresses that are not in
-/// `managed` are never touched. Returns the VIPs it added (to be announced)
-/// and the managed VIPs on the interface afterwards.
-pub fn converge(
+fn host_prefix(addr: &IpAddr) -> u8 {
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// The VIP addresses on interface `ifindex` now.
+pub fn on_interface(rtnl: &Rtnl, ifindex: u32) -> Result<BTreeSet<IpAddr>, NetError> {
+    Ok(rtnl
+        .addresses(ifindex)?
+        .into_iter()
+        .map(|a| a.addr)
+        .collect())
+}
+
+/// Takes off interface `ifindex` every VIP of `managed` that is not `held`
+/// (addresses not in `managed` are never touched); `present` (what is on
+/// the interface) loses them.
+pub fn remove_unheld(
     rtnl: &Rtnl,
     ifindex: u32,
     managed: &BTreeSet<IpAddr>,
     held: &BTreeMap<IpAddr, Duration>,
+    present: &mut BTreeSet<IpAddr>,
+) -> Result<(), NetError> {
+    let going: Vec<IpAddr> = present
+        .iter()
+        .filter(|v| managed.contains(v) && !held.contains_key(v))
+        .copied()
+        .collect();
+    for vip in going {
+        rtnl.del_address(&Address {
+            ifindex,
+            addr: vip,
+            prefix_len: host_prefix(&vip),
+        })?;
+        tracing::info!(vip = %vip, "VIP removed");
+        present.remove(&vip);
+    }
+    Ok(())
+}
+
+/// Puts the `held` VIPs (each with the time its lease has left) on
+/// interface `ifindex`: those not there yet once they are `ready` (their
+/// services are in the kernel — a VIP that attracts traffic before IPVS can
+/// take it black-holes it), with their lease as the address's lifetime;
+/// with `refresh`, the lifetimes of those already there are renewed, so the
+/// kernel deletes an address whose lease is not. Returns the VIPs added (to
+/// be announced); `present` gains them.
+pub fn put_held(
+    rtnl: &Rtnl,
+    ifindex: u32,
+    held: &BTreeMap<IpAddr, Duration>,
     ready: &BTreeSet<IpAddr>,
     refresh: bool,
-) -> Result<(Vec<IpAddr>, BTreeSet<IpAddr>), NetError> {
-    let on_iface: BTreeSet<IpAddr> = rtnl
-        .addresses(ifindex)?
-        .into_iter()
-        .map(|a| a.addr)
-        .collect();
-    let host_prefix = |addr: &IpAddr| if addr.is_ipv4() { 32 } else { 128 };
-    let mut present: BTreeSet<IpAddr> = on_iface.intersection(managed).copied().collect();
+    present: &mut BTreeSet<IpAddr>,
+) -> Result<Vec<IpAddr>, NetError> {
     let mut added = Vec::new();
     for (vip, left) in held {
-        let new = !on_iface.contains(vip);
+        let new = !present.contains(vip);
         // One already there keeps its lifetime renewed, ready or not: a
         // restarted agent continues what the previous process held before
         // it has programmed anything.
@@ -52,19 +87,7 @@ pub fn converge(
             present.insert(*vip);
         }
     }
-    for vip in on_iface
-        .iter()
-        .filter(|v| managed.contains(v) && !held.contains_key(v))
-    {
-        rtnl.del_address(&Address {
-            ifindex,
-            addr: *vip,
-            prefix_len: host_prefix(vip),
-        })?;
-        tracing::info!(vip = %vip, "VIP removed");
-        present.remove(vip);
-    }
-    Ok((added, present))
+    Ok(added)
 }
 
 /// How a director announces a VIP it has just taken: a burst of

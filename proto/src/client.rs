@@ -212,6 +212,12 @@ impl AckDeadline {
         }
     }
 
+    /// Waits at least `at_least` (a director: a whole lease, since a
+    /// controller that answers within the lease still counts for it).
+    pub fn at_least(&mut self, at_least: Duration) {
+        self.deadline = self.deadline.max(at_least);
+    }
+
     /// A report went out at `now`.
     pub fn sent(&mut self, now: Instant) {
         self.waiting_since.get_or_insert(now);
@@ -236,10 +242,12 @@ impl AckDeadline {
     }
 }
 
-/// The ack deadline of an agent reporting every `heartbeat`: three
-/// heartbeats, and never under 300 ms.
+/// The ack deadline of an agent reporting every `heartbeat`: five
+/// heartbeats, and never under a second. Dropping a stream costs a new
+/// connection (a TLS handshake), so only a controller silent for that long
+/// is left for another.
 pub fn ack_deadline(heartbeat: Duration) -> Duration {
-    (heartbeat * 3).max(Duration::from_millis(300))
+    (heartbeat * 5).max(Duration::from_secs(1))
 }
 
 /// Keeps `session` connected to the one controller at `addr` until `stop`

@@ -264,6 +264,7 @@ impl Session for Stream {
                 msg = inbound.message() => match msg? {
                     Some(d) => {
                         waiting.heard();
+                        waiting.at_least(Duration::from_millis(u64::from(d.lease_ms)));
                         sh.answers.send_modify(|n| *n += 1);
                         sh.granted(&d, &mut sent);
                         if let Some(cfg) = d.config {

@@ -21,7 +21,7 @@ use crate::fence::Fence;
 use crate::ipvs::{Ipvs, IpvsError, SyncDaemon, SyncRole};
 use crate::lease::Lease;
 use crate::lease_file::LeaseFile;
-use crate::vip::{converge, AnnounceConfig, Announcements};
+use crate::vip::{self, AnnounceConfig, Announcements};
 
 /// The VIP addresses of the desired configuration.
 fn managed_vips(desired: &Option<Desired>) -> BTreeSet<IpAddr> {
@@ -44,10 +44,10 @@ pub(super) struct Host {
 }
 
 impl Host {
-    /// The fence first (a VIP is let through before its address appears,
-    /// and stopped before it goes), then addresses, then sync daemons;
-    /// returns the VIPs newly added and the managed VIPs now on the
-    /// interface.
+    /// Addresses that go first, then the fence (which lets a VIP through
+    /// before its address appears and stops it before the kernel would),
+    /// then the addresses held, then sync daemons; returns the VIPs newly
+    /// added and the managed VIPs now on the interface.
     fn converge(
         &self,
         managed: &BTreeSet<IpAddr>,
@@ -55,16 +55,21 @@ impl Host {
         ready: &BTreeSet<IpAddr>,
         refresh: bool,
     ) -> Result<(Vec<IpAddr>, BTreeSet<IpAddr>), String> {
+        let index = self.link.index;
+        let on = vip::on_interface(&self.rtnl, index).map_err(|e| e.to_string())?;
+        let mut present: BTreeSet<IpAddr> = on.intersection(managed).copied().collect();
+        vip::remove_unheld(&self.rtnl, index, managed, held, &mut present)
+            .map_err(|e| e.to_string())?;
         if refresh {
             self.refresh_fence(managed, held)?;
         }
-        let out = converge(&self.rtnl, self.link.index, managed, held, ready, refresh)
+        let added = vip::put_held(&self.rtnl, index, held, ready, refresh, &mut present)
             .map_err(|e| e.to_string())?;
         if let Some(sync) = &self.sync {
             self.converge_sync(sync, !held.is_empty())
                 .map_err(|e| e.to_string())?;
         }
-        Ok(out)
+        Ok((added, present))
     }
 
     fn refresh_fence(

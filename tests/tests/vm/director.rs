@@ -285,6 +285,9 @@ async fn director_programs_repairs_and_survives_restart() -> anyhow::Result<()> 
 #[derive(Clone)]
 struct Skew {
     upstream: String,
+    /// Its own address: it names itself as the cluster's only member, so
+    /// the director does not go round it to the controller.
+    hop: String,
     armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -308,8 +311,10 @@ impl pb::director_sync_server::DirectorSync for Skew {
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let desired = upstream.sync(reports).await?.into_inner();
         let armed = self.armed.clone();
+        let hop = self.hop.clone();
         let skewed = desired.map(move |msg| {
             msg.map(|mut d| {
+                d.controllers = vec![hop.clone()];
                 if armed.load(std::sync::atomic::Ordering::SeqCst) {
                     for s in d.config.iter_mut().flat_map(|c| c.services.iter_mut()) {
                         if s.name == "web" {
@@ -345,12 +350,13 @@ async fn a_refused_service_is_reported_and_the_rest_applies() -> anyhow::Result<
     )?;
     lbctl_ok(&a, &words("realserver add dns 10.0.0.11"))?;
 
-    let skew = Skew {
-        upstream: a.clone(),
-        armed: Default::default(),
-    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hop = listener.local_addr()?.to_string();
+    let skew = Skew {
+        upstream: a.clone(),
+        hop: hop.clone(),
+        armed: Default::default(),
+    };
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(pb::director_sync_server::DirectorSyncServer::new(

@@ -137,15 +137,15 @@ async fn sigterm_hands_the_vips_over() -> anyhow::Result<()> {
         return Ok(());
     }
     let (f, mut d1, _d2) = running().await?;
-    let w1 = f.vipwatch("d1", DR_VIP, 15)?;
-    let w2 = f.vipwatch("d2", DR_VIP, 15)?;
-    let probe = f.probe(&format!("http://{DR_VIP}/"), 15, 20)?;
+    let w1 = f.vipwatch("d1", DR_VIP, 25)?;
+    let w2 = f.vipwatch("d2", DR_VIP, 25)?;
+    let probe = f.probe(&format!("http://{DR_VIP}/"), 25, 20)?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     signal(d1.0.id(), "TERM");
     let t0 = Instant::now();
     let status = tokio::task::spawn_blocking(move || d1.0.wait()).await??;
     println!("d1 stopped in {:?} ({status})", t0.elapsed());
-    f.wait_held("d2", &VIPS, Duration::from_secs(10)).await?;
+    f.wait_held("d2", &VIPS, Duration::from_secs(20)).await?;
     let seen = probe.finish();
     let (h1, h2) = (w1.finish(), w2.finish());
     println!(
