@@ -168,19 +168,24 @@ impl super::Task for Placement {
         if since.elapsed() < self.timing.silence() {
             return;
         }
-        for c in changes(app, self.timing, &self.released) {
-            let (vip, epoch) = (c.vip, c.expected_epoch + 1);
+        let changes = changes(app, self.timing, &self.released);
+        // All at once: Raft appends concurrent writes together, so a
+        // hand-over of many VIPs takes one commit, not one per VIP.
+        let writes = changes.iter().map(|c| {
+            let epoch = c.expected_epoch + 1;
             match &c.to {
-                Some(d) => tracing::info!(vip = %vip, director = %d, epoch, "assigning VIP"),
-                None => tracing::info!(vip = %vip, from = ?c.from, epoch, "releasing VIP"),
+                Some(d) => tracing::info!(vip = %c.vip, director = %d, epoch, "assigning VIP"),
+                None => tracing::info!(vip = %c.vip, from = ?c.from, epoch, "releasing VIP"),
             }
-            let result = app
-                .write(Command::AssignVip {
-                    vip,
-                    director: c.to.clone().unwrap_or_default(),
-                    expected_epoch: c.expected_epoch,
-                })
-                .await;
+            app.write(Command::AssignVip {
+                vip: c.vip,
+                director: c.to.clone().unwrap_or_default(),
+                expected_epoch: c.expected_epoch,
+            })
+        });
+        let results = futures_util::future::join_all(writes).await;
+        for (c, result) in changes.into_iter().zip(results) {
+            let vip = c.vip;
             match (result, c.to) {
                 (Err(e), _) => {
                     tracing::warn!(vip = %vip, error = %e, "VIP assignment not committed")

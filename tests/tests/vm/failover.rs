@@ -155,11 +155,13 @@ async fn sigterm_hands_the_vips_over() -> anyhow::Result<()> {
     assert!(status.success(), "d1 did not stop cleanly: {status}");
     let both = overlaps(&h1, &h2);
     assert!(both.is_empty(), "both held {DR_VIP} during {both:?}");
-    // Scaled like the timers: the hand-over waits on reports (every 500 ms
-    // here) and Raft rounds, ten times slower than on a LAN.
+    // The hand-over, not the lease: a failover by silence leaves a gap of
+    // at least lease + margin (8 s here). The hand-over itself is two Raft
+    // commits and a few report round trips, each of which takes seconds
+    // under emulation when the VM is busy (1.7-3.9 s measured).
     assert!(
-        seen.gap() <= Duration::from_millis(2500),
-        "hand-over gap {:?}",
+        seen.gap() < Duration::from_secs(6),
+        "hand-over gap {:?}: as long as a failover by silence",
         seen.gap()
     );
     assert!(seen.recovered(), "clients not served by d2");
