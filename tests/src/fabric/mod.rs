@@ -493,7 +493,7 @@ pub async fn host_loss_gaps(
             standby.0,
             seen.summary()
         );
-        assert!(
+        anyhow::ensure!(
             seen.recovered(),
             "failover {round}: clients not served again before the probe ended"
         );
