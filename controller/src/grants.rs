@@ -101,6 +101,23 @@ impl Grants {
         out
     }
 
+    /// When the first of `owned` that [`Grants::grant`] withholds at `now`
+    /// may be granted (`None`: nothing is withheld), so that the stream can
+    /// send it then rather than at the director's next heartbeat.
+    pub fn due(&self, owned: &[(IpAddr, u64)], now: Instant) -> Option<Instant> {
+        if now < self.quiet_until {
+            return (!owned.is_empty()).then_some(self.quiet_until);
+        }
+        owned
+            .iter()
+            .filter_map(|(vip, epoch)| {
+                let g = self.last.get(vip)?;
+                let at = g.at + self.wait;
+                (g.epoch < *epoch && now < at).then_some(at)
+            })
+            .min()
+    }
+
     /// `director` promises never to hold `(vip, epoch)` again and has taken
     /// the address off: the newer epoch need not wait for this one.
     pub fn released(&mut self, director: &str, vip: IpAddr, epoch: u64) {
@@ -137,6 +154,7 @@ mod tests {
         let t0 = Instant::now();
         let mut g = Grants::new(t0, 800 * MS);
         assert!(g.grant("d1", &[(vip(), 1)], t0 + 799 * MS).is_empty());
+        assert_eq!(g.due(&[(vip(), 1)], t0 + 799 * MS), Some(t0 + 800 * MS));
         assert_eq!(g.grant("d1", &[(vip(), 1)], t0 + 800 * MS), [(vip(), 1)]);
     }
 
@@ -148,6 +166,7 @@ mod tests {
         assert_eq!(g.grant("d1", &[(vip(), 1)], t0 + 100 * MS), [(vip(), 1)]);
         // Epoch 2 went to d2: withheld until 800 ms after the last epoch-1 grant.
         assert!(g.grant("d2", &[(vip(), 2)], t0 + 899 * MS).is_empty());
+        assert_eq!(g.due(&[(vip(), 2)], t0 + 899 * MS), Some(t0 + 900 * MS));
         assert_eq!(g.grant("d2", &[(vip(), 2)], t0 + 900 * MS), [(vip(), 2)]);
         // A lagging view of epoch 1 is never granted after epoch 2.
         assert!(g.grant("d1", &[(vip(), 1)], t0 + 901 * MS).is_empty());

@@ -92,6 +92,8 @@ struct Director {
     sent_revision: Option<u64>,
     /// What the director last reported holding.
     held: Vec<pb::VipLease>,
+    /// When a grant withheld in the last message becomes due.
+    wake: Option<Instant>,
 }
 
 impl Director {
@@ -156,9 +158,14 @@ impl AgentStream for Director {
         let data = app.state.read();
         let state = &data.state;
         let owned = state.owned_by(&self.node);
+        let now = Instant::now();
         let leases = if self.ack > 0 {
-            app.grants().grant(&self.node, &owned, Instant::now())
+            let mut grants = app.grants();
+            let given = grants.grant(&self.node, &owned, now);
+            self.wake = grants.due(&owned, now);
+            given
         } else {
+            self.wake = None;
             Vec::new()
         };
         let sent = self.sent_revision.replace(state.revision);
@@ -223,6 +230,10 @@ impl AgentStream for Director {
     fn ended(&mut self, app: &App) {
         app.fleet.director_disconnected(&self.node, self.stream);
     }
+
+    fn wake_at(&self) -> Option<Instant> {
+        self.wake
+    }
 }
 
 #[tonic::async_trait]
@@ -257,6 +268,7 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
             ack: 0,
             sent_revision: None,
             held: Vec::new(),
+            wake: None,
         };
         director.heard(&self.app, &first);
         Ok(Response::new(serve(

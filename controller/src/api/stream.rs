@@ -50,6 +50,20 @@ pub(super) trait AgentStream: Send + 'static {
 
     /// The stream ended.
     fn ended(&mut self, _app: &App) {}
+
+    /// When to send the next message even without a report or a change
+    /// (a grant withheld until then).
+    fn wake_at(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// Sleeps until `at`; forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The first report, which opens every agent stream.
@@ -81,9 +95,12 @@ pub(super) fn serve<S: AgentStream>(
             if tx.send(Ok(agent.desired(&app))).await.is_err() {
                 break;
             }
-            // Until there is something to answer: a report, or a change.
+            // Until there is something to answer: a report, a change, or
+            // the moment a withheld grant is due.
+            let wake = agent.wake_at();
             loop {
                 tokio::select! {
+                    _ = sleep_until(wake) => continue 'stream,
                     msg = inbound.message() => match msg {
                         Ok(Some(report)) if S::node_id(&report) == node => {
                             if let Err(e) = agent.report(&app, report, &mut budget).await {
