@@ -144,10 +144,14 @@ impl Lease {
             .collect()
     }
 
-    /// Forgets what no longer matters: grants run out long ago, dropped
-    /// epochs of VIPs no controller grants any more.
+    /// Forgets what no longer matters: grants run out long ago (and the
+    /// voters those controllers named: a controller removed from the
+    /// cluster must not keep the majority counted over a membership that
+    /// is gone), dropped epochs of VIPs no controller grants any more.
     pub fn forget(&mut self, now: Instant, keep: Duration) {
         self.grants.retain(|_, g| g.until + keep > now);
+        let grants = &self.grants;
+        self.voters.retain(|id, _| grants.contains_key(id));
         self.inherited.retain(|_, (_, until)| *until > now);
         let granted: BTreeSet<IpAddr> = self
             .grants
@@ -271,6 +275,39 @@ mod tests {
         l.inherited.insert(vip(), (4, t0 + 300 * MS));
         assert_eq!(l.held(t0 + 299 * MS), BTreeMap::from([(vip(), 4)]));
         assert!(l.held(t0 + 300 * MS).is_empty());
+    }
+
+    #[test]
+    fn a_controller_silent_for_long_no_longer_counts_in_the_membership() {
+        let t0 = Instant::now();
+        let mut l = Lease::default();
+        // 3 was removed from the cluster; 1 and 2 name the voters {1, 2}.
+        l.granted(3, Some(t0), 600 * MS, BTreeMap::new(), three());
+        let two = BTreeSet::from([1, 2]);
+        l.granted(
+            1,
+            Some(t0),
+            600 * MS,
+            BTreeMap::from([(vip(), 4)]),
+            two.clone(),
+        );
+        assert!(l.held(t0).is_empty(), "one of {{1, 2, 3}}");
+        let later = t0 + Duration::from_secs(20);
+        l.forget(later, Duration::from_secs(10));
+        l.granted(
+            1,
+            Some(later),
+            600 * MS,
+            BTreeMap::from([(vip(), 4)]),
+            two.clone(),
+        );
+        l.granted(2, Some(later), 600 * MS, BTreeMap::from([(vip(), 4)]), two);
+        assert_eq!(
+            l.held(later),
+            BTreeMap::from([(vip(), 4)]),
+            "two of {{1, 2}}"
+        );
+        assert!(!l.voters.contains_key(&3));
     }
 
     #[test]
