@@ -199,14 +199,7 @@ impl Fleet {
 
 /// The VIPs `node` owns, as the wire carries them.
 pub fn vip_leases(state: &State, node: &str) -> Vec<pb::VipLease> {
-    state
-        .owned_by(node)
-        .into_iter()
-        .map(|(vip, epoch)| pb::VipLease {
-            vip: vip.to_string(),
-            epoch,
-        })
-        .collect()
+    lb_proto::convert::vip_leases(state.owned_by(node))
 }
 
 fn millis_since(at: Instant) -> u64 {

@@ -95,54 +95,26 @@ fn raw6(addr: &IpAddr) -> Option<String> {
 /// The script that makes the sets `guarded` and `held` (each VIP with the
 /// time its lease has left), as one transaction.
 pub fn refresh(guarded: &BTreeSet<IpAddr>, held: &BTreeMap<IpAddr, Duration>) -> String {
-    let mut out = String::new();
-    let v4 = |a: &&IpAddr| a.is_ipv4();
-    let v6 = |a: &&IpAddr| a.is_ipv6();
+    // Each family's elements once: the arp and inet tables share the IPv4 ones.
     let plain = |a: &IpAddr| (a.to_string(), None);
     let timed = |(a, t): (&IpAddr, &Duration)| (a.to_string(), Some(*t));
-    let raw_timed = |(a, t): (&IpAddr, &Duration)| raw6(a).map(|r| (r, Some(*t)));
-    let sets: [(&str, &str, Option<String>); 8] = [
-        (
-            "arp",
-            "guarded",
-            elements(guarded.iter().filter(v4).map(plain)),
-        ),
-        (
-            "arp",
-            "held",
-            elements(held.iter().filter(|(a, _)| a.is_ipv4()).map(timed)),
-        ),
-        (
-            "inet",
-            "guarded4",
-            elements(guarded.iter().filter(v4).map(plain)),
-        ),
-        (
-            "inet",
-            "held4",
-            elements(held.iter().filter(|(a, _)| a.is_ipv4()).map(timed)),
-        ),
-        (
-            "inet",
-            "guarded6",
-            elements(guarded.iter().filter(v6).map(plain)),
-        ),
-        (
-            "inet",
-            "held6",
-            elements(held.iter().filter(|(a, _)| a.is_ipv6()).map(timed)),
-        ),
-        (
-            "inet",
-            "na_guarded",
-            elements(guarded.iter().filter_map(|a| raw6(a).map(|r| (r, None)))),
-        ),
-        (
-            "inet",
-            "na_held",
-            elements(held.iter().filter_map(raw_timed)),
-        ),
+    let guarded4 = elements(guarded.iter().filter(|a| a.is_ipv4()).map(plain));
+    let held4 = elements(held.iter().filter(|(a, _)| a.is_ipv4()).map(timed));
+    let guarded6 = elements(guarded.iter().filter(|a| a.is_ipv6()).map(plain));
+    let held6 = elements(held.iter().filter(|(a, _)| a.is_ipv6()).map(timed));
+    let na_guarded = elements(guarded.iter().filter_map(|a| Some((raw6(a)?, None))));
+    let na_held = elements(held.iter().filter_map(|(a, t)| Some((raw6(a)?, Some(*t)))));
+    let sets = [
+        ("arp", "guarded", &guarded4),
+        ("arp", "held", &held4),
+        ("inet", "guarded4", &guarded4),
+        ("inet", "held4", &held4),
+        ("inet", "guarded6", &guarded6),
+        ("inet", "held6", &held6),
+        ("inet", "na_guarded", &na_guarded),
+        ("inet", "na_held", &na_held),
     ];
+    let mut out = String::new();
     for (family, set, items) in sets {
         out.push_str(&format!("flush set {family} {TABLE} {set}\n"));
         if let Some(items) = items {

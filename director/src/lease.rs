@@ -119,12 +119,21 @@ impl Lease {
         }
     }
 
-    /// The epoch this director last knew `vip` at (for reports of what the
-    /// kernel has): held, granted, inherited or dropped.
-    pub fn epoch_of(&self, vip: IpAddr, now: Instant) -> u64 {
-        if let Some((epoch, _)) = self.holding(now).get(&vip) {
-            return *epoch;
-        }
+    /// What the kernel has — the addresses on the interface — each with
+    /// the epoch this director last knew it at, for reports.
+    pub fn on_interface(&self, now: Instant) -> Vec<(IpAddr, u64)> {
+        let holding = self.holding(now);
+        self.added
+            .iter()
+            .map(|vip| match holding.get(vip) {
+                Some((epoch, _)) => (*vip, *epoch),
+                None => (*vip, self.last_epoch(*vip)),
+            })
+            .collect()
+    }
+
+    /// The highest epoch of `vip` granted, inherited or dropped.
+    fn last_epoch(&self, vip: IpAddr) -> u64 {
         let granted = self.grants.values().filter_map(|g| g.vips.get(&vip));
         let inherited = self.inherited.get(&vip).map(|(e, _)| e);
         granted
@@ -255,7 +264,7 @@ mod tests {
         l.supersede([(vip(), 4)]);
         assert!(l.held(t0).is_empty(), "fresh grants notwithstanding");
         assert!(l.released().is_empty(), "the address is still on");
-        assert_eq!(l.epoch_of(vip(), t0), 4);
+        assert_eq!(l.on_interface(t0), [(vip(), 4)]);
         l.added.remove(&vip());
         assert_eq!(l.released(), [(vip(), 4)]);
         // The VIP comes back in a later epoch.

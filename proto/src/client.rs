@@ -119,9 +119,44 @@ pub struct Follower {
     target: String,
     next: usize,
     unreachable: std::collections::BTreeMap<String, Instant>,
+    backoff: Backoff,
+}
+
+/// Exponential backoff from `first` to `max`, each delay with jitter
+/// (between half and all of it), so that agents that lost a controller
+/// together do not retry in step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
     first: Duration,
     max: Duration,
-    backoff: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Backoff {
+            first,
+            max,
+            current: first,
+        }
+    }
+
+    /// The next delay; the one after it doubles, up to `max`.
+    pub fn next_delay(&mut self) -> Duration {
+        let now = self.current;
+        self.current = (self.current * 2).min(self.max);
+        jitter(now)
+    }
+
+    /// Starts over from `first`.
+    pub fn reset(&mut self) {
+        self.current = self.first;
+    }
+
+    /// The longest delay.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
 }
 
 /// How long a controller that failed at the transport level is not
@@ -135,9 +170,7 @@ impl Follower {
             target: controllers.0[0].clone(),
             next: 0,
             unreachable: Default::default(),
-            first,
-            max,
-            backoff: first,
+            backoff: Backoff::new(first, max),
         }
     }
 
@@ -149,8 +182,8 @@ impl Follower {
     /// A session ended without an error (the controller closed it): come
     /// back to the same controller after the shortest delay.
     pub fn ended(&mut self) -> Duration {
-        self.backoff = self.first;
-        self.delay()
+        self.backoff.reset();
+        self.backoff.next_delay()
     }
 
     /// A call or session failed with `status`: where to go next.
@@ -174,17 +207,8 @@ impl Follower {
         self.next = (self.next + 1) % self.addrs.len();
         self.target = self.addrs[self.next].clone();
         Next::Other {
-            delay: self.delay(),
+            delay: self.backoff.next_delay(),
         }
-    }
-
-    /// The next delay: the backoff with jitter (between half and all of
-    /// it), so that agents that lost one controller together do not retry
-    /// in step.
-    fn delay(&mut self) -> Duration {
-        let now = self.backoff;
-        self.backoff = (self.backoff * 2).min(self.max);
-        jitter(now)
     }
 }
 
@@ -251,16 +275,14 @@ pub fn ack_deadline(heartbeat: Duration) -> Duration {
 }
 
 /// Keeps `session` connected to the one controller at `addr` until `stop`
-/// turns true, reconnecting after `first`..`max` with jitter (directors
-/// keep such a stream with every controller).
+/// turns true, reconnecting after `backoff` (directors keep such a stream
+/// with every controller).
 pub async fn keep_connected(
     addr: String,
     session: &mut impl Session,
     mut stop: tokio::sync::watch::Receiver<bool>,
-    first: Duration,
-    max: Duration,
+    mut backoff: Backoff,
 ) {
-    let mut backoff = first;
     loop {
         let started = Instant::now();
         let outcome = tokio::select! {
@@ -271,11 +293,10 @@ pub async fn keep_connected(
             tracing::warn!(controller = %addr, error = %status.message(), "controller stream lost");
         }
         // A stream that lasted a while starts the backoff over.
-        if started.elapsed() > max {
-            backoff = first;
+        if started.elapsed() > backoff.max() {
+            backoff.reset();
         }
-        let delay = jitter(backoff);
-        backoff = (backoff * 2).min(max);
+        let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(|s| *s) => return,

@@ -160,6 +160,14 @@ impl Topology {
         Ok(())
     }
 
+    /// `program` run inside namespace `name`, as an argument list (for
+    /// code that runs a tool itself, such as the director's `nft`).
+    pub fn wrapped(&self, name: &str, program: &str) -> Vec<String> {
+        ["ip", "netns", "exec", &self.ns(name), program]
+            .map(String::from)
+            .to_vec()
+    }
+
     /// Runs a command inside namespace `name`.
     pub fn exec(&self, name: &str, args: &[&str]) -> anyhow::Result<Output> {
         Command::new("ip")

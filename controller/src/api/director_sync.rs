@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use lb_proto::convert::check_name;
+use lb_proto::convert::{check_name, parse_vip_leases, vip_leases};
 use lb_proto::pb;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -106,10 +106,8 @@ impl Director {
             return;
         }
         let mut grants = app.grants();
-        for l in &report.released {
-            if let Ok(vip) = l.vip.parse() {
-                grants.released(&self.node, vip, l.epoch);
-            }
+        for (vip, epoch) in parse_vip_leases(&report.released) {
+            grants.released(&self.node, vip, epoch);
         }
     }
 }
@@ -187,13 +185,7 @@ impl AgentStream for Director {
                     .collect(),
             }),
             heartbeat_ack: self.ack,
-            leases: leases
-                .into_iter()
-                .map(|(vip, epoch)| pb::VipLease {
-                    vip: vip.to_string(),
-                    epoch,
-                })
-                .collect(),
+            leases: vip_leases(leases),
             lease_ms: app.leases.lease_ms(),
             controller_id: app.id,
             voters,

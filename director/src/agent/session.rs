@@ -9,12 +9,13 @@
 //! at one controller still reaches the majority its lease needs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use lb_hostnet::checks::{self, Target};
-use lb_proto::client::{channel, keep_connected, AckDeadline, Session};
+use lb_proto::client::{channel, keep_connected, AckDeadline, Backoff, Session};
+use lb_proto::convert::{parse_vip_leases, vip_leases};
 use lb_proto::model::Service;
 use lb_proto::pb;
 use lb_proto::pb::director_sync_client::DirectorSyncClient;
@@ -25,21 +26,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::{Config, Desired, Progress};
 use crate::lease::{Lease, SentHeartbeats};
 use crate::lease_file::LeaseFile;
-
-fn vip_leases(list: impl IntoIterator<Item = (IpAddr, u64)>) -> Vec<pb::VipLease> {
-    list.into_iter()
-        .map(|(vip, epoch)| pb::VipLease {
-            vip: vip.to_string(),
-            epoch,
-        })
-        .collect()
-}
-
-fn parse_leases(list: &[pb::VipLease]) -> BTreeMap<IpAddr, u64> {
-    list.iter()
-        .filter_map(|l| Some((l.vip.parse().ok()?, l.epoch)))
-        .collect()
-}
 
 /// The health checks the controller asks of this director, from the
 /// services' check specs.
@@ -150,7 +136,7 @@ impl Shared {
         let l = self.lock();
         let now = Instant::now();
         // What the kernel has, not what the lease says.
-        report.held = vip_leases(l.added.iter().map(|v| (*v, l.epoch_of(*v, now))));
+        report.held = vip_leases(l.on_interface(now));
         report.released = vip_leases(l.released());
         report
     }
@@ -168,10 +154,10 @@ impl Shared {
                 d.controller_id,
                 at,
                 Duration::from_millis(u64::from(d.lease_ms)),
-                parse_leases(&d.leases),
+                parse_vip_leases(&d.leases),
                 d.voters.iter().copied().collect(),
             );
-            l.supersede(parse_leases(&d.superseded));
+            l.supersede(parse_vip_leases(&d.superseded));
             l.forget(now, Duration::from_secs(10));
             ((l.holding(now), l.dropped.clone()) != before).then(|| l.clone())
         };
@@ -318,14 +304,8 @@ pub(super) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             let a = addr.clone();
             let task = tokio::spawn(async move {
                 // Retry fast: a lease is running out while too few answer.
-                keep_connected(
-                    a,
-                    &mut stream,
-                    stop,
-                    Duration::from_millis(50),
-                    Duration::from_millis(500),
-                )
-                .await;
+                let backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+                keep_connected(a, &mut stream, stop, backoff).await;
             });
             streams.insert(addr, task);
         }

@@ -246,6 +246,7 @@ pub(super) async fn run(
             let h = host.clone();
             let w = wanted.clone();
             let left = wanted.left(now);
+            let shortest = left.values().min().copied();
             match tokio::task::spawn_blocking(move || {
                 h.converge(&w.managed, &left, &w.ready, refresh || changed)
             })
@@ -259,7 +260,6 @@ pub(super) async fn run(
                     // Only a refresh moves the next one: the kernel's
                     // expiries are those of the last refresh.
                     if refresh || changed {
-                        let shortest = wanted.left(now).into_values().min();
                         refresh_at = now + shortest.map_or(Duration::from_secs(1), |d| d / 3);
                     }
                     last = Some(wanted.clone());

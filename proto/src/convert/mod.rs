@@ -22,7 +22,7 @@ mod wire;
 
 pub use realserver::{check_realserver, patch_realserver, realserver, realserver_key};
 pub use rules::{check_name, labels, unicast_ip, MAX_PERSISTENCE_SECS};
-pub use wire::prefix_to_netmask;
+pub use wire::{parse_vip_leases, prefix_to_netmask, vip_leases};
 
 /// Bad input: the field (a path of protobuf field names) and the rule it broke.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]

@@ -1,7 +1,28 @@
 //! The domain model back onto the wire.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
 use crate::model::*;
 use crate::pb;
+
+/// VIP leases — (address, epoch) — as the wire carries them.
+pub fn vip_leases(list: impl IntoIterator<Item = (IpAddr, u64)>) -> Vec<pb::VipLease> {
+    list.into_iter()
+        .map(|(vip, epoch)| pb::VipLease {
+            vip: vip.to_string(),
+            epoch,
+        })
+        .collect()
+}
+
+/// The wire's VIP leases by address; one whose address does not parse
+/// names nothing this side manages and is left out.
+pub fn parse_vip_leases(list: &[pb::VipLease]) -> BTreeMap<IpAddr, u64> {
+    list.iter()
+        .filter_map(|l| Some((l.vip.parse().ok()?, l.epoch)))
+        .collect()
+}
 
 impl From<&Service> for pb::Service {
     fn from(s: &Service) -> pb::Service {

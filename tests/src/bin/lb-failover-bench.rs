@@ -147,6 +147,23 @@ async fn keepalived_gaps(
     Ok(gaps)
 }
 
+/// Prints one set's gaps and keeps them for the summary; a set that did
+/// not recover is reported, and the rest still run.
+fn record(
+    results: &mut Vec<(String, Vec<Duration>)>,
+    what: &str,
+    gaps: anyhow::Result<Vec<Duration>>,
+) {
+    match gaps {
+        Ok(mut gaps) => {
+            gaps.sort();
+            println!("host-loss failover gaps ({what}): {gaps:?}");
+            results.push((what.to_string(), gaps));
+        }
+        Err(e) => println!("{what}: {e}"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -161,17 +178,8 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         let (f, d1, d2) = Fabric::running_with(1, controller, director).await?;
-        // A set that does not recover is reported, and the rest still run.
-        let mut gaps = match host_loss_gaps(&f, ("d1", d1), ("d2", d2), (5, 10, 20)).await {
-            Ok(g) => g,
-            Err(e) => {
-                println!("{timers}: {e}");
-                continue;
-            }
-        };
-        gaps.sort();
-        println!("host-loss failover gaps ({timers}): {gaps:?}");
-        results.push((timers.to_string(), gaps));
+        let gaps = host_loss_gaps(&f, ("d1", d1), ("d2", d2), (5, 10, 20)).await;
+        record(&mut results, timers, gaps);
     }
     // The peer, in the same VM, topology and client.
     for (what, version, advert) in KEEPALIVED {
@@ -179,16 +187,11 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         let probe = if version == 2 { 12 } else { 6 };
-        let mut gaps = match keepalived_gaps(version, advert, 5, probe).await {
-            Ok(g) => g,
-            Err(e) => {
-                println!("{what}: {e}");
-                continue;
-            }
-        };
-        gaps.sort();
-        println!("host-loss failover gaps ({what}): {gaps:?}");
-        results.push((what.to_string(), gaps));
+        record(
+            &mut results,
+            what,
+            keepalived_gaps(version, advert, 5, probe).await,
+        );
     }
     println!();
     for (timers, gaps) in results {
