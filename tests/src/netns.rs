@@ -6,8 +6,15 @@
 //! Everything a [`Topology`] creates carries its own prefix and is removed
 //! when it is dropped — also when the test panics. Bridges live in a namespace
 //! of their own, so nothing is added to the caller's network namespace.
+//!
+//! Building a topology is dozens of `ip` commands. Under the VM's emulated
+//! CPU every process costs about 0.1 s, so a fabric took 11 s to wire up one
+//! `ip` at a time. The wiring is therefore queued and run as one `ip -batch`
+//! per run of commands in the same namespace, before anything that looks at
+//! or runs in the topology.
 
-use std::io::{BufRead, BufReader};
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,6 +42,82 @@ pub struct Topology {
     prefix: String,
     namespaces: Vec<String>,
     children: Vec<Child>,
+    wiring: RefCell<Wiring>,
+}
+
+/// `ip` commands queued by the builder methods, not run yet. They run in
+/// three steps, each as few processes as can be: the namespaces; every
+/// interface (created from the caller's namespace straight into its own with
+/// `netns`); then each namespace's configuration in one batch, in the order it
+/// was queued. Configuration never depends on another namespace's, only on
+/// interfaces, so the grouping keeps every dependency.
+#[derive(Default)]
+struct Wiring {
+    namespaces: Vec<String>,
+    interfaces: Vec<String>,
+    /// Each namespace's commands (None: the caller's), namespaces in the
+    /// order they were first named.
+    config: Vec<(Option<String>, Vec<String>)>,
+}
+
+impl Wiring {
+    fn configure(&mut self, ns: Option<&str>, command: String) {
+        match self.config.iter_mut().find(|(n, _)| n.as_deref() == ns) {
+            Some((_, lines)) => lines.push(command),
+            None => self.config.push((ns.map(String::from), vec![command])),
+        }
+    }
+
+    fn run(&mut self) -> anyhow::Result<()> {
+        let namespaces = std::mem::take(&mut self.namespaces);
+        if !namespaces.is_empty() {
+            ip_batch(
+                None,
+                namespaces
+                    .iter()
+                    .map(|ns| format!("netns add {ns}"))
+                    .collect(),
+            )?;
+        }
+        let interfaces = std::mem::take(&mut self.interfaces);
+        if !interfaces.is_empty() {
+            ip_batch(None, interfaces)?;
+        }
+        for (ns, lines) in std::mem::take(&mut self.config) {
+            ip_batch(ns.as_deref(), lines)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `lines` through one `ip -batch -` (in namespace `ns` if given).
+fn ip_batch(ns: Option<&str>, lines: Vec<String>) -> anyhow::Result<()> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ip -batch")?;
+    let script = lines.join("\n") + "\n";
+    child
+        .stdin
+        .take()
+        .context("ip -batch stdin")?
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "ip {} -batch failed: {}\n{script}",
+            ns.map(|n| format!("-n {n}")).unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 impl Default for Topology {
@@ -50,7 +133,32 @@ impl Topology {
             prefix: format!("lbt{}-{n}", std::process::id()),
             namespaces: Vec::new(),
             children: Vec::new(),
+            wiring: RefCell::default(),
         }
+    }
+
+    /// Queues `ip <command>` in namespace `name` (None: the caller's), to
+    /// configure interfaces that exist (or that the builder methods create).
+    pub fn ip(&self, name: Option<&str>, command: &str) {
+        let ns = name.map(|n| self.ns(n));
+        self.wiring
+            .borrow_mut()
+            .configure(ns.as_deref(), command.to_string());
+    }
+
+    /// Queues the creation of an interface: `ip link add <spec>`, run in the
+    /// caller's namespace, so `spec` names the namespace(s) with `netns`.
+    fn create_interface(&self, spec: String) {
+        self.wiring
+            .borrow_mut()
+            .interfaces
+            .push(format!("link add {spec}"));
+    }
+
+    /// Runs the queued wiring; every method that runs something in the
+    /// topology calls this first.
+    pub fn apply(&self) -> anyhow::Result<()> {
+        self.wiring.borrow_mut().run()
     }
 
     /// The full name of namespace `name` (for `ip netns exec`).
@@ -61,17 +169,17 @@ impl Topology {
     /// Creates a namespace with its loopback up.
     pub fn add_ns(&mut self, name: &str) -> anyhow::Result<String> {
         let full = self.ns(name);
-        run(Command::new("ip").args(["netns", "add", &full]))?;
         self.namespaces.push(full.clone());
-        run(Command::new("ip").args(["-n", &full, "link", "set", "lo", "up"]))?;
+        self.wiring.get_mut().namespaces.push(full.clone());
+        self.ip(Some(name), "link set lo up");
         Ok(full)
     }
 
     /// Creates a bridge (in a namespace of its own, named `name`) to plug hosts into.
     pub fn add_bridge(&mut self, name: &str) -> anyhow::Result<()> {
         let ns = self.add_ns(name)?;
-        run(Command::new("ip").args(["-n", &ns, "link", "add", "br0", "type", "bridge"]))?;
-        run(Command::new("ip").args(["-n", &ns, "link", "set", "br0", "up"]))?;
+        self.create_interface(format!("br0 netns {ns} type bridge"));
+        self.ip(Some(name), "link set br0 up");
         Ok(())
     }
 
@@ -89,14 +197,12 @@ impl Topology {
             port.len() <= 15,
             "interface name {port} is too long; use shorter host names"
         );
-        run(Command::new("ip").args([
-            "-n", &b, "link", "add", &port, "type", "veth", "peer", "name", ifname, "netns", &h,
-        ]))?;
-        run(Command::new("ip").args(["-n", &b, "link", "set", &port, "master", "br0", "up"]))?;
-        self.sh(
-            host,
-            &format!("ip addr add {cidr} dev {ifname} && ip link set {ifname} up"),
-        )?;
+        self.create_interface(format!(
+            "{port} netns {b} type veth peer name {ifname} netns {h}"
+        ));
+        self.ip(Some(bridge), &format!("link set {port} master br0 up"));
+        self.ip(Some(host), &format!("addr add {cidr} dev {ifname}"));
+        self.ip(Some(host), &format!("link set {ifname} up"));
         Ok(())
     }
 
@@ -105,34 +211,24 @@ impl Topology {
     /// agents in the namespaces must reach). The interface goes away with the
     /// bridge's namespace.
     pub fn plug_caller(&mut self, bridge: &str, ifname: &str, cidr: &str) -> anyhow::Result<()> {
-        let b = self.ns(bridge);
         let port = format!("p-caller-{ifname}");
         anyhow::ensure!(port.len() <= 15, "interface name {port} is too long");
-        run(Command::new("ip").args([
-            "-n",
-            &b,
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            ifname,
-            "netns",
-            &std::process::id().to_string(),
-        ]))?;
-        run(Command::new("ip").args(["-n", &b, "link", "set", &port, "master", "br0", "up"]))?;
-        run(Command::new("ip").args(["addr", "add", cidr, "dev", ifname]))?;
-        run(Command::new("ip").args(["link", "set", ifname, "up"]))?;
-        Ok(())
+        let b = self.ns(bridge);
+        self.create_interface(format!("{port} netns {b} type veth peer name {ifname}"));
+        self.ip(Some(bridge), &format!("link set {port} master br0 up"));
+        self.ip(None, &format!("addr add {cidr} dev {ifname}"));
+        self.ip(None, &format!("link set {ifname} up"));
+        // The caller uses its own namespace directly (servers bound to
+        // `cidr`), not through this topology: wire it up now.
+        self.apply()
     }
 
     /// A command that runs `program` inside namespace `name`; the caller owns the child.
-    pub fn command(&self, name: &str, program: &Path) -> Command {
+    pub fn command(&self, name: &str, program: &Path) -> anyhow::Result<Command> {
+        self.apply()?;
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns(name)]).arg(program);
-        c
+        Ok(c)
     }
 
     /// Joins two namespaces directly with a veth pair.
@@ -146,30 +242,28 @@ impl Topology {
         cidr_b: &str,
     ) -> anyhow::Result<()> {
         let (na, nb) = (self.ns(a), self.ns(b));
-        run(Command::new("ip").args([
-            "-n", &na, "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", &nb,
-        ]))?;
-        self.sh(
-            a,
-            &format!("ip addr add {cidr_a} dev {if_a} && ip link set {if_a} up"),
-        )?;
-        self.sh(
-            b,
-            &format!("ip addr add {cidr_b} dev {if_b} && ip link set {if_b} up"),
-        )?;
+        self.create_interface(format!(
+            "{if_a} netns {na} type veth peer name {if_b} netns {nb}"
+        ));
+        for (ns, ifname, cidr) in [(a, if_a, cidr_a), (b, if_b, cidr_b)] {
+            self.ip(Some(ns), &format!("addr add {cidr} dev {ifname}"));
+            self.ip(Some(ns), &format!("link set {ifname} up"));
+        }
         Ok(())
     }
 
     /// `program` run inside namespace `name`, as an argument list (for
     /// code that runs a tool itself, such as the director's `nft`).
-    pub fn wrapped(&self, name: &str, program: &str) -> Vec<String> {
-        ["ip", "netns", "exec", &self.ns(name), program]
+    pub fn wrapped(&self, name: &str, program: &str) -> anyhow::Result<Vec<String>> {
+        self.apply()?;
+        Ok(["ip", "netns", "exec", &self.ns(name), program]
             .map(String::from)
-            .to_vec()
+            .to_vec())
     }
 
     /// Runs a command inside namespace `name`.
     pub fn exec(&self, name: &str, args: &[&str]) -> anyhow::Result<Output> {
+        self.apply()?;
         Command::new("ip")
             .args(["netns", "exec", &self.ns(name)])
             .args(args)
@@ -193,6 +287,7 @@ impl Topology {
 
     /// Starts a long-running process inside namespace `name`; it is killed on drop.
     pub fn spawn(&mut self, name: &str, args: &[&str]) -> anyhow::Result<&mut Child> {
+        self.apply()?;
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns(name)])
             .args(args)
@@ -209,18 +304,32 @@ impl Topology {
     /// Starts an HTTP backend in `name` answering with `answer`; returns its
     /// PID once it listens.
     pub fn http_backend(&mut self, name: &str, answer: &str, listen: &str) -> anyhow::Result<u32> {
+        let pids = self.http_backends(&[(name, answer, listen)])?;
+        pids.first().copied().context("no backend started")
+    }
+
+    /// [`Topology::http_backend`] for each `(namespace, answer, listen)`,
+    /// all started before any is waited for (their start-ups overlap).
+    pub fn http_backends(&mut self, list: &[(&str, &str, &str)]) -> anyhow::Result<Vec<u32>> {
         let bin = crate::bin("lb-http");
         let bin = bin.to_str().context("lb-http path")?.to_string();
-        let child = self.spawn(name, &[&bin, "serve", answer, listen])?;
-        let pid = child.id();
-        let stdout = child.stdout.take().context("backend stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        anyhow::ensure!(
-            line.trim() == "ready",
-            "backend {answer} in {name} did not start"
-        );
-        Ok(pid)
+        let mut started = Vec::new();
+        for (name, answer, listen) in list {
+            let child = self.spawn(name, &[&bin, "serve", answer, listen])?;
+            let stdout = child.stdout.take().context("backend stdout")?;
+            started.push((child.id(), stdout, name, answer));
+        }
+        let mut pids = Vec::new();
+        for (pid, stdout, name, answer) in started {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line)?;
+            anyhow::ensure!(
+                line.trim() == "ready",
+                "backend {answer} in {name} did not start"
+            );
+            pids.push(pid);
+        }
+        Ok(pids)
     }
 
     /// Makes `count` HTTP requests from namespace `name`; one body (or `ERR …`) each.
@@ -251,19 +360,30 @@ impl Drop for Topology {
     fn drop(&mut self) {
         for c in &mut self.children {
             let _ = c.kill();
+        }
+        for c in &mut self.children {
             let _ = c.wait();
         }
-        // Deleting a namespace deletes its interfaces, and with them their veth peers.
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        // Deleting a namespace deletes its interfaces, and with them their
+        // veth peers. One `ip -force -batch`: a namespace never created (a
+        // failed wiring) must not stop the rest from going.
+        let lines = self
+            .namespaces
+            .iter()
+            .rev()
+            .map(|ns| format!("netns del {ns}\n"))
+            .collect::<String>();
+        if let Ok(mut child) = Command::new("ip")
+            .args(["-force", "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(lines.as_bytes());
+            }
+            let _ = child.wait();
         }
     }
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
 }

@@ -113,7 +113,7 @@ async fn demo() -> anyhow::Result<()> {
     let mut start = |ns: &str, program: &str, args: &[&str], token: &str| -> anyhow::Result<()> {
         let log = std::fs::File::create(dir.path().join(format!("{ns}.log")))?;
         let child = t
-            .command(ns, &bin(program))
+            .command(ns, &bin(program))?
             .args(["--controller", &ctl, "--node-id", ns])
             .args(args)
             .args(["--join-token", token])

@@ -87,7 +87,7 @@ async fn keepalived_gaps(
         std::fs::write(&conf, keepalived_conf(name, priority, version, advert))?;
         let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
         let child =
-            f.t.command(name, &keepalived)
+            f.t.command(name, &keepalived)?
                 .args(["-n", "-l", "-f", &path("keepalived.conf")])
                 .args([
                     "-p",

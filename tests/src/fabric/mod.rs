@@ -123,19 +123,22 @@ impl Fabric {
         }
         t.plug("d1", "int", "eth1", "192.168.50.11/24")?;
         t.plug("d2", "int", "eth1", "192.168.50.12/24")?;
-        let mut nat_web = Vec::new();
         for (rs, ip) in [("rs3", "192.168.50.23/24"), ("rs4", "192.168.50.24/24")] {
             t.add_ns(rs)?;
             t.plug(rs, "int", "eth0", ip)?;
             // NAT replies must pass the director that rewrote the request.
-            t.sh(rs, "ip route add default via 192.168.50.11")?;
-            nat_web.push((rs, t.http_backend(rs, rs, "0.0.0.0:8080")?));
+            t.ip(Some(rs), "route add default via 192.168.50.11");
         }
-        let mut web = Vec::new();
-        for rs in ["rs1", "rs2"] {
-            web.push((rs, t.http_backend(rs, rs, "0.0.0.0:80")?));
-            t.http_backend(rs, rs, "0.0.0.0:443")?;
-        }
+        let pids = t.http_backends(&[
+            ("rs3", "rs3", "0.0.0.0:8080"),
+            ("rs4", "rs4", "0.0.0.0:8080"),
+            ("rs1", "rs1", "0.0.0.0:80"),
+            ("rs2", "rs2", "0.0.0.0:80"),
+            ("rs1", "rs1", "0.0.0.0:443"),
+            ("rs2", "rs2", "0.0.0.0:443"),
+        ])?;
+        let nat_web = vec![("rs3", pids[0]), ("rs4", pids[1])];
+        let web = vec![("rs1", pids[2]), ("rs2", pids[3])];
         let dir = tempfile::tempdir()?;
         let controllers = start_cluster_at("10.0.0.1", count, dir.path(), controller_flags).await?;
         let addrs = controllers
@@ -264,10 +267,17 @@ impl Fabric {
             &lan_rs,
         ]
         .concat();
-        for args in [dr, tun, nat, fwm] {
-            self.lbctl(&args)?;
-        }
-        Ok(())
+        // Four lbctl processes at once: each one's start-up and TLS
+        // handshake costs most of a second under emulation.
+        std::thread::scope(|s| {
+            let addrs = &self.addrs;
+            let calls = [dr, tun, nat, fwm].map(|args| s.spawn(move || lbctl_ok(addrs, &args)));
+            calls.into_iter().try_for_each(|call| {
+                call.join()
+                    .map_err(|_| anyhow::anyhow!("lbctl thread panicked"))?
+                    .map(drop)
+            })
+        })
     }
 
     pub fn start_director(&self, node: &str, extra: &[&str]) -> anyhow::Result<Proc> {
@@ -277,7 +287,7 @@ impl Fabric {
             .open(self.log(node))?;
         let child = self
             .t
-            .command(node, &bin("lb-director"))
+            .command(node, &bin("lb-director"))?
             .args(["--controller", &self.addrs, "--node-id", node])
             .args(agent_tls(&self.addrs, Role::Director, node, &[])?)
             .args(["--interface", "eth0", "--sync-interface", "eth0"])
@@ -379,7 +389,7 @@ impl Fabric {
     pub fn probe(&self, url: &str, seconds: u64, every_ms: u64) -> anyhow::Result<Probe> {
         let child = self
             .t
-            .command("cl", &bin("lb-http"))
+            .command("cl", &bin("lb-http"))?
             .args([
                 "probe",
                 url,
@@ -401,7 +411,7 @@ impl Fabric {
         );
         let child = self
             .t
-            .command("cl", std::path::Path::new("sh"))
+            .command("cl", std::path::Path::new("sh"))?
             .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -424,7 +434,7 @@ impl Fabric {
     pub fn vipwatch(&self, ns: &str, vip: &str, seconds: u64) -> anyhow::Result<Watch> {
         let child = self
             .t
-            .command(ns, &bin("lb-http"))
+            .command(ns, &bin("lb-http"))?
             .args(["vipwatch", vip, &seconds.to_string(), "10"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -176,7 +176,7 @@ impl Capture {
     pub fn start(f: &Fabric) -> anyhow::Result<Capture> {
         let tcpdump = crate::which("tcpdump").ok_or_else(|| anyhow::anyhow!("tcpdump"))?;
         let mut child =
-            f.t.command("cl", &tcpdump)
+            f.t.command("cl", &tcpdump)?
                 .args(["-l", "-n", "-tt", "-i", "eth0", "arp"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())

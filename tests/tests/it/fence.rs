@@ -62,7 +62,7 @@ fn a_vip_whose_lease_is_not_renewed_stops_answering_at_the_lease_end() -> anyhow
     )?;
     t.sh("dir", &format!("ip addr add {VIP}/32 dev eth0"))?;
     t.http_backend("dir", "dir", &format!("{VIP}:80"))?;
-    let mut fence = Fence::new(t.wrapped("dir", "nft"));
+    let mut fence = Fence::new(t.wrapped("dir", "nft")?);
     let vip: IpAddr = VIP.parse()?;
     let guarded = BTreeSet::from([vip]);
     // The default lease: 600 ms, renewed every heartbeat (200 ms).

@@ -133,7 +133,7 @@ fn fwmark_rules_mark_the_named_traffic_and_are_repaired() -> anyhow::Result<()> 
         })),
         ..Default::default()
     })?];
-    let mut marks = Marks::new(t.wrapped("dir", "nft"));
+    let mut marks = Marks::new(t.wrapped("dir", "nft")?);
     assert_eq!(marks.converge(&shop)?, MarkChange::Replaced);
     assert_eq!(marks.converge(&shop)?, MarkChange::None, "in sync");
     let listed = t.sh("dir", "nft list table inet lbfabric")?;

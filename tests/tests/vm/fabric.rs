@@ -590,7 +590,7 @@ fn hold_requests(f: &Fabric, count: usize, seconds: u64) -> anyhow::Result<Vec<P
     let mut out = Vec::new();
     for _ in 0..count {
         let mut child =
-            f.t.command("cl", &bin("lb-http"))
+            f.t.command("cl", &bin("lb-http"))?
                 .args(["hold", &format!("http://{DR_VIP}/"), &seconds.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())

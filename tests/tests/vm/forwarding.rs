@@ -32,8 +32,7 @@ fn lan_with_director(t: &mut Topology) {
         t.add_ns(host).unwrap();
         t.plug(host, "lan", "eth0", ip).unwrap();
     }
-    t.sh("dir", &format!("ip addr add {VIP}/32 dev eth0"))
-        .unwrap();
+    t.ip(Some("dir"), &format!("addr add {VIP}/32 dev eth0"));
 }
 
 /// VIP on the realserver's `dev`, and the ARP settings that keep it from answering for the VIP.
@@ -86,7 +85,7 @@ fn nat_balances_across_realservers() {
     for (rs, ip) in [("rs1", "10.0.2.11/24"), ("rs2", "10.0.2.12/24")] {
         t.add_ns(rs).unwrap();
         t.plug(rs, "back", "eth0", ip).unwrap();
-        t.sh(rs, "ip route add default via 10.0.2.1").unwrap();
+        t.ip(Some(rs), "route add default via 10.0.2.1");
         t.http_backend(rs, rs, "0.0.0.0:8080").unwrap();
     }
     t.sh(
