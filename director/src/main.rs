@@ -54,6 +54,12 @@ struct Args {
     /// milliseconds.
     #[arg(long, env = "LB_HANDOVER_MS", default_value_t = 5000)]
     handover_ms: u64,
+    /// Hold and announce the VIPs without programming IPVS: for services a
+    /// proxy on this host serves (keepalived's floating VIP), and for hosts
+    /// whose kernel has no IPVS. The lease, the fence and the hand-over are
+    /// the same.
+    #[arg(long, env = "LB_NO_IPVS", conflicts_with = "sync_interface")]
+    no_ipvs: bool,
     #[command(flatten)]
     tls: lb_proto::pki::enroll::AgentTlsFlags,
 }
@@ -95,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         state_dir: args.state_dir,
         ack_deadline: lb_proto::client::ack_deadline(Duration::from_millis(args.heartbeat_ms)),
         handover: Duration::from_millis(args.handover_ms),
+        ipvs: !args.no_ipvs,
     };
     run(config, lb_proto::process::shutdown_signal()).await?;
     Ok(())

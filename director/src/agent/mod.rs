@@ -10,7 +10,8 @@
 //!   new configuration and every `resync` period (so hand edits are
 //!   repaired), applies the difference, keeps the fwmark services' nftables
 //!   mark rules (see [`crate::marks`]), and records what it did for the next
-//!   report;
+//!   report; with `--no-ipvs` it only marks each VIP of the configuration
+//!   ready (a proxy on the host serves it);
 //! - the **VIP loop** ([`vips`]) keeps the interface's VIP addresses equal to what the
 //!   lease allows (adding one only once its services are programmed, and
 //!   removing those it added whose service is gone),
@@ -71,6 +72,8 @@ pub struct Config {
     /// On shutdown, how long to wait for the VIPs to move to another
     /// director before letting them go anyway.
     pub handover: Duration,
+    /// Program IPVS; without it only the VIPs are held (`--no-ipvs`).
+    pub ipvs: bool,
 }
 
 /// The IPVS sync daemons' settings (the same on every director of a pool).
@@ -149,9 +152,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     // Fail early, and load ip_vs, if the kernel has no IPVS.
-    let ipvs = tokio::task::spawn_blocking(Ipvs::open)
-        .await
-        .map_err(|e| IpvsError::Socket(e.to_string()))??;
+    let open_ipvs = || async {
+        tokio::task::spawn_blocking(Ipvs::open)
+            .await
+            .map_err(|e| IpvsError::Socket(e.to_string()))?
+    };
+    let ipvs = match config.ipvs {
+        true => Some((open_ipvs().await?, open_ipvs().await?)),
+        false => None,
+    };
+    let (ipvs, sync_ipvs) = ipvs.unzip();
     let iface = config.interface.clone();
     let (rtnl, link) = tokio::task::spawn_blocking(move || {
         let rtnl = Rtnl::open()?;
@@ -163,9 +173,7 @@ pub async fn run(
     let host = vips::Host {
         rtnl,
         link,
-        ipvs: tokio::task::spawn_blocking(Ipvs::open)
-            .await
-            .map_err(|e| IpvsError::Socket(e.to_string()))??,
+        ipvs: sync_ipvs,
         announce: config.announce,
         sync: config.sync.clone(),
         fence: Mutex::new(crate::fence::Fence::new(vec!["nft".into()])),
@@ -212,14 +220,22 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let checker = tokio::spawn(checks::run(checks_rx, on_change, stop_rx.clone()));
 
-    let reconciler = tokio::spawn(reconciler::run(
-        ipvs,
-        config.resync,
-        desired_rx.clone(),
-        programmed_tx,
-        progress.clone(),
-        stop_rx.clone(),
-    ));
+    let reconciler = match ipvs {
+        Some(ipvs) => tokio::spawn(reconciler::run(
+            ipvs,
+            config.resync,
+            desired_rx.clone(),
+            programmed_tx,
+            progress.clone(),
+            stop_rx.clone(),
+        )),
+        None => tokio::spawn(reconciler::vips_only(
+            desired_rx.clone(),
+            programmed_tx,
+            progress.clone(),
+            stop_rx.clone(),
+        )),
+    };
     let report_now = Arc::new(watch::channel(0u64).0);
     let (leaving_tx, leaving_rx) = watch::channel(false);
     let vips = tokio::spawn(vips::run(

@@ -141,6 +141,35 @@ pub(super) async fn run(
     }
 }
 
+/// Without IPVS (`--no-ipvs`) there is no table to program: every VIP of
+/// the configuration is ready as soon as it arrives, and the report says
+/// which revision that was.
+pub(super) async fn vips_only(
+    mut desired: watch::Receiver<Option<Desired>>,
+    programmed: watch::Sender<BTreeSet<IpAddr>>,
+    progress: Arc<Mutex<Progress>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let current = desired.borrow_and_update().clone();
+        if let Some(d) = current {
+            let vips: BTreeSet<IpAddr> = d.services.iter().filter_map(Service::vip).collect();
+            programmed.send_if_modified(|ready| std::mem::replace(ready, vips.clone()) != vips);
+            let own = own_addresses(&d.services);
+            let mut prog = progress.lock().unwrap_or_else(PoisonError::into_inner);
+            prog.addresses = own;
+            prog.errors = d.refused;
+            if prog.errors.is_empty() {
+                prog.applied_revision = d.revision;
+            }
+        }
+        tokio::select! {
+            r = desired.changed() => if r.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// This host's unicast addresses other than loopback, IPv6 link-local and
 /// the services' VIPs (which move between directors).
 fn own_addresses(services: &[Service]) -> Vec<String> {

@@ -35,8 +35,8 @@ fn managed_vips(desired: &Option<Desired>) -> BTreeSet<IpAddr> {
 pub(super) struct Host {
     pub(super) rtnl: Rtnl,
     pub(super) link: Link,
-    /// A connection of its own, for the sync daemons.
-    pub(super) ipvs: Ipvs,
+    /// A connection of its own, for the sync daemons (none with `--no-ipvs`).
+    pub(super) ipvs: Option<Ipvs>,
     pub(super) announce: AnnounceConfig,
     pub(super) sync: Option<SyncConfig>,
     /// The kernel-enforced end of each lease (see [`crate::fence`]).
@@ -91,6 +91,9 @@ impl Host {
     /// Backup always (to take over connections when a VIP moves here),
     /// master while this director holds a VIP.
     fn converge_sync(&self, sync: &SyncConfig, master: bool) -> Result<(), IpvsError> {
+        let Some(ipvs) = &self.ipvs else {
+            return Ok(()); // `--no-ipvs` rules out `--sync-interface`
+        };
         let daemon = |role| SyncDaemon {
             role,
             interface: sync.interface.clone(),
@@ -100,13 +103,13 @@ impl Host {
         if master {
             want.push(daemon(SyncRole::Master));
         }
-        let running = self.ipvs.daemons()?;
+        let running = ipvs.daemons()?;
         for d in running.iter().filter(|d| !want.contains(d)) {
-            self.ipvs.stop_daemon(d.role)?;
+            ipvs.stop_daemon(d.role)?;
             tracing::info!(daemon = %d, "sync daemon stopped");
         }
         for d in want.iter().filter(|d| !running.contains(d)) {
-            self.ipvs.start_daemon(d)?;
+            ipvs.start_daemon(d)?;
             tracing::info!(daemon = %d, "sync daemon started");
         }
         Ok(())
