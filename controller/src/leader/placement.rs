@@ -142,6 +142,10 @@ pub struct Placement {
     /// state: a new leader waits fence + margin before anything, which
     /// covers a release it did not see.
     released: BTreeMap<IpAddr, (String, Instant)>,
+    /// When the last round ended, and until when rounds are skipped
+    /// because this controller itself was stalled (see [`Placement::stalled`]).
+    last_round: Option<Instant>,
+    hold_until: Option<Instant>,
 }
 
 impl Placement {
@@ -149,7 +153,31 @@ impl Placement {
         Placement {
             timing,
             released: BTreeMap::new(),
+            last_round: None,
+            hold_until: None,
         }
+    }
+
+    /// True while this controller is catching up after a stall of its own.
+    /// A round that comes later than its period plus the margin means the
+    /// process did not run (CPU starvation, a frozen VM): the directors'
+    /// reports of that time wait unread in its sockets, so the silence it
+    /// would see is its own. It judges nobody until a lease has passed,
+    /// time for every live director's next reports to be read.
+    fn stalled(&mut self, now: Instant) -> bool {
+        let late = self.last_round.is_some_and(|last| {
+            now.duration_since(last) > self.timing.round() + self.timing.margin
+        });
+        if late {
+            tracing::warn!(
+                behind_ms = self
+                    .last_round
+                    .map_or(0, |l| now.duration_since(l).as_millis() as u64),
+                "this controller was stalled: no VIP moves for a lease"
+            );
+            self.hold_until = Some(now + self.timing.fence);
+        }
+        self.hold_until.is_some_and(|until| now < until)
     }
 }
 
@@ -162,12 +190,20 @@ impl super::Task for Placement {
 
     fn not_leading(&mut self, _app: &App) {
         self.released.clear();
+        self.last_round = None;
     }
 
     async fn round(&mut self, app: &App, since: Instant) {
-        if since.elapsed() < self.timing.silence() {
-            return;
+        if !self.stalled(Instant::now()) && since.elapsed() >= self.timing.silence() {
+            self.place(app).await;
         }
+        // From the end: a slow commit is not a stall.
+        self.last_round = Some(Instant::now());
+    }
+}
+
+impl Placement {
+    async fn place(&mut self, app: &App) {
         let changes = changes(app, self.timing, &self.released);
         // All at once: Raft appends concurrent writes together, so a
         // hand-over of many VIPs takes one commit, not one per VIP.
@@ -309,6 +345,36 @@ mod tests {
         list.iter()
             .map(|(n, c)| (n.to_string(), c.clone()))
             .collect()
+    }
+
+    #[test]
+    fn a_leader_that_did_not_run_judges_nobody_for_a_lease() {
+        let t = timing();
+        let mut p = Placement::new(t);
+        let mut now = Instant::now();
+        assert!(!p.stalled(now), "the first round");
+        let round = |p: &mut Placement, at: Instant| {
+            let stalled = p.stalled(at);
+            p.last_round = Some(at);
+            stalled
+        };
+        now += t.round();
+        assert!(!round(&mut p, now), "a round on time");
+        now += t.round() + t.margin + Duration::from_millis(1);
+        assert!(
+            round(&mut p, now),
+            "a round later than its period + the margin"
+        );
+        let late = now;
+        while now + t.round() < late + t.fence {
+            now += t.round();
+            assert!(round(&mut p, now), "within a lease of the stall");
+        }
+        now += t.round();
+        assert!(
+            !round(&mut p, now),
+            "a lease after the stall it judges again"
+        );
     }
 
     #[test]
