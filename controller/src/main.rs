@@ -43,10 +43,10 @@ struct Args {
     #[arg(long, env = "LB_SNAPSHOT_EVERY", default_value_t = 10_000)]
     snapshot_every: u64,
     /// A director drops a VIP this long after its last acknowledged heartbeat, in milliseconds.
-    #[arg(long, env = "LB_LEASE_MS", default_value_t = 600)]
+    #[arg(long, env = "LB_LEASE_MS", default_value_t = 200)]
     lease_ms: u64,
     /// The leader reassigns a silent director's VIPs after lease + this, in milliseconds.
-    #[arg(long, env = "LB_LEASE_MARGIN_MS", default_value_t = 200)]
+    #[arg(long, env = "LB_LEASE_MARGIN_MS", default_value_t = 50)]
     lease_margin_ms: u64,
     /// A preferred director (a service's --prefer-director) takes its VIP back
     /// from another live director after being live this long, in milliseconds.

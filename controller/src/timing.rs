@@ -19,8 +19,8 @@ pub struct LeaseTiming {
 impl Default for LeaseTiming {
     fn default() -> Self {
         LeaseTiming {
-            fence: Duration::from_millis(600),
-            margin: Duration::from_millis(200),
+            fence: Duration::from_millis(200),
+            margin: Duration::from_millis(50),
             hold_down: Duration::from_secs(10),
         }
     }
@@ -38,9 +38,8 @@ impl LeaseTiming {
         u32::try_from(self.fence.as_millis()).unwrap_or(u32::MAX)
     }
 
-    /// A fifth of the margin, between 5 and 50 ms (10 ms at tuned timers,
-    /// 40 ms at the defaults): how often the leader renews its leadership
-    /// confirmation and looks for VIPs to move.
+    /// A fifth of the margin, between 5 and 50 ms (10 ms at the defaults):
+    /// how often the leader looks for VIPs to move.
     pub fn round(&self) -> Duration {
         (self.margin / 5).clamp(Duration::from_millis(5), Duration::from_millis(50))
     }

@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, env = "LB_LABELS", value_delimiter = ',')]
     labels: Vec<String>,
     /// Report interval, in milliseconds.
-    #[arg(long, env = "LB_HEARTBEAT_MS", default_value_t = 200)]
+    #[arg(long, env = "LB_HEARTBEAT_MS", default_value_t = 50)]
     heartbeat_ms: u64,
     /// Compare the kernel with the desired state at least this often, in milliseconds.
     #[arg(long, env = "LB_RESYNC_MS", default_value_t = 5000)]

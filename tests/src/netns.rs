@@ -41,6 +41,8 @@ pub fn can_create_namespaces() -> bool {
 pub struct Topology {
     prefix: String,
     namespaces: Vec<String>,
+    /// Interfaces [`Topology::plug_caller`] put in the caller's namespace.
+    caller_links: Vec<String>,
     children: Vec<Child>,
     wiring: RefCell<Wiring>,
 }
@@ -132,6 +134,7 @@ impl Topology {
         Topology {
             prefix: format!("lbt{}-{n}", std::process::id()),
             namespaces: Vec::new(),
+            caller_links: Vec::new(),
             children: Vec::new(),
             wiring: RefCell::default(),
         }
@@ -218,6 +221,7 @@ impl Topology {
         self.ip(Some(bridge), &format!("link set {port} master br0 up"));
         self.ip(None, &format!("addr add {cidr} dev {ifname}"));
         self.ip(None, &format!("link set {ifname} up"));
+        self.caller_links.push(ifname.to_string());
         // The caller uses its own namespace directly (servers bound to
         // `cidr`), not through this topology: wire it up now.
         self.apply()
@@ -365,13 +369,20 @@ impl Drop for Topology {
             let _ = c.wait();
         }
         // Deleting a namespace deletes its interfaces, and with them their
-        // veth peers. One `ip -force -batch`: a namespace never created (a
-        // failed wiring) must not stop the rest from going.
+        // veth peers — but in the background: the caller's own ends go
+        // first, at once, so that the next topology can reuse their names
+        // and addresses. One `ip -force -batch`: a namespace never created
+        // (a failed wiring) must not stop the rest from going.
         let lines = self
-            .namespaces
+            .caller_links
             .iter()
-            .rev()
-            .map(|ns| format!("netns del {ns}\n"))
+            .map(|link| format!("link del {link}\n"))
+            .chain(
+                self.namespaces
+                    .iter()
+                    .rev()
+                    .map(|ns| format!("netns del {ns}\n")),
+            )
             .collect::<String>();
         if let Ok(mut child) = Command::new("ip")
             .args(["-force", "-batch", "-"])

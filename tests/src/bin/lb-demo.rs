@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
+use lb_testkit::fabric::{VM_ONE_CONTROLLER_HEARTBEAT, VM_ONE_CONTROLLER_TIMERS};
 use lb_testkit::netns::Topology;
 use lb_testkit::{bin, lbctl_ok, wait_for, ControllerProc};
 
@@ -68,9 +69,16 @@ async fn demo() -> anyhow::Result<()> {
         "lbfabric demo: one controller, one director (d1), two realservers (rs1, rs2) with agents,"
     );
     println!("a client (cl), each in a network namespace on one bridge (10.0.0.0/24).");
-    if lb_testkit::vm::in_vm() {
-        println!("Running inside the lbfabric VM test bed (qemu, Debian's kernel with IPVS).");
-    }
+    // Under the VM's emulated CPU a round trip can outlast the default
+    // 200 ms lease: there the lease and the director's reports run slower.
+    let (controller_timers, director_timers): (&[&str], &[&str]) = match lb_testkit::vm::in_vm() {
+        true => {
+            println!("Running inside the lbfabric VM test bed (qemu, Debian's kernel with IPVS),");
+            println!("with the lease and the director's reports three to four times the defaults.");
+            (&VM_ONE_CONTROLLER_TIMERS, &VM_ONE_CONTROLLER_HEARTBEAT)
+        }
+        false => (&[], &[]),
+    };
 
     let mut t = Topology::new();
     t.add_bridge("lan")?;
@@ -91,15 +99,16 @@ async fn demo() -> anyhow::Result<()> {
     println!("backends: rs1 and rs2 answer HTTP on port 80 with their name.");
 
     let dir = tempfile::tempdir()?;
-    let controller = ControllerProc::start_at("10.0.0.1", 1, dir.path(), true, &[])?;
+    let controller = ControllerProc::start_at("10.0.0.1", 1, dir.path(), true, controller_timers)?;
     controller.wait_leader().await?;
     let ctl = controller.addr.clone();
     let pki = controller.data_dir.join("pki");
     step(
         "a single-node controller, its store in a temporary directory; not on loopback, so it serves mTLS with a CA it made in <data-dir>/pki",
         &format!(
-            "lb-controller --node-id 1 --data-dir {} --listen {ctl}\n$ export LB_CREDENTIALS={}   # lbctl as admin: ca.pem, admin.pem, admin.key",
+            "lb-controller --node-id 1 --data-dir {} --listen {ctl} {}\n$ export LB_CREDENTIALS={}   # lbctl as admin: ca.pem, admin.pem, admin.key",
             controller.data_dir.display(),
+            controller_timers.join(" "),
             pki.display()
         ),
     );
@@ -142,13 +151,14 @@ async fn demo() -> anyhow::Result<()> {
     step(
         "the director agent in d1: it joins with its token, then speaks mTLS as director d1",
         &format!(
-            "lb-director --controller {ctl} --node-id d1 --interface eth0 --join-token lbj1.…"
+            "lb-director --controller {ctl} --node-id d1 --interface eth0 {} --join-token lbj1.…",
+            director_timers.join(" ")
         ),
     );
     start(
         "d1",
         "lb-director",
-        &["--interface", "eth0"],
+        &[&["--interface", "eth0"], director_timers].concat(),
         director_token.trim(),
     )?;
     for (rs, rip) in [("rs1", "10.0.0.21"), ("rs2", "10.0.0.22")] {

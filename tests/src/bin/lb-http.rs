@@ -135,6 +135,8 @@ fn probe(host_port: &str, path: &str, seconds: u64, every: Duration, timeout: Du
     let mut workers = Vec::new();
     while std::time::Instant::now() < end {
         let (hp, p) = (host_port.to_string(), path.to_string());
+        // A long probe must not hold a finished thread per request.
+        workers.retain(|w: &std::thread::JoinHandle<()>| !w.is_finished());
         workers.push(std::thread::spawn(move || {
             let start = unix_ms();
             match get_once(&hp, &p, timeout) {

@@ -30,6 +30,7 @@ use crate::netns::Topology;
 use crate::proc::{signal, Proc};
 use crate::{agent_tls, bin, lbctl_ok, start_cluster_at, wait_for, words, ControllerProc};
 
+mod floating;
 pub mod observe;
 
 use observe::{Probe, Watch};
@@ -44,13 +45,14 @@ pub const VIPS: [&str; 4] = [DR_VIP, TUN_VIP, NAT_VIP, MARK_VIP];
 /// the host (a shell loop: 27 times), and a gRPC round trip there (over
 /// mTLS) can exceed the LAN defaults' 50 ms Raft heartbeat, which openraft
 /// also uses as the AppendEntries deadline: at 250 ms, quorum checks timed
-/// out in bursts and spurious elections followed. So every controller timer
-/// is the default times ten: Raft heartbeat 500 ms, election 1.5-3 s, lease
-/// 6 s, margin 2 s. The leases no longer wait for a new leader (every
+/// out in bursts and spurious elections followed. So the Raft timers are
+/// ten times the default (heartbeat 500 ms, election 1.5-3 s) and the lease
+/// outlasts several such round trips: 6 s, margin 2 s (the defaults are
+/// 200 ms and 50 ms). The leases do not wait for a new leader (every
 /// controller grants them), so the lease only has to outlast a few lost
-/// heartbeats. The directors report every 500 ms (more often than ten times
-/// the default: more answers within one lease). The figures printed are for
-/// these timers.
+/// heartbeats. The directors report every 500 ms. The figures printed are
+/// for these timers; `tests/it/floating.rs` runs the same faults at the
+/// defaults on the host.
 pub const VM_CONTROLLER_TIMERS: [&str; 8] = [
     "--raft-heartbeat-ms",
     "500",
@@ -61,6 +63,12 @@ pub const VM_CONTROLLER_TIMERS: [&str; 8] = [
     "--lease-margin-ms",
     "2000",
 ];
+/// One controller in the VM (no quorum round trips, so the lease need not
+/// cover them): three times the default lease and margin, and the
+/// directors' report interval at 200 ms. A round trip under emulation can
+/// take longer than the default 200 ms lease.
+pub const VM_ONE_CONTROLLER_TIMERS: [&str; 4] = ["--lease-ms", "600", "--lease-margin-ms", "200"];
+pub const VM_ONE_CONTROLLER_HEARTBEAT: [&str; 2] = ["--heartbeat-ms", "200"];
 /// The directors' report interval in the VM, and the hand-over limit on
 /// SIGTERM scaled like the controllers' timers.
 pub const VM_DIRECTOR_HEARTBEAT: [&str; 4] = ["--heartbeat-ms", "500", "--handover-ms", "30000"];
@@ -79,6 +87,11 @@ pub struct Fabric {
     pub nat_web: Vec<(&'static str, u32)>,
     /// The realserver agents of rs1 and rs2, with their PIDs.
     pub agents: Vec<(&'static str, u32)>,
+    /// The directors program IPVS (false: [`Fabric::floating`]).
+    pub ipvs: bool,
+    /// How long a probe's request may go unanswered before it counts as
+    /// failed (see [`Fabric::probe`]).
+    pub probe_timeout: Duration,
 }
 
 impl Drop for Fabric {
@@ -141,11 +154,7 @@ impl Fabric {
         let web = vec![("rs1", pids[2]), ("rs2", pids[3])];
         let dir = tempfile::tempdir()?;
         let controllers = start_cluster_at("10.0.0.1", count, dir.path(), controller_flags).await?;
-        let addrs = controllers
-            .iter()
-            .map(|c| c.addr.clone())
-            .collect::<Vec<_>>()
-            .join(",");
+        let addrs = crate::addresses(&controllers);
         // rs1 and rs2 run the realserver agent: the DR, TUN and fwmark
         // services adopt them by label, and the agent puts the VIPs on lo /
         // tunl0 and sets the ARP and rp_filter sysctls.
@@ -183,6 +192,8 @@ impl Fabric {
             web,
             nat_web,
             agents,
+            ipvs: true,
+            probe_timeout: Duration::from_secs(2),
         })
     }
 
@@ -290,8 +301,11 @@ impl Fabric {
             .command(node, &bin("lb-director"))?
             .args(["--controller", &self.addrs, "--node-id", node])
             .args(agent_tls(&self.addrs, Role::Director, node, &[])?)
-            .args(["--interface", "eth0", "--sync-interface", "eth0"])
-            .args(["--resync-ms", "1000"])
+            .args(["--interface", "eth0"])
+            .args(match self.ipvs {
+                true => ["--sync-interface", "eth0", "--resync-ms", "1000"].as_slice(),
+                false => ["--no-ipvs"].as_slice(),
+            })
             // Its own lease file: the VM runs several fabrics, one after another.
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
@@ -383,9 +397,10 @@ impl Fabric {
     }
 
     /// Requests from the client to `url` every `every_ms` for `seconds`. A
-    /// request fails when no answer has come within 2 s: under emulation an
-    /// answer through a busy VM (an election under way) took over 500 ms,
-    /// while a VIP nobody holds leaves the connection unanswered.
+    /// request fails when no answer has come within `probe_timeout`: 2 s in
+    /// the VM, where an answer through a busy VM (an election under way)
+    /// took over 500 ms, while a VIP nobody holds leaves the connection
+    /// unanswered.
     pub fn probe(&self, url: &str, seconds: u64, every_ms: u64) -> anyhow::Result<Probe> {
         let child = self
             .t
@@ -395,12 +410,12 @@ impl Fabric {
                 url,
                 &seconds.to_string(),
                 &every_ms.to_string(),
-                "2000",
+                &self.probe_timeout.as_millis().to_string(),
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()?;
-        Ok(Probe(Proc(child)))
+        Ok(Probe::start(Proc(child)))
     }
 
     /// Asks for `vip`'s MAC from the client every 20 ms for `seconds`.
@@ -470,22 +485,7 @@ pub async fn host_loss_gaps(
         // A failover needs a standby: the previous round's frozen owner
         // must be back and reporting (its old stream's TCP retransmissions
         // may take a while after the link comes back).
-        wait_for(
-            Duration::from_secs(20),
-            "the standby live again",
-            || async {
-                let list = f.lbctl(&words("director list -o json")).ok()?;
-                let v: serde_json::Value = serde_json::from_str(&list).ok()?;
-                v["directors"]
-                    .as_array()?
-                    .iter()
-                    .any(|d| {
-                        d["nodeId"] == standby.0 && d["live"] == true && d["connected"] == true
-                    })
-                    .then_some(())
-            },
-        )
-        .await?;
+        f.director_live(standby.0).await?;
         let probe = f.probe(&format!("http://{DR_VIP}/"), probe_secs, every_ms)?;
         tokio::time::sleep(Duration::from_millis(1000)).await;
         // The link first: from that moment neither clients nor the

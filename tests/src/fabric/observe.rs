@@ -18,7 +18,13 @@ pub fn stdout_of(p: &mut Proc) -> String {
     out
 }
 
-pub struct Probe(pub(super) Proc);
+/// A running `lb-http probe`; its output is read as it comes (a long probe
+/// writes more than a pipe holds, and its request threads would block on a
+/// full pipe and pile up).
+pub struct Probe {
+    probing: Proc,
+    output: Option<std::thread::JoinHandle<String>>,
+}
 
 /// What the client saw: requests in start order.
 pub struct Seen {
@@ -27,8 +33,28 @@ pub struct Seen {
 }
 
 impl Probe {
+    pub(super) fn start(mut probing: Proc) -> Probe {
+        let stdout = probing.0.stdout.take();
+        let output = std::thread::spawn(move || {
+            let mut out = String::new();
+            if let Some(mut s) = stdout {
+                let _ = s.read_to_string(&mut out);
+            }
+            out
+        });
+        Probe {
+            probing,
+            output: Some(output),
+        }
+    }
+
     pub fn finish(mut self) -> Seen {
-        let out = stdout_of(&mut self.0);
+        let _ = self.probing.0.wait();
+        let out = self
+            .output
+            .take()
+            .and_then(|o| o.join().ok())
+            .unwrap_or_default();
         let mut requests: Vec<(u128, Result<String, String>)> = out
             .lines()
             .filter_map(|l| {

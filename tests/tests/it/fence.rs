@@ -65,13 +65,13 @@ fn a_vip_whose_lease_is_not_renewed_stops_answering_at_the_lease_end() -> anyhow
     let mut fence = Fence::new(t.wrapped("dir", "nft")?);
     let vip: IpAddr = VIP.parse()?;
     let guarded = BTreeSet::from([vip]);
-    // The default lease: 600 ms, renewed every heartbeat (200 ms).
-    let lease = Duration::from_millis(600);
+    // The default lease: 200 ms, renewed more often than every third of it.
+    let lease = Duration::from_millis(200);
     let renewals_end = Instant::now() + Duration::from_secs(2);
     while Instant::now() < renewals_end {
         fence.set(&guarded, &BTreeMap::from([(vip, lease)]))?;
         assert!(arp_answered(&t)?, "a held VIP answers ARP");
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(40));
     }
     assert_eq!(
         t.http_get("client", &format!("http://{VIP}/"), 2)?,
@@ -90,7 +90,7 @@ fn a_vip_whose_lease_is_not_renewed_stops_answering_at_the_lease_end() -> anyhow
         .collect();
     let last = answers.last().map(|a| a.duration_since(last_renewal));
     println!(
-        "fence: {} ARP answers after the last renewal, the last {last:?} after it (lease 600 ms); after the lease end: {late:?}",
+        "fence: {} ARP answers after the last renewal, the last {last:?} after it (lease 200 ms); after the lease end: {late:?}",
         answers.len()
     );
     assert!(

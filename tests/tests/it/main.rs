@@ -4,6 +4,7 @@
 mod bad_input;
 mod cluster;
 mod fence;
+mod floating;
 mod grpcurl;
 mod import;
 mod join;

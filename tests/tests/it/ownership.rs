@@ -179,7 +179,7 @@ async fn status_shows_owners_and_a_silent_owner_is_replaced() -> anyhow::Result<
         &["service", "create", "web-tls", "--vip", "10.1.0.1:443/tcp"],
     )?;
 
-    let hb = Duration::from_millis(200); // lb-director's default
+    let hb = Duration::from_millis(50); // lb-director's default
     let da = ProtoDirector::start(&a, "da", hb);
     let db = ProtoDirector::start(&a, "db", hb);
     // Both VIPs assigned and reported held; spread one per director.
@@ -230,7 +230,7 @@ async fn status_shows_owners_and_a_silent_owner_is_replaced() -> anyhow::Result<
     .await?;
     assert_eq!(epoch, web_epoch + 1, "a new owner, a new epoch");
     println!(
-        "control-plane failover at the default timers (lease 600 ms, margin 200 ms, director heartbeat 200 ms): \
+        "control-plane failover at the default timers (lease 200 ms, margin 50 ms, director heartbeat 50 ms): \
          standby granted the VIP {:?} after the owner's last heartbeat",
         at.duration_since(last)
     );
@@ -267,11 +267,11 @@ async fn status_shows_owners_and_a_silent_owner_is_replaced() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_figures_at_default_and_tuned_timers() -> anyhow::Result<()> {
     let sets: [(&str, &[&str], Duration); 2] = [
-        ("defaults (lease 600 ms, margin 200 ms, heartbeat 200 ms)", &[], Duration::from_millis(200)),
+        ("defaults (lease 200 ms, margin 50 ms, heartbeat 50 ms)", &[], Duration::from_millis(50)),
         (
-            "tuned (lease 200 ms, margin 50 ms, heartbeat 50 ms, Raft heartbeat 20 ms, election 60 ms)",
-            &words("--lease-ms 200 --lease-margin-ms 50 --raft-heartbeat-ms 20 --raft-election-ms 60"),
-            Duration::from_millis(50),
+            "tuned (lease 120 ms, margin 30 ms, heartbeat 30 ms, Raft heartbeat 20 ms, election 60 ms)",
+            &words("--lease-ms 120 --lease-margin-ms 30 --raft-heartbeat-ms 20 --raft-election-ms 60"),
+            Duration::from_millis(30),
         ),
     ];
     for (what, flags, hb) in sets {
@@ -337,7 +337,7 @@ async fn a_preferred_director_takes_its_vip_back_after_the_hold_down() -> anyhow
         &a,
         &words("service create web --vip 10.1.0.1:80/tcp --prefer-director da"),
     )?;
-    let hb = Duration::from_millis(200);
+    let hb = Duration::from_millis(50);
     let db = ProtoDirector::start(&a, "db", hb);
     wait_for(Duration::from_secs(10), "db granted the VIP", || async {
         db.granted("10.1.0.1")

@@ -53,12 +53,17 @@ fn start_director(controller: &str, log: &std::path::Path) -> Proc {
     )
 }
 
+/// The lease these tests run the controller with.
+const LEASE: [&str; 4] = ["--lease-ms", "600", "--lease-margin-ms", "200"];
+
 /// An empty IPVS table and a single-node controller (in a temporary
 /// directory, returned with it) that leads.
 async fn empty_kernel_and_controller() -> anyhow::Result<(tempfile::TempDir, ControllerProc)> {
     ipvsadm("-C");
     let dir = tempfile::tempdir()?;
-    let node = ControllerProc::start(1, dir.path(), true, &[])?;
+    // Three times the default lease and margin (under emulation a round
+    // trip can take longer than the default 200 ms lease), a single node.
+    let node = ControllerProc::start(1, dir.path(), true, &LEASE)?;
     node.wait_leader().await?;
     Ok((dir, node))
 }

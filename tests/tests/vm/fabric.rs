@@ -289,14 +289,7 @@ async fn partition_moves_the_vip_without_both_holding_it() -> anyhow::Result<()>
         return Ok(());
     }
     let (f, _d1, _d2) = running().await?;
-    // The table and chains exist beforehand (loading nf_tables is slow in the
-    // VM), so the cut is one quick rule change.
-    f.t.sh(
-        "d1",
-        "nft add table inet cut
-         nft add chain inet cut in '{ type filter hook input priority 0; }'
-         nft add chain inet cut out '{ type filter hook output priority 0; }'",
-    )?;
+    f.prepare_cut("d1")?;
     // The watches outlast the slowest handover expected under TCG (lease +
     // margin, 8 s, then the controllers' wait for their last grants to
     // d1, another 8 s at most), so "d2 held it" is judged on the whole
@@ -306,10 +299,7 @@ async fn partition_moves_the_vip_without_both_holding_it() -> anyhow::Result<()>
     let probe = f.probe(&format!("http://{DR_VIP}/"), 28, 20)?;
     let capture = Capture::start(&f)?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    f.t.sh(
-        "d1",
-        "nft add rule inet cut in ip saddr 10.0.0.1 drop; nft add rule inet cut out ip daddr 10.0.0.1 drop",
-    )?;
+    f.cut("d1")?;
     let cut = Instant::now();
     f.wait_held("d2", &[DR_VIP], Duration::from_secs(22))
         .await?;
@@ -318,7 +308,7 @@ async fn partition_moves_the_vip_without_both_holding_it() -> anyhow::Result<()>
         cut.elapsed()
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    f.t.sh("d1", "nft delete table inet cut")?;
+    f.heal("d1")?;
     let seen = probe.finish();
     let (h1, h2) = (w1.finish(), w2.finish());
     let both = overlaps(&h1, &h2);
@@ -377,7 +367,7 @@ async fn a_failing_backend_leaves_the_ipvs_table_and_comes_back() -> anyhow::Res
     if !super::in_vm() {
         return Ok(());
     }
-    let mut f = Fabric::with_controllers(1, &[]).await?;
+    let mut f = Fabric::with_controllers(1, &VM_ONE_CONTROLLER_TIMERS).await?;
     let (interval, fall, rise) = (500u64, 3u64, 2u64);
     f.lbctl(&[
         "service",
@@ -402,7 +392,7 @@ async fn a_failing_backend_leaves_the_ipvs_table_and_comes_back() -> anyhow::Res
         "--check-rise",
         &rise.to_string(),
     ])?;
-    let _d1 = f.start_director("d1", &[])?;
+    let _d1 = f.start_director("d1", &VM_ONE_CONTROLLER_HEARTBEAT)?;
     f.wait_held("d1", &[DR_VIP], Duration::from_secs(30))
         .await?;
     let both = [
@@ -618,11 +608,11 @@ async fn draining_finishes_connections_and_sends_new_ones_elsewhere() -> anyhow:
     if !super::in_vm() {
         return Ok(());
     }
-    let f = Fabric::with_controllers(1, &[]).await?;
+    let f = Fabric::with_controllers(1, &VM_ONE_CONTROLLER_TIMERS).await?;
     f.lbctl(&words(
         "service create web --vip 10.0.0.100:80/tcp --mode dr --scheduler rr --selector pool=web",
     ))?;
-    let _d1 = f.start_director("d1", &[])?;
+    let _d1 = f.start_director("d1", &VM_ONE_CONTROLLER_HEARTBEAT)?;
     f.wait_held("d1", &[DR_VIP], Duration::from_secs(30))
         .await?;
     let line = |w: u32| format!("-a -t 10.0.0.100:80 -r 10.0.0.21:80 -g -w {w}");
