@@ -9,9 +9,9 @@
 //!
 //! Building a topology is dozens of `ip` commands. Under the VM's emulated
 //! CPU every process costs about 0.1 s, so a fabric took 11 s to wire up one
-//! `ip` at a time. The wiring is therefore queued and run as one `ip -batch`
-//! per run of commands in the same namespace, before anything that looks at
-//! or runs in the topology.
+//! `ip` at a time. The wiring is therefore queued (see `Wiring`) and run as a
+//! few `ip -batch` processes before anything that looks at or runs in the
+//! topology.
 
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
@@ -73,32 +73,27 @@ impl Wiring {
     fn run(&mut self) -> anyhow::Result<()> {
         let namespaces = std::mem::take(&mut self.namespaces);
         if !namespaces.is_empty() {
-            ip_batch(
-                None,
-                namespaces
-                    .iter()
-                    .map(|ns| format!("netns add {ns}"))
-                    .collect(),
-            )?;
+            let lines = namespaces.iter().map(|ns| format!("netns add {ns}"));
+            ip_batch(&[], &lines.collect::<Vec<_>>())?;
         }
         let interfaces = std::mem::take(&mut self.interfaces);
         if !interfaces.is_empty() {
-            ip_batch(None, interfaces)?;
+            ip_batch(&[], &interfaces)?;
         }
         for (ns, lines) in std::mem::take(&mut self.config) {
-            ip_batch(ns.as_deref(), lines)?;
+            match ns {
+                Some(ns) => ip_batch(&["-n", &ns], &lines)?,
+                None => ip_batch(&[], &lines)?,
+            }
         }
         Ok(())
     }
 }
 
-/// Runs `lines` through one `ip -batch -` (in namespace `ns` if given).
-fn ip_batch(ns: Option<&str>, lines: Vec<String>) -> anyhow::Result<()> {
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = ns {
-        cmd.args(["-n", ns]);
-    }
-    let mut child = cmd
+/// Runs `lines` through one `ip <options> -batch -`.
+fn ip_batch(options: &[&str], lines: &[String]) -> anyhow::Result<()> {
+    let mut child = Command::new("ip")
+        .args(options)
         .args(["-batch", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -115,7 +110,7 @@ fn ip_batch(ns: Option<&str>, lines: Vec<String>) -> anyhow::Result<()> {
     if !out.status.success() {
         bail!(
             "ip {} -batch failed: {}\n{script}",
-            ns.map(|n| format!("-n {n}")).unwrap_or_default(),
+            options.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -211,8 +206,8 @@ impl Topology {
 
     /// Plugs the *calling* process's namespace into `bridge` as `ifname` with
     /// `cidr`, for processes that tests drive directly (e.g. controllers the
-    /// agents in the namespaces must reach). The interface goes away with the
-    /// bridge's namespace.
+    /// agents in the namespaces must reach). The interface is deleted when the
+    /// topology is dropped.
     pub fn plug_caller(&mut self, bridge: &str, ifname: &str, cidr: &str) -> anyhow::Result<()> {
         let port = format!("p-caller-{ifname}");
         anyhow::ensure!(port.len() <= 15, "interface name {port} is too long");
@@ -373,28 +368,17 @@ impl Drop for Topology {
         // first, at once, so that the next topology can reuse their names
         // and addresses. One `ip -force -batch`: a namespace never created
         // (a failed wiring) must not stop the rest from going.
-        let lines = self
+        let lines: Vec<String> = self
             .caller_links
             .iter()
-            .map(|link| format!("link del {link}\n"))
+            .map(|link| format!("link del {link}"))
             .chain(
                 self.namespaces
                     .iter()
                     .rev()
-                    .map(|ns| format!("netns del {ns}\n")),
+                    .map(|ns| format!("netns del {ns}")),
             )
-            .collect::<String>();
-        if let Ok(mut child) = Command::new("ip")
-            .args(["-force", "-batch", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            if let Some(mut stdin) = child.stdin.take() {
-                let _ = stdin.write_all(lines.as_bytes());
-            }
-            let _ = child.wait();
-        }
+            .collect();
+        let _ = ip_batch(&["-force"], &lines);
     }
 }

@@ -178,7 +178,7 @@ fn record(
     match gaps {
         Ok(mut gaps) => {
             gaps.sort();
-            println!("host-loss failover gaps ({what}): {gaps:?}");
+            println!("failover gaps ({what}): {gaps:?}");
             results.push((what.to_string(), gaps));
         }
         Err(e) => println!("{what}: {e}"),
@@ -193,7 +193,7 @@ async fn in_vm(only: &str, results: &mut Vec<(String, Vec<Duration>)>) -> anyhow
         }
         let (f, d1, d2) = Fabric::running_with(1, controller, director).await?;
         let gaps = host_loss_gaps(&f, ("d1", d1), ("d2", d2), (5, 10, 20)).await;
-        record(results, timers, gaps);
+        record(results, &format!("host loss, {timers}"), gaps);
     }
     for (what, version, advert) in KEEPALIVED {
         if !what.contains(only) {
@@ -204,7 +204,7 @@ async fn in_vm(only: &str, results: &mut Vec<(String, Vec<Duration>)>) -> anyhow
         f.create_services()?;
         f.realservers_ready().await?;
         let gaps = keepalived_gaps(f, (version, advert), (5, probe, 20)).await;
-        record(results, what, gaps);
+        record(results, &format!("host loss, {what}"), gaps);
     }
     Ok(())
 }

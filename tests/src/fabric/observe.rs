@@ -18,12 +18,20 @@ pub fn stdout_of(p: &mut Proc) -> String {
     out
 }
 
+/// Now, in milliseconds since the Unix epoch: the clock of every
+/// observer's times (a probe's request starts, a watch's changes).
+pub fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
 /// A running `lb-http probe`; its output is read as it comes (a long probe
 /// writes more than a pipe holds, and its request threads would block on a
 /// full pipe and pile up).
 pub struct Probe {
     probing: Proc,
-    output: Option<std::thread::JoinHandle<String>>,
+    output: std::thread::JoinHandle<String>,
 }
 
 /// What the client saw: requests in start order.
@@ -42,19 +50,16 @@ impl Probe {
             }
             out
         });
-        Probe {
-            probing,
-            output: Some(output),
-        }
+        Probe { probing, output }
     }
 
-    pub fn finish(mut self) -> Seen {
-        let _ = self.probing.0.wait();
-        let out = self
-            .output
-            .take()
-            .and_then(|o| o.join().ok())
-            .unwrap_or_default();
+    pub fn finish(self) -> Seen {
+        let Probe {
+            mut probing,
+            output,
+        } = self;
+        let _ = probing.0.wait();
+        let out = output.join().unwrap_or_default();
         let mut requests: Vec<(u128, Result<String, String>)> = out
             .lines()
             .filter_map(|l| {

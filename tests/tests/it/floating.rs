@@ -11,9 +11,9 @@
 //! The fabrics share addresses (10.0.0.0/24, the caller's `lbc0`), so
 //! nextest runs these tests one at a time (`.config/nextest.toml`).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use lb_testkit::fabric::observe::{arp_replies, overlaps, Capture, Seen};
+use lb_testkit::fabric::observe::{arp_replies, now_ms, overlaps, Capture, Seen};
 use lb_testkit::fabric::{host_loss_gaps, Fabric, DR_VIP};
 use lb_testkit::netns::can_create_namespaces;
 use lb_testkit::proc::signal;
@@ -31,12 +31,6 @@ fn privileged() -> bool {
 
 fn url() -> String {
     format!("http://{DR_VIP}/")
-}
-
-fn now_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
 }
 
 /// The start times of the requests `node` answered.

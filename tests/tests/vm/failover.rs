@@ -11,19 +11,13 @@
 
 use std::time::{Duration, Instant};
 
-use lb_testkit::fabric::observe::{arp_replies, overlaps, Capture};
+use lb_testkit::fabric::observe::{arp_replies, now_ms, overlaps, Capture};
 use lb_testkit::fabric::*;
 use lb_testkit::proc::{signal, Proc};
 use lb_testkit::{wait_for, words};
 
 async fn running() -> anyhow::Result<(Fabric, Proc, Proc)> {
     Fabric::running(&VM_CONTROLLER_TIMERS, &VM_DIRECTOR_HEARTBEAT).await
-}
-
-fn now_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
 }
 
 /// The controller leader frozen for 10 s (longer than the lease), then
