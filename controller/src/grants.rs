@@ -12,6 +12,11 @@
 //! epoch only once every grant it gave for an older epoch has run out plus
 //! the margin — or once the old owner has promised (in a report's
 //! `released`) never to hold that epoch again and taken the address off.
+//! A released epoch is never granted again by this controller, even while
+//! its applied state still shows it (a follower that has not applied the
+//! move yet): otherwise its next answer to the leaving director would
+//! start the wait anew, and the new owner would miss this controller's
+//! grant for a whole lease.
 //!
 //! Why two directors can never both hold a VIP: suppose D1 holds `(v, e)`
 //! and D2 holds `(v, e')` with `e < e'` at the same instant. Each holds
@@ -40,6 +45,9 @@ struct Given {
     epoch: u64,
     director: String,
     at: Instant,
+    /// The director promised never to hold this epoch again: it is not
+    /// granted any more, and a newer one need not wait for it.
+    released: bool,
 }
 
 /// This controller's grant book, one per process.
@@ -53,6 +61,9 @@ pub struct Grants {
     last: BTreeMap<IpAddr, Given>,
     /// When records older than `wait` were last forgotten.
     swept: Instant,
+    /// Bumped when a release lets a withheld grant go at once: the streams
+    /// waiting on one answer then, not at their director's next heartbeat.
+    freed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Grants {
@@ -62,7 +73,13 @@ impl Grants {
             wait,
             last: BTreeMap::new(),
             swept: now,
+            freed: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Changes when a release may have made a withheld grant due.
+    pub fn freed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.freed.subscribe()
     }
 
     /// The grants for `director`, which owns `owned` (VIP → epoch) in this
@@ -83,8 +100,9 @@ impl Grants {
         let mut out = Vec::with_capacity(owned.len());
         for &(vip, epoch) in owned {
             if let Some(g) = self.last.get(&vip) {
-                let older_may_be_held = g.epoch < epoch && now < g.at + self.wait;
-                if older_may_be_held || g.epoch > epoch {
+                let older_may_be_held = !g.released && g.epoch < epoch && now < g.at + self.wait;
+                let over = g.epoch > epoch || (g.released && g.epoch == epoch);
+                if older_may_be_held || over {
                     continue;
                 }
             }
@@ -94,6 +112,7 @@ impl Grants {
                     epoch,
                     director: director.to_string(),
                     at: now,
+                    released: false,
                 },
             );
             out.push((vip, epoch));
@@ -113,20 +132,33 @@ impl Grants {
             .filter_map(|(vip, epoch)| {
                 let g = self.last.get(vip)?;
                 let at = g.at + self.wait;
-                (g.epoch < *epoch && now < at).then_some(at)
+                (!g.released && g.epoch < *epoch && now < at).then_some(at)
             })
             .min()
     }
 
     /// `director` promises never to hold `(vip, epoch)` again and has taken
-    /// the address off: the newer epoch need not wait for this one.
-    pub fn released(&mut self, director: &str, vip: IpAddr, epoch: u64) {
-        if self
-            .last
-            .get(&vip)
-            .is_some_and(|g| g.epoch == epoch && g.director == director)
-        {
-            self.last.remove(&vip);
+    /// the address off: the newer epoch need not wait for this one, and this
+    /// one is not granted again. A promise about another director's grant,
+    /// or an epoch other than the last one given, changes nothing (that
+    /// grant's wait must run out); with no grant on record (none given
+    /// within a wait) the promise is recorded as it is.
+    pub fn released(&mut self, director: &str, vip: IpAddr, epoch: u64, now: Instant) {
+        let ours = |g: &Given| g.epoch == epoch && g.director == director;
+        let known = self.last.get(&vip);
+        if known.is_none_or(ours) {
+            if known.is_none_or(|g| !g.released) {
+                self.freed.send_modify(|n| *n += 1);
+            }
+            self.last.insert(
+                vip,
+                Given {
+                    epoch,
+                    director: director.to_string(),
+                    at: now,
+                    released: true,
+                },
+            );
         }
     }
 
@@ -178,11 +210,30 @@ mod tests {
         let mut g = Grants::new(t0 - 800 * MS, 800 * MS);
         g.grant("d1", &[(vip(), 1)], t0);
         // A promise from another director, or for another epoch, counts for nothing.
-        g.released("d2", vip(), 1);
-        g.released("d1", vip(), 0);
+        g.released("d2", vip(), 1, t0);
+        g.released("d1", vip(), 0, t0);
         assert!(g.grant("d2", &[(vip(), 3)], t0 + 10 * MS).is_empty());
-        g.released("d1", vip(), 1);
+        g.released("d1", vip(), 1, t0 + 15 * MS);
+        assert_eq!(g.due(&[(vip(), 3)], t0 + 15 * MS), None);
         assert_eq!(g.grant("d2", &[(vip(), 3)], t0 + 20 * MS), [(vip(), 3)]);
+    }
+
+    #[test]
+    fn a_released_epoch_is_not_granted_again_by_a_controller_that_lags() {
+        let t0 = Instant::now();
+        let mut g = Grants::new(t0 - 800 * MS, 800 * MS);
+        assert_eq!(g.grant("d1", &[(vip(), 1)], t0), [(vip(), 1)]);
+        // d1 let go of epoch 1; this controller has not applied the move to
+        // epoch 2 yet and still shows d1 owning epoch 1.
+        g.released("d1", vip(), 1, t0 + 10 * MS);
+        assert!(g.grant("d1", &[(vip(), 1)], t0 + 20 * MS).is_empty());
+        // Once applied, d2's epoch is granted at once: the wait did not restart.
+        assert_eq!(g.grant("d2", &[(vip(), 2)], t0 + 30 * MS), [(vip(), 2)]);
+        // A promise with no grant on record holds too.
+        let other: IpAddr = "10.0.0.101".parse().unwrap();
+        g.released("d1", other, 4, t0 + 40 * MS);
+        assert!(g.grant("d1", &[(other, 4)], t0 + 50 * MS).is_empty());
+        assert_eq!(g.grant("d2", &[(other, 5)], t0 + 50 * MS), [(other, 5)]);
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl PeerClient {
         let endpoint = lb_proto::client::endpoint(&self.addr, self.tls.as_ref())
             .map_err(|e| NetworkError::new(&e))?
             .connect_timeout(self.connect_timeout);
-        let client = RaftClient::new(endpoint.connect_lazy())
+        let client = RaftClient::new(lb_proto::client::connect_lazy(&endpoint))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         self.client = Some(client.clone());

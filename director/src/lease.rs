@@ -8,11 +8,17 @@
 //! for that epoch; the controllers' side of the argument that two directors
 //! never both hold a VIP is in `lb_controller::grants`.
 //!
-//! An epoch a controller reports as *superseded* (the VIP moved, was
-//! released, or is no longer configured) is dropped for good: it is never
-//! held again, whatever grants are still fresh, and once its address is off
-//! the interface the director says so (`released`), which lets the
-//! controllers grant the next epoch at once instead of waiting the lease out.
+//! An epoch a **majority** of the controllers report as *superseded* (the
+//! VIP moved, was released, or is no longer configured) is dropped for
+//! good: it is never held again, whatever grants are still fresh, and once
+//! its address is off the interface the director says so (`released`),
+//! which lets the controllers grant the next epoch at once instead of
+//! waiting the lease out. Waiting for a majority rather than the first
+//! (the leader, which applies a move first) keeps the VIP here until enough
+//! controllers have applied the move to grant the new owner its majority
+//! the moment the release arrives: a hand-over then costs a round trip, not
+//! the followers' catching up. Holding on fresh grants meanwhile is safe
+//! whatever the controllers say — the grants alone decide that.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -39,6 +45,9 @@ pub struct Lease {
     pub inherited: BTreeMap<IpAddr, (u64, Instant)>,
     /// VIP → the highest epoch let go of for good.
     pub dropped: BTreeMap<IpAddr, u64>,
+    /// VIP → the highest epoch a controller reported superseded, and which
+    /// controllers did (dropped once they are a majority).
+    pub superseded: BTreeMap<IpAddr, (u64, BTreeSet<u64>)>,
     /// The VIP addresses this agent put on the interface and has not taken
     /// off yet: what the kernel has, kept across restarts so that a VIP
     /// deleted while the agent was down is still removed.
@@ -50,7 +59,7 @@ impl Lease {
     /// majority lasts (without further grants).
     pub fn holding(&self, now: Instant) -> BTreeMap<IpAddr, (u64, Instant)> {
         let voters: BTreeSet<u64> = self.voters.values().flatten().copied().collect();
-        let need = voters.len() / 2 + 1;
+        let need = self.majority();
         let mut ends: BTreeMap<(IpAddr, u64), Vec<Instant>> = BTreeMap::new();
         for (id, g) in &self.grants {
             if !voters.contains(id) || g.until <= now {
@@ -111,12 +120,33 @@ impl Lease {
         self.grants.insert(id, Grant { until, vips });
     }
 
-    /// A controller says these epochs are over: never hold them again.
-    pub fn supersede(&mut self, over: impl IntoIterator<Item = (IpAddr, u64)>) {
+    /// Controller `id` says these epochs are over; once a majority of the
+    /// voters has said so of an epoch, it is never held again.
+    pub fn supersede(&mut self, id: u64, over: impl IntoIterator<Item = (IpAddr, u64)>) {
+        let need = self.majority();
         for (vip, epoch) in over {
-            let d = self.dropped.entry(vip).or_insert(epoch);
-            *d = (*d).max(epoch);
+            let votes = self
+                .superseded
+                .entry(vip)
+                .or_insert((epoch, BTreeSet::new()));
+            // A newer epoch over implies the older ones: count afresh for it.
+            if epoch > votes.0 {
+                *votes = (epoch, BTreeSet::new());
+            }
+            if epoch == votes.0 {
+                votes.1.insert(id);
+            }
+            if votes.1.len() >= need {
+                let d = self.dropped.entry(vip).or_insert(votes.0);
+                *d = (*d).max(votes.0);
+            }
         }
+    }
+
+    /// How many controllers make a majority of the voters as they name them.
+    fn majority(&self) -> usize {
+        let voters: BTreeSet<u64> = self.voters.values().flatten().copied().collect();
+        voters.len() / 2 + 1
     }
 
     /// What the kernel has — the addresses on the interface — each with
@@ -169,6 +199,9 @@ impl Lease {
             .collect();
         self.dropped
             .retain(|vip, _| granted.contains(vip) || self.added.contains(vip));
+        let dropped = &self.dropped;
+        self.superseded
+            .retain(|vip, _| granted.contains(vip) || dropped.contains_key(vip));
     }
 }
 
@@ -261,7 +294,13 @@ mod tests {
         grant(&mut l, 1, t0, 4);
         grant(&mut l, 2, t0, 4);
         l.added.insert(vip());
-        l.supersede([(vip(), 4)]);
+        l.supersede(1, [(vip(), 4)]);
+        // Controller 1 applied the move first; 2 has not yet.
+        assert_eq!(l.held(t0), BTreeMap::from([(vip(), 4)]), "one of three");
+        assert!(l.released().is_empty());
+        l.supersede(2, [(vip(), 3)]);
+        assert_eq!(l.held(t0).len(), 1, "an older epoch is no vote for 4");
+        l.supersede(2, [(vip(), 4)]);
         assert!(l.held(t0).is_empty(), "fresh grants notwithstanding");
         assert!(l.released().is_empty(), "the address is still on");
         assert_eq!(l.on_interface(t0), [(vip(), 4)]);

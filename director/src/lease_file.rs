@@ -26,19 +26,50 @@ use std::time::{Duration, Instant};
 
 use crate::lease::Lease;
 
+/// A file in `--state-dir` (this one, or [`crate::services_file`]'s).
 #[derive(Debug, thiserror::Error)]
-pub enum LeaseFileError {
-    #[error("lease file {path}: {source}")]
+pub enum StateFileError {
+    #[error("state file {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("lease file {path}, line {line}: {reason}")]
+    #[error("state file {path}, line {line}: {reason}")]
     Parse {
         path: PathBuf,
         line: usize,
         reason: String,
     },
+}
+
+/// The file's text; `None` when there is no file.
+pub(crate) fn read(path: &Path) -> Result<Option<String>, StateFileError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateFileError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Replaces the file atomically (write a sibling, rename over).
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), StateFileError> {
+    let io = |source| StateFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    // Several tasks save: each writes a sibling of its own.
+    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{n}"));
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// `<dir>/director-<node>.lease`.
@@ -62,52 +93,32 @@ impl LeaseFile {
     }
 
     /// The lease a previous process of this node left; `None` without a file.
-    pub fn load(&self) -> Result<Option<Lease>, LeaseFileError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(LeaseFileError::Io {
-                    path: self.path.clone(),
-                    source,
-                })
-            }
+    pub fn load(&self) -> Result<Option<Lease>, StateFileError> {
+        let Some(text) = read(&self.path)? else {
+            return Ok(None);
         };
         // Instant first: the lease end may come out a hair early, never late.
         let now = Instant::now();
         decode(&text, now, monotonic_ns())
             .map(Some)
-            .map_err(|(line, reason)| LeaseFileError::Parse {
+            .map_err(|(line, reason)| StateFileError::Parse {
                 path: self.path.clone(),
                 line,
                 reason,
             })
     }
 
-    /// Replaces the file atomically (write a sibling, rename over).
-    pub fn save(&self, lease: &Lease) -> Result<(), LeaseFileError> {
-        let io = |source| LeaseFileError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        // Several tasks save: each writes a sibling of its own.
-        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self.path.with_extension(format!("lease.tmp{n}"));
+    /// Replaces the file atomically.
+    pub fn save(&self, lease: &Lease) -> Result<(), StateFileError> {
         // The shared clock first: the written end may be a hair early, never late.
         let now_ns = monotonic_ns();
-        let text = encode(lease, Instant::now(), now_ns);
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)
+        write(&self.path, &encode(lease, Instant::now(), now_ns))
     }
 
     /// After the VIPs were released on a clean shutdown.
-    pub fn remove(&self) -> Result<(), LeaseFileError> {
+    pub fn remove(&self) -> Result<(), StateFileError> {
         match std::fs::remove_file(&self.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LeaseFileError::Io {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateFileError::Io {
                 path: self.path.clone(),
                 source: e,
             }),

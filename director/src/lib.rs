@@ -12,7 +12,8 @@
 //! `lb_hostnet::announce`); [`lease`] is the quorum lease from every
 //! controller's grants, and [`fence`] the kernel's enforcement of its end
 //! (nftables, through [`nft`]); [`lease_file`] lets a restarted agent
-//! continue its node's lease; the agent also runs the IPVS sync daemons.
+//! continue its node's lease, and [`services_file`] remove the services
+//! deleted while it was down; the agent also runs the IPVS sync daemons.
 
 pub mod agent;
 pub mod desired;
@@ -24,5 +25,6 @@ pub mod lease_file;
 pub mod marks;
 pub mod nft;
 pub mod reconcile;
+pub mod services_file;
 pub mod stats;
 pub mod vip;

@@ -28,14 +28,38 @@ pub fn leader_hint(status: &Status) -> Option<String> {
 /// A lazily connected channel to `addr` (`host:port`, or a URI); with
 /// `tls`, over TLS (`https`) verifying the controller against the pinned CA.
 pub fn channel(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, Status> {
-    Ok(endpoint(addr, tls)?.connect_lazy())
+    Ok(connect_lazy(&endpoint(addr, tls)?))
+}
+
+/// How long sent data may stay unacknowledged before the kernel gives the
+/// connection up (`TCP_USER_TIMEOUT`): a peer that vanished while a report
+/// or a Raft message was in flight is dropped in seconds, whatever the
+/// HTTP/2 pings do, rather than after TCP's retransmissions (minutes).
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(3);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(5);
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
+
+/// `endpoint`'s channel, connected lazily over TCP with the settings of
+/// [`endpoint`] plus [`TCP_USER_TIMEOUT`] (tonic's own connector has no
+/// setting for it; its TLS and connect timeout still apply).
+pub fn connect_lazy(endpoint: &Endpoint) -> Channel {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_keepalive(Some(TCP_KEEPALIVE));
+    http.set_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL));
+    http.set_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
+    http.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
+    endpoint.connect_with_connector_lazy(http)
 }
 
 /// How every client here reaches a controller at `addr`: `http`, or with
 /// `tls` `https`; a 2 s connect timeout (callers may set their own), no
 /// Nagle delay, and keepalives — HTTP/2 pings every second, answered within
 /// a second, and TCP keepalive — so that a controller host that died without
-/// a reset is noticed in seconds, not when TCP gives up minutes later.
+/// a reset is noticed in seconds, not when TCP gives up minutes later
+/// ([`connect_lazy`] adds the TCP user timeout).
 pub fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, Status> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let uri = if addr.contains("://") {
@@ -53,9 +77,9 @@ pub fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, S
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(1))
         .keep_alive_while_idle(true)
-        .tcp_keepalive(Some(Duration::from_secs(5)))
-        .tcp_keepalive_interval(Some(Duration::from_secs(1)))
-        .tcp_keepalive_retries(Some(3));
+        .tcp_keepalive(Some(TCP_KEEPALIVE))
+        .tcp_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
+        .tcp_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(&e))?;
     }

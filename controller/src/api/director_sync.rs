@@ -106,8 +106,9 @@ impl Director {
             return;
         }
         let mut grants = app.grants();
+        let now = Instant::now();
         for (vip, epoch) in parse_vip_leases(&report.released) {
-            grants.released(&self.node, vip, epoch);
+            grants.released(&self.node, vip, epoch, now);
         }
     }
 }

@@ -84,6 +84,7 @@ pub(super) fn serve<S: AgentStream>(
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let mut changed = app.state.subscribe();
+        let mut freed = app.grants().freed();
         let mut metrics = app.raft.metrics();
         let mut shutdown = app.shutdown.clone();
         let mut budget = WriteBudget::new(Instant::now());
@@ -101,6 +102,11 @@ pub(super) fn serve<S: AgentStream>(
             loop {
                 tokio::select! {
                     _ = sleep_until(wake) => continue 'stream,
+                    // A release may have made the withheld grant due now.
+                    r = freed.changed(), if wake.is_some() => {
+                        if r.is_err() { break 'stream }
+                        continue 'stream;
+                    }
                     msg = inbound.message() => match msg {
                         Ok(Some(report)) if S::node_id(&report) == node => {
                             if let Err(e) = agent.report(&app, report, &mut budget).await {

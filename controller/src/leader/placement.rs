@@ -10,11 +10,15 @@
 //! - ownership is sticky: a live, eligible owner keeps its VIP — except that
 //!   a preferred director which has been live for `hold_down` takes its VIP
 //!   back (preemption, like keepalived's `preempt_delay`);
-//! - a silent owner's VIP moves at once (its lease has run out); a *live*
-//!   owner's VIP (preemption, or the owner no longer matches the selector) is
-//!   first released — assigned to nobody — and given to the next owner only
-//!   once the old one reports it let go, or after `fence + margin`, so the two
-//!   never hold it together;
+//! - a VIP moves in one Raft write, to its next owner, whether the old one
+//!   is silent or live (preemption, a selector it no longer matches, a
+//!   director stopping): the two never hold it together because no
+//!   controller grants the new epoch before the old one's grants have run
+//!   out or the old owner has released it (`crate::grants`) — the old owner
+//!   lets go as soon as a majority of controllers have applied the move, and
+//!   its release lets them grant the new owner at once. A live owner that no
+//!   director can replace keeps its VIP; one that no longer matches the
+//!   selector loses it to nobody;
 //! - otherwise the VIP goes to the first live eligible director in the
 //!   services' preference list, else to the live eligible director owning the
 //!   fewest VIPs (ties by name), spreading VIPs across directors;
@@ -24,7 +28,7 @@
 //! Assignments are committed through Raft with the epoch they replace, so a
 //! decision made on stale state is refused.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -39,8 +43,6 @@ pub struct Candidate {
     pub live: bool,
     /// How long it has been live without a gap (zero when dead).
     pub live_for: Duration,
-    /// The VIPs it last reported holding.
-    pub holds: BTreeSet<IpAddr>,
     /// It is stopping: it keeps what it has until someone else can take it,
     /// and gets nothing new.
     pub leaving: bool,
@@ -51,20 +53,16 @@ pub struct Candidate {
 pub enum Step {
     Keep,
     Assign(String),
-    /// Take it from its live owner; assign it once that one has let go.
+    /// Take it from its live owner and give it to nobody (the owner no
+    /// longer matches the services' selectors, and no director does).
     Release,
-    /// Released, and the old owner still holds it.
-    Wait,
 }
 
-/// The next step for `vip`: `current` is its owner (`None` when nobody
-/// owns it), `released` who gave it up and how long ago, when this leader
-/// released it.
+/// The next step for a VIP: `current` is its owner (`None` when nobody
+/// owns it).
 pub fn step(
-    vip: IpAddr,
     needs: &Needs,
     current: Option<&str>,
-    released: Option<(&str, Duration)>,
     candidates: &BTreeMap<String, Candidate>,
     load: &BTreeMap<String, usize>,
     timing: LeaseTiming,
@@ -77,34 +75,22 @@ pub fn step(
                 // A stopping owner keeps its VIP while nobody else can take
                 // it: a gap until its lease ends helps no one.
                 let leaving = candidates.get(owner).is_some_and(|c| c.leaving);
-                if leaving && decide(needs, candidates, load).is_none() {
-                    return Step::Keep;
-                }
-                return Step::Release;
+                return match decide(needs, candidates, load) {
+                    Some(next) => Step::Assign(next),
+                    None if leaving => Step::Keep,
+                    None => Step::Release,
+                };
             }
             let preferred = needs.preferred.iter().find(|p| ok(p));
             match preferred {
                 Some(p) if p != owner && candidates[p.as_str()].live_for >= timing.hold_down => {
-                    Step::Release
+                    Step::Assign(p.clone())
                 }
                 _ => Step::Keep,
             }
         }
         // Silent for fence + margin: its lease is over, move at once.
-        Some(_) => assign(),
-        None => {
-            let still_held = released.is_some_and(|(old, since)| {
-                since < timing.silence()
-                    && candidates
-                        .get(old)
-                        .is_some_and(|c| c.live && c.holds.contains(&vip))
-            });
-            if still_held {
-                Step::Wait
-            } else {
-                assign()
-            }
-        }
+        Some(_) | None => assign(),
     }
 }
 
@@ -138,10 +124,6 @@ pub fn decide(
 /// The placement loop's memory.
 pub struct Placement {
     timing: LeaseTiming,
-    /// VIPs this leader took from a live owner: (old owner, when). Soft
-    /// state: a new leader waits fence + margin before anything, which
-    /// covers a release it did not see.
-    released: BTreeMap<IpAddr, (String, Instant)>,
     /// When the last round ended, and until when rounds are skipped
     /// because this controller itself was stalled (see [`Placement::stalled`]).
     last_round: Option<Instant>,
@@ -152,7 +134,6 @@ impl Placement {
     pub fn new(timing: LeaseTiming) -> Self {
         Placement {
             timing,
-            released: BTreeMap::new(),
             last_round: None,
             hold_until: None,
         }
@@ -189,7 +170,6 @@ impl super::Task for Placement {
     }
 
     fn not_leading(&mut self, _app: &App) {
-        self.released.clear();
         self.last_round = None;
     }
 
@@ -204,7 +184,7 @@ impl super::Task for Placement {
 
 impl Placement {
     async fn place(&mut self, app: &App) {
-        let changes = changes(app, self.timing, &self.released);
+        let changes = changes(app, self.timing);
         // All at once: Raft appends concurrent writes together, so a
         // hand-over of many VIPs takes one commit, not one per VIP.
         let writes = changes.iter().map(|c| {
@@ -221,18 +201,8 @@ impl Placement {
         });
         let results = futures_util::future::join_all(writes).await;
         for (c, result) in changes.into_iter().zip(results) {
-            let vip = c.vip;
-            match (result, c.to) {
-                (Err(e), _) => {
-                    tracing::warn!(vip = %vip, error = %e, "VIP assignment not committed")
-                }
-                (Ok(_), Some(_)) => {
-                    self.released.remove(&vip);
-                }
-                (Ok(_), None) => {
-                    self.released
-                        .insert(vip, (c.from.unwrap_or_default(), Instant::now()));
-                }
+            if let Err(e) = result {
+                tracing::warn!(vip = %c.vip, error = %e, "VIP assignment not committed");
             }
         }
     }
@@ -250,11 +220,7 @@ struct Change {
 }
 
 /// The ownership changes to make now.
-fn changes(
-    app: &App,
-    timing: LeaseTiming,
-    released: &BTreeMap<IpAddr, (String, Instant)>,
-) -> Vec<Change> {
+fn changes(app: &App, timing: LeaseTiming) -> Vec<Change> {
     let candidates: BTreeMap<String, Candidate> = {
         let fleet = app.fleet.lock();
         fleet
@@ -272,7 +238,6 @@ fn changes(
                         } else {
                             Duration::ZERO
                         },
-                        holds: d.held.iter().filter_map(|l| l.vip.parse().ok()).collect(),
                         leaving: d.leaving,
                     },
                 )
@@ -297,19 +262,8 @@ fn changes(
     for (vip, needs) in &vips {
         let expected_epoch = data.state.owners.get(vip).map_or(0, |o| o.epoch);
         let from = owner(vip).map(|o| o.director.clone());
-        let gone = released
-            .get(vip)
-            .map(|(old, at)| (old.as_str(), at.elapsed()));
-        let to = match step(
-            *vip,
-            needs,
-            from.as_deref(),
-            gone,
-            &candidates,
-            &load,
-            timing,
-        ) {
-            Step::Keep | Step::Wait => continue,
+        let to = match step(needs, from.as_deref(), &candidates, &load, timing) {
+            Step::Keep => continue,
             Step::Release => None,
             Step::Assign(chosen) => {
                 *load.entry(chosen.clone()).or_default() += 1;
@@ -379,10 +333,9 @@ mod tests {
 
     #[test]
     fn sticky_while_live_then_moves() {
-        let vip: IpAddr = "10.0.0.100".parse().unwrap();
         let needs = Needs::default();
         let run = |d: &BTreeMap<String, Candidate>, load: &BTreeMap<String, usize>| {
-            step(vip, &needs, Some("a"), None, d, load, timing())
+            step(&needs, Some("a"), d, load, timing())
         };
         let d = dirs(&[("a", cand(true, &[])), ("b", cand(true, &[]))]);
         let load = BTreeMap::from([("b".to_string(), 0), ("a".to_string(), 5)]);
@@ -440,85 +393,74 @@ mod tests {
         }
     }
 
-    fn live_for(secs: u64, holds: &[IpAddr]) -> Candidate {
+    fn live_for(secs: u64) -> Candidate {
         Candidate {
             live: true,
             live_for: Duration::from_secs(secs),
-            holds: holds.iter().copied().collect(),
             ..Default::default()
         }
     }
 
     #[test]
-    fn a_returning_preferred_director_waits_out_the_hold_down_then_gets_a_clean_handoff() {
-        let vip: IpAddr = "10.0.0.100".parse().unwrap();
+    fn a_returning_preferred_director_waits_out_the_hold_down_then_takes_over() {
         let prefer_a = Needs {
             preferred: vec!["a".into()],
             ..Default::default()
         };
         let none = BTreeMap::new();
-        let run = |d: &BTreeMap<String, Candidate>, current, released| {
-            step(vip, &prefer_a, current, released, d, &none, timing())
-        };
+        let run = |d: &BTreeMap<String, Candidate>| step(&prefer_a, Some("b"), d, &none, timing());
         // a came back 3 s ago: b keeps the VIP.
-        let d = dirs(&[("a", live_for(3, &[])), ("b", live_for(60, &[vip]))]);
-        assert_eq!(run(&d, Some("b"), None), Step::Keep);
-        // 10 s: b must let go first — nobody owns it meanwhile.
-        let d = dirs(&[("a", live_for(10, &[])), ("b", live_for(67, &[vip]))]);
-        assert_eq!(run(&d, Some("b"), None), Step::Release);
-        let since = Some(("b", Duration::from_millis(100)));
-        assert_eq!(run(&d, None, since), Step::Wait, "b still reports it");
-        let d = dirs(&[("a", live_for(10, &[])), ("b", live_for(67, &[]))]);
-        assert_eq!(run(&d, None, since), Step::Assign("a".into()), "b let go");
-        // b never reports (a lost stream): after fence + margin it is safe anyway.
-        let d = dirs(&[("a", live_for(10, &[])), ("b", live_for(67, &[vip]))]);
-        let later = Some(("b", Duration::from_millis(800)));
-        assert_eq!(run(&d, None, later), Step::Assign("a".into()));
+        let d = dirs(&[("a", live_for(3)), ("b", live_for(60))]);
+        assert_eq!(run(&d), Step::Keep);
+        // 10 s: straight to a (the grants keep b and a from holding together).
+        let d = dirs(&[("a", live_for(10)), ("b", live_for(67))]);
+        assert_eq!(run(&d), Step::Assign("a".into()));
     }
 
     #[test]
-    fn a_silent_owner_loses_its_vip_at_once_a_mismatched_live_one_releases_it() {
-        let vip: IpAddr = "10.0.0.100".parse().unwrap();
+    fn a_silent_or_stopping_or_mismatched_owner_loses_its_vip_to_the_next() {
         let none = BTreeMap::new();
         let dead_b = Candidate {
             live: false,
-            holds: [vip].into(),
             ..Default::default()
         };
-        let d = dirs(&[("a", live_for(1, &[])), ("b", dead_b)]);
+        let d = dirs(&[("a", live_for(1)), ("b", dead_b)]);
         let any = Needs::default();
         assert_eq!(
-            step(vip, &any, Some("b"), None, &d, &none, timing()),
+            step(&any, Some("b"), &d, &none, timing()),
             Step::Assign("a".into())
         );
         // A stopping owner hands over to a live director, and keeps the VIP
         // when there is none.
         let leaving = Candidate {
             leaving: true,
-            ..live_for(60, &[vip])
+            ..live_for(60)
         };
-        let d = dirs(&[("a", live_for(1, &[])), ("b", leaving.clone())]);
+        let d = dirs(&[("a", live_for(1)), ("b", leaving.clone())]);
         assert_eq!(
-            step(vip, &any, Some("b"), None, &d, &none, timing()),
-            Step::Release
+            step(&any, Some("b"), &d, &none, timing()),
+            Step::Assign("a".into())
         );
         let d = dirs(&[("b", leaving)]);
-        assert_eq!(
-            step(vip, &any, Some("b"), None, &d, &none, timing()),
-            Step::Keep
-        );
-        let d = dirs(&[
-            ("a", cand(true, &[("site", "fra")])),
-            ("b", cand(true, &[("site", "ams")])),
-        ]);
+        assert_eq!(step(&any, Some("b"), &d, &none, timing()), Step::Keep);
         let fra = Needs {
             selectors: vec![BTreeMap::from([("site".into(), "fra".into())])],
             ..Default::default()
         };
+        let d = dirs(&[
+            ("a", cand(true, &[("site", "fra")])),
+            ("b", cand(true, &[("site", "ams")])),
+        ]);
         assert_eq!(
-            step(vip, &fra, Some("b"), None, &d, &none, timing()),
+            step(&fra, Some("b"), &d, &none, timing()),
+            Step::Assign("a".into()),
+            "b no longer matches"
+        );
+        let d = dirs(&[("b", cand(true, &[("site", "ams")]))]);
+        assert_eq!(
+            step(&fra, Some("b"), &d, &none, timing()),
             Step::Release,
-            "b is live: it lets go before a takes over"
+            "no director matches: nobody answers for it"
         );
     }
 }

@@ -41,6 +41,7 @@ use tokio::sync::{watch, Notify};
 use crate::ipvs::{Ipvs, IpvsError};
 use crate::lease::Lease;
 use crate::lease_file::LeaseFile;
+use crate::services_file::ServicesFile;
 use crate::vip::AnnounceConfig;
 
 mod reconciler;
@@ -119,11 +120,14 @@ struct Desired {
 }
 
 /// Waits until the lease holds no VIP and none is on the interface — the
-/// controllers moved them away — and the controllers have answered the
-/// reports saying so (two answers from each, at most `limit` in all: the
-/// new owners get the VIPs without waiting for this director's silence);
-/// or until `limit` has passed. True in the first case.
-async fn hand_over(shared: &session::Shared, limit: Duration) -> bool {
+/// controllers moved them away — and then until every controller has
+/// answered a report saying so (its `released` makes each grant the new
+/// owner's epoch at once, and never grant the old one again; a lagging
+/// follower that missed it would re-grant the old epoch and withhold the
+/// new one for a lease). Returns true in that case; false once `limit` has
+/// passed first. A controller that does not answer is waited for at most
+/// `patience` (one dead controller must not stretch every shutdown).
+async fn hand_over(shared: &session::Shared, limit: Duration, patience: Duration) -> bool {
     let give_up = std::time::Instant::now() + limit;
     let mut answers = shared.answers.subscribe();
     loop {
@@ -141,8 +145,18 @@ async fn hand_over(shared: &session::Shared, limit: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     shared.report_now.send_modify(|n| *n += 1);
-    let want = *answers.borrow_and_update() + 2 * shared.controllers() as u64;
-    let _ = tokio::time::timeout_at(give_up.into(), answers.wait_for(|n| *n >= want)).await;
+    // Answers come in order; the second from now answers a report sent
+    // after the VIPs were gone, whatever was in flight.
+    let before = answers.borrow_and_update().clone();
+    let controllers = shared.controllers();
+    let heard_all = |now: &BTreeMap<String, u64>| {
+        controllers.iter().all(|c| {
+            let was = before.get(c).copied().unwrap_or(0);
+            now.get(c).copied().unwrap_or(0) >= was + 2
+        })
+    };
+    let until = give_up.min(std::time::Instant::now() + patience);
+    let _ = tokio::time::timeout_at(until.into(), answers.wait_for(heard_all)).await;
     true
 }
 
@@ -222,7 +236,7 @@ pub async fn run(
 
     let reconciler = match ipvs {
         Some(ipvs) => tokio::spawn(reconciler::run(
-            ipvs,
+            (ipvs, ServicesFile::new(&config.state_dir, &config.node_id)),
             config.resync,
             desired_rx.clone(),
             programmed_tx,
@@ -246,7 +260,7 @@ pub async fn run(
         (lease_file.clone(), report_now.clone()),
         stop_rx.clone(),
     ));
-    let handover = config.handover;
+    let (handover, patience) = (config.handover, config.ack_deadline);
     let shared = Arc::new(session::Shared::new(
         config,
         (desired_tx, checks_tx),
@@ -256,7 +270,7 @@ pub async fn run(
         (
             report_now.clone(),
             leaving_rx,
-            Arc::new(watch::channel(0).0),
+            Arc::new(watch::channel(BTreeMap::new()).0),
         ),
     ));
     let session = tokio::spawn(session::run(shared.clone(), stop_rx));
@@ -264,7 +278,7 @@ pub async fn run(
     tracing::info!("shutting down: asking for the VIPs to move to another director");
     let _ = leaving_tx.send(true);
     report_now.send_modify(|n| *n += 1);
-    let handed_over = hand_over(&shared, handover).await;
+    let handed_over = hand_over(&shared, handover, patience).await;
     tracing::info!(
         handed_over,
         "releasing the VIPs still held; the IPVS table stays as it is"

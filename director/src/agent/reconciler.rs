@@ -1,7 +1,9 @@
 //! The reconciler: compares the desired IPVS table with the kernel's on
 //! every new configuration and every `resync` period, applies the
 //! difference, keeps the fwmark services' mark rules, and records what it
-//! did (and what it refused) for the next report.
+//! did (and what it refused) for the next report. What it manages is kept
+//! in the services file, so that a restarted agent still removes a service
+//! deleted while it was down (see [`crate::services_file`]).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -16,6 +18,7 @@ use super::{Desired, Progress};
 use crate::ipvs::{Ipvs, IpvsError, ServiceKey};
 use crate::marks::{MarkChange, Marks};
 use crate::reconcile::{apply, observe_counted, plan};
+use crate::services_file::ServicesFile;
 use crate::{desired, forwarding, stats};
 
 /// The VIPs whose services were all programmed by a reconcile round (and,
@@ -36,7 +39,7 @@ fn programmed_vips(
 }
 
 pub(super) async fn run(
-    ipvs: Ipvs,
+    (ipvs, file): (Ipvs, ServicesFile),
     resync: Duration,
     mut desired: watch::Receiver<Option<Desired>>,
     programmed: watch::Sender<BTreeSet<IpAddr>>,
@@ -45,7 +48,11 @@ pub(super) async fn run(
 ) {
     let ipvs = Arc::new(ipvs);
     let marks = Arc::new(Mutex::new(Marks::new(vec!["nft".into()])));
-    let mut managed: BTreeSet<ServiceKey> = BTreeSet::new();
+    let mut managed: BTreeSet<ServiceKey> = file.load().unwrap_or_else(|e| {
+        // Without it, a service deleted while the agent was down stays.
+        tracing::warn!(error = %e, "ignoring the services file");
+        BTreeSet::new()
+    });
     loop {
         let current = desired.borrow_and_update().clone();
         if let Some(Desired {
@@ -104,7 +111,12 @@ pub(super) async fn run(
                         *vips = now;
                         changed
                     });
-                    managed = keys;
+                    if managed != keys {
+                        if let Err(e) = file.save(&keys) {
+                            tracing::warn!(error = %e, "saving the services file");
+                        }
+                        managed = keys;
+                    }
                     if !p.ops.is_empty() {
                         tracing::info!(
                             revision,

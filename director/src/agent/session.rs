@@ -40,6 +40,9 @@ fn check_targets(services: &[Service], asked: &[pb::BackendRef]) -> Vec<Target> 
         .collect()
 }
 
+/// Each controller's answers so far, by address.
+pub(super) type Answers = Arc<watch::Sender<BTreeMap<String, u64>>>;
+
 /// What every stream reads and publishes.
 pub(super) struct Shared {
     pub(super) config: Config,
@@ -55,9 +58,9 @@ pub(super) struct Shared {
     pub(super) report_now: Arc<watch::Sender<u64>>,
     /// True once the agent is stopping.
     pub(super) leaving: watch::Receiver<bool>,
-    /// Counts the controllers' answers (a hand-over waits for those to the
-    /// reports that say the VIPs are gone).
-    pub(super) answers: Arc<watch::Sender<u64>>,
+    /// Counts each controller's answers, by address (a hand-over waits for
+    /// those to the reports that say the VIPs are gone).
+    pub(super) answers: Answers,
     /// The controllers to keep a stream with.
     targets: watch::Sender<BTreeSet<String>>,
 }
@@ -72,7 +75,7 @@ impl Shared {
         (report_now, leaving, answers): (
             Arc<watch::Sender<u64>>,
             watch::Receiver<bool>,
-            Arc<watch::Sender<u64>>,
+            Answers,
         ),
     ) -> Self {
         let listed = config.controllers.addrs().iter().cloned().collect();
@@ -91,9 +94,9 @@ impl Shared {
         }
     }
 
-    /// How many controllers the streams go to.
-    pub(super) fn controllers(&self) -> usize {
-        self.targets.borrow().len()
+    /// The controllers the streams go to.
+    pub(super) fn controllers(&self) -> BTreeSet<String> {
+        self.targets.borrow().clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Lease> {
@@ -157,7 +160,7 @@ impl Shared {
                 parse_vip_leases(&d.leases),
                 d.voters.iter().copied().collect(),
             );
-            l.supersede(parse_vip_leases(&d.superseded));
+            l.supersede(d.controller_id, parse_vip_leases(&d.superseded));
             l.forget(now, Duration::from_secs(10));
             ((l.holding(now), l.dropped.clone()) != before).then(|| l.clone())
         };
@@ -251,7 +254,7 @@ impl Session for Stream {
                     Some(d) => {
                         waiting.heard();
                         waiting.at_least(Duration::from_millis(u64::from(d.lease_ms)));
-                        sh.answers.send_modify(|n| *n += 1);
+                        sh.answers.send_modify(|n| *n.entry(addr.to_string()).or_default() += 1);
                         sh.granted(&d, &mut sent);
                         if let Some(cfg) = d.config {
                             sh.configure(d.revision, cfg);

@@ -213,6 +213,27 @@ async fn a_deleted_services_vip_leaves_the_owner() -> anyhow::Result<()> {
         f.held("d1").contains(&DR_VIP),
         "the restarted agent let go of a VIP still configured"
     );
+    // Its IPVS service too: the agent recorded programming it, so it is not
+    // taken for an operator's own (foreign) service and left behind.
+    let nat = format!("{NAT_VIP}:80");
+    wait_for(
+        Duration::from_secs(15),
+        "NAT service gone from d1's IPVS",
+        || async { (!f.ipvs("d1").iter().any(|l| l.contains(&nat))).then_some(()) },
+    )
+    .await?;
+    let list = f.lbctl(&words("director list -o json"))?;
+    assert!(
+        !list.contains(&nat),
+        "the deleted service is reported as foreign: {list}"
+    );
+    assert!(
+        f.ipvs("d1")
+            .iter()
+            .any(|l| l.contains(&format!("{DR_VIP}:80"))),
+        "the DR service went too: {:?}",
+        f.ipvs("d1")
+    );
     drop(d1);
     Ok(())
 }

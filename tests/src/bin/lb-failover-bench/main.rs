@@ -1,7 +1,9 @@
-//! lb-failover-bench: the client's gap when a director host is lost, at the
-//! shipped timers and at tuned ones, and — in the same place, topology and
-//! client — with keepalived 2.2 on both directors (VRRPv2 with advert_int 1,
-//! VRRPv3 with advert_int 0.1). A benchmark, not a test: it prints the
+//! lb-failover-bench: the client's gap when a director host is lost, when
+//! the owner is cut off from the controllers, and when it is stopped
+//! (SIGTERM), at the shipped timers and at tuned ones, and — in the same
+//! place, topology and client — with keepalived 2.2 on both directors
+//! (VRRPv2 with advert_int 1, VRRPv3 with advert_int 0.1; see
+//! [`keepalived`] for its versions of the faults). A benchmark, not a test: it prints the
 //! figures (each failover's gap, the p50 per timer set) and fails only when
 //! the fabric does not fail over at all. Two places
 //! (`scripts/failover-bench.sh` runs both):
@@ -11,7 +13,8 @@
 //! - **natively on the host**, in network namespaces, at the real timers:
 //!   the directors run `--no-ipvs` and a proxy on each answers on the VIP
 //!   (keepalived runs VRRP alone, as for a floating VIP). Three
-//!   controllers; the client asks every 10 ms.
+//!   controllers; the client asks every 10 ms. `LB_BENCH_SETS=text` runs
+//!   the sets whose label contains it (`SIGTERM`, `defaults:`, `VRRPv3`).
 //!
 //! `lb-failover-bench soak SECONDS` (natively) runs the default timers for
 //! that long with both CPUs kept busy, and counts what must not happen:
@@ -28,6 +31,10 @@ use std::time::Duration;
 
 use lb_testkit::fabric::{host_loss_gaps, Fabric, DR_VIP};
 use lb_testkit::proc::Proc;
+
+mod keepalived;
+
+use keepalived::Keepalived;
 
 /// (what, controller flags, director flags)
 const RUNS: [(&str, &[&str], &[&str]); 3] = [
@@ -47,126 +54,6 @@ const RUNS: [(&str, &[&str], &[&str]); 3] = [
         &["--heartbeat-ms", "30"],
     ),
 ];
-
-/// keepalived's VRRP timers to compare with: (what, vrrp_version, advert_int).
-const KEEPALIVED: [(&str, u8, &str); 2] = [
-    ("keepalived 2.2, VRRPv2, advert_int 1", 2, "1"),
-    ("keepalived 2.2, VRRPv3, advert_int 0.1", 3, "0.1"),
-];
-
-/// A keepalived.conf for director `name` (the same DR service on VIP
-/// 10.0.0.100 as the fabric's, the same realservers; VRRP alone when
-/// `ipvs` is false): both start BACKUP with nopreempt, `name` with
-/// `priority`.
-fn keepalived_conf(name: &str, priority: u8, version: u8, advert: &str, ipvs: bool) -> String {
-    let rs = |ip: &str| {
-        format!(
-            "  real_server {ip} 80 {{\n    weight 1\n    TCP_CHECK {{\n      connect_timeout 1\n    }}\n  }}\n"
-        )
-    };
-    let vrrp = format!(
-        "global_defs {{\n  router_id {name}\n  vrrp_version {version}\n}}\n\
-         vrrp_instance VI_1 {{\n  state BACKUP\n  nopreempt\n  interface eth0\n  virtual_router_id 51\n  \
-         priority {priority}\n  advert_int {advert}\n  virtual_ipaddress {{\n    {DR_VIP}/32 dev eth0\n  }}\n}}\n"
-    );
-    if !ipvs {
-        return vrrp;
-    }
-    format!(
-        "{vrrp}virtual_server {DR_VIP} 80 {{\n  delay_loop 1\n  lb_algo rr\n  lb_kind DR\n  protocol TCP\n{}{}}}\n",
-        rs("10.0.0.21"),
-        rs("10.0.0.22")
-    )
-}
-
-/// SIGSTOP / SIGCONT to keepalived's whole process group (it forks a VRRP
-/// and a checker child).
-fn signal_group(pgid: u32, sig: &str) {
-    let _ = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), "--", &format!("-{pgid}")])
-        .status();
-}
-
-/// The same host loss, `rounds` times, with keepalived on both directors:
-/// the client's gap each time.
-async fn keepalived_gaps(
-    f: Fabric,
-    (version, advert): (u8, &str),
-    (rounds, probe_secs, every_ms): (usize, u64, u64),
-) -> anyhow::Result<Vec<Duration>> {
-    use std::os::unix::process::CommandExt;
-    let keepalived = lb_testkit::which("keepalived")
-        .ok_or_else(|| anyhow::anyhow!("keepalived is not installed (scripts/setup.sh)"))?;
-    let mut procs = Vec::new();
-    for (name, priority) in [("d1", 150), ("d2", 100)] {
-        let dir = f.dir.path().join(format!("keepalived-{name}"));
-        std::fs::create_dir_all(&dir)?;
-        let conf = dir.join("keepalived.conf");
-        std::fs::write(
-            &conf,
-            keepalived_conf(name, priority, version, advert, f.ipvs),
-        )?;
-        let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
-        let child =
-            f.t.command(name, &keepalived)?
-                .args(["-n", "-l", "-f", &path("keepalived.conf")])
-                .args([
-                    "-p",
-                    &path("k.pid"),
-                    "-r",
-                    &path("v.pid"),
-                    "-c",
-                    &path("c.pid"),
-                ])
-                .process_group(0)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()?;
-        procs.push((name, child.id(), Proc(child)));
-        // d1 first, so that it is the master.
-        if name == "d1" {
-            f.wait_held("d1", &[DR_VIP], Duration::from_secs(30))
-                .await?;
-        }
-    }
-    let pgid = |name: &str| procs.iter().find(|p| p.0 == name).map_or(0, |p| p.1);
-    let mut gaps = Vec::new();
-    for round in 1..=rounds {
-        // Served through the master, the backup in place.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let master = if f.held("d1").contains(&DR_VIP) {
-            "d1"
-        } else {
-            "d2"
-        };
-        let backup = if master == "d1" { "d2" } else { "d1" };
-        let probe = f.probe(&format!("http://{DR_VIP}/"), probe_secs, every_ms)?;
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        // Two masters (adverts lost under load) would make a failover look
-        // free: say so.
-        if f.held(backup).contains(&DR_VIP) {
-            println!("keepalived round {round}: {backup} also held {DR_VIP} before the fault (two masters)");
-        }
-        f.t.sh(master, "ip link set eth0 down")?;
-        signal_group(pgid(master), "STOP");
-        f.wait_held(backup, &[DR_VIP], Duration::from_secs(probe_secs - 2))
-            .await?;
-        let seen = probe.finish();
-        println!(
-            "keepalived failover {round} ({master} -> {backup}): {}",
-            seen.summary()
-        );
-        anyhow::ensure!(seen.recovered(), "keepalived: clients not served again");
-        gaps.push(seen.gap());
-        signal_group(pgid(master), "CONT");
-        f.t.sh(master, "ip link set eth0 up")?;
-    }
-    for (_, pgid, _) in &procs {
-        signal_group(*pgid, "KILL");
-    }
-    Ok(gaps)
-}
 
 /// Prints one set's gaps and keeps them for the summary; a set that did
 /// not recover is reported, and the rest still run.
@@ -195,7 +82,7 @@ async fn in_vm(only: &str, results: &mut Vec<(String, Vec<Duration>)>) -> anyhow
         let gaps = host_loss_gaps(&f, ("d1", d1), ("d2", d2), (5, 10, 20)).await;
         record(results, &format!("host loss, {timers}"), gaps);
     }
-    for (what, version, advert) in KEEPALIVED {
+    for (what, version, advert) in keepalived::SETS {
         if !what.contains(only) {
             continue;
         }
@@ -203,7 +90,8 @@ async fn in_vm(only: &str, results: &mut Vec<(String, Vec<Duration>)>) -> anyhow
         let f = Fabric::with_controllers(1, &[]).await?;
         f.create_services()?;
         f.realservers_ready().await?;
-        let gaps = keepalived_gaps(f, (version, advert), (5, probe, 20)).await;
+        let mut k = Keepalived::start(&f, (version, advert)).await?;
+        let gaps = k.host_loss((5, probe, 20)).await;
         record(results, &format!("host loss, {what}"), gaps);
     }
     Ok(())
@@ -279,31 +167,58 @@ async fn sigterm_gaps(
 }
 
 /// The host's sets: no IPVS, three controllers, the client every 10 ms.
+/// `only` picks sets by a part of their label ("SIGTERM", "defaults:",
+/// "keepalived").
 async fn native(only: &str, results: &mut Vec<(String, Vec<Duration>)>) -> anyhow::Result<()> {
     for (timers, controller, director) in RUNS {
-        if !timers.contains(only) {
-            continue;
-        }
-        {
+        let label = |what: &str| format!("native, {what}, {timers}");
+        if label("host loss").contains(only) {
             // One fabric at a time: they share the LAN's addresses.
             let (f, d1, d2) = Fabric::floating(controller, director, &[]).await?;
             let gaps = host_loss_gaps(&f, ("d1", d1), ("d2", d2), (7, 8, 10)).await;
-            record(results, &format!("native, host loss, {timers}"), gaps);
+            record(results, &label("host loss"), gaps);
         }
-        let (f, d1, d2) = Fabric::floating(controller, director, &[]).await?;
-        let gaps = partition_gaps(&f, 5).await;
-        record(results, &format!("native, partition, {timers}"), gaps);
-        let gaps = sigterm_gaps(&f, (d1, d2), director, 5).await;
-        record(results, &format!("native, SIGTERM, {timers}"), gaps);
-    }
-    for (what, version, advert) in KEEPALIVED {
-        if !what.contains(only) {
+        let (partition, sigterm) = (label("partition"), label("SIGTERM"));
+        if !partition.contains(only) && !sigterm.contains(only) {
             continue;
         }
+        let (f, d1, d2) = Fabric::floating(controller, director, &[]).await?;
+        if partition.contains(only) {
+            record(results, &partition, partition_gaps(&f, 5).await);
+        }
+        if sigterm.contains(only) {
+            record(
+                results,
+                &sigterm,
+                sigterm_gaps(&f, (d1, d2), director, 5).await,
+            );
+        }
+    }
+    for (what, version, advert) in keepalived::SETS {
+        let label = |scenario: &str| format!("native, {scenario}, {what}");
+        if !["host loss", "partition", "SIGTERM"]
+            .iter()
+            .any(|s| label(s).contains(only))
+        {
+            continue;
+        }
+        // VRRPv2 takes over after three missed adverts of a second.
         let probe = if version == 2 { 10 } else { 6 };
         let f = Fabric::floating_hosts(&[]).await?;
-        let gaps = keepalived_gaps(f, (version, advert), (7, probe, 10)).await;
-        record(results, &format!("native, host loss, {what}"), gaps);
+        let mut k = Keepalived::start(&f, (version, advert)).await?;
+        if label("host loss").contains(only) {
+            record(
+                results,
+                &label("host loss"),
+                k.host_loss((7, probe, 10)).await,
+            );
+        }
+        if label("partition").contains(only) {
+            record(results, &label("partition"), k.partition(5, probe).await);
+        }
+        if label("SIGTERM").contains(only) {
+            record(results, &label("SIGTERM"), k.sigterm(5, 4).await);
+        }
     }
     Ok(())
 }
