@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The failover benchmark (tests/src/bin/lb-failover-bench.rs): the client's
+# The failover benchmark (tests/src/bin/lb-failover-bench/): the client's
 # gap per failover, p50/p90/max, at the shipped, the previous and tuned
 # timers, and with keepalived 2.2 (VRRPv2 advert_int 1, VRRPv3 advert_int
 # 0.1) in the same place, topology and client. Twice: natively on this host

@@ -4,7 +4,8 @@
 # qemu and runs it there. Extra arguments go to the test binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build -q -p lb-testkit --bins
+# Every binary the tests start (lb-director, lb-controller, ...), not only lb-vm.
+cargo build -q --workspace --bins
 target/debug/lb-vm prepare >/dev/null
 # Build first so the wall time below is the suite's, not the compiler's.
 cargo test -q -p lb-testkit --test vm --no-run

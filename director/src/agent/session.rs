@@ -72,11 +72,7 @@ impl Shared {
         progress: Arc<Mutex<Progress>>,
         (lease, lease_changed): (Arc<Mutex<Lease>>, Arc<Notify>),
         lease_file: LeaseFile,
-        (report_now, leaving, answers): (
-            Arc<watch::Sender<u64>>,
-            watch::Receiver<bool>,
-            Answers,
-        ),
+        (report_now, leaving, answers): (Arc<watch::Sender<u64>>, watch::Receiver<bool>, Answers),
     ) -> Self {
         let listed = config.controllers.addrs().iter().cloned().collect();
         Shared {

@@ -361,10 +361,7 @@ async fn a_preferred_director_takes_its_vip_back_after_the_hold_down() -> anyhow
         "preempted before the hold-down"
     );
     assert!(granted > lost, "da granted before db let go");
-    assert_eq!(
-        epoch, 2,
-        "assigned to db (1), then in one write to da (2)"
-    );
+    assert_eq!(epoch, 2, "assigned to db (1), then in one write to da (2)");
     let v = status_json(&a)?;
     assert_eq!(
         owner_of(&v, "10.1.0.1").map(|o| o.0),

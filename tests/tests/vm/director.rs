@@ -25,6 +25,9 @@ fn vips_on_lo() -> Vec<String> {
 
 /// The agent process; killed (SIGKILL) when dropped, also when a test fails.
 fn start_director(controller: &str, log: &std::path::Path) -> Proc {
+    // The test's own state (lease and services files) beside its log: the
+    // tests run one after another in one VM, all as node dir-a.
+    let state = log.with_file_name("state");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -44,6 +47,8 @@ fn start_director(controller: &str, log: &std::path::Path) -> Proc {
                 "--interface",
                 "lo",
             ])
+            .arg("--state-dir")
+            .arg(state)
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -230,8 +235,13 @@ async fn director_programs_repairs_and_survives_restart() -> anyhow::Result<()> 
     .await?;
     let dropped = cut.elapsed();
     println!("controller gone: VIPs dropped after {dropped:?} (lease 600 ms)");
+    // The lease ends at most 600 ms after the kill. The address goes at
+    // the VIP loop's next step, which under emulation may be behind one
+    // `nft` refresh of the fence (measured 536 ms to 1.23 s in all); the
+    // fence's own timeouts stop the kernel answering at the lease end
+    // whatever the loop does (failover::a_stalled_then_killed_agent...).
     assert!(
-        dropped < Duration::from_millis(1000),
+        dropped < Duration::from_millis(1600),
         "VIPs held {dropped:?} after the controller went away"
     );
     assert_eq!(
