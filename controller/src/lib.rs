@@ -34,7 +34,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::app::App;
 use crate::typ::{Node, NodeId, Raft};
@@ -188,9 +187,12 @@ pub async fn run(
             let incoming = tls::Acceptor::new(creds)?.incoming(listener);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
         }
-        None => tokio::spawn(
-            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped),
-        ),
+        // Without TLS too, no Nagle delay: `tcp_nodelay` above applies only
+        // to listeners tonic opens itself.
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopped,
+        )),
     };
 
     let initialized = raft

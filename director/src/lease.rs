@@ -48,6 +48,9 @@ pub struct Lease {
     /// VIP → the highest epoch a controller reported superseded, and which
     /// controllers did (dropped once they are a majority).
     pub superseded: BTreeMap<IpAddr, (u64, BTreeSet<u64>)>,
+    /// When each VIP was last dropped: its release is reported for a while
+    /// even once no controller grants it any more (see [`Lease::forget`]).
+    pub let_go: BTreeMap<IpAddr, Instant>,
     /// The VIP addresses this agent put on the interface and has not taken
     /// off yet: what the kernel has, kept across restarts so that a VIP
     /// deleted while the agent was down is still removed.
@@ -122,7 +125,12 @@ impl Lease {
 
     /// Controller `id` says these epochs are over; once a majority of the
     /// voters has said so of an epoch, it is never held again.
-    pub fn supersede(&mut self, id: u64, over: impl IntoIterator<Item = (IpAddr, u64)>) {
+    pub fn supersede(
+        &mut self,
+        id: u64,
+        over: impl IntoIterator<Item = (IpAddr, u64)>,
+        now: Instant,
+    ) {
         let need = self.majority();
         for (vip, epoch) in over {
             let votes = self
@@ -136,9 +144,9 @@ impl Lease {
             if epoch == votes.0 {
                 votes.1.insert(id);
             }
-            if votes.1.len() >= need {
-                let d = self.dropped.entry(vip).or_insert(votes.0);
-                *d = (*d).max(votes.0);
+            if votes.1.len() >= need && self.dropped.get(&vip).is_none_or(|d| *d < votes.0) {
+                self.dropped.insert(vip, votes.0);
+                self.let_go.insert(vip, now);
             }
         }
     }
@@ -197,9 +205,18 @@ impl Lease {
             .values()
             .flat_map(|g| g.vips.keys().copied())
             .collect();
+        // A release is kept (and reported) for `keep` after the drop, not
+        // only while some controller still grants the VIP: every
+        // controller has often applied the move before the address is off,
+        // and a release forgotten then would never reach the streams that
+        // build their report a moment later — their controllers would make
+        // the new owner wait the old grants out.
+        let let_go = &self.let_go;
+        let recent = |vip: &IpAddr| let_go.get(vip).is_some_and(|at| *at + keep > now);
         self.dropped
-            .retain(|vip, _| granted.contains(vip) || self.added.contains(vip));
+            .retain(|vip, _| granted.contains(vip) || self.added.contains(vip) || recent(vip));
         let dropped = &self.dropped;
+        self.let_go.retain(|vip, _| dropped.contains_key(vip));
         self.superseded
             .retain(|vip, _| granted.contains(vip) || dropped.contains_key(vip));
     }
@@ -294,18 +311,26 @@ mod tests {
         grant(&mut l, 1, t0, 4);
         grant(&mut l, 2, t0, 4);
         l.added.insert(vip());
-        l.supersede(1, [(vip(), 4)]);
+        l.supersede(1, [(vip(), 4)], t0);
         // Controller 1 applied the move first; 2 has not yet.
         assert_eq!(l.held(t0), BTreeMap::from([(vip(), 4)]), "one of three");
         assert!(l.released().is_empty());
-        l.supersede(2, [(vip(), 3)]);
+        l.supersede(2, [(vip(), 3)], t0);
         assert_eq!(l.held(t0).len(), 1, "an older epoch is no vote for 4");
-        l.supersede(2, [(vip(), 4)]);
+        l.supersede(2, [(vip(), 4)], t0);
         assert!(l.held(t0).is_empty(), "fresh grants notwithstanding");
         assert!(l.released().is_empty(), "the address is still on");
         assert_eq!(l.on_interface(t0), [(vip(), 4)]);
         l.added.remove(&vip());
         assert_eq!(l.released(), [(vip(), 4)]);
+        // Every controller has applied the move: none grants the VIP now.
+        // The release is still reported (to streams that report later).
+        l.granted(1, Some(t0), 600 * MS, BTreeMap::new(), three());
+        l.granted(2, Some(t0), 600 * MS, BTreeMap::new(), three());
+        l.forget(t0 + 100 * MS, Duration::from_secs(10));
+        assert_eq!(l.released(), [(vip(), 4)]);
+        l.forget(t0 + Duration::from_secs(10), Duration::from_secs(10));
+        assert!(l.released().is_empty(), "forgotten after a while");
         // The VIP comes back in a later epoch.
         grant(&mut l, 1, t0, 6);
         grant(&mut l, 2, t0, 6);

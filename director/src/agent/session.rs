@@ -156,8 +156,15 @@ impl Shared {
                 parse_vip_leases(&d.leases),
                 d.voters.iter().copied().collect(),
             );
-            l.supersede(d.controller_id, parse_vip_leases(&d.superseded));
+            l.supersede(d.controller_id, parse_vip_leases(&d.superseded), now);
             l.forget(now, Duration::from_secs(10));
+            let after = l.held(now);
+            let was: BTreeMap<_, _> = before.0.iter().map(|(v, (e, _))| (*v, *e)).collect();
+            if after != was {
+                // When a hand-over or a failover took its time, this says
+                // which controller's answer made the difference.
+                tracing::info!(controller = d.controller_id, held = ?after, before = ?was, "lease changed");
+            }
             ((l.holding(now), l.dropped.clone()) != before).then(|| l.clone())
         };
         if let Some(l) = changed {
