@@ -50,6 +50,15 @@ struct Given {
     released: bool,
 }
 
+impl Given {
+    /// Until when this record keeps `epoch` from being granted: an older
+    /// epoch, given within `wait` and not released, may still be held.
+    fn withholds(&self, epoch: u64, now: Instant, wait: Duration) -> Option<Instant> {
+        let until = self.at + wait;
+        (!self.released && self.epoch < epoch && now < until).then_some(until)
+    }
+}
+
 /// This controller's grant book, one per process.
 #[derive(Debug)]
 pub struct Grants {
@@ -100,21 +109,12 @@ impl Grants {
         let mut out = Vec::with_capacity(owned.len());
         for &(vip, epoch) in owned {
             if let Some(g) = self.last.get(&vip) {
-                let older_may_be_held = !g.released && g.epoch < epoch && now < g.at + self.wait;
                 let over = g.epoch > epoch || (g.released && g.epoch == epoch);
-                if older_may_be_held || over {
+                if over || g.withholds(epoch, now, self.wait).is_some() {
                     continue;
                 }
             }
-            self.last.insert(
-                vip,
-                Given {
-                    epoch,
-                    director: director.to_string(),
-                    at: now,
-                    released: false,
-                },
-            );
+            self.record(vip, epoch, director, now, false);
             out.push((vip, epoch));
         }
         out
@@ -129,11 +129,7 @@ impl Grants {
         }
         owned
             .iter()
-            .filter_map(|(vip, epoch)| {
-                let g = self.last.get(vip)?;
-                let at = g.at + self.wait;
-                (!g.released && g.epoch < *epoch && now < at).then_some(at)
-            })
+            .filter_map(|(vip, epoch)| self.last.get(vip)?.withholds(*epoch, now, self.wait))
             .min()
     }
 
@@ -150,16 +146,21 @@ impl Grants {
             if known.is_none_or(|g| !g.released) {
                 self.freed.send_modify(|n| *n += 1);
             }
-            self.last.insert(
-                vip,
-                Given {
-                    epoch,
-                    director: director.to_string(),
-                    at: now,
-                    released: true,
-                },
-            );
+            self.record(vip, epoch, director, now, true);
         }
+    }
+
+    fn record(&mut self, vip: IpAddr, epoch: u64, director: &str, at: Instant, released: bool) {
+        let director = director.to_string();
+        self.last.insert(
+            vip,
+            Given {
+                epoch,
+                director,
+                at,
+                released,
+            },
+        );
     }
 
     /// The VIPs' last grants older than any wait, forgotten (bounded memory

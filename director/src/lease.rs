@@ -95,10 +95,7 @@ impl Lease {
 
     /// The VIPs held at `now`, with their epoch.
     pub fn held(&self, now: Instant) -> BTreeMap<IpAddr, u64> {
-        self.holding(now)
-            .into_iter()
-            .map(|(vip, (epoch, _))| (vip, epoch))
-            .collect()
+        epochs(&self.holding(now))
     }
 
     /// Controller `id`'s grants, answering a heartbeat sent at `sent`
@@ -220,6 +217,14 @@ impl Lease {
         self.superseded
             .retain(|vip, _| granted.contains(vip) || dropped.contains_key(vip));
     }
+}
+
+/// What [`Lease::holding`] says, without the ends: VIP → epoch.
+pub fn epochs(holding: &BTreeMap<IpAddr, (u64, Instant)>) -> BTreeMap<IpAddr, u64> {
+    holding
+        .iter()
+        .map(|(vip, (epoch, _))| (*vip, *epoch))
+        .collect()
 }
 
 /// Remembers when each heartbeat of one stream was sent, to start a grant

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Config, Desired, Progress};
-use crate::lease::{Lease, SentHeartbeats};
+use crate::lease::{epochs, Lease, SentHeartbeats};
 use crate::lease_file::LeaseFile;
 
 /// The health checks the controller asks of this director, from the
@@ -158,14 +158,14 @@ impl Shared {
             );
             l.supersede(d.controller_id, parse_vip_leases(&d.superseded), now);
             l.forget(now, Duration::from_secs(10));
-            let after = l.held(now);
-            let was: BTreeMap<_, _> = before.0.iter().map(|(v, (e, _))| (*v, *e)).collect();
-            if after != was {
+            let holding = l.holding(now);
+            let (held, was) = (epochs(&holding), epochs(&before.0));
+            if held != was {
                 // When a hand-over or a failover took its time, this says
                 // which controller's answer made the difference.
-                tracing::info!(controller = d.controller_id, held = ?after, before = ?was, "lease changed");
+                tracing::info!(controller = d.controller_id, ?held, before = ?was, "lease changed");
             }
-            ((l.holding(now), l.dropped.clone()) != before).then(|| l.clone())
+            ((holding, l.dropped.clone()) != before).then(|| l.clone())
         };
         if let Some(l) = changed {
             if let Err(e) = self.lease_file.save(&l) {
