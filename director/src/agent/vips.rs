@@ -31,6 +31,23 @@ fn managed_vips(desired: &Option<Desired>) -> BTreeSet<IpAddr> {
         .unwrap_or_default()
 }
 
+/// A fence refresh slower than this is redone (see [`Host::refresh_fence`]):
+/// far beyond one `nft` run on a busy host (milliseconds natively, under a
+/// second in the emulated VM), so only a stall pays for a second run.
+const FENCE_REDO_AFTER: Duration = Duration::from_secs(1);
+
+/// A VIP loop round slower than this is reported as a stall.
+const STALLED: Duration = Duration::from_secs(2);
+
+/// What each lease in `ends` has left now (those run out left out).
+fn left(ends: &BTreeMap<IpAddr, Instant>) -> BTreeMap<IpAddr, Duration> {
+    let now = Instant::now();
+    ends.iter()
+        .map(|(vip, until)| (*vip, until.saturating_duration_since(now)))
+        .filter(|(_, left)| !left.is_zero())
+        .collect()
+}
+
 /// What the VIP loop changes on the host.
 pub(super) struct Host {
     pub(super) rtnl: Rtnl,
@@ -47,23 +64,27 @@ impl Host {
     /// Addresses that go first, then the fence (which lets a VIP through
     /// before its address appears and stops it before the kernel would),
     /// then the addresses held, then sync daemons; returns the VIPs newly
-    /// added and the managed VIPs now on the interface.
+    /// added and the managed VIPs now on the interface. `ends` are the
+    /// leases' ends: what is left of each is taken just before each step,
+    /// so that a step that comes late (this process stalled half-way) does
+    /// not hand the kernel a lease that has run out meanwhile.
     fn converge(
         &self,
         managed: &BTreeSet<IpAddr>,
-        held: &BTreeMap<IpAddr, Duration>,
+        ends: &BTreeMap<IpAddr, Instant>,
         ready: &BTreeSet<IpAddr>,
         refresh: bool,
     ) -> Result<(Vec<IpAddr>, BTreeSet<IpAddr>), String> {
         let index = self.link.index;
         let on = vip::on_interface(&self.rtnl, index).map_err(|e| e.to_string())?;
         let mut present: BTreeSet<IpAddr> = on.intersection(managed).copied().collect();
-        vip::remove_unheld(&self.rtnl, index, managed, held, &mut present)
+        vip::remove_unheld(&self.rtnl, index, managed, &left(ends), &mut present)
             .map_err(|e| e.to_string())?;
         if refresh {
-            self.refresh_fence(managed, held)?;
+            self.refresh_fence(managed, ends)?;
         }
-        let added = vip::put_held(&self.rtnl, index, held, ready, refresh, &mut present)
+        let held = left(ends);
+        let added = vip::put_held(&self.rtnl, index, &held, ready, refresh, &mut present)
             .map_err(|e| e.to_string())?;
         if let Some(sync) = &self.sync {
             self.converge_sync(sync, !held.is_empty())
@@ -72,13 +93,28 @@ impl Host {
         Ok((added, present))
     }
 
+    /// Sets the fence to the leases' `ends`. The kernel counts an element's
+    /// timeout from when it applies the script, so a refresh that took
+    /// long (this process stalled while `nft` ran) may have set a lease
+    /// past its end by that long: it is done again at once, with what is
+    /// left now.
     fn refresh_fence(
         &self,
         managed: &BTreeSet<IpAddr>,
-        held: &BTreeMap<IpAddr, Duration>,
+        ends: &BTreeMap<IpAddr, Instant>,
     ) -> Result<(), String> {
         let mut fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
-        fence.set(managed, held).map_err(|e| e.to_string())
+        let started = Instant::now();
+        fence.set(managed, &left(ends)).map_err(|e| e.to_string())?;
+        let took = started.elapsed();
+        if took > FENCE_REDO_AFTER {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                "the fence refresh was late: done again"
+            );
+            fence.set(managed, &left(ends)).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     fn remove_fence(&self) {
@@ -189,15 +225,6 @@ impl Wanted {
         }
     }
 
-    /// The time each held VIP's lease has left at `now`.
-    fn left(&self, now: Instant) -> BTreeMap<IpAddr, Duration> {
-        self.held
-            .iter()
-            .map(|(vip, until)| (*vip, until.saturating_duration_since(now)))
-            .filter(|(_, left)| !left.is_zero())
-            .collect()
-    }
-
     /// The same VIPs, whatever their lease ends.
     fn same_sets(&self, other: &Wanted) -> bool {
         self.managed == other.managed
@@ -229,16 +256,30 @@ pub(super) async fn run(
     let mut last_check = Instant::now();
     let mut refresh_at = Instant::now();
     let mut announcements = Announcements::default();
+    let mut round = Instant::now();
     loop {
         let stopping = *stop.borrow();
         let now = Instant::now();
+        // A round far longer than a tick and a kernel update means this
+        // process did not run (CPU starvation, a frozen host or VM): leases
+        // may have ended meanwhile and the kernel dropped their addresses.
+        // Said, since the operator otherwise sees a VIP flap with nothing
+        // wrong elsewhere.
+        let late = now.duration_since(round);
+        if late > STALLED {
+            tracing::warn!(
+                late_ms = late.as_millis() as u64,
+                "this agent was stalled: VIP leases may have ended meanwhile"
+            );
+        }
+        round = now;
         let wanted = Wanted::read(&desired, &programmed, &lease, now);
         if stopping && !wanted.held.is_empty() {
-            let left = wanted.left(now);
-            tracing::info!(vips = ?left, "keeping the VIPs held until their lease ends: the kernel drops them then, unless a restarted agent continues the lease");
+            tracing::info!(vips = ?left(&wanted.held), "keeping the VIPs held until their lease ends: the kernel drops them then, unless a restarted agent continues the lease");
             let h = host.clone();
             let _ =
-                tokio::task::spawn_blocking(move || h.refresh_fence(&wanted.managed, &left)).await;
+                tokio::task::spawn_blocking(move || h.refresh_fence(&wanted.managed, &wanted.held))
+                    .await;
             return false;
         }
         // Ask the kernel on every change, before the fence or the lifetimes
@@ -248,10 +289,9 @@ pub(super) async fn run(
         if changed || refresh || stopping || last_check.elapsed() > Duration::from_secs(1) {
             let h = host.clone();
             let w = wanted.clone();
-            let left = wanted.left(now);
-            let shortest = left.values().min().copied();
+            let shortest = left(&wanted.held).values().min().copied();
             match tokio::task::spawn_blocking(move || {
-                h.converge(&w.managed, &left, &w.ready, refresh || changed)
+                h.converge(&w.managed, &w.held, &w.ready, refresh || changed)
             })
             .await
             {

@@ -11,7 +11,8 @@
 //!                                     print "OK BODY" or "ERR WHY" (a reset shows as ERR)
 //!   lb-http vipwatch ADDR SECONDS EVERY_MS
 //!                                     sample whether ADDR is local here (binding to it works);
-//!                                     print "MS 1" / "MS 0" at the start and on every change, "MS end"
+//!                                     print "MS 1" / "MS 0" at the start and on every change, "MS end";
+//!                                     "MS stall GAP_MS" when a sample came over 500 ms late
 //!
 //! Only the Rust standard library: it starts fast in the VM, where every exec counts.
 
@@ -160,7 +161,16 @@ fn vipwatch(addr: std::net::IpAddr, seconds: u64, every: Duration) {
             println!("{} {}", unix_ms(), u8::from(local));
             last = Some(local);
         }
+        let slept = std::time::Instant::now();
         std::thread::sleep(every);
+        // A sample far behind its time means this host did not run (a
+        // frozen VM, CPU starvation): whatever changed meanwhile went
+        // unseen, and leases may have run out with nothing wrong in the
+        // fabric. Said, so that a test can tell its own host's stall apart.
+        let late = slept.elapsed().saturating_sub(every);
+        if late > Duration::from_millis(500) {
+            println!("{} stall {}", unix_ms(), late.as_millis());
+        }
     }
     println!("{} end", unix_ms());
 }

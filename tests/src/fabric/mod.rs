@@ -63,6 +63,10 @@ pub const VM_CONTROLLER_TIMERS: [&str; 8] = [
     "--lease-margin-ms",
     "2000",
 ];
+/// The VM's lease (`VM_CONTROLLER_TIMERS`) less a director heartbeat: a
+/// host that did not run for this long may have seen its leases end, by
+/// design (its clock ran on), whatever the controllers did.
+pub const VM_FROZEN_MS: u128 = 6000 - 500;
 /// One controller in the VM (no quorum round trips, so the lease need not
 /// cover them): three times the default lease and margin, and the
 /// directors' report interval at 200 ms. A round trip under emulation can
@@ -96,10 +100,16 @@ pub struct Fabric {
 
 impl Drop for Fabric {
     fn drop(&mut self) {
-        if std::thread::panicking() || self.failed.get() {
+        // LB_SHOW_LOGS=1 shows them after a passing test too (on stdout,
+        // which the VM runner passes on).
+        let asked = std::env::var_os("LB_SHOW_LOGS").is_some_and(|v| v == "1");
+        if std::thread::panicking() || self.failed.get() || asked {
             for node in ["d1", "d2"] {
                 let log = std::fs::read_to_string(self.log(node)).unwrap_or_default();
                 eprintln!("---- {node} log ----\n{log}");
+                if asked {
+                    println!("---- {node} log ----\n{log}");
+                }
             }
             for c in &self.controllers {
                 let log = c.log_text();
@@ -348,6 +358,22 @@ impl Fabric {
         self.dir.path().join(format!("{node}.log"))
     }
 
+    /// The lines of `node`'s log that tell how its lease went: which
+    /// controller's answer changed what it holds, the addresses it added
+    /// and removed, its own stalls. For failure messages (the whole log is
+    /// long and a CI excerpt cuts its middle).
+    pub fn lease_story(&self, node: &str) -> String {
+        let log = std::fs::read_to_string(self.log(node)).unwrap_or_default();
+        log.lines()
+            .filter(|l| {
+                ["lease changed", "VIP added", "VIP removed", "stalled"]
+                    .iter()
+                    .any(|p| l.contains(p))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// `ipvsadm -Sn` in namespace `ns`, sorted.
     pub fn ipvs(&self, ns: &str) -> Vec<String> {
         let out = self.t.sh(ns, "ipvsadm -Sn").unwrap_or_default();
@@ -455,6 +481,25 @@ impl Fabric {
             .stdout(Stdio::piped())
             .spawn()?;
         Ok(Watch(Proc(child)))
+    }
+
+    /// Every controller answers, follows one leader and has applied the
+    /// leader's configuration revision (a restarted one has caught up).
+    pub async fn all_voters_answer(&self) -> anyhow::Result<()> {
+        wait_for(
+            Duration::from_secs(60),
+            "every controller caught up",
+            || async {
+                let mut seen = Vec::new();
+                for c in &self.controllers {
+                    let s = c.status().await?;
+                    s.has_leader.then_some(())?;
+                    seen.push((s.leader_id, s.revision));
+                }
+                seen.windows(2).all(|w| w[0] == w[1]).then_some(())
+            },
+        )
+        .await
     }
 
     /// Index of the node that leads now.

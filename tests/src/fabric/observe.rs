@@ -118,28 +118,70 @@ impl Seen {
 
 pub struct Watch(pub(super) Proc);
 
+/// What a [`Watch`] saw.
+#[derive(Debug, Default)]
+pub struct Watched {
+    /// Intervals [from, to) in ms during which the address was held.
+    pub held: Vec<(u128, u128)>,
+    /// When the watcher itself did not run, as (noticed at, for ms): its
+    /// host was frozen or starved, and so were the agents on it.
+    pub stalls: Vec<(u128, u128)>,
+}
+
+impl Watched {
+    /// True when every gap between the held intervals began while the
+    /// watcher was stalled for at least `frozen_ms` (or within a second of
+    /// it resuming): its host did not run for a lease, which ends the
+    /// leases on it by design, so such a gap says nothing about the fabric.
+    pub fn lapsed_while_frozen(&self, frozen_ms: u128) -> bool {
+        let frozen: Vec<(u128, u128)> = self
+            .stalls
+            .iter()
+            .filter(|(_, ms)| *ms >= frozen_ms)
+            .map(|(resumed, ms)| (resumed - ms, resumed + 1000))
+            .collect();
+        let gaps: Vec<u128> = self.held.windows(2).map(|w| w[0].1).collect();
+        !gaps.is_empty()
+            && gaps
+                .iter()
+                .all(|g| frozen.iter().any(|(from, to)| (*from..=*to).contains(g)))
+    }
+}
+
 impl Watch {
     /// Intervals [from, to) in ms during which the address was held.
-    pub fn finish(mut self) -> Vec<(u128, u128)> {
+    pub fn finish(self) -> Vec<(u128, u128)> {
+        self.finish_all().held
+    }
+
+    /// The held intervals and the watcher's own stalls.
+    pub fn finish_all(mut self) -> Watched {
         let out = stdout_of(&mut self.0);
-        let mut held = Vec::new();
+        let mut seen = Watched::default();
         let mut since = None;
         for line in out.lines() {
             let Some((t, what)) = line.split_once(' ') else {
                 continue;
             };
             let Ok(t) = t.parse::<u128>() else { continue };
-            match what {
-                "1" => since = Some(t),
-                "0" | "end" => {
-                    if let Some(s) = since.take() {
-                        held.push((s, t));
+            match what.split_once(' ') {
+                Some(("stall", ms)) => {
+                    if let Ok(ms) = ms.parse() {
+                        seen.stalls.push((t, ms));
                     }
                 }
-                _ => {}
+                _ => match what {
+                    "1" => since = Some(t),
+                    "0" | "end" => {
+                        if let Some(s) = since.take() {
+                            seen.held.push((s, t));
+                        }
+                    }
+                    _ => {}
+                },
             }
         }
-        held
+        seen
     }
 }
 
@@ -257,4 +299,32 @@ pub struct ArpAsk {
 pub fn gratuitous_arps<'a>(lines: &'a [String], vip: &str) -> Vec<&'a String> {
     let who = format!("who-has {vip} tell {vip}");
     lines.iter().filter(|l| l.contains(&who)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_gap_inside_a_long_stall_counts_as_the_host_s_freeze() {
+        let watched = |held: &[(u128, u128)], stalls: &[(u128, u128)]| Watched {
+            held: held.to_vec(),
+            stalls: stalls.to_vec(),
+        };
+        // Frozen 6 s until 20,000: the lease ran out at 19,500, back at 19,700.
+        let frozen = watched(&[(0, 19_500), (19_700, 30_000)], &[(20_000, 6_000)]);
+        assert!(frozen.lapsed_while_frozen(5_500));
+        // The same gap with only a short stall, or none: the fabric's doing.
+        assert!(
+            !watched(&[(0, 19_500), (19_700, 30_000)], &[(20_000, 900)]).lapsed_while_frozen(5_500)
+        );
+        assert!(!watched(&[(0, 19_500), (19_700, 30_000)], &[]).lapsed_while_frozen(5_500));
+        // A gap long after the stall is not explained by it.
+        assert!(
+            !watched(&[(0, 25_000), (25_100, 30_000)], &[(20_000, 6_000)])
+                .lapsed_while_frozen(5_500)
+        );
+        // No gap at all: nothing to explain.
+        assert!(!watched(&[(0, 30_000)], &[(20_000, 6_000)]).lapsed_while_frozen(5_500));
+    }
 }
