@@ -83,6 +83,12 @@ struct Args {
     /// them when two thirds have passed): 30d, 12h, 90s.
     #[arg(long, env = "LB_AGENT_CERT_LIFETIME", default_value = "30d", value_parser = lb_proto::process::duration_flag)]
     agent_cert_lifetime: Duration,
+    /// Nice value of every thread of this process (-20 to 19): below
+    /// ordinary work, so that a busy host does not delay the answers that
+    /// keep the directors' VIP leases.
+    #[arg(long, env = "LB_NICE", default_value_t = lb_proto::process::DAEMON_NICE,
+          allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    nice: i32,
 }
 
 /// What TLS needs on this node: its credentials, and the CA key where this
@@ -187,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    lb_proto::process::prioritize(args.nice);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;

@@ -60,6 +60,11 @@ struct Args {
     /// the same.
     #[arg(long, env = "LB_NO_IPVS", conflicts_with = "sync_interface")]
     no_ipvs: bool,
+    /// Nice value of every thread of this process (-20 to 19): below
+    /// ordinary work, so that a busy host does not make VIP leases lapse.
+    #[arg(long, env = "LB_NICE", default_value_t = lb_proto::process::DAEMON_NICE,
+          allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    nice: i32,
     #[command(flatten)]
     tls: lb_proto::pki::enroll::AgentTlsFlags,
 }
@@ -72,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    lb_proto::process::prioritize(args.nice);
     lb_proto::convert::check_name("--node-id", &args.node_id)?;
     let labels = lb_proto::process::label_flags("--labels", &args.labels)?;
     let who = lb_proto::pki::enroll::Enrollee {

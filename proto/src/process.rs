@@ -1,6 +1,6 @@
 //! What every lbfabric process does the same way: stop on SIGINT or
-//! SIGTERM, read `--labels key=value` flags, and the TLS flags of a client
-//! of the controllers.
+//! SIGTERM, read `--labels key=value` flags, the TLS flags of a client of
+//! the controllers, and raise its scheduling priority (`--nice`).
 
 use std::collections::BTreeMap;
 
@@ -107,5 +107,48 @@ impl TlsFlags {
         let creds =
             crate::pki::Credentials::from_files(ca, self.cert.as_deref(), self.key.as_deref())?;
         Ok(Some(creds.client_config()))
+    }
+}
+
+/// The `--nice` the lease-keeping daemons (controllers, directors) run at
+/// unless told otherwise: a lease a few hundred milliseconds long must not
+/// lapse because ordinary work (nice 0) kept the CPUs busy. keepalived
+/// answers the same threat with `vrrp_priority`.
+pub const DAEMON_NICE: i32 = -10;
+
+/// Sets the nice value of every thread of this process (on Linux, nice is
+/// per thread; threads started later inherit it from the thread that
+/// starts them). Returns how many threads were changed; fails without
+/// CAP_SYS_NICE when lowering it, which callers report and carry on from.
+pub fn renice(nice: i32) -> std::io::Result<usize> {
+    let mut changed = 0;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let name = task?.file_name();
+        let Some(tid) = name.to_str().and_then(|t| t.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Some(pid) = rustix::process::Pid::from_raw(tid) else {
+            continue;
+        };
+        match rustix::process::setpriority_process(Some(pid), nice) {
+            Ok(()) => changed += 1,
+            // A thread that ended meanwhile.
+            Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(changed)
+}
+
+/// [`renice`], logged: a refusal is a warning, not a reason to stop.
+pub fn prioritize(nice: i32) {
+    match renice(nice) {
+        Ok(threads) => tracing::debug!(nice, threads, "scheduling priority set"),
+        Err(e) => tracing::warn!(
+            nice,
+            error = %e,
+            "could not set the scheduling priority (lowering the nice value needs CAP_SYS_NICE): \
+             on a busy host, VIP leases may lapse"
+        ),
     }
 }
