@@ -2,13 +2,14 @@
 //! addresses, no traffic claimed twice, realservers found by address and
 //! port, batches applied whole or not at all.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use lb_proto::convert::{check_realserver, patch_realserver};
 use lb_proto::model::{RealServer, RealServerPatch, Service, VirtualAddress};
 use lb_proto::FieldError;
 
-use super::{Applied, Command, CommandResult, EventKind, Rejected, State};
+use super::{Applied, CommandResult, EventKind, Rejected, State};
 
 impl State {
     /// `lbctl import`: several services at once.
@@ -19,18 +20,22 @@ impl State {
     ) -> CommandResult {
         // All or nothing: apply to a copy, keep it only if every service fits.
         let mut next = self.clone();
+        // Built once: checking each service against all the others would
+        // make an import of n services cost n².
+        let mut claims = Claims::of(&next.services);
         let mut revision = 0;
         for (i, service) in services.into_iter().enumerate() {
             let name = service.name.clone();
-            let cmd = if replace && next.services.contains_key(&name) {
-                Command::UpdateService {
-                    service,
-                    expected_mod_revision: 0,
-                }
+            let before = next.services.get(&name).map(|s| s.address);
+            let applied = if replace && before.is_some() {
+                next.update_service_claimed(service, 0, &claims)
             } else {
-                Command::CreateService { service }
+                next.create_service_claimed(service, &claims)
             };
-            revision = next.apply(cmd).map_err(|r| r.in_batch(i, &name))?.revision;
+            revision = applied.map_err(|r| r.in_batch(i, &name))?.revision;
+            if let Some(now) = next.services.get(&name) {
+                claims.record(before, now);
+            }
         }
         *self = next;
         Ok(Applied {
@@ -40,7 +45,12 @@ impl State {
     }
 
     pub(super) fn create_service(&mut self, service: Service) -> CommandResult {
-        self.check_unique(&service, None)?;
+        let claims = Claims::of(&self.services);
+        self.create_service_claimed(service, &claims)
+    }
+
+    fn create_service_claimed(&mut self, service: Service, claims: &Claims) -> CommandResult {
+        self.check_unique(&service, None, claims)?;
         Ok(self.commit(EventKind::ServiceCreated, service, None))
     }
 
@@ -48,6 +58,16 @@ impl State {
         &mut self,
         service: Service,
         expected_mod_revision: u64,
+    ) -> CommandResult {
+        let claims = Claims::of(&self.services);
+        self.update_service_claimed(service, expected_mod_revision, &claims)
+    }
+
+    fn update_service_claimed(
+        &mut self,
+        service: Service,
+        expected_mod_revision: u64,
+        claims: &Claims,
     ) -> CommandResult {
         let current = self.service(&service.name)?;
         if expected_mod_revision != 0 && expected_mod_revision != current.mod_revision {
@@ -58,7 +78,7 @@ impl State {
             });
         }
         let create_revision = current.create_revision;
-        self.check_unique(&service, Some(&service.name))?;
+        self.check_unique(&service, Some(&service.name), claims)?;
         let service = Service {
             create_revision,
             ..service
@@ -139,36 +159,75 @@ impl State {
         })
     }
 
-    /// A name and a virtual address belong to one service only.
-    fn check_unique(&self, service: &Service, replacing: Option<&str>) -> Result<(), Rejected> {
+    /// A name and a virtual address belong to one service only, and no
+    /// traffic is claimed by two services (`claims`: the services' as they
+    /// are now).
+    fn check_unique(
+        &self,
+        service: &Service,
+        replacing: Option<&str>,
+        claims: &Claims,
+    ) -> Result<(), Rejected> {
         if replacing.is_none() && self.services.contains_key(&service.name) {
             return Err(Rejected::AlreadyExists {
                 what: format!("service {}", service.name),
             });
         }
-        match self
-            .services
-            .values()
-            .find(|s| s.address == service.address && Some(s.name.as_str()) != replacing)
+        if let Some(other) = claims
+            .addresses
+            .get(&service.address)
+            .filter(|other| Some(other.as_str()) != replacing)
         {
-            Some(other) => Err(Rejected::AlreadyExists {
-                what: format!(
-                    "virtual address {} (service {})",
-                    service.address, other.name
-                ),
-            }),
-            None => Ok(()),
-        }?;
-        let others = self
-            .services
-            .values()
-            .filter(|s| s.name != service.name && Some(s.name.as_str()) != replacing);
-        for other in others {
+            return Err(Rejected::AlreadyExists {
+                what: format!("virtual address {} (service {other})", service.address),
+            });
+        }
+        // A marked service may clash with any other; an unmarked one only
+        // with the marked ones.
+        let candidates: Box<dyn Iterator<Item = &Service>> = if service.mark_match.is_some() {
+            Box::new(self.services.values())
+        } else {
+            Box::new(claims.marked.iter().filter_map(|n| self.services.get(n)))
+        };
+        for other in
+            candidates.filter(|s| s.name != service.name && Some(s.name.as_str()) != replacing)
+        {
             if let Some(e) = mark_clash(service, other) {
                 return Err(Rejected::Invalid(e));
             }
         }
         Ok(())
+    }
+}
+
+/// Which service claims each virtual address, and which services claim
+/// marked traffic: what a new or changed service is checked against.
+#[derive(Debug, Default)]
+struct Claims {
+    addresses: BTreeMap<VirtualAddress, String>,
+    marked: BTreeSet<String>,
+}
+
+impl Claims {
+    fn of(services: &BTreeMap<String, Service>) -> Self {
+        let mut claims = Claims::default();
+        for s in services.values() {
+            claims.record(None, s);
+        }
+        claims
+    }
+
+    /// `now` was committed, at `before`'s address if it existed already.
+    fn record(&mut self, before: Option<VirtualAddress>, now: &Service) {
+        if let Some(old) = before.filter(|a| *a != now.address) {
+            self.addresses.remove(&old);
+        }
+        self.addresses.insert(now.address, now.name.clone());
+        if now.mark_match.is_some() {
+            self.marked.insert(now.name.clone());
+        } else {
+            self.marked.remove(&now.name);
+        }
     }
 }
 

@@ -396,6 +396,46 @@ fn marked_traffic_is_claimed_once() {
 }
 
 #[test]
+fn a_batch_checks_each_member_against_the_ones_before_it() {
+    let mut st = State::default();
+    st.apply(Command::CreateService {
+        service: service("web", "10.0.0.1"),
+    })
+    .unwrap();
+    // web moves away and api takes its old address, in one batch.
+    st.apply(Command::ApplyServices {
+        services: vec![service("web", "10.0.0.2"), service("api", "10.0.0.1")],
+        replace: true,
+    })
+    .unwrap();
+    assert_eq!(st.services["api"].vip(), Some("10.0.0.1".parse().unwrap()));
+    // A marked member claims traffic a later unmarked one asks for.
+    let before = st.clone();
+    let r = st.apply(Command::ApplyServices {
+        services: vec![
+            marked("shop", 1, "10.0.0.9", &[80]),
+            service("late", "10.0.0.9"),
+        ],
+        replace: false,
+    });
+    match r {
+        Err(Rejected::Invalid(e)) => assert!(
+            e.to_string()
+                .contains("is marked (10.0.0.9 tcp 80) for fwmark service shop"),
+            "{e}"
+        ),
+        other => panic!("accepted a clash: {other:?}"),
+    }
+    // Two members with one address.
+    let r = st.apply(Command::ApplyServices {
+        services: vec![service("a", "10.0.0.5"), service("b", "10.0.0.5")],
+        replace: false,
+    });
+    assert!(matches!(r, Err(Rejected::AlreadyExists { .. })), "{r:?}");
+    assert_eq!(st, before);
+}
+
+#[test]
 fn rejected_commands_change_nothing() {
     let mut st = State::default();
     st.apply(Command::CreateService {
