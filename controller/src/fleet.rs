@@ -13,8 +13,7 @@ use std::time::Instant;
 
 use lb_proto::pb;
 
-use crate::state::State;
-use crate::store::SharedState;
+use crate::store::{SharedState, SmData};
 use crate::timing::LeaseTiming;
 
 /// What the leader last heard from a director.
@@ -139,7 +138,6 @@ impl Fleet {
         // Whoever needs both locks takes the fleet's first.
         let directors = self.lock().directors.clone();
         let data = shared.read();
-        let state = &data.state;
         directors
             .iter()
             .map(|(node_id, d)| pb::DirectorStatus {
@@ -152,7 +150,7 @@ impl Fleet {
                 foreign_services: d.foreign_services.clone(),
                 changes_applied: d.changes_applied,
                 held: d.held.clone(),
-                owns: vip_leases(state, node_id),
+                owns: vip_leases(&data, node_id),
                 live: d.live(timing),
                 stats: d.stats.as_ref().map(|(s, _)| (**s).clone()),
                 stats_age_ms: d.stats.as_ref().map_or(0, |(_, at)| millis_since(*at)),
@@ -198,8 +196,8 @@ impl Fleet {
 }
 
 /// The VIPs `node` owns, as the wire carries them.
-pub fn vip_leases(state: &State, node: &str) -> Vec<pb::VipLease> {
-    lb_proto::convert::vip_leases(state.owned_by(node))
+pub fn vip_leases(data: &SmData, node: &str) -> Vec<pb::VipLease> {
+    lb_proto::convert::vip_leases(data.owned_by(node))
 }
 
 fn millis_since(at: Instant) -> u64 {

@@ -156,7 +156,7 @@ impl AgentStream for Director {
         let (voters, controllers) = membership(app);
         let data = app.state.read();
         let state = &data.state;
-        let owned = state.owned_by(&self.node);
+        let owned = data.owned_by(&self.node);
         let now = Instant::now();
         let leases = if self.ack > 0 {
             let mut grants = app.grants();

@@ -33,7 +33,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::app::App;
-use crate::state::{vips, Command, Needs, VipOwner};
+use crate::state::{Command, Needs, VipOwner};
 use crate::timing::LeaseTiming;
 
 /// A director as the leader sees it.
@@ -245,7 +245,7 @@ fn changes(app: &App, timing: LeaseTiming) -> Vec<Change> {
             .collect()
     };
     let data = app.state.read();
-    let vips = vips(data.state.services.values());
+    let vips = &data.derived.vips;
     let owner = |vip: &IpAddr| -> Option<&VipOwner> {
         data.state
             .owners
@@ -259,7 +259,7 @@ fn changes(app: &App, timing: LeaseTiming) -> Vec<Change> {
         }
     }
     let mut out = Vec::new();
-    for (vip, needs) in &vips {
+    for (vip, needs) in vips {
         let expected_epoch = data.state.owners.get(vip).map_or(0, |o| o.epoch);
         let from = owner(vip).map(|o| o.director.clone());
         let to = match step(needs, from.as_deref(), &candidates, &load, timing) {

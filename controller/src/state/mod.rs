@@ -30,7 +30,7 @@ mod services;
 pub use agents::{Agent, Health};
 pub use command::{Applied, Command, CommandResult, Rejected};
 pub use events::{Compacted, Event, EventKind, EVENT_HISTORY};
-pub use owners::{vips, Needs, VipOwner};
+pub use owners::{vips, Derived, Needs, VipOwner};
 pub use security::{CaKeys, JoinAttempt, JoinToken, Security};
 
 /// The whole replicated configuration.

@@ -67,14 +67,41 @@ impl State {
         Ok(Applied::none())
     }
 
-    /// The VIPs `node` owns among those the configuration still has, with
-    /// their epochs.
-    pub fn owned_by(&self, node: &str) -> Vec<(IpAddr, u64)> {
-        let vips = vips(self.services.values());
+    /// The VIPs `node` owns among those the configuration still has
+    /// (`derived`: this state's), with their epochs.
+    pub fn owned_by(&self, derived: &Derived, node: &str) -> Vec<(IpAddr, u64)> {
         self.owners
             .iter()
-            .filter(|(vip, o)| o.director == node && vips.contains_key(vip))
+            .filter(|(vip, o)| o.director == node && derived.vips.contains_key(vip))
             .map(|(vip, o)| (*vip, o.epoch))
             .collect()
+    }
+}
+
+/// What is computed from the configuration once per revision and shared
+/// by every reader (each director's heartbeat answer, the leader's
+/// placement rounds), instead of by each of them many times a second.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Derived {
+    /// The revision this was computed at.
+    pub revision: u64,
+    /// The configuration's VIPs and what each needs.
+    pub vips: BTreeMap<IpAddr, Needs>,
+}
+
+impl Derived {
+    pub fn of(state: &State) -> Self {
+        Derived {
+            revision: state.revision,
+            vips: vips(state.services.values()),
+        }
+    }
+
+    /// Computed again when `state` has moved on (every change to the
+    /// services moves the revision).
+    pub fn refresh(&mut self, state: &State) {
+        if self.revision != state.revision {
+            *self = Derived::of(state);
+        }
     }
 }

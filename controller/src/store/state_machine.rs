@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use super::tables::{Side, AGENTS, DIRECTOR_DOWN, OWNERS, SECURITY};
 use super::{decode, StoreError, EVENTS, SERVICES, SM_META, SNAPSHOT};
-use crate::state::{CommandResult, Event, State};
+use crate::state::{CommandResult, Derived, Event, State};
 use crate::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use lb_proto::model::Service;
 
@@ -38,6 +38,16 @@ pub struct SmData {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
     pub state: State,
+    /// Computed from `state` whenever a change is applied.
+    #[serde(skip)]
+    pub derived: Derived,
+}
+
+impl SmData {
+    /// The VIPs `node` owns among those the configuration still has.
+    pub fn owned_by(&self, node: &str) -> Vec<(std::net::IpAddr, u64)> {
+        self.state.owned_by(&self.derived, node)
+    }
 }
 
 /// The applied state, shared with the API for reads and watches.
@@ -61,6 +71,8 @@ impl SharedState {
     fn replace(&self, f: impl FnOnce(&mut SmData)) {
         let mut data = self.data.write().unwrap_or_else(PoisonError::into_inner);
         f(&mut data);
+        let SmData { state, derived, .. } = &mut *data;
+        derived.refresh(state);
         self.revision.send_replace(data.state.revision);
     }
 }
@@ -115,6 +127,7 @@ impl StateMachineStore {
                 bytes.value(),
             )?);
         }
+        data.derived = Derived::of(&data.state);
         let (revision, _) = watch::channel(data.state.revision);
         Ok(StateMachineStore {
             db,
@@ -262,6 +275,7 @@ impl StateMachineStore {
             *data = SmData {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
+                derived: Derived::of(&state),
                 state,
             }
         });

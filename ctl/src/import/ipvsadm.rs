@@ -7,6 +7,8 @@
 //! `-S` without `-n` writes names: well-known port names are read, host
 //! names are refused (save with `-Sn`).
 
+use std::collections::HashMap;
+
 use lb_proto::pb;
 
 use super::{endpoint_name, Found, ImportError, Imported};
@@ -17,6 +19,9 @@ const DEFAULT_PERSISTENCE: u32 = 360;
 
 pub fn parse(file: &str, text: &str) -> Result<Imported, ImportError> {
     let mut out = Imported::default();
+    // Service name → its index in `out.services`: a table of thousands of
+    // services must not be searched once per line.
+    let mut index: HashMap<String, usize> = HashMap::new();
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, raw) in text.split('\n').enumerate() {
         let line = i + 1;
@@ -39,9 +44,10 @@ pub fn parse(file: &str, text: &str) -> Result<Imported, ImportError> {
         match cmd.command {
             Cmd::AddService => {
                 let (vaddr, name) = cmd.virtual_address().map_err(err)?;
-                if out.services.iter().any(|f| f.service.name == name) {
+                if index.contains_key(&name) {
                     return Err(err(format!("virtual service {name} is added twice")));
                 }
+                index.insert(name.clone(), out.services.len());
                 let mut s = pb::Service {
                     name,
                     virtual_address: Some(vaddr),
@@ -75,10 +81,8 @@ pub fn parse(file: &str, text: &str) -> Result<Imported, ImportError> {
             }
             Cmd::AddServer => {
                 let (_, name) = cmd.virtual_address().map_err(err)?;
-                let idx = out
-                    .services
-                    .iter()
-                    .position(|f| f.service.name == name)
+                let idx = *index
+                    .get(&name)
                     .ok_or_else(|| err(format!("no -A line before it adds {name}")))?;
                 let server = cmd
                     .server

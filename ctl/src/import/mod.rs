@@ -94,6 +94,8 @@ impl Imported {
     /// breaks one is reported with its line.
     pub fn validate(&self) -> Result<Vec<Service>, ImportError> {
         let mut names = BTreeSet::new();
+        // Virtual address → the index of the service that has it.
+        let mut addresses = std::collections::HashMap::new();
         let mut out = Vec::with_capacity(self.services.len());
         for f in &self.services {
             let err = |message: String| ImportError {
@@ -110,16 +112,14 @@ impl Imported {
             }
             let service = Service::try_from(f.service.clone()).map_err(|e| err(e.to_string()))?;
             // The controller refuses a batch with two services on one address.
-            if let Some(i) = out
-                .iter()
-                .position(|o: &Service| o.address == service.address)
-            {
-                let first = &self.services[i];
+            if let Some(&i) = addresses.get(&service.address) {
+                let first: &Found = &self.services[i];
                 return Err(err(format!(
                     "virtual address {} is already defined at {}:{}",
                     service.address, first.file, first.line
                 )));
             }
+            addresses.insert(service.address, out.len());
             out.push(service);
         }
         Ok(out)
@@ -160,16 +160,18 @@ pub fn parse(format: Format, file: &str, text: &str) -> Result<Imported, ImportE
 /// owners.
 pub fn merge(parts: Vec<Imported>) -> Imported {
     let mut out = Imported::default();
+    // Service name → its index in `out.services`.
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for part in parts {
         out.notes.extend(part.notes);
         out.owners.extend(part.owners);
         for f in part.services {
-            let same = out
-                .services
-                .iter()
-                .find(|o| o.service.name == f.service.name);
+            let same = index.get(&f.service.name).map(|&i| &out.services[i]);
             match same {
-                None => out.services.push(f),
+                None => {
+                    index.insert(f.service.name.clone(), out.services.len());
+                    out.services.push(f);
+                }
                 Some(first) => {
                     let placement = |s: &pb::Service| pb::Service {
                         directors: None,
