@@ -60,9 +60,15 @@ pub enum Command {
     /// the director answering for it (owner@epoch), each realserver with its forwarding
     /// method, weight, health, state and connections; then who holds each VIP.
     #[command(
-        after_help = "Examples:\n  lbctl status\n  lbctl status --stats\n  lbctl status --rate\n  lbctl status -o json"
+        after_help = "Examples:\n  lbctl status\n  lbctl status --stats\n  lbctl status --rate\n  lbctl status --vip 10.10.1.30\n  lbctl status -o json"
     )]
     Status {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only the services on this VIP, and only this VIP.
+        #[arg(long)]
+        vip: Option<String>,
         /// Totals (connections, packets, bytes) instead of active/inactive connections.
         #[arg(long, conflicts_with = "rate")]
         stats: bool,

@@ -81,7 +81,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd::director::director_stats(&mut ctl, out, node.as_deref(), rate).await
         }
         Command::Cluster(cmd) => cmd::cluster::cluster(&mut ctl, out, cmd).await,
-        Command::Status { stats, rate } => cmd::status::status(&mut ctl, out, stats, rate).await,
+        Command::Status {
+            service,
+            vip,
+            stats,
+            rate,
+        } => {
+            let only = (service.unwrap_or_default(), vip.unwrap_or_default());
+            cmd::status::status(&mut ctl, out, only, (stats, rate)).await
+        }
         Command::Watch { from_revision } => cmd::watch::watch(&mut ctl, out, from_revision).await,
         Command::Import {
             format,

@@ -11,6 +11,7 @@ mod budget;
 mod cluster_admin;
 mod director_sync;
 pub mod enrollment;
+mod paging;
 mod raft;
 mod realserver_sync;
 mod service_admin;

@@ -1,6 +1,7 @@
 //! `lb.v1.ServiceAdmin`: validated writes through Raft, linearizable reads,
 //! and the ordered event stream.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::paging::Page;
 use crate::app::App;
 use crate::error::status;
 use crate::state::{Applied, Command, Event, EventKind};
@@ -99,19 +101,15 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         &self,
         req: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
-        self.app
-            .read_barrier(req.into_inner().stale)
-            .await
-            .map_err(status)?;
+        let req = req.into_inner();
+        let page = Page::of(req.page_size, &req.page_token).map_err(|e| status(e.into()))?;
+        self.app.read_barrier(req.stale).await.map_err(status)?;
         let data = self.app.state.read();
+        let (services, next_page_token) = page.of_services(&data.state.services, |_| true);
         Ok(Response::new(pb::ListServicesResponse {
-            services: data
-                .state
-                .services
-                .values()
-                .map(pb::Service::from)
-                .collect(),
+            services: services.into_iter().map(pb::Service::from).collect(),
             revision: data.state.revision,
+            next_page_token,
         }))
     }
 
@@ -301,6 +299,7 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         req: Request<pb::ListRealServersRequest>,
     ) -> Result<Response<pb::ListRealServersResponse>, Status> {
         let req = req.into_inner();
+        let page = Page::of(req.page_size, &req.page_token).map_err(|e| status(e.into()))?;
         self.app.read_barrier(req.stale).await.map_err(status)?;
         let data = self.app.state.read();
         if !req.service.is_empty() && !data.state.services.contains_key(&req.service) {
@@ -310,10 +309,11 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
             )));
         }
         let state = &data.state;
-        let realservers = state
-            .services
-            .values()
-            .filter(|s| req.service.is_empty() || s.name == req.service)
+        let (services, next_page_token) = page.of_services(&state.services, |s| {
+            req.service.is_empty() || s.name == req.service
+        });
+        let realservers = services
+            .into_iter()
             .flat_map(|s| {
                 state
                     .backends(s)
@@ -330,6 +330,7 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         Ok(Response::new(pb::ListRealServersResponse {
             realservers,
             revision: data.state.revision,
+            next_page_token,
         }))
     }
 
@@ -350,78 +351,109 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
 
     async fn get_status(
         &self,
-        _req: Request<pb::GetStatusRequest>,
+        req: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::FabricStatus>, Status> {
+        let req = req.into_inner();
+        let page = Page::of(req.page_size, &req.page_token).map_err(|e| status(e.into()))?;
+        let only_vip = match req.vip.as_str() {
+            "" => None,
+            v => Some(v.parse::<std::net::IpAddr>().map_err(|_| {
+                status(FieldError::new("vip", format!("{v:?} is not an IP address")).into())
+            })?),
+        };
         self.app.require_leader().map_err(status)?;
         let directors = self
             .app
             .fleet
             .directors_status(&self.app.state, self.app.leases);
-        let vips = self.app.fleet.vips_status(&self.app.state);
-        let data = self.app.state.read();
-        let state = &data.state;
-        let services = state
-            .services
-            .values()
-            .map(|s| {
-                let vip = s.vip().map(|v| v.to_string()).unwrap_or_default();
-                let owner = vips
+        let mut vips = self.app.fleet.vips_status(&self.app.state);
+        if let Some(v) = only_vip {
+            vips.retain(|s| s.vip.parse().ok() == Some(v));
+        }
+        // Looked up per service: by VIP, and each director's counters by
+        // service name (a scan per service would cost services × VIPs).
+        let owners: HashMap<&str, &pb::VipStatus> = vips
+            .iter()
+            .filter(|v| !v.owner.is_empty())
+            .map(|v| (v.vip.as_str(), v))
+            .collect();
+        let counted: Vec<(&pb::DirectorStatus, HashMap<&str, &pb::ServiceStats>)> = directors
+            .iter()
+            .map(|d| {
+                let by_name = d
+                    .stats
                     .iter()
-                    .find(|v| !vip.is_empty() && v.vip == vip && !v.owner.is_empty());
-                // The owner carries the traffic; a standby's synced
-                // connections would count twice. No owner: every director's.
-                let reporting: Vec<&pb::DirectorStatus> = directors
-                    .iter()
-                    .filter(|d| owner.is_none_or(|o| o.owner == d.node_id))
+                    .flat_map(|st| &st.services)
+                    .map(|ss| (ss.service.as_str(), ss))
                     .collect();
-                let stats: Vec<(&pb::ServiceStats, u64)> = reporting
-                    .iter()
-                    .filter_map(|d| {
-                        let st = d.stats.as_ref()?;
-                        let ss = st.services.iter().find(|x| x.service == s.name)?;
-                        Some((ss, d.stats_age_ms))
-                    })
-                    .collect();
-                let realservers = state
-                    .backends(s)
-                    .into_iter()
-                    .map(|(rs, agent, health)| {
-                        let mut b = pb::BackendStatus {
-                            realserver: Some((&rs).into()),
-                            health: health.as_str().to_string(),
-                            agent: agent.map(|a| a.node_id.clone()).unwrap_or_default(),
-                            ..Default::default()
-                        };
-                        for (ss, _) in &stats {
-                            let addr = rs.address.to_string();
-                            for r in ss
-                                .realservers
-                                .iter()
-                                .filter(|r| r.address == addr && r.port == u32::from(rs.port))
-                            {
-                                b.active_conns += r.active_conns;
-                                b.inactive_conns += r.inactive_conns;
-                                add_counters(&mut b.counters, r.counters.as_ref());
-                            }
-                        }
-                        b
-                    })
-                    .collect();
-                let mut counters = None;
-                for (ss, _) in &stats {
-                    add_counters(&mut counters, ss.counters.as_ref());
-                }
-                pb::ServiceStatus {
-                    service: Some(s.into()),
-                    owner: owner.map(|o| o.owner.clone()).unwrap_or_default(),
-                    epoch: owner.map_or(0, |o| o.epoch),
-                    held: owner.is_some_and(|o| o.held),
-                    counters,
-                    realservers,
-                    stats_age_ms: stats.iter().map(|(_, age)| *age).max().unwrap_or(0),
-                }
+                (d, by_name)
             })
             .collect();
+        let data = self.app.state.read();
+        let state = &data.state;
+        if !req.service.is_empty() && !state.services.contains_key(&req.service) {
+            return Err(Status::not_found(format!(
+                "service {} not found",
+                req.service
+            )));
+        }
+        let (page, next_page_token) = page.of_services(&state.services, |s| {
+            (req.service.is_empty() || s.name == req.service)
+                && only_vip.is_none_or(|v| s.vip() == Some(v))
+        });
+        let services =
+            page.into_iter()
+                .map(|s| {
+                    let vip = s.vip().map(|v| v.to_string()).unwrap_or_default();
+                    let owner = owners.get(vip.as_str()).copied();
+                    // The owner carries the traffic; a standby's synced
+                    // connections would count twice. No owner: every director's.
+                    let stats: Vec<(&pb::ServiceStats, u64)> = counted
+                        .iter()
+                        .filter(|(d, _)| owner.is_none_or(|o| o.owner == d.node_id))
+                        .filter_map(|(d, by_name)| {
+                            Some((*by_name.get(s.name.as_str())?, d.stats_age_ms))
+                        })
+                        .collect();
+                    let realservers =
+                        state
+                            .backends(s)
+                            .into_iter()
+                            .map(|(rs, agent, health)| {
+                                let mut b = pb::BackendStatus {
+                                    realserver: Some((&rs).into()),
+                                    health: health.as_str().to_string(),
+                                    agent: agent.map(|a| a.node_id.clone()).unwrap_or_default(),
+                                    ..Default::default()
+                                };
+                                for (ss, _) in &stats {
+                                    let addr = rs.address.to_string();
+                                    for r in ss.realservers.iter().filter(|r| {
+                                        r.address == addr && r.port == u32::from(rs.port)
+                                    }) {
+                                        b.active_conns += r.active_conns;
+                                        b.inactive_conns += r.inactive_conns;
+                                        add_counters(&mut b.counters, r.counters.as_ref());
+                                    }
+                                }
+                                b
+                            })
+                            .collect();
+                    let mut counters = None;
+                    for (ss, _) in &stats {
+                        add_counters(&mut counters, ss.counters.as_ref());
+                    }
+                    pb::ServiceStatus {
+                        service: Some(s.into()),
+                        owner: owner.map(|o| o.owner.clone()).unwrap_or_default(),
+                        epoch: owner.map_or(0, |o| o.epoch),
+                        held: owner.is_some_and(|o| o.held),
+                        counters,
+                        realservers,
+                        stats_age_ms: stats.iter().map(|(_, age)| *age).max().unwrap_or(0),
+                    }
+                })
+                .collect();
         Ok(Response::new(pb::FabricStatus {
             revision: state.revision,
             services,
@@ -443,6 +475,7 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
                     })
                 })
                 .collect(),
+            next_page_token,
         }))
     }
 

@@ -119,12 +119,7 @@ pub(crate) async fn export(
     format: ExportFormat,
     director: Option<&str>,
 ) -> anyhow::Result<()> {
-    let resp = call!(
-        ctl,
-        ServiceAdminClient,
-        list_services,
-        pb::ListServicesRequest { stale: false }
-    )?;
+    let resp = super::paged::services(ctl, false).await?;
     let services = resp
         .services
         .into_iter()

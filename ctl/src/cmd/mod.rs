@@ -5,6 +5,7 @@ pub(crate) mod cluster;
 pub(crate) mod director;
 pub(crate) mod import;
 pub(crate) mod node;
+pub(crate) mod paged;
 pub(crate) mod pki;
 pub(crate) mod realserver;
 pub(crate) mod service;

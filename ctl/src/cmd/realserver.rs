@@ -70,11 +70,7 @@ pub(crate) async fn realserver(
         RealserverCmd::Drain { node } => set_drain(ctl, node, true).await,
         RealserverCmd::Enable { node } => set_drain(ctl, node, false).await,
         RealserverCmd::List { service, stale } => {
-            let req = pb::ListRealServersRequest {
-                service: service.unwrap_or_default(),
-                stale,
-            };
-            let resp = call!(ctl, ServiceAdminClient, list_real_servers, req)?;
+            let resp = super::paged::realservers(ctl, service.unwrap_or_default(), stale).await?;
             if out == Output::Json {
                 return output::json(&resp, "lb.v1.ListRealServersResponse");
             }

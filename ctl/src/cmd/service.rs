@@ -33,12 +33,7 @@ pub(crate) async fn service(
             show_service(out, &resp, "created")
         }
         ServiceCmd::List { stale } => {
-            let resp = call!(
-                ctl,
-                ServiceAdminClient,
-                list_services,
-                pb::ListServicesRequest { stale }
-            )?;
+            let resp = super::paged::services(ctl, stale).await?;
             if out == Output::Json {
                 return output::json(&resp, "lb.v1.ListServicesResponse");
             }

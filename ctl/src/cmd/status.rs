@@ -1,20 +1,19 @@
 //! `lbctl status`: the `ipvsadm -Ln` view across the fabric, with owners.
 
 use lb_proto::client::Controller;
-use lb_proto::pb;
-use lb_proto::pb::service_admin_client::ServiceAdminClient;
 
 use crate::cli::*;
-use crate::{api, output};
+use crate::output;
 
 /// `lbctl status`: the ipvsadm-like view of every service, then the VIPs.
+/// `only`: a service name and a VIP to narrow it to (empty: all).
 pub(crate) async fn status(
     ctl: &mut Controller,
     out: Output,
-    stats: bool,
-    rate: bool,
+    (service, vip): (String, String),
+    (stats, rate): (bool, bool),
 ) -> anyhow::Result<()> {
-    let resp = call!(ctl, ServiceAdminClient, get_status, pb::GetStatusRequest {})?;
+    let resp = super::paged::status(ctl, service, vip).await?;
     if out == Output::Json {
         return output::json(&resp, "lb.v1.FabricStatus");
     }

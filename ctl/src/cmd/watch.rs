@@ -22,7 +22,12 @@ pub(crate) async fn watch(
             ctl,
             ServiceAdminClient,
             list_services,
-            pb::ListServicesRequest { stale: false }
+            // One service is enough: only the revision is wanted.
+            pb::ListServicesRequest {
+                stale: false,
+                page_size: 1,
+                page_token: String::new(),
+            }
         )?
         .revision
             + 1

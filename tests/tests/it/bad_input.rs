@@ -37,7 +37,10 @@ fn good(name: &str) -> pb::Service {
 
 async fn state(admin: &mut ServiceAdminClient<Channel>) -> pb::ListServicesResponse {
     admin
-        .list_services(pb::ListServicesRequest { stale: false })
+        .list_services(pb::ListServicesRequest {
+            stale: false,
+            ..Default::default()
+        })
         .await
         .expect("list")
         .into_inner()

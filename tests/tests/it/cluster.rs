@@ -29,7 +29,10 @@ fn service(i: usize) -> pb::Service {
 async fn names_on(node: &ControllerProc, stale: bool) -> anyhow::Result<Vec<String>> {
     let mut admin = node.admin().await?;
     let list = admin
-        .list_services(pb::ListServicesRequest { stale })
+        .list_services(pb::ListServicesRequest {
+            stale,
+            ..Default::default()
+        })
         .await?
         .into_inner();
     Ok(list.services.into_iter().map(|s| s.name).collect())

@@ -175,7 +175,10 @@ async fn only_the_fabrics_identities_get_in() -> anyhow::Result<()> {
     // Nothing changed: the service is there, no agent registered.
     let mut admin_api = ServiceAdminClient::new(channel(&a, &admin).await?);
     let services = admin_api
-        .list_services(pb::ListServicesRequest { stale: false })
+        .list_services(pb::ListServicesRequest {
+            stale: false,
+            ..Default::default()
+        })
         .await?
         .into_inner();
     assert_eq!(services.services.len(), 1);
