@@ -105,3 +105,38 @@ impl Derived {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::tests::service;
+    use crate::state::Command;
+
+    #[test]
+    fn the_derived_view_follows_the_revision() {
+        let mut st = State::default();
+        let mut derived = Derived::of(&st);
+        st.apply(Command::CreateService {
+            service: service("web", "10.0.0.1"),
+        })
+        .unwrap();
+        st.apply(Command::AssignVip {
+            vip: "10.0.0.1".parse().unwrap(),
+            director: "d1".into(),
+            expected_epoch: 0,
+        })
+        .unwrap();
+        // Stale until refreshed: d1 owns nothing the configuration has.
+        assert!(st.owned_by(&derived, "d1").is_empty());
+        derived.refresh(&st);
+        assert_eq!(
+            st.owned_by(&derived, "d1"),
+            [("10.0.0.1".parse().unwrap(), 1)]
+        );
+        st.apply(Command::DeleteService { name: "web".into() })
+            .unwrap();
+        derived.refresh(&st);
+        assert!(derived.vips.is_empty());
+        assert!(st.owned_by(&derived, "d1").is_empty());
+    }
+}

@@ -8,7 +8,7 @@ use lb_proto::pb;
 
 use super::*;
 
-fn service(name: &str, vip: &str) -> Service {
+pub(super) fn service(name: &str, vip: &str) -> Service {
     Service::try_from(pb::Service {
         name: name.into(),
         virtual_address: Some(pb::service::VirtualAddress::Endpoint(pb::Endpoint {
@@ -579,32 +579,4 @@ fn old_events_are_compacted() {
     }
     assert_eq!(st.events_since(3), Err(Compacted { oldest: 6 }));
     assert_eq!(st.events_since(6).unwrap().len(), EVENT_HISTORY);
-}
-
-#[test]
-fn the_derived_view_follows_the_revision() {
-    let mut st = State::default();
-    let mut derived = Derived::of(&st);
-    st.apply(Command::CreateService {
-        service: service("web", "10.0.0.1"),
-    })
-    .unwrap();
-    st.apply(Command::AssignVip {
-        vip: "10.0.0.1".parse().unwrap(),
-        director: "d1".into(),
-        expected_epoch: 0,
-    })
-    .unwrap();
-    // Stale until refreshed: d1 owns nothing the configuration has.
-    assert!(st.owned_by(&derived, "d1").is_empty());
-    derived.refresh(&st);
-    assert_eq!(
-        st.owned_by(&derived, "d1"),
-        [("10.0.0.1".parse().unwrap(), 1)]
-    );
-    st.apply(Command::DeleteService { name: "web".into() })
-        .unwrap();
-    derived.refresh(&st);
-    assert!(derived.vips.is_empty());
-    assert!(st.owned_by(&derived, "d1").is_empty());
 }
