@@ -502,6 +502,23 @@ impl Fabric {
         .await
     }
 
+    /// True when a fault test's first `attempt` is void: d1's watch shows
+    /// its gaps began while the VM itself was frozen for a lease
+    /// ([`observe::Watched::lapsed_while_frozen`]), which ends every lease
+    /// by design. Then waits for the cluster to be whole for the next try.
+    pub async fn void_if_frozen(
+        &self,
+        attempt: u32,
+        d1: &observe::Watched,
+    ) -> anyhow::Result<bool> {
+        if attempt != 1 || !d1.lapsed_while_frozen(VM_FROZEN_MS) {
+            return Ok(false);
+        }
+        println!("void: the VM froze for a lease; again once the cluster is whole");
+        self.all_voters_answer().await?;
+        Ok(true)
+    }
+
     /// Index of the node that leads now.
     pub async fn leader(&self) -> anyhow::Result<usize> {
         wait_for(Duration::from_secs(30), "a leader", || async {

@@ -267,9 +267,7 @@ async fn controller_leader_kill_moves_no_vip() -> anyhow::Result<()> {
             h1.stalls
         );
         f.controllers[leader].restart()?;
-        if attempt == 1 && h1.lapsed_while_frozen(VM_FROZEN_MS) {
-            println!("void: the VM froze for a lease; again once the cluster is whole");
-            f.all_voters_answer().await?;
+        if f.void_if_frozen(attempt, &h1).await? {
             continue;
         }
         let story = f.lease_story("d1");

@@ -53,9 +53,7 @@ async fn controller_leader_stop_moves_no_vip() -> anyhow::Result<()> {
             h2.held,
             h1.stalls
         );
-        if attempt == 1 && h1.lapsed_while_frozen(VM_FROZEN_MS) {
-            println!("void: the VM froze for a lease; again once the cluster is whole");
-            f.all_voters_answer().await?;
+        if f.void_if_frozen(attempt, &h1).await? {
             continue;
         }
         let story = f.lease_story("d1");
