@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use lb_testkit::fabric::{VM_ONE_CONTROLLER_HEARTBEAT, VM_ONE_CONTROLLER_TIMERS};
+use lb_testkit::fabric::{VM_CONTROLLER_TIMERS, VM_DIRECTOR_HEARTBEAT};
 use lb_testkit::netns::Topology;
 use lb_testkit::{bin, lbctl_ok, wait_for, ControllerProc};
 
@@ -70,12 +70,14 @@ async fn demo() -> anyhow::Result<()> {
     );
     println!("a client (cl), each in a network namespace on one bridge (10.0.0.0/24).");
     // Under the VM's emulated CPU a round trip can outlast the default
-    // 200 ms lease: there the lease and the director's reports run slower.
+    // 200 ms lease (even 600 ms did, on a busy CI machine): there the
+    // lease, the Raft timers and the director's reports run at the VM
+    // test bed's scaled timers.
     let (controller_timers, director_timers): (&[&str], &[&str]) = match lb_testkit::vm::in_vm() {
         true => {
             println!("Running inside the lbfabric VM test bed (qemu, Debian's kernel with IPVS),");
-            println!("with the lease and the director's reports three to four times the defaults.");
-            (&VM_ONE_CONTROLLER_TIMERS, &VM_ONE_CONTROLLER_HEARTBEAT)
+            println!("with the lease, Raft and the director's reports at the test bed's scaled timers (lease 6 s).");
+            (&VM_CONTROLLER_TIMERS, &VM_DIRECTOR_HEARTBEAT)
         }
         false => (&[], &[]),
     };

@@ -67,12 +67,6 @@ pub const VM_CONTROLLER_TIMERS: [&str; 8] = [
 /// host that did not run for this long may have seen its leases end, by
 /// design (its clock ran on), whatever the controllers did.
 pub const VM_FROZEN_MS: u128 = 6000 - 500;
-/// One controller in the VM (no quorum round trips, so the lease need not
-/// cover them): three times the default lease and margin, and the
-/// directors' report interval at 200 ms. A round trip under emulation can
-/// take longer than the default 200 ms lease.
-pub const VM_ONE_CONTROLLER_TIMERS: [&str; 4] = ["--lease-ms", "600", "--lease-margin-ms", "200"];
-pub const VM_ONE_CONTROLLER_HEARTBEAT: [&str; 2] = ["--heartbeat-ms", "200"];
 /// The directors' report interval in the VM, and the hand-over limit on
 /// SIGTERM scaled like the controllers' timers.
 pub const VM_DIRECTOR_HEARTBEAT: [&str; 4] = ["--heartbeat-ms", "500", "--handover-ms", "30000"];

@@ -378,7 +378,7 @@ async fn a_failing_backend_leaves_the_ipvs_table_and_comes_back() -> anyhow::Res
     if !super::in_vm() {
         return Ok(());
     }
-    let mut f = Fabric::with_controllers(1, &VM_ONE_CONTROLLER_TIMERS).await?;
+    let mut f = Fabric::with_controllers(1, &VM_CONTROLLER_TIMERS).await?;
     let (interval, fall, rise) = (500u64, 3u64, 2u64);
     f.lbctl(&[
         "service",
@@ -403,7 +403,7 @@ async fn a_failing_backend_leaves_the_ipvs_table_and_comes_back() -> anyhow::Res
         "--check-rise",
         &rise.to_string(),
     ])?;
-    let _d1 = f.start_director("d1", &VM_ONE_CONTROLLER_HEARTBEAT)?;
+    let _d1 = f.start_director("d1", &VM_DIRECTOR_HEARTBEAT)?;
     f.wait_held("d1", &[DR_VIP], Duration::from_secs(30))
         .await?;
     let both = [
@@ -619,11 +619,11 @@ async fn draining_finishes_connections_and_sends_new_ones_elsewhere() -> anyhow:
     if !super::in_vm() {
         return Ok(());
     }
-    let f = Fabric::with_controllers(1, &VM_ONE_CONTROLLER_TIMERS).await?;
+    let f = Fabric::with_controllers(1, &VM_CONTROLLER_TIMERS).await?;
     f.lbctl(&words(
         "service create web --vip 10.0.0.100:80/tcp --mode dr --scheduler rr --selector pool=web",
     ))?;
-    let _d1 = f.start_director("d1", &VM_ONE_CONTROLLER_HEARTBEAT)?;
+    let _d1 = f.start_director("d1", &VM_DIRECTOR_HEARTBEAT)?;
     f.wait_held("d1", &[DR_VIP], Duration::from_secs(30))
         .await?;
     let line = |w: u32| format!("-a -t 10.0.0.100:80 -r 10.0.0.21:80 -g -w {w}");
