@@ -370,6 +370,35 @@ pub async fn follow_leader(
     }
 }
 
+/// True when an `UNAVAILABLE` call surely changed nothing, so sending it
+/// again cannot apply a write twice: a controller's own answer (a redirect,
+/// or no leader yet: nothing was proposed) or a connection that was never
+/// made. A connection that broke once the request was out (an HTTP/2
+/// keepalive timeout while a busy leader applies a large import, a reset)
+/// may have carried it to the leader.
+pub fn never_reached_the_leader(status: &Status) -> bool {
+    if leader_hint(status).is_some() {
+        return true;
+    }
+    let mut cause = std::error::Error::source(status);
+    if cause.is_none() {
+        return true;
+    }
+    while let Some(e) = cause {
+        if e.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// How long lbctl's unary calls wait for an HTTP/2 ping's answer: a leader
+/// busy applying a large import may answer pings late, and a call already
+/// has its own deadline, so the agents' one second would only break calls
+/// that were going to succeed.
+const UNARY_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Unary calls to the controller cluster that follow the leader.
 pub struct Controller {
     follower: Follower,
@@ -404,7 +433,9 @@ impl Controller {
                 return Ok(c.clone());
             }
         }
-        let channel = channel(target, self.tls.as_ref())?;
+        let endpoint =
+            endpoint(target, self.tls.as_ref())?.keep_alive_timeout(UNARY_KEEPALIVE_TIMEOUT);
+        let channel = connect_lazy(&endpoint);
         self.channel = Some((target.to_string(), channel.clone()));
         Ok(channel)
     }
@@ -423,6 +454,13 @@ impl Controller {
             };
             if status.code() != Code::Unavailable || Instant::now() >= give_up {
                 return Err(status);
+            }
+            if !never_reached_the_leader(&status) {
+                return Err(Status::unavailable(format!(
+                    "{}; the connection broke after the request was sent, so it may have been \
+                     applied: check (e.g. get or list) before sending it again",
+                    status.message()
+                )));
             }
             if let Next::Other { delay } = self.follower.failed(&status) {
                 // Unreachable node or an election under way: try the next address.
@@ -481,6 +519,47 @@ mod tests {
         let spread: std::collections::BTreeSet<Duration> =
             (0..20).map(|_| jitter(ms(100))).collect();
         assert!(spread.len() > 1, "{spread:?}");
+    }
+
+    #[tokio::test]
+    async fn only_calls_that_surely_changed_nothing_are_sent_again() {
+        assert!(never_reached_the_leader(&redirect("b:2")));
+        assert!(never_reached_the_leader(&Status::unavailable(
+            "no leader elected yet"
+        )));
+        // A port nobody listens on (bound, then closed): a connect error.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let status = |addr: String| async move {
+            crate::pb::service_admin_client::ServiceAdminClient::new(channel(&addr, None).unwrap())
+                .get_status(crate::pb::GetStatusRequest::default())
+                .await
+        };
+        let refused = status(format!("127.0.0.1:{port}")).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert!(never_reached_the_leader(&refused), "{refused:?}");
+        // A server that takes the request and then stays silent, not even
+        // answering HTTP/2 pings (a leader too busy to): the keepalive
+        // gives up after the request went out.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    // An HTTP/2 server preface: an empty SETTINGS frame.
+                    let _ = tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+                    let mut buf = [0u8; 4096];
+                    while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        let broke = status(addr.to_string()).await.unwrap_err();
+        assert_eq!(broke.code(), Code::Unavailable, "{broke:?}");
+        assert!(!never_reached_the_leader(&broke), "{broke:?}");
     }
 
     #[tokio::test]
