@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::budget::WriteBudget;
 use super::stream::{first_report, serve, AgentStream, Outbound};
 use crate::app::App;
+use crate::desired;
 use crate::error::status;
 use crate::state::{Command, State};
 
@@ -88,7 +89,7 @@ struct Director {
     stream: u64,
     /// The heartbeat the next message acknowledges (0: none).
     ack: u64,
-    /// The configuration revision last sent.
+    /// The configuration revision the director holds from this node.
     sent_revision: Option<u64>,
     /// What the director last reported holding.
     held: Vec<pb::VipLease>,
@@ -149,10 +150,13 @@ impl AgentStream for Director {
         &report.node_id
     }
 
-    /// Its grants always, the configuration only when the revision differs
-    /// from the one sent. Read under one lock, so the revision, the
-    /// configuration and the grants belong together.
-    fn desired(&mut self, app: &App) -> pb::DirectorDesired {
+    /// Its grants always, and when the revision differs from the one the
+    /// director holds from this node, what changed since (a delta), or
+    /// everything (a snapshot) when the history no longer reaches back
+    /// that far: split into parts, the first carrying the grants. Read
+    /// under one lock, so the revision, the configuration and the grants
+    /// belong together.
+    fn desired(&mut self, app: &App) -> Vec<pb::DirectorDesired> {
         let (voters, controllers) = membership(app);
         let data = app.state.read();
         let state = &data.state;
@@ -167,24 +171,19 @@ impl AgentStream for Director {
             self.wake = None;
             Vec::new()
         };
-        let sent = self.sent_revision.replace(state.revision);
-        pb::DirectorDesired {
+        let mut parts = Vec::new();
+        if self.sent_revision != Some(state.revision) {
+            let (revision, units) = app.desired.at(state);
+            let base = self
+                .sent_revision
+                .and_then(|from| Some((from, app.desired.changed(from, revision)?)));
+            parts = desired::update(&units, base.as_ref().map(|(from, c)| (*from, c)));
+            self.sent_revision = Some(revision);
+        }
+        let mut parts = parts.into_iter();
+        let first = pb::DirectorDesired {
             revision: state.revision,
-            config: (sent != Some(state.revision)).then(|| pb::DesiredConfig {
-                services: state
-                    .effective_services()
-                    .map(|s| pb::Service::from(&s))
-                    .collect(),
-                checks: state
-                    .director_checks()
-                    .into_iter()
-                    .map(|(service, a)| pb::BackendRef {
-                        service,
-                        address: a.ip().to_string(),
-                        port: a.port().into(),
-                    })
-                    .collect(),
-            }),
+            update: parts.next(),
             heartbeat_ack: self.ack,
             leases: vip_leases(leases),
             lease_ms: app.leases.lease_ms(),
@@ -192,7 +191,17 @@ impl AgentStream for Director {
             voters,
             controllers,
             superseded: superseded(state, &self.held, &owned),
-        }
+            continued: false,
+        };
+        std::iter::once(first)
+            .chain(parts.map(|update| pb::DirectorDesired {
+                revision: state.revision,
+                update: Some(update),
+                controller_id: app.id,
+                continued: true,
+                ..Default::default()
+            }))
+            .collect()
     }
 
     async fn report(
@@ -259,7 +268,9 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
             node: node.clone(),
             stream,
             ack: 0,
-            sent_revision: None,
+            // A director that held a configuration from this node resumes
+            // from it (by delta, if the history still reaches back).
+            sent_revision: (first.config_revision > 0).then_some(first.config_revision),
             held: Vec::new(),
             wake: None,
         };

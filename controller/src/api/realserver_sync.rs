@@ -113,7 +113,7 @@ impl AgentStream for RealServer {
     }
 
     /// Heartbeat answers carry the configuration only when it changed.
-    fn desired(&mut self, app: &App) -> pb::RealServerDesired {
+    fn desired(&mut self, app: &App) -> Vec<pb::RealServerDesired> {
         let (revision, services, drained) = services(app, &self.registered);
         let now = (services, app.fleet.director_addresses(app.leases), drained);
         let config = (self.sent.as_ref() != Some(&now)).then(|| pb::RealServerConfig {
@@ -122,11 +122,11 @@ impl AgentStream for RealServer {
             drained,
         });
         self.sent = Some(now);
-        pb::RealServerDesired {
+        vec![pb::RealServerDesired {
             revision,
             config,
             heartbeat_ack: self.ack,
-        }
+        }]
     }
 
     async fn report(

@@ -36,8 +36,9 @@ pub(super) trait AgentStream: Send + 'static {
 
     fn node_id(report: &Self::Report) -> &str;
 
-    /// The next message to the agent.
-    fn desired(&mut self, app: &App) -> Self::Desired;
+    /// The next messages to the agent: one, or several when a large
+    /// configuration update is split into parts.
+    fn desired(&mut self, app: &App) -> Vec<Self::Desired>;
 
     /// A report after the first; an error ends the stream with it. Raft
     /// writes it causes take from `budget`.
@@ -93,8 +94,10 @@ pub(super) fn serve<S: AgentStream>(
             if authz::end_if_cut_off(&app, caller.as_ref(), &tx).await {
                 break;
             }
-            if tx.send(Ok(agent.desired(&app))).await.is_err() {
-                break;
+            for msg in agent.desired(&app) {
+                if tx.send(Ok(msg)).await.is_err() {
+                    break 'stream;
+                }
             }
             // Until there is something to answer: a report, a change, or
             // the moment a withheld grant is due.

@@ -8,7 +8,7 @@ use lb_proto::pb;
 
 use super::*;
 
-pub(super) fn service(name: &str, vip: &str) -> Service {
+pub(crate) fn service(name: &str, vip: &str) -> Service {
     Service::try_from(pb::Service {
         name: name.into(),
         virtual_address: Some(pb::service::VirtualAddress::Endpoint(pb::Endpoint {
@@ -22,7 +22,7 @@ pub(super) fn service(name: &str, vip: &str) -> Service {
     .unwrap()
 }
 
-fn rs(addr: &str, port: u16) -> RealServer {
+pub(crate) fn rs(addr: &str, port: u16) -> RealServer {
     RealServer {
         address: addr.parse().unwrap(),
         port,

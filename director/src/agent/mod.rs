@@ -5,7 +5,9 @@
 //!   controller (reconnecting with backoff, dropping one that stops
 //!   answering), sends a report on each every heartbeat, folds their grants
 //!   into the quorum lease and publishes the newest desired configuration —
-//!   a service this director refuses is reported, not applied;
+//!   a service this director refuses is reported, not applied; each stream
+//!   keeps its controller's copy ([`from_controller`]): a snapshot, then
+//!   deltas, resumed by delta after a reconnection;
 //! - the **reconciler** ([`reconciler`]) compares the desired table with the kernel's on every
 //!   new configuration and every `resync` period (so hand edits are
 //!   repaired), applies the difference, keeps the fwmark services' nftables
@@ -44,6 +46,7 @@ use crate::lease_file::LeaseFile;
 use crate::services_file::ServicesFile;
 use crate::vip::AnnounceConfig;
 
+mod from_controller;
 mod reconciler;
 mod session;
 mod vips;

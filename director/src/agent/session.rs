@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::from_controller::{Applied, FromController};
 use super::{Config, Desired, Progress};
 use crate::lease::{epochs, Lease, SentHeartbeats};
 use crate::lease_file::LeaseFile;
@@ -30,10 +31,11 @@ use crate::lease_file::LeaseFile;
 /// The health checks the controller asks of this director, from the
 /// services' check specs.
 fn check_targets(services: &[Service], asked: &[pb::BackendRef]) -> Vec<Target> {
+    let by_name: BTreeMap<&str, &Service> = services.iter().map(|s| (s.name.as_str(), s)).collect();
     asked
         .iter()
         .filter_map(|b| {
-            let s = services.iter().find(|s| s.name == b.service)?;
+            let s = *by_name.get(b.service.as_str())?;
             let backend = SocketAddr::new(b.address.parse().ok()?, u16::try_from(b.port).ok()?);
             checks::target(s, backend)
         })
@@ -188,17 +190,19 @@ impl Shared {
 
     /// Publishes a configuration newer than the one published, for the
     /// reconciler and the checker (every controller sends each revision).
-    fn configure(&self, revision: u64, cfg: pb::DesiredConfig) {
+    fn configure(&self, from: &FromController) {
+        let revision = from.revision;
         let previous = self.desired.borrow().clone();
         if previous.as_ref().is_some_and(|d| d.revision >= revision) {
             return;
         }
         let previous = previous.map(|d| d.services);
-        let (services, refused) = accept(cfg.services, previous.as_deref().unwrap_or(&[]));
+        let (wire, checks) = from.config();
+        let (services, refused) = accept(wire, previous.as_deref().unwrap_or(&[]));
         for why in &refused {
             tracing::error!(revision, refused = %why, "refusing a service the controller sent");
         }
-        let targets = check_targets(&services, &cfg.checks);
+        let targets = check_targets(&services, &checks);
         let published = self.desired.send_if_modified(|d| {
             if d.as_ref().is_some_and(|d| d.revision >= revision) {
                 return false;
@@ -219,6 +223,9 @@ impl Shared {
 /// One controller's stream.
 struct Stream {
     shared: Arc<Shared>,
+    /// The configuration as this controller sent it (kept across
+    /// reconnections, to resume from).
+    from: FromController,
 }
 
 impl Session for Stream {
@@ -234,14 +241,21 @@ impl Session for Stream {
         // deadline starts with the stream.
         let mut waiting = AckDeadline::new(sh.config.ack_deadline);
         let mut report_now = sh.report_now.subscribe();
-        let mut next = |sent: &mut SentHeartbeats, waiting: &mut AckDeadline| {
+        self.from.reconnected();
+        let mut next = |sent: &mut SentHeartbeats, waiting: &mut AckDeadline, held: u64| {
             heartbeat += 1;
             let now = Instant::now();
             sent.sent(heartbeat, now);
             waiting.sent(now);
-            sh.report(heartbeat, &mut stats_sent)
+            let mut report = sh.report(heartbeat, &mut stats_sent);
+            report.config_revision = held;
+            report
         };
-        let _ = tx.send(next(&mut sent, &mut waiting)).await;
+        let _ = tx
+            .send(next(&mut sent, &mut waiting, self.from.revision))
+            .await;
+        // The first update on this connection says whether it resumed.
+        let mut first_update = true;
         let mut renewed = sh.config.tls.changed();
         let mut inbound = DirectorSyncClient::new(channel(addr, sh.config.tls.current().as_ref())?)
             .sync(ReceiverStream::new(rx))
@@ -256,11 +270,21 @@ impl Session for Stream {
                 msg = inbound.message() => match msg? {
                     Some(d) => {
                         waiting.heard();
-                        waiting.at_least(Duration::from_millis(u64::from(d.lease_ms)));
-                        sh.answers.send_modify(|n| *n.entry(addr.to_string()).or_default() += 1);
-                        sh.granted(&d, &mut sent);
-                        if let Some(cfg) = d.config {
-                            sh.configure(d.revision, cfg);
+                        if !d.continued {
+                            waiting.at_least(Duration::from_millis(u64::from(d.lease_ms)));
+                            sh.answers.send_modify(|n| *n.entry(addr.to_string()).or_default() += 1);
+                            sh.granted(&d, &mut sent);
+                        }
+                        if let Some(update) = d.update {
+                            let applied = self
+                                .from
+                                .take(d.revision, update)
+                                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+                            if let Some(applied) = applied {
+                                log_update(addr, d.revision, &applied, first_update);
+                                first_update = false;
+                                sh.configure(&self.from);
+                            }
                         }
                     }
                     None => return Ok(()),
@@ -269,17 +293,47 @@ impl Session for Stream {
                 Ok(()) = renewed.changed() => return Ok(()),
                 _ = ticker.tick() => {
                     waiting.check(Instant::now())?;
-                    if tx.send(next(&mut sent, &mut waiting)).await.is_err() {
+                    if tx.send(next(&mut sent, &mut waiting, self.from.revision)).await.is_err() {
                         return Ok(());
                     }
                 }
                 Ok(()) = report_now.changed() => {
-                    if tx.send(next(&mut sent, &mut waiting)).await.is_err() {
+                    if tx.send(next(&mut sent, &mut waiting, self.from.revision)).await.is_err() {
                         return Ok(());
                     }
                 }
             }
         }
+    }
+}
+
+/// Logs a complete configuration update: at info the first on a
+/// connection (did it resume by delta, or start over?), else at debug.
+fn log_update(controller: &str, revision: u64, applied: &Applied, first: bool) {
+    match (applied, first) {
+        (
+            Applied::Delta {
+                from,
+                changed,
+                removed,
+            },
+            true,
+        ) => tracing::info!(
+            controller,
+            from,
+            revision,
+            changed,
+            removed,
+            "configuration resumed by delta"
+        ),
+        (Applied::Snapshot { services, parts }, true) => tracing::info!(
+            controller,
+            revision,
+            services,
+            parts,
+            "configuration received in full (snapshot)"
+        ),
+        (applied, false) => tracing::debug!(controller, revision, ?applied, "configuration update"),
     }
 }
 
@@ -305,6 +359,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             }
             let mut stream = Stream {
                 shared: shared.clone(),
+                from: FromController::default(),
             };
             let stop = stop.clone();
             let a = addr.clone();

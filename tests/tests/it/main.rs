@@ -11,6 +11,7 @@ mod join;
 mod netns;
 mod ownership;
 mod realserver;
+mod resume;
 mod scale;
 mod security;
 mod single_node;

@@ -331,7 +331,7 @@ impl pb::director_sync_server::DirectorSync for Skew {
             msg.map(|mut d| {
                 d.controllers = vec![hop.clone()];
                 if armed.load(std::sync::atomic::Ordering::SeqCst) {
-                    for s in d.config.iter_mut().flat_map(|c| c.services.iter_mut()) {
+                    for s in d.update.iter_mut().flat_map(|c| c.services.iter_mut()) {
                         if s.name == "web" {
                             s.scheduler = "nonesuch".into();
                         }
