@@ -442,13 +442,18 @@ async fn a_refused_service_is_reported_and_the_rest_applies() -> anyhow::Result<
         status.contains("director dir-a: service web refused: service.scheduler"),
         "lbctl status shows the refusal:\n{status}"
     );
-    // The same controller's rules again: the director catches up.
+    // The same controller's rules again: the next change to web (a delta
+    // carries only the services that changed) brings the director back.
     skew.armed.store(false, std::sync::atomic::Ordering::SeqCst);
     lbctl_ok(&a, &words("realserver update dns 10.0.0.12 --weight 3"))?;
+    lbctl_ok(
+        &a,
+        &words("realserver update web 192.168.10.12:8080 --weight 2"),
+    )?;
     let caught_up = [
         "-A -t 10.10.1.30:80 -s rr",
         "-a -t 10.10.1.30:80 -r 192.168.10.11:8080 -m -w 1",
-        "-a -t 10.10.1.30:80 -r 192.168.10.12:8080 -m -w 1",
+        "-a -t 10.10.1.30:80 -r 192.168.10.12:8080 -m -w 2",
         "-A -u 10.10.1.53:53 -s rr",
         "-a -u 10.10.1.53:53 -r 10.0.0.11:53 -g -w 1",
         "-a -u 10.10.1.53:53 -r 10.0.0.12:53 -g -w 3",
