@@ -3,6 +3,8 @@
 //! The agent turns forwarding on when a NAT service needs it and never turns
 //! it off, since other things on the host may rely on it.
 
+use std::borrow::Borrow;
+
 use lb_hostnet::sysctl;
 use lb_proto::model::{Family, ForwardingMode, Service};
 
@@ -10,11 +12,12 @@ const IPV4: &str = "net.ipv4.ip_forward";
 const IPV6: &str = "net.ipv6.conf.all.forwarding";
 
 /// Enables IPv4/IPv6 forwarding as the NAT services require; returns errors.
-pub fn ensure_for(services: &[Service]) -> Vec<String> {
+pub fn ensure_for<S: Borrow<Service>>(services: &[S]) -> Vec<String> {
     let needs = |family| {
         services
             .iter()
-            .any(|s| s.mode == ForwardingMode::Nat && s.family() == family)
+            .map(Borrow::borrow)
+            .any(|s: &Service| s.mode == ForwardingMode::Nat && s.family() == family)
     };
     [(needs(Family::Inet), IPV4), (needs(Family::Inet6), IPV6)]
         .into_iter()

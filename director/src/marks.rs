@@ -14,6 +14,8 @@
 //! IPVS table it is read back every round: a hand edit changes what the
 //! kernel prints, and the table is replaced.
 
+use std::borrow::Borrow;
+
 use lb_proto::model::{Family, MarkMatch, Service, VirtualAddress};
 
 use crate::nft::NftError;
@@ -35,10 +37,11 @@ pub enum MarkError {
 /// The desired content of the table, or `None` when no service needs a mark.
 /// Deterministic (services in name order), so equal configurations render
 /// equal text.
-pub fn ruleset(services: &[Service]) -> Option<String> {
+pub fn ruleset<S: Borrow<Service>>(services: &[S]) -> Option<String> {
     let mut marked: Vec<(&str, u32, &MarkMatch)> = services
         .iter()
-        .filter_map(|s| match (s.address, &s.mark_match) {
+        .map(Borrow::borrow)
+        .filter_map(|s: &Service| match (s.address, &s.mark_match) {
             (VirtualAddress::Fwmark { mark, .. }, Some(m)) => Some((s.name.as_str(), mark, m)),
             _ => None,
         })
@@ -108,7 +111,10 @@ impl Marks {
     /// Makes the table match the services: replaced when the wanted rules or
     /// the kernel's copy changed since the last round, removed when no
     /// service needs a mark.
-    pub fn converge(&mut self, services: &[Service]) -> Result<MarkChange, MarkError> {
+    pub fn converge<S: Borrow<Service>>(
+        &mut self,
+        services: &[S],
+    ) -> Result<MarkChange, MarkError> {
         let want = ruleset(services);
         if want.is_none() && self.absent {
             return Ok(MarkChange::None);

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::desired::{Entry, Table};
-use crate::ipvs::{Dest, DestSpec, Ipvs, IpvsError, ServiceKey, ServiceSpec, Stats};
+use crate::ipvs::{Change, Dest, DestSpec, Ipvs, IpvsError, ServiceKey, ServiceSpec, Stats};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -105,6 +105,41 @@ pub fn observe(ipvs: &Ipvs) -> Result<Table, IpvsError> {
     Ok(observe_counted(ipvs)?.0)
 }
 
+/// Reads back only the services with these keys (a change's, a sweep's
+/// slice), with their counters: a change to one of 10,000 services costs a
+/// few requests, not a dump of every service and its destinations.
+pub fn observe_keys(
+    ipvs: &Ipvs,
+    keys: &BTreeSet<ServiceKey>,
+) -> Result<(Table, BTreeMap<ServiceKey, Counted>), IpvsError> {
+    let mut table = Table::new();
+    let mut counted = BTreeMap::new();
+    for key in keys {
+        let Some(s) = ipvs.service(key)? else {
+            continue;
+        };
+        let dests = ipvs.dests(key)?;
+        table.insert(
+            *key,
+            Entry {
+                spec: s.spec,
+                dests: dests
+                    .iter()
+                    .map(|d| (d.spec.key(), d.spec.clone()))
+                    .collect(),
+            },
+        );
+        counted.insert(
+            *key,
+            Counted {
+                stats: s.stats,
+                dests,
+            },
+        );
+    }
+    Ok((table, counted))
+}
+
 /// The kernel's counters for one service and its destinations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counted {
@@ -140,29 +175,49 @@ pub fn observe_counted(ipvs: &Ipvs) -> Result<(Table, BTreeMap<ServiceKey, Count
     Ok((table, counted))
 }
 
-/// Carries out a plan; an operation that fails is reported and the rest go on
+impl Op {
+    /// The request that carries the operation out.
+    pub fn change(&self) -> Change {
+        match self {
+            Op::AddService(s) => Change::add_service(s),
+            Op::UpdateService(s) => Change::update_service(s),
+            Op::DeleteService(k) => Change::delete_service(k),
+            Op::AddDest(k, d) => Change::add_dest(k, d),
+            Op::UpdateDest(k, d) => Change::update_dest(k, d),
+            Op::DeleteDest(k, d) => Change::delete_dest(k, d),
+        }
+    }
+}
+
+/// Carries out a plan, in batches (in order: a service before its
+/// destinations); an operation that fails is reported and the rest go on
 /// (the next round retries whatever still differs).
+///
+/// Each operation is logged when a round has at most [`LOGGED_EACH`] (the
+/// usual change); a larger round (a table programmed from empty) logs each
+/// at debug, and the round's summary and failures at info and warn —
+/// writing 110,000 log lines would cost more than programming them.
 pub fn apply(ipvs: &Ipvs, plan: &Plan) -> Vec<(Op, IpvsError)> {
+    let each = plan.ops.len() <= LOGGED_EACH;
     let mut failed = Vec::new();
-    for op in &plan.ops {
-        let result = match op {
-            Op::AddService(s) => ipvs.add_service(s),
-            Op::UpdateService(s) => ipvs.update_service(s),
-            Op::DeleteService(k) => ipvs.delete_service(k),
-            Op::AddDest(k, d) => ipvs.add_dest(k, d),
-            Op::UpdateDest(k, d) => ipvs.update_dest(k, d),
-            Op::DeleteDest(k, d) => ipvs.delete_dest(k, d),
-        };
+    let results = ipvs.apply_all(plan.ops.iter().map(Op::change).collect());
+    for (op, result) in plan.ops.iter().zip(results) {
         match result {
-            Ok(()) => tracing::info!(op = %op, "ipvs changed"),
+            Ok(()) if each => tracing::info!(op = %op, "ipvs changed"),
+            Ok(()) => tracing::debug!(op = %op, "ipvs changed"),
             Err(e) => {
-                tracing::warn!(op = %op, error = %e, "ipvs change failed");
+                if each || failed.len() < LOGGED_EACH {
+                    tracing::warn!(op = %op, error = %e, "ipvs change failed");
+                }
                 failed.push((op.clone(), e));
             }
         }
     }
     failed
 }
+
+/// The most operations of one round logged one by one at info.
+pub const LOGGED_EACH: usize = 100;
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,7 @@
 //! (by name) and per realserver, the figures `ipvsadm -Ln --stats` and
 //! `--rate` print. Foreign services are left out, like everywhere else.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use lb_proto::model::Service;
@@ -12,10 +13,14 @@ use crate::ipvs::{ServiceKey, Stats};
 use crate::reconcile::Counted;
 
 /// The counters of `services` found in `counted`, in service order.
-pub fn report(services: &[Service], counted: &BTreeMap<ServiceKey, Counted>) -> pb::IpvsStats {
+pub fn report<S: Borrow<Service>>(
+    services: &[S],
+    counted: &BTreeMap<ServiceKey, Counted>,
+) -> pb::IpvsStats {
     let services = services
         .iter()
-        .filter_map(|s| {
+        .map(Borrow::borrow)
+        .filter_map(|s: &Service| {
             let c = counted.get(&desired::key(&s.address))?;
             // The kernel lists destinations newest first; operators read by address.
             let mut dests: Vec<_> = c.dests.iter().collect();

@@ -16,6 +16,7 @@ pub mod fabric;
 pub mod fuzz;
 pub mod netns;
 pub mod proc;
+pub mod scale;
 pub mod vm;
 
 use std::future::Future;

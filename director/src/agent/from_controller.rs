@@ -8,7 +8,7 @@
 //! update is applied only once its last part arrived: a stream that breaks
 //! half-way leaves the copy at its previous revision, whole.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use lb_proto::pb;
 
@@ -23,6 +23,8 @@ pub(super) enum Applied {
         from: u64,
         changed: usize,
         removed: usize,
+        /// Every service the delta named (changed or removed).
+        names: BTreeSet<String>,
     },
 }
 
@@ -78,15 +80,18 @@ impl FromController {
             self.checks.clear();
         }
         let (mut changed, mut removed) = (0, 0);
+        let mut names = BTreeSet::new();
         for p in parts {
             for name in p.removed {
                 self.services.remove(&name);
                 self.checks.remove(&name);
+                names.insert(name);
                 removed += 1;
             }
             for s in p.services {
                 // The update carries exactly these services' checks.
                 self.checks.remove(&s.name);
+                names.insert(s.name.clone());
                 self.services.insert(s.name.clone(), s);
                 changed += 1;
             }
@@ -104,16 +109,19 @@ impl FromController {
                 from,
                 changed,
                 removed,
+                names,
             },
         }))
     }
 
-    /// The whole configuration, as the reconciler takes it.
-    pub(super) fn config(&self) -> (Vec<pb::Service>, Vec<pb::BackendRef>) {
-        (
-            self.services.values().cloned().collect(),
-            self.checks.values().flatten().cloned().collect(),
-        )
+    /// The services, by name.
+    pub(super) fn services(&self) -> &BTreeMap<String, pb::Service> {
+        &self.services
+    }
+
+    /// Every service's checks.
+    pub(super) fn checks(&self) -> Vec<pb::BackendRef> {
+        self.checks.values().flatten().cloned().collect()
     }
 }
 
@@ -138,9 +146,9 @@ mod tests {
     }
 
     fn names(c: &FromController) -> Vec<(String, String, usize)> {
-        let (services, checks) = c.config();
-        services
-            .iter()
+        let checks = c.checks();
+        c.services()
+            .values()
             .map(|s| {
                 let n = checks.iter().filter(|c| c.service == s.name).count();
                 (s.name.clone(), s.scheduler.clone(), n)
@@ -184,7 +192,8 @@ mod tests {
             Some(Applied::Delta {
                 from: 5,
                 changed: 1,
-                removed: 1
+                removed: 1,
+                names: ["a".to_string(), "b".to_string()].into()
             })
         );
         assert_eq!(

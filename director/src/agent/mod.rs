@@ -48,6 +48,7 @@ use crate::vip::AnnounceConfig;
 
 mod from_controller;
 mod reconciler;
+mod rounds;
 mod session;
 mod vips;
 
@@ -112,14 +113,19 @@ struct Progress {
     addresses: Vec<String>,
 }
 
+/// A configuration's services, sorted by name. Shared: each task and
+/// round reads it, and a new revision keeps the services it did not change
+/// (so a reconcile round finds them unchanged by pointer).
+type Services = Arc<Vec<Arc<Service>>>;
+
 /// The latest desired configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Desired {
     revision: u64,
-    services: Vec<Service>,
-    /// The services of that revision this director refuses, with the
-    /// reason; each keeps what it had before (see [`session::accept`]).
-    refused: Vec<String>,
+    services: Services,
+    /// The services of that revision this director refuses, by name, with
+    /// the reason; each keeps what it had before (see [`session::accept`]).
+    refused: Arc<BTreeMap<String, String>>,
 }
 
 /// Waits until the lease holds no VIP and none is on the interface — the

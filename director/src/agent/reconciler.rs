@@ -1,42 +1,61 @@
-//! The reconciler: compares the desired IPVS table with the kernel's on
-//! every new configuration and every `resync` period, applies the
-//! difference, keeps the fwmark services' mark rules, and records what it
+//! The reconciler: makes the kernel's IPVS table match the desired one
+//! ([`super::rounds`]): each new revision's changes at once, and every
+//! `resync` period a sweep that reads the whole table back in slices (so
+//! hand edits are repaired) and carries the counters and the foreign
+//! services. It keeps the fwmark services' mark rules and records what it
 //! did (and what it refused) for the next report. What it manages is kept
 //! in the services file, so that a restarted agent still removes a service
 //! deleted while it was down (see [`crate::services_file`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use lb_hostnet::Rtnl;
-use lb_proto::model::Service;
 use tokio::sync::watch;
 
-use super::{Desired, Progress};
-use crate::ipvs::{Ipvs, IpvsError, ServiceKey};
-use crate::marks::{MarkChange, Marks};
-use crate::reconcile::{apply, observe_counted, plan};
+use super::rounds::{
+    changed, own_addresses, programmed_vips, reconcile, Covered, Done, Round, SLICE,
+};
+use super::{Desired, Progress, Services};
+use crate::ipvs::{Ipvs, ServiceKey};
+use crate::marks::Marks;
+use crate::reconcile::Counted;
 use crate::services_file::ServicesFile;
-use crate::{desired, forwarding, stats};
+use crate::{desired, stats};
 
-/// The VIPs whose services were all programmed by a reconcile round (and,
-/// for fwmark services naming their VIP, whose mark rules are in place).
-fn programmed_vips(
-    services: &[Service],
-    failed: &[(crate::reconcile::Op, IpvsError)],
-    marks_ok: bool,
-) -> BTreeSet<IpAddr> {
-    let broken: BTreeSet<ServiceKey> = failed.iter().map(|(op, _)| op.key()).collect();
-    let ready = |s: &Service| {
-        !broken.contains(&desired::key(&s.address)) && (s.mark_match.is_none() || marks_ok)
-    };
-    let vips: BTreeSet<IpAddr> = services.iter().filter_map(Service::vip).collect();
-    vips.into_iter()
-        .filter(|v| services.iter().filter(|s| s.vip() == Some(*v)).all(ready))
-        .collect()
+/// A sweep under way: the keys still to read, and what it found so far.
+#[derive(Default)]
+struct Sweep {
+    left: VecDeque<ServiceKey>,
+    counted: BTreeMap<ServiceKey, Counted>,
+    foreign: Vec<ServiceKey>,
+    /// Its first slice lists the kernel's services.
+    listed: bool,
 }
+
+impl Sweep {
+    /// Every key lbfabric wants or manages (the kernel's join in the first slice).
+    fn new(services: &[Arc<lb_proto::model::Service>], managed: &BTreeSet<ServiceKey>) -> Sweep {
+        let mut keys: BTreeSet<ServiceKey> = managed.clone();
+        keys.extend(services.iter().map(|s| desired::key(&s.address)));
+        Sweep {
+            left: keys.into_iter().collect(),
+            ..Default::default()
+        }
+    }
+
+    fn next(&mut self) -> Round {
+        let n = self.left.len().min(SLICE);
+        let keys = self.left.drain(..n).collect();
+        let list = !std::mem::replace(&mut self.listed, true);
+        Round::Slice { keys, list }
+    }
+}
+
+/// Operations that failed, by service key, until a round covering the
+/// key succeeds (a VIP with a broken service is not announced).
+type Broken = BTreeMap<ServiceKey, Vec<String>>;
 
 pub(super) async fn run(
     (ipvs, file): (Ipvs, ServicesFile),
@@ -53,103 +72,162 @@ pub(super) async fn run(
         tracing::warn!(error = %e, "ignoring the services file");
         BTreeSet::new()
     });
+    // The services the kernel was last brought to (`None`: the next round
+    // reads the whole table), the sweep under way, and when the next one
+    // starts (counted from the end of the last, so that a slow sweep of a
+    // large table does not run back to back).
+    let mut last: Option<Services> = None;
+    let mut sweep: Option<Sweep> = None;
+    let mut sweep_at = Instant::now() + resync;
+    let mut broken = Broken::new();
     loop {
         let current = desired.borrow_and_update().clone();
+        let mut busy = false;
         if let Some(Desired {
             revision,
             services,
             refused,
         }) = current
         {
-            let ipvs = ipvs.clone();
-            let marks = marks.clone();
-            let previously = managed.clone();
-            let round = tokio::task::spawn_blocking(move || {
-                let want = desired::table(&services);
-                let (observed, counted) = observe_counted(&ipvs)?;
-                let counters = stats::report(&services, &counted);
-                let p = plan(&want, &observed, &previously);
-                let failed = apply(&ipvs, &p);
-                let mut host_errors = forwarding::ensure_for(&services);
-                // Rules after services: a mark with no IPVS service yet
-                // would only send packets to the local stack.
-                let marked = marks
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .converge(&services);
-                let marks_ok = marked.is_ok();
-                let marks_changed = match marked {
-                    Ok(change) => change != MarkChange::None,
-                    Err(e) => {
-                        host_errors.push(e.to_string());
-                        false
+            let round = match &last {
+                None => Some(Round::Full),
+                Some(last) => {
+                    let c = changed(last, &services);
+                    if !c.is_empty() {
+                        Some(Round::Changes(c))
+                    } else if let Some(s) = sweep.as_mut() {
+                        Some(s.next())
+                    } else if Instant::now() >= sweep_at {
+                        Some(sweep.insert(Sweep::new(&services, &managed)).next())
+                    } else {
+                        None
                     }
-                };
-                let ready = programmed_vips(&services, &failed, marks_ok);
-                let own = own_addresses(&services);
-                Ok::<_, IpvsError>((
-                    want.keys().copied().collect::<BTreeSet<_>>(),
-                    p,
-                    failed,
-                    host_errors,
-                    ready,
-                    marks_changed,
-                    counters,
-                    own,
-                ))
-            })
-            .await;
-            let mut prog = progress.lock().unwrap_or_else(PoisonError::into_inner);
-            match round {
-                Ok(Ok((keys, p, failed, host_errors, ready, marks_changed, counters, own))) => {
-                    prog.addresses = own;
-                    prog.stats = Some(Arc::new(counters));
-                    prog.stats_round += 1;
-                    programmed.send_if_modified(|vips| {
-                        let now = ready;
-                        let changed = *vips != now;
-                        *vips = now;
-                        changed
-                    });
-                    if managed != keys {
-                        if let Err(e) = file.save(&keys) {
-                            tracing::warn!(error = %e, "saving the services file");
+                }
+            };
+            if let Some(round) = round {
+                busy = true;
+                let began = Instant::now();
+                let task = (
+                    ipvs.clone(),
+                    marks.clone(),
+                    services.clone(),
+                    managed.clone(),
+                );
+                let done = tokio::task::spawn_blocking(move || {
+                    let (ipvs, marks, services, managed) = task;
+                    reconcile(&ipvs, &marks, &services, round, &managed)
+                })
+                .await;
+                tracing::debug!(
+                    revision,
+                    took_ms = began.elapsed().as_millis() as u64,
+                    "reconcile round"
+                );
+                let mut prog = progress.lock().unwrap_or_else(PoisonError::into_inner);
+                match done {
+                    Ok(Ok(done)) => {
+                        let full = matches!(done.covered, Covered::All);
+                        record(&mut broken, &done);
+                        if full {
+                            prog.stats = Some(Arc::new(stats::report(&services, &done.counted)));
+                            prog.stats_round += 1;
+                            prog.foreign_services =
+                                done.plan.foreign.iter().map(ToString::to_string).collect();
+                            sweep_at = Instant::now() + resync;
                         }
-                        managed = keys;
+                        if let Some(s) = sweep.as_mut().filter(|_| !full) {
+                            s.counted
+                                .extend(done.counted.iter().map(|(k, c)| (*k, c.clone())));
+                            s.foreign.extend(done.plan.foreign.iter().copied());
+                            if let Some(listed) = &done.listed {
+                                // The kernel's own (foreign, or left from before).
+                                let known: BTreeSet<ServiceKey> = s.left.iter().copied().collect();
+                                s.left.extend(
+                                    listed.iter().filter(|k| {
+                                        !known.contains(k) && !done.covered.contains(k)
+                                    }),
+                                );
+                            }
+                            if s.left.is_empty() {
+                                let s = sweep.take().unwrap_or_default();
+                                prog.stats = Some(Arc::new(stats::report(&services, &s.counted)));
+                                prog.stats_round += 1;
+                                prog.foreign_services =
+                                    s.foreign.iter().map(ToString::to_string).collect();
+                                sweep_at = Instant::now() + resync;
+                            }
+                        }
+                        prog.addresses = done.own.clone();
+                        let ready = programmed_vips(&services, &broken, done.marks_ok);
+                        programmed.send_if_modified(|vips| {
+                            let changed = *vips != ready;
+                            *vips = ready;
+                            changed
+                        });
+                        if managed != done.managed {
+                            if let Err(e) = file.save(&done.managed) {
+                                tracing::warn!(error = %e, "saving the services file");
+                            }
+                            managed = done.managed.clone();
+                        }
+                        let (ops, failed) = (done.plan.ops.len(), done.failed.len());
+                        if ops > 0 {
+                            tracing::info!(revision, changes = ops, failed, "reconciled");
+                        }
+                        prog.changes_applied +=
+                            (ops - failed) as u64 + u64::from(done.marks_changed);
+                        prog.errors = refused
+                            .values()
+                            .cloned()
+                            .chain(broken.values().flatten().cloned())
+                            .chain(done.host_errors.iter().cloned())
+                            .collect();
+                        if prog.errors.is_empty() {
+                            prog.applied_revision = revision;
+                        }
+                        last = Some(services);
                     }
-                    if !p.ops.is_empty() {
-                        tracing::info!(
-                            revision,
-                            changes = p.ops.len(),
-                            failed = failed.len(),
-                            "reconciled"
-                        );
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "reading the IPVS table failed");
+                        prog.errors = vec![e.to_string()];
+                        // Start over from the whole table.
+                        last = None;
+                        sweep = None;
                     }
-                    prog.changes_applied +=
-                        (p.ops.len() - failed.len()) as u64 + u64::from(marks_changed);
-                    prog.errors = refused
-                        .iter()
-                        .cloned()
-                        .chain(failed.iter().map(|(op, e)| format!("{op}: {e}")))
-                        .chain(host_errors.iter().cloned())
-                        .collect();
-                    prog.foreign_services = p.foreign.iter().map(ToString::to_string).collect();
-                    if prog.errors.is_empty() {
-                        prog.applied_revision = revision;
+                    Err(e) => {
+                        prog.errors = vec![format!("reconcile task: {e}")];
+                        last = None;
+                        sweep = None;
                     }
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "reading the IPVS table failed");
-                    prog.errors = vec![e.to_string()];
-                }
-                Err(e) => prog.errors = vec![format!("reconcile task: {e}")],
             }
+        } else {
+            // Nothing to program yet: wait for the first configuration.
+            sweep_at = Instant::now() + resync;
         }
+        // A sweep goes on slice after slice, with the changes in between.
+        if busy && (sweep.is_some() || desired.has_changed().unwrap_or(false)) {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let due = tokio::time::sleep_until(sweep_at.into());
         tokio::select! {
             r = desired.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(resync) => {}
+            _ = due => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// Keeps the failures of keys the round did not cover, and takes the
+/// round's word for those it did.
+fn record(broken: &mut Broken, done: &Done) {
+    broken.retain(|k, _| !done.covered.contains(k));
+    for (op, e) in &done.failed {
+        broken
+            .entry(op.key())
+            .or_default()
+            .push(format!("{op}: {e}"));
     }
 }
 
@@ -165,12 +243,12 @@ pub(super) async fn vips_only(
     loop {
         let current = desired.borrow_and_update().clone();
         if let Some(d) = current {
-            let vips: BTreeSet<IpAddr> = d.services.iter().filter_map(Service::vip).collect();
+            let vips: BTreeSet<IpAddr> = d.services.iter().filter_map(|s| s.vip()).collect();
             programmed.send_if_modified(|ready| std::mem::replace(ready, vips.clone()) != vips);
             let own = own_addresses(&d.services);
             let mut prog = progress.lock().unwrap_or_else(PoisonError::into_inner);
             prog.addresses = own;
-            prog.errors = d.refused;
+            prog.errors = d.refused.values().cloned().collect();
             if prog.errors.is_empty() {
                 prog.applied_revision = d.revision;
             }
@@ -180,23 +258,4 @@ pub(super) async fn vips_only(
             _ = stop.wait_for(|s| *s) => return,
         }
     }
-}
-
-/// This host's unicast addresses other than loopback, IPv6 link-local and
-/// the services' VIPs (which move between directors).
-fn own_addresses(services: &[Service]) -> Vec<String> {
-    let vips: BTreeSet<IpAddr> = services.iter().filter_map(Service::vip).collect();
-    let Ok(all) = Rtnl::open().and_then(|r| r.addresses(0)) else {
-        return Vec::new();
-    };
-    let mut out: Vec<String> = all
-        .into_iter()
-        .map(|a| a.addr)
-        .filter(|a| !a.is_loopback() && !vips.contains(a))
-        .filter(|a| !matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
-        .map(|a| a.to_string())
-        .collect();
-    out.sort();
-    out.dedup();
-    out
 }

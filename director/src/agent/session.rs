@@ -24,18 +24,21 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::from_controller::{Applied, FromController};
-use super::{Config, Desired, Progress};
+use super::{Config, Desired, Progress, Services};
 use crate::lease::{epochs, Lease, SentHeartbeats};
 use crate::lease_file::LeaseFile;
 
 /// The health checks the controller asks of this director, from the
 /// services' check specs.
-fn check_targets(services: &[Service], asked: &[pb::BackendRef]) -> Vec<Target> {
-    let by_name: BTreeMap<&str, &Service> = services.iter().map(|s| (s.name.as_str(), s)).collect();
+fn check_targets(services: &[Arc<Service>], asked: &[pb::BackendRef]) -> Vec<Target> {
     asked
         .iter()
         .filter_map(|b| {
-            let s = *by_name.get(b.service.as_str())?;
+            // Sorted by name (see [`accept`]).
+            let i = services
+                .binary_search_by(|s| s.name.as_str().cmp(&b.service))
+                .ok()?;
+            let s = &services[i];
             let backend = SocketAddr::new(b.address.parse().ok()?, u16::try_from(b.port).ok()?);
             checks::target(s, backend)
         })
@@ -190,19 +193,22 @@ impl Shared {
 
     /// Publishes a configuration newer than the one published, for the
     /// reconciler and the checker (every controller sends each revision).
-    fn configure(&self, from: &FromController) {
+    /// `changed`: the services the update named, when it was a delta. It
+    /// covers every change since the revision published: that came from
+    /// this stream's previous update or a later one of another stream.
+    fn configure(&self, from: &FromController, changed: Option<&BTreeSet<String>>) {
         let revision = from.revision;
         let previous = self.desired.borrow().clone();
         if previous.as_ref().is_some_and(|d| d.revision >= revision) {
             return;
         }
-        let previous = previous.map(|d| d.services);
-        let (wire, checks) = from.config();
-        let (services, refused) = accept(wire, previous.as_deref().unwrap_or(&[]));
-        for why in &refused {
-            tracing::error!(revision, refused = %why, "refusing a service the controller sent");
+        let (services, refused) = accept(from.services(), changed, previous.as_ref());
+        for (name, why) in refused.iter() {
+            if changed.is_none_or(|c| c.contains(name)) {
+                tracing::error!(revision, refused = %why, "refusing a service the controller sent");
+            }
         }
-        let targets = check_targets(&services, &checks);
+        let targets = check_targets(&services, &from.checks());
         let published = self.desired.send_if_modified(|d| {
             if d.as_ref().is_some_and(|d| d.revision >= revision) {
                 return false;
@@ -210,7 +216,7 @@ impl Shared {
             *d = Some(Desired {
                 revision,
                 services,
-                refused,
+                refused: Arc::new(refused),
             });
             true
         });
@@ -283,7 +289,11 @@ impl Session for Stream {
                             if let Some(applied) = applied {
                                 log_update(addr, d.revision, &applied, first_update);
                                 first_update = false;
-                                sh.configure(&self.from);
+                                let names = match &applied {
+                                    Applied::Delta { names, .. } => Some(names),
+                                    Applied::Snapshot { .. } => None,
+                                };
+                                sh.configure(&self.from, names);
                             }
                         }
                     }
@@ -316,6 +326,7 @@ fn log_update(controller: &str, revision: u64, applied: &Applied, first: bool) {
                 from,
                 changed,
                 removed,
+                ..
             },
             true,
         ) => tracing::info!(
@@ -380,27 +391,51 @@ pub(super) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     }
 }
 
-/// The services of a configuration this director takes, and those it
-/// refuses with the reason. A refused service keeps the version it had in
-/// `previous` (nothing in the kernel changes for it), or is left out if it
-/// is new: a controller whose rules this director does not share must not
-/// freeze the rest of the table, nor have the refusal go unreported.
-pub(super) fn accept(wire: Vec<pb::Service>, previous: &[Service]) -> (Vec<Service>, Vec<String>) {
-    let mut services = Vec::new();
-    let mut refused = Vec::new();
-    for s in wire {
-        let name = s.name.clone();
-        match Service::try_from(s) {
-            Ok(s) => services.push(s),
+/// The services of a configuration this director takes, by name, and
+/// those it refuses with the reason. Only the services named in `changed`
+/// are converted (all of them without it); the others stay as `previous`
+/// has them, so a change to one of 10,000 services converts one. A refused
+/// service keeps the version it had in `previous` (nothing in the kernel
+/// changes for it), or is left out if it is new: a controller whose rules
+/// this director does not share must not freeze the rest of the table, nor
+/// have the refusal go unreported.
+pub(super) fn accept(
+    wire: &BTreeMap<String, pb::Service>,
+    changed: Option<&BTreeSet<String>>,
+    previous: Option<&Desired>,
+) -> (Services, BTreeMap<String, String>) {
+    let kept = |name: &str| {
+        let p = previous?;
+        let i = p
+            .services
+            .binary_search_by(|s| s.name.as_str().cmp(name))
+            .ok()?;
+        Some(p.services[i].clone())
+    };
+    let (changed, mut refused) = match (changed, previous) {
+        (Some(c), Some(p)) => (Some(c), (*p.refused).clone()),
+        _ => (None, BTreeMap::new()),
+    };
+    let mut services = Vec::with_capacity(wire.len());
+    for (name, s) in wire {
+        if changed.is_some_and(|c| !c.contains(name)) {
+            // Unchanged: as published (or still left out, if refused).
+            services.extend(kept(name));
+            continue;
+        }
+        match Service::try_from(s.clone()) {
+            Ok(s) => {
+                refused.remove(name);
+                services.push(Arc::new(s));
+            }
             Err(e) => {
-                refused.push(format!("service {name} refused: {e}"));
-                if let Some(kept) = previous.iter().find(|p| p.name == name) {
-                    services.push(kept.clone());
-                }
+                refused.insert(name.clone(), format!("service {name} refused: {e}"));
+                services.extend(kept(name));
             }
         }
     }
-    (services, refused)
+    refused.retain(|name, _| wire.contains_key(name));
+    (Arc::new(services), refused)
 }
 
 #[cfg(test)]
@@ -421,34 +456,82 @@ mod tests {
         }
     }
 
+    fn desired(
+        wire: &[pb::Service],
+        changed: Option<&[&str]>,
+        previous: Option<&Desired>,
+    ) -> Desired {
+        let wire = wire.iter().map(|s| (s.name.clone(), s.clone())).collect();
+        let changed: Option<BTreeSet<String>> =
+            changed.map(|c| c.iter().map(|n| n.to_string()).collect());
+        let (services, refused) = accept(&wire, changed.as_ref(), previous);
+        Desired {
+            revision: previous.map_or(1, |p| p.revision + 1),
+            services,
+            refused: Arc::new(refused),
+        }
+    }
+
     #[test]
     fn a_refused_service_is_reported_and_keeps_its_previous_version() {
-        let (before, refused) = accept(
-            vec![wire("web", "10.0.0.1", "rr"), wire("api", "10.0.0.2", "rr")],
-            &[],
+        let before = desired(
+            &[wire("web", "10.0.0.1", "rr"), wire("api", "10.0.0.2", "rr")],
+            None,
+            None,
         );
-        assert!(refused.is_empty());
-        assert_eq!(before.len(), 2);
+        assert!(before.refused.is_empty());
+        assert_eq!(before.services.len(), 2);
         // The controller now sends a scheduler this director does not know,
         // for one service, and a new service the same way.
-        let (now, refused) = accept(
-            vec![
+        let now = desired(
+            &[
                 wire("web", "10.0.0.1", "nonesuch"),
                 wire("api", "10.0.0.2", "wrr"),
                 wire("new", "10.0.0.3", "nonesuch"),
             ],
-            &before,
+            None,
+            Some(&before),
         );
+        let refused: Vec<&String> = now.refused.values().collect();
         assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(refused[0].starts_with("service new refused: service.scheduler"));
         assert!(
-            refused[0]
+            refused[1]
                 .starts_with("service web refused: service.scheduler: unknown value \"nonesuch\""),
             "{refused:?}"
         );
-        assert!(refused[1].starts_with("service new refused: service.scheduler"));
-        let names: Vec<&str> = now.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["web", "api"]);
-        assert_eq!(now[0], before[0], "web keeps what it had");
-        assert_eq!(now[1].scheduler.to_string(), "wrr", "api is updated");
+        let names: Vec<&str> = now.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["api", "web"]);
+        let web = &now.services[1];
+        assert!(
+            Arc::ptr_eq(web, &before.services[1]),
+            "web keeps what it had"
+        );
+        assert_eq!(
+            now.services[0].scheduler.to_string(),
+            "wrr",
+            "api is updated"
+        );
+        // A delta naming only api: web and new stay refused, unconverted.
+        let later = desired(
+            &[
+                wire("web", "10.0.0.1", "nonesuch"),
+                wire("api", "10.0.0.2", "rr"),
+                wire("new", "10.0.0.3", "nonesuch"),
+            ],
+            Some(&["api"]),
+            Some(&now),
+        );
+        assert_eq!(later.refused, now.refused);
+        assert!(Arc::ptr_eq(&later.services[1], &before.services[1]));
+        assert_eq!(later.services[0].scheduler.to_string(), "rr");
+        // web fixed, new deleted: no refusal left.
+        let fixed = desired(
+            &[wire("web", "10.0.0.1", "sh"), wire("api", "10.0.0.2", "rr")],
+            Some(&["web", "new"]),
+            Some(&later),
+        );
+        assert!(fixed.refused.is_empty(), "{:?}", fixed.refused);
+        assert_eq!(fixed.services[1].scheduler.to_string(), "sh");
     }
 }

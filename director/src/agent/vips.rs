@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use lb_hostnet::{Link, Rtnl};
-use lb_proto::model::Service;
 use tokio::sync::{watch, Notify};
 
 use super::{Desired, SyncConfig};
@@ -27,7 +26,7 @@ use crate::vip::{self, AnnounceConfig, Announcements};
 fn managed_vips(desired: &Option<Desired>) -> BTreeSet<IpAddr> {
     desired
         .as_ref()
-        .map(|d| d.services.iter().filter_map(Service::vip).collect())
+        .map(|d| d.services.iter().filter_map(|s| s.vip()).collect())
         .unwrap_or_default()
 }
 

@@ -8,6 +8,7 @@
 //! kernel load `ip_vs` on demand, so opening a client is also how a director
 //! finds out that IPVS is there at all.
 
+pub mod batch;
 pub mod daemon;
 pub mod dest;
 pub mod service;
@@ -24,6 +25,7 @@ use neli::router::synchronous::NlRouter;
 use neli::types::{Buffer, GenlBuffer};
 use neli::utils::Groups;
 
+pub use batch::Change;
 pub use daemon::{SyncDaemon, SyncRole};
 pub use dest::{Dest, DestSpec, Forward};
 pub use service::{Service, ServiceKey, ServiceSpec};
@@ -127,6 +129,14 @@ pub mod request {
         message(Cmd::GetService, Vec::new())
     }
 
+    /// One service, by its key (not a dump).
+    pub fn get_service(key: &ServiceKey) -> Result<Message, String> {
+        message(
+            Cmd::GetService,
+            vec![wire::nest(CmdAttr::Service, &key.attrs()?)?],
+        )
+    }
+
     fn dest_message(
         cmd: Cmd,
         key: &ServiceKey,
@@ -183,6 +193,7 @@ pub mod request {
 pub struct Ipvs {
     router: NlRouter,
     family: u16,
+    batcher: batch::Batcher,
 }
 
 impl Ipvs {
@@ -193,7 +204,11 @@ impl Ipvs {
         let family = router
             .resolve_genl_family(FAMILY)
             .map_err(|e| IpvsError::NoFamily(e.to_string()))?;
-        Ok(Ipvs { router, family })
+        Ok(Ipvs {
+            router,
+            family,
+            batcher: batch::Batcher::open()?,
+        })
     }
 
     /// Sends one request and collects the replies' payloads.
@@ -275,24 +290,26 @@ impl Ipvs {
         Ok(Info::from_code(version, size))
     }
 
+    /// Sends one change and waits for the kernel's acknowledgement.
+    pub fn apply(&self, c: Change) -> Result<(), IpvsError> {
+        self.change(c.op, c.object, c.msg)
+    }
+
+    /// Sends changes in batches (see [`batch`]); each one's outcome, in order.
+    pub fn apply_all(&self, changes: Vec<Change>) -> Vec<Result<(), IpvsError>> {
+        self.batcher.send(self.family, changes)
+    }
+
     pub fn add_service(&self, spec: &ServiceSpec) -> Result<(), IpvsError> {
-        self.change(
-            "add service",
-            spec.key.to_string(),
-            request::new_service(spec),
-        )
+        self.apply(Change::add_service(spec))
     }
 
     pub fn update_service(&self, spec: &ServiceSpec) -> Result<(), IpvsError> {
-        self.change(
-            "update service",
-            spec.key.to_string(),
-            request::set_service(spec),
-        )
+        self.apply(Change::update_service(spec))
     }
 
     pub fn delete_service(&self, key: &ServiceKey) -> Result<(), IpvsError> {
-        self.change("delete service", key.to_string(), request::del_service(key))
+        self.apply(Change::delete_service(key))
     }
 
     /// Every service in this network namespace.
@@ -308,28 +325,43 @@ impl Ipvs {
         Ok(out)
     }
 
+    /// One service, or `None` when the kernel has none with that key.
+    pub fn service(&self, key: &ServiceKey) -> Result<Option<Service>, IpvsError> {
+        const OP: &str = "get service";
+        let replies = match self.exchange(
+            OP,
+            key.to_string(),
+            request::get_service(key),
+            NlmF::empty(),
+        ) {
+            // What the kernel answers for a key it has no service for.
+            Err(IpvsError::Kernel { errno, .. })
+                if errno == rustix::io::Errno::SRCH.raw_os_error() =>
+            {
+                return Ok(None)
+            }
+            r => r?,
+        };
+        let reply = replies.first().ok_or(IpvsError::Reply {
+            op: OP,
+            what: "any message",
+        })?;
+        parse_service(reply).map(Some).ok_or(IpvsError::Reply {
+            op: OP,
+            what: "a complete service",
+        })
+    }
+
     pub fn add_dest(&self, key: &ServiceKey, dest: &DestSpec) -> Result<(), IpvsError> {
-        self.change(
-            "add destination",
-            dest_object(key, dest),
-            request::new_dest(key, dest),
-        )
+        self.apply(Change::add_dest(key, dest))
     }
 
     pub fn update_dest(&self, key: &ServiceKey, dest: &DestSpec) -> Result<(), IpvsError> {
-        self.change(
-            "update destination",
-            dest_object(key, dest),
-            request::set_dest(key, dest),
-        )
+        self.apply(Change::update_dest(key, dest))
     }
 
     pub fn delete_dest(&self, key: &ServiceKey, dest: &DestSpec) -> Result<(), IpvsError> {
-        self.change(
-            "delete destination",
-            dest_object(key, dest),
-            request::del_dest(key, dest),
-        )
+        self.apply(Change::delete_dest(key, dest))
     }
 
     /// The destinations of one service.
@@ -386,7 +418,7 @@ pub fn parse_daemon(reply: &Message) -> Option<SyncDaemon> {
     daemon::SyncDaemon::parse(&nested)
 }
 
-fn dest_object(key: &ServiceKey, dest: &DestSpec) -> String {
+pub(crate) fn dest_object(key: &ServiceKey, dest: &DestSpec) -> String {
     format!(
         "{key} -> {}",
         std::net::SocketAddr::new(dest.addr, dest.port)

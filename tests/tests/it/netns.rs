@@ -170,9 +170,9 @@ fn fwmark_rules_mark_the_named_traffic_and_are_repaired() -> anyhow::Result<()> 
     assert!(listed.contains("meta mark set 0x00000050"), "{listed}");
 
     // The last marked service gone: the table goes too.
-    assert_eq!(marks.converge(&[])?, MarkChange::Removed);
+    assert_eq!(marks.converge::<Service>(&[])?, MarkChange::Removed);
     let gone = t.exec("dir", &["nft", "list", "table", "inet", "lbfabric"])?;
     assert!(!gone.status.success(), "table left behind");
-    assert_eq!(marks.converge(&[])?, MarkChange::None);
+    assert_eq!(marks.converge::<Service>(&[])?, MarkChange::None);
     Ok(())
 }

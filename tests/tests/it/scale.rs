@@ -9,24 +9,10 @@ use lb_testkit::{bin, lbctl_ok, ControllerProc};
 
 const SERVICES: usize = 10_000;
 
-/// An `ipvsadm -Sn` table: `n` services, 10 per VIP, 10 realservers each.
 fn table(n: usize) -> String {
-    let mut out = String::new();
-    for i in 0..n {
-        let vip = format!(
-            "10.{}.{}.{}",
-            100 + i / 10 / 65_536,
-            i / 10 / 256 % 256,
-            i / 10 % 256
-        );
-        let port = 8000 + i % 10;
-        out.push_str(&format!("-A -t {vip}:{port} -s wlc\n"));
-        for r in 0..10 {
-            let rs = format!("192.168.{r}.{}", 1 + i % 250);
-            out.push_str(&format!("-a -t {vip}:{port} -r {rs}:{port} -g -w 1\n"));
-        }
-    }
-    out
+    let mut text = lb_testkit::scale::ipvsadm_table(n, 10).join("\n");
+    text.push('\n');
+    text
 }
 
 fn json(text: &str) -> anyhow::Result<serde_json::Value> {

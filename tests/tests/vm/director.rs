@@ -24,7 +24,7 @@ fn vips_on_lo() -> Vec<String> {
 }
 
 /// The agent process; killed (SIGKILL) when dropped, also when a test fails.
-fn start_director(controller: &str, log: &std::path::Path) -> Proc {
+pub(super) fn start_director(controller: &str, log: &std::path::Path) -> Proc {
     // The test's own state (lease and services files) beside its log: the
     // tests run one after another in one VM, all as node dir-a.
     let state = log.with_file_name("state");
@@ -63,7 +63,8 @@ const LEASE: [&str; 4] = ["--lease-ms", "600", "--lease-margin-ms", "200"];
 
 /// An empty IPVS table and a single-node controller (in a temporary
 /// directory, returned with it) that leads.
-async fn empty_kernel_and_controller() -> anyhow::Result<(tempfile::TempDir, ControllerProc)> {
+pub(super) async fn empty_kernel_and_controller(
+) -> anyhow::Result<(tempfile::TempDir, ControllerProc)> {
     ipvsadm("-C");
     let dir = tempfile::tempdir()?;
     // Three times the default lease and margin (under emulation a round

@@ -15,6 +15,7 @@ mod ipvs_client;
 mod ipvs_netlink;
 mod meta;
 mod reconcile;
+mod scale;
 
 /// True when the test may run: inside the VM.
 fn in_vm() -> bool {
