@@ -262,6 +262,8 @@ impl Session for Stream {
             .await;
         // The first update on this connection says whether it resumed.
         let mut first_update = true;
+        // The largest message of the update under way (for the log).
+        let mut largest = 0;
         let mut renewed = sh.config.tls.changed();
         let mut inbound = DirectorSyncClient::new(channel(addr, sh.config.tls.current().as_ref())?)
             .sync(ReceiverStream::new(rx))
@@ -281,14 +283,16 @@ impl Session for Stream {
                             sh.answers.send_modify(|n| *n.entry(addr.to_string()).or_default() += 1);
                             sh.granted(&d, &mut sent);
                         }
+                        largest = largest.max(prost::Message::encoded_len(&d));
                         if let Some(update) = d.update {
                             let applied = self
                                 .from
                                 .take(d.revision, update)
                                 .map_err(|e| tonic::Status::internal(e.to_string()))?;
                             if let Some(applied) = applied {
-                                log_update(addr, d.revision, &applied, first_update);
+                                log_update(addr, d.revision, &applied, (first_update, largest));
                                 first_update = false;
+                                largest = 0;
                                 let names = match &applied {
                                     Applied::Delta { names, .. } => Some(names),
                                     Applied::Snapshot { .. } => None,
@@ -319,7 +323,8 @@ impl Session for Stream {
 
 /// Logs a complete configuration update: at info the first on a
 /// connection (did it resume by delta, or start over?), else at debug.
-fn log_update(controller: &str, revision: u64, applied: &Applied, first: bool) {
+fn log_update(controller: &str, revision: u64, applied: &Applied, (first, largest): (bool, usize)) {
+    let largest_bytes = largest;
     match (applied, first) {
         (
             Applied::Delta {
@@ -335,6 +340,7 @@ fn log_update(controller: &str, revision: u64, applied: &Applied, first: bool) {
             revision,
             changed,
             removed,
+            largest_bytes,
             "configuration resumed by delta"
         ),
         (Applied::Snapshot { services, parts }, true) => tracing::info!(
@@ -342,9 +348,16 @@ fn log_update(controller: &str, revision: u64, applied: &Applied, first: bool) {
             revision,
             services,
             parts,
+            largest_bytes,
             "configuration received in full (snapshot)"
         ),
-        (applied, false) => tracing::debug!(controller, revision, ?applied, "configuration update"),
+        (applied, false) => tracing::debug!(
+            controller,
+            revision,
+            ?applied,
+            largest_bytes,
+            "configuration update"
+        ),
     }
 }
 
