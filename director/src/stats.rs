@@ -42,7 +42,32 @@ pub fn report<S: Borrow<Service>>(
             })
         })
         .collect();
-    pb::IpvsStats { services }
+    fit(pb::IpvsStats { services }, REPORT_BUDGET)
+}
+
+/// The most a report's counters may take: far under the controllers' 4 MiB
+/// limit on a director's message, whatever else the report carries.
+pub const REPORT_BUDGET: usize = 2 * 1024 * 1024;
+
+/// `stats`, or, when they take more than `budget` bytes (100,000
+/// realservers with traffic), each service's totals without its
+/// realservers' rows: a report over the limit would end the stream.
+pub fn fit(mut stats: pb::IpvsStats, budget: usize) -> pb::IpvsStats {
+    if prost::Message::encoded_len(&stats) <= budget {
+        return stats;
+    }
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(
+            services = stats.services.len(),
+            budget,
+            "the counters of every realserver exceed the report's budget: reporting each service's totals only"
+        );
+    }
+    for s in &mut stats.services {
+        s.realservers.clear();
+    }
+    stats
 }
 
 fn counters(s: &Stats) -> pb::Counters {
@@ -57,5 +82,42 @@ fn counters(s: &Stats) -> pb::Counters {
         out_packets_per_second: s.out_pps,
         in_bytes_per_second: s.in_bps,
         out_bytes_per_second: s.out_bps,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_over_the_budget_keep_only_the_services_totals() {
+        let service = |i: usize| pb::ServiceStats {
+            service: format!("svc-{i}"),
+            counters: Some(pb::Counters {
+                conns: 1000 + i as u64,
+                ..Default::default()
+            }),
+            realservers: (0..10)
+                .map(|r| pb::RealServerStats {
+                    address: format!("192.168.{r}.1"),
+                    port: 8000,
+                    active_conns: 7,
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let stats = pb::IpvsStats {
+            services: (0..100).map(service).collect(),
+        };
+        let size = prost::Message::encoded_len(&stats);
+        assert_eq!(
+            fit(stats.clone(), size),
+            stats,
+            "within the budget: unchanged"
+        );
+        let cut = fit(stats.clone(), size - 1);
+        assert_eq!(cut.services.len(), 100);
+        assert!(cut.services.iter().all(|s| s.realservers.is_empty()));
+        assert_eq!(cut.services[42].counters, stats.services[42].counters);
     }
 }
