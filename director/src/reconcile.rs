@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::desired::{Entry, Table};
-use crate::ipvs::{Change, Dest, DestSpec, Ipvs, IpvsError, ServiceKey, ServiceSpec, Stats};
+use crate::ipvs::{
+    Change, Dest, DestSpec, Ipvs, IpvsError, Service, ServiceKey, ServiceSpec, Stats,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -119,25 +121,35 @@ pub fn observe_keys(
             continue;
         };
         let dests = ipvs.dests(key)?;
-        table.insert(
-            *key,
-            Entry {
-                spec: s.spec,
-                dests: dests
-                    .iter()
-                    .map(|d| (d.spec.key(), d.spec.clone()))
-                    .collect(),
-            },
-        );
-        counted.insert(
-            *key,
-            Counted {
-                stats: s.stats,
-                dests,
-            },
-        );
+        read_back(&mut table, &mut counted, s, dests);
     }
     Ok((table, counted))
+}
+
+/// Enters one service read from the kernel in the table and the counters.
+fn read_back(
+    table: &mut Table,
+    counted: &mut BTreeMap<ServiceKey, Counted>,
+    s: Service,
+    dests: Vec<Dest>,
+) {
+    table.insert(
+        s.spec.key,
+        Entry {
+            spec: s.spec.clone(),
+            dests: dests
+                .iter()
+                .map(|d| (d.spec.key(), d.spec.clone()))
+                .collect(),
+        },
+    );
+    counted.insert(
+        s.spec.key,
+        Counted {
+            stats: s.stats,
+            dests,
+        },
+    );
 }
 
 /// The kernel's counters for one service and its destinations.
@@ -154,23 +166,7 @@ pub fn observe_counted(ipvs: &Ipvs) -> Result<(Table, BTreeMap<ServiceKey, Count
     let mut counted = BTreeMap::new();
     for s in ipvs.services()? {
         let dests = ipvs.dests(&s.spec.key)?;
-        table.insert(
-            s.spec.key,
-            Entry {
-                spec: s.spec.clone(),
-                dests: dests
-                    .iter()
-                    .map(|d| (d.spec.key(), d.spec.clone()))
-                    .collect(),
-            },
-        );
-        counted.insert(
-            s.spec.key,
-            Counted {
-                stats: s.stats,
-                dests,
-            },
-        );
+        read_back(&mut table, &mut counted, s, dests);
     }
     Ok((table, counted))
 }

@@ -45,6 +45,22 @@ impl Sweep {
         }
     }
 
+    /// Takes in what a slice read; true when the sweep has read everything.
+    fn absorb(&mut self, done: &mut Done) -> bool {
+        self.counted.append(&mut done.counted);
+        self.foreign.extend(done.plan.foreign.iter().copied());
+        if let Some(listed) = &done.listed {
+            // The kernel's own (foreign, or left from before).
+            let known: BTreeSet<ServiceKey> = self.left.iter().copied().collect();
+            self.left.extend(
+                listed
+                    .iter()
+                    .filter(|k| !known.contains(k) && !done.covered.contains(k)),
+            );
+        }
+        self.left.is_empty()
+    }
+
     fn next(&mut self) -> Round {
         let n = self.left.len().min(SLICE);
         let keys = self.left.drain(..n).collect();
@@ -125,39 +141,25 @@ pub(super) async fn run(
                 );
                 let mut prog = progress.lock().unwrap_or_else(PoisonError::into_inner);
                 match done {
-                    Ok(Ok(done)) => {
-                        let full = matches!(done.covered, Covered::All);
+                    Ok(Ok(mut done)) => {
                         record(&mut broken, &done);
-                        if full {
-                            prog.stats = Some(Arc::new(stats::report(&services, &done.counted)));
+                        // A full round, or the last slice of a sweep, read
+                        // every service: its counters and foreign list count.
+                        let read = if matches!(done.covered, Covered::All) {
+                            Some((std::mem::take(&mut done.counted), done.plan.foreign.clone()))
+                        } else if sweep.as_mut().is_some_and(|s| s.absorb(&mut done)) {
+                            sweep.take().map(|s| (s.counted, s.foreign))
+                        } else {
+                            None
+                        };
+                        if let Some((counted, foreign)) = read {
+                            prog.stats = Some(Arc::new(stats::report(&services, &counted)));
                             prog.stats_round += 1;
                             prog.foreign_services =
-                                done.plan.foreign.iter().map(ToString::to_string).collect();
+                                foreign.iter().map(ToString::to_string).collect();
                             sweep_at = Instant::now() + resync;
                         }
-                        if let Some(s) = sweep.as_mut().filter(|_| !full) {
-                            s.counted
-                                .extend(done.counted.iter().map(|(k, c)| (*k, c.clone())));
-                            s.foreign.extend(done.plan.foreign.iter().copied());
-                            if let Some(listed) = &done.listed {
-                                // The kernel's own (foreign, or left from before).
-                                let known: BTreeSet<ServiceKey> = s.left.iter().copied().collect();
-                                s.left.extend(
-                                    listed.iter().filter(|k| {
-                                        !known.contains(k) && !done.covered.contains(k)
-                                    }),
-                                );
-                            }
-                            if s.left.is_empty() {
-                                let s = sweep.take().unwrap_or_default();
-                                prog.stats = Some(Arc::new(stats::report(&services, &s.counted)));
-                                prog.stats_round += 1;
-                                prog.foreign_services =
-                                    s.foreign.iter().map(ToString::to_string).collect();
-                                sweep_at = Instant::now() + resync;
-                            }
-                        }
-                        prog.addresses = done.own.clone();
+                        prog.addresses = std::mem::take(&mut done.own);
                         let ready = programmed_vips(&services, &broken, done.marks_ok);
                         programmed.send_if_modified(|vips| {
                             let changed = *vips != ready;
@@ -168,7 +170,7 @@ pub(super) async fn run(
                             if let Err(e) = file.save(&done.managed) {
                                 tracing::warn!(error = %e, "saving the services file");
                             }
-                            managed = done.managed.clone();
+                            managed = std::mem::take(&mut done.managed);
                         }
                         let (ops, failed) = (done.plan.ops.len(), done.failed.len());
                         if ops > 0 {

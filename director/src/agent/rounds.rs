@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use lb_hostnet::Rtnl;
 use lb_proto::model::Service;
 
-use crate::desired;
+use crate::desired::{self, Table};
 use crate::forwarding;
 use crate::ipvs::{Ipvs, IpvsError, ServiceKey};
 use crate::marks::{MarkChange, Marks};
@@ -121,7 +121,7 @@ pub(super) fn reconcile(
     managed: &BTreeSet<ServiceKey>,
 ) -> Result<Done, IpvsError> {
     let mut listed = None;
-    let (covered, plan, counted, managed) = match round {
+    let (covered, plan, counted, managed): Planned = match round {
         Round::Full => {
             let want = desired::table(services.iter().map(|s| &**s));
             let (observed, counted) = observe_counted(ipvs)?;
@@ -129,18 +129,17 @@ pub(super) fn reconcile(
             (Covered::All, p, counted, want.keys().copied().collect())
         }
         Round::Changes(c) => {
-            let before: BTreeSet<ServiceKey> =
-                c.before.iter().map(|s| desired::key(&s.address)).collect();
             let want = desired::table(c.now.iter().map(|s| &**s));
-            let keys: BTreeSet<ServiceKey> = before.iter().chain(want.keys()).copied().collect();
-            let (observed, _) = observe_keys(ipvs, &keys)?;
-            let previously: BTreeSet<ServiceKey> = managed.intersection(&keys).copied().collect();
-            let mut p = plan(&want, &observed, &previously);
+            let keys = c
+                .before
+                .iter()
+                .map(|s| desired::key(&s.address))
+                .chain(want.keys().copied())
+                .collect();
+            let (keys, mut p, _, now) = for_keys(ipvs, want, keys, managed)?;
             // Foreign services are the sweep's to tell.
             p.foreign.clear();
-            let mut now: BTreeSet<ServiceKey> = managed.difference(&before).copied().collect();
-            now.extend(want.keys().copied());
-            (Covered::Keys(keys), p, BTreeMap::new(), now)
+            (keys, p, BTreeMap::new(), now)
         }
         Round::Slice { keys, list } => {
             if list {
@@ -153,12 +152,7 @@ pub(super) fn reconcile(
                     .map(|s| &**s)
                     .filter(|s| keys.contains(&desired::key(&s.address))),
             );
-            let (observed, counted) = observe_keys(ipvs, &keys)?;
-            let previously: BTreeSet<ServiceKey> = managed.intersection(&keys).copied().collect();
-            let p = plan(&want, &observed, &previously);
-            let mut now: BTreeSet<ServiceKey> = managed.difference(&keys).copied().collect();
-            now.extend(want.keys().copied());
-            (Covered::Keys(keys), p, counted, now)
+            for_keys(ipvs, want, keys, managed)?
         }
     };
     let failed = apply(ipvs, &plan);
@@ -189,6 +183,32 @@ pub(super) fn reconcile(
         counted,
         listed,
     })
+}
+
+/// What a round read and plans: the keys it covers, the operations, the
+/// counters read, and the keys lbfabric manages after it.
+type Planned = (
+    Covered,
+    Plan,
+    BTreeMap<ServiceKey, Counted>,
+    BTreeSet<ServiceKey>,
+);
+
+/// Reads back the services with `keys` and plans what makes them `want`
+/// (whose keys are among them); lbfabric manages, after it, what it did
+/// before outside `keys`, and `want`'s.
+fn for_keys(
+    ipvs: &Ipvs,
+    want: Table,
+    keys: BTreeSet<ServiceKey>,
+    managed: &BTreeSet<ServiceKey>,
+) -> Result<Planned, IpvsError> {
+    let (observed, counted) = observe_keys(ipvs, &keys)?;
+    let previously: BTreeSet<ServiceKey> = managed.intersection(&keys).copied().collect();
+    let p = plan(&want, &observed, &previously);
+    let mut now: BTreeSet<ServiceKey> = managed.difference(&keys).copied().collect();
+    now.extend(want.keys().copied());
+    Ok((Covered::Keys(keys), p, counted, now))
 }
 
 /// The VIPs whose services are all programmed — none with a failed
@@ -236,20 +256,9 @@ pub(super) fn own_addresses(services: &[Arc<Service>]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_proto::pb;
 
     fn service(name: &str, vip: &str) -> Arc<Service> {
-        let wire = pb::Service {
-            name: name.into(),
-            virtual_address: Some(pb::service::VirtualAddress::Endpoint(pb::Endpoint {
-                address: vip.into(),
-                port: 80,
-                protocol: "tcp".into(),
-            })),
-            mode: "nat".into(),
-            scheduler: "rr".into(),
-            ..Default::default()
-        };
+        let wire = super::super::session::tests::wire(name, vip, "rr");
         Arc::new(Service::try_from(wire).expect("valid"))
     }
 

@@ -34,15 +34,20 @@ fn check_targets(services: &[Arc<Service>], asked: &[pb::BackendRef]) -> Vec<Tar
     asked
         .iter()
         .filter_map(|b| {
-            // Sorted by name (see [`accept`]).
-            let i = services
-                .binary_search_by(|s| s.name.as_str().cmp(&b.service))
-                .ok()?;
-            let s = &services[i];
+            let s = by_name(services, &b.service)?;
             let backend = SocketAddr::new(b.address.parse().ok()?, u16::try_from(b.port).ok()?);
             checks::target(s, backend)
         })
         .collect()
+}
+
+/// The service named `name` in `services`, which are sorted by name (see
+/// [`accept`]).
+fn by_name<'a>(services: &'a [Arc<Service>], name: &str) -> Option<&'a Arc<Service>> {
+    let i = services
+        .binary_search_by(|s| s.name.as_str().cmp(name))
+        .ok()?;
+    Some(&services[i])
 }
 
 /// Each controller's answers so far, by address.
@@ -323,8 +328,12 @@ impl Session for Stream {
 
 /// Logs a complete configuration update: at info the first on a
 /// connection (did it resume by delta, or start over?), else at debug.
-fn log_update(controller: &str, revision: u64, applied: &Applied, (first, largest): (bool, usize)) {
-    let largest_bytes = largest;
+fn log_update(
+    controller: &str,
+    revision: u64,
+    applied: &Applied,
+    (first, largest_bytes): (bool, usize),
+) {
     match (applied, first) {
         (
             Applied::Delta {
@@ -417,14 +426,7 @@ pub(super) fn accept(
     changed: Option<&BTreeSet<String>>,
     previous: Option<&Desired>,
 ) -> (Services, BTreeMap<String, String>) {
-    let kept = |name: &str| {
-        let p = previous?;
-        let i = p
-            .services
-            .binary_search_by(|s| s.name.as_str().cmp(name))
-            .ok()?;
-        Some(p.services[i].clone())
-    };
+    let kept = |name: &str| by_name(&previous?.services, name).cloned();
     let (changed, mut refused) = match (changed, previous) {
         (Some(c), Some(p)) => (Some(c), (*p.refused).clone()),
         _ => (None, BTreeMap::new()),
@@ -452,10 +454,10 @@ pub(super) fn accept(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn wire(name: &str, vip: &str, scheduler: &str) -> pb::Service {
+    pub(in crate::agent) fn wire(name: &str, vip: &str, scheduler: &str) -> pb::Service {
         pb::Service {
             name: name.into(),
             virtual_address: Some(pb::service::VirtualAddress::Endpoint(pb::Endpoint {
