@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use openraft::error::ClientWriteError as WriteError;
 use tokio::sync::watch;
 
-use crate::desired::DesiredView;
 use crate::error::ApiError;
 use crate::fleet::Fleet;
 use crate::grants::Grants;
@@ -29,8 +28,6 @@ pub struct App {
     pub shutdown: watch::Receiver<bool>,
     /// The VIP lease grants this node gave (see [`crate::grants`]).
     pub grants: Mutex<Grants>,
-    /// What the directors program, per revision (see [`crate::desired`]).
-    pub desired: DesiredView,
     /// The CA certificate this node serves TLS under (what join tokens pin);
     /// `None` on a plaintext listener.
     pub ca_pem: Option<String>,

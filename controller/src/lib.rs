@@ -6,7 +6,7 @@
 //! - [`timing`], [`error`]: the lease timing, API errors and their statuses;
 //! - [`fleet`]: this node's in-memory view of directors and agents;
 //! - [`grants`]: the VIP lease grants this node gives directors;
-//! - [`desired`]: what directors program, once per revision, and its history;
+//! - [`desired`]: what directors program, as snapshots and deltas in parts;
 //! - [`app`]: one node — its Raft handle, state, fleet, writes and reads;
 //! - [`network`], [`tls`]: Raft RPCs to peers, TLS and caller identities;
 //! - [`leader`]: the leader-only loops (VIP placement, lost agents);
@@ -164,7 +164,6 @@ pub async fn run(
             std::time::Instant::now(),
             config.leases.silence(),
         )),
-        desired: Default::default(),
         ca_pem: config.tls.as_ref().map(|c| c.ca_pem.clone()),
         agent_cert_lifetime: config.agent_cert_lifetime,
     });

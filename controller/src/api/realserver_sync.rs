@@ -74,16 +74,23 @@ fn services(app: &App, agent: &Agent) -> (u64, Vec<pb::Service>, bool) {
     let data = app.state.read();
     let state = &data.state;
     let drained = state.agents.get(&agent.node_id).is_some_and(|a| a.drained);
-    let services = state
-        .services
-        .values()
-        .filter_map(|s| {
-            let all: Vec<_> = state.backends(s).into_iter().map(|(rs, _, _)| rs).collect();
-            all.iter().any(|r| r.address == agent.address).then(|| {
-                let mut s = s.clone();
-                s.realservers = all;
-                pb::Service::from(&s)
-            })
+    // Its own services only (the derived view's index), not a walk over
+    // every service on each heartbeat.
+    let services = data
+        .derived
+        .hosts
+        .get(&agent.address)
+        .into_iter()
+        .flatten()
+        .filter_map(|name| state.services.get(name))
+        .map(|s| {
+            let mut s = s.clone();
+            s.realservers = state
+                .backends(&s)
+                .into_iter()
+                .map(|(rs, _, _)| rs)
+                .collect();
+            pb::Service::from(&s)
         })
         .collect();
     (state.revision, services, drained)

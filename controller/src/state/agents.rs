@@ -90,7 +90,7 @@ impl State {
         {
             return Ok(Applied::none());
         }
-        let before: Vec<Service> = self.effective_services().collect();
+        let before = self.effective_of(&BTreeSet::from([service.clone()]));
         if down.is_empty() {
             self.director_down.remove(&service);
         } else {
@@ -212,6 +212,15 @@ impl State {
         self.services.values().map(|s| self.effective(s))
     }
 
+    /// The services named (those that exist), [`State::effective`].
+    fn effective_of(&self, names: &BTreeSet<String>) -> Vec<Service> {
+        names
+            .iter()
+            .filter_map(|n| self.services.get(n))
+            .map(|s| self.effective(s))
+            .collect()
+    }
+
     /// Changes the agents (a registration, a health report, a drain) and
     /// gives each service that gains, loses or changes a backend a
     /// realserver event (and a revision). Refuses an address that another
@@ -240,7 +249,20 @@ impl State {
         if agents == self.agents {
             return Ok(Applied::none());
         }
-        let before: Vec<Service> = self.effective_services().collect();
+        // Only the services of the agents that changed can gain, lose or
+        // change a backend.
+        let mut touched = BTreeSet::new();
+        for (id, a) in &agents {
+            if self.agents.get(id) != Some(a) {
+                touched.extend(self.served_by(a));
+            }
+        }
+        for (id, a) in &self.agents {
+            if agents.get(id) != Some(a) {
+                touched.extend(self.served_by(a));
+            }
+        }
+        let before = self.effective_of(&touched);
         self.agents = agents;
         Ok(self.backend_events(before))
     }
@@ -249,18 +271,30 @@ impl State {
     /// check whose host runs no realserver agent (an agent checks its own)
     /// or whose agent has gone silent.
     pub fn director_checks(&self) -> Vec<(String, SocketAddr)> {
-        let mut out = Vec::new();
-        for s in self.services.values().filter(|s| s.health_check.is_some()) {
-            for (rs, _, _) in self.backends(s) {
-                let own_agent = self
+        self.services
+            .values()
+            .flat_map(|s| {
+                self.director_checks_of(s)
+                    .into_iter()
+                    .map(|a| (s.name.clone(), a))
+            })
+            .collect()
+    }
+
+    /// [`State::director_checks`] of one service.
+    pub fn director_checks_of(&self, s: &Service) -> Vec<SocketAddr> {
+        if s.health_check.is_none() {
+            return Vec::new();
+        }
+        self.backends(s)
+            .into_iter()
+            .filter(|(rs, _, _)| {
+                !self
                     .agents
                     .values()
-                    .any(|a| a.address == rs.address && !a.lost);
-                if !own_agent {
-                    out.push((s.name.clone(), SocketAddr::new(rs.address, rs.port)));
-                }
-            }
-        }
-        out
+                    .any(|a| a.address == rs.address && !a.lost)
+            })
+            .map(|(rs, _, _)| SocketAddr::new(rs.address, rs.port))
+            .collect()
     }
 }

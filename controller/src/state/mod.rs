@@ -10,6 +10,9 @@
 //!   traffic claimed once, batches whole or not at all);
 //! - [`agents`]: registered realserver agents and the derived view — each
 //!   service's backends, their health, the effective table;
+//! - [`derived`]: what is computed from the configuration (each VIP's
+//!   needs, each service as the directors get it), kept up to date by
+//!   recomputing only what a change touches;
 //! - [`events`]: the revision-ordered event log `WatchEvents` resumes from;
 //! - [`owners`]: which director answers for each VIP, by epoch;
 //! - [`security`]: join tokens, revocations and the CA.
@@ -22,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod agents;
 pub mod command;
+pub mod derived;
 pub mod events;
 pub mod owners;
 pub mod security;
@@ -29,8 +33,9 @@ mod services;
 
 pub use agents::{Agent, Health};
 pub use command::{Applied, Command, CommandResult, Rejected};
+pub use derived::{Derived, Unit, Units};
 pub use events::{Compacted, Event, EventKind, EVENT_HISTORY};
-pub use owners::{vips, Derived, Needs, VipOwner};
+pub use owners::{vips, Needs, VipOwner};
 pub use security::{CaKeys, JoinAttempt, JoinToken, Security};
 
 /// The whole replicated configuration.

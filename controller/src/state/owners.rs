@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use lb_proto::model::Service;
 use serde::{Deserialize, Serialize};
 
-use super::{Applied, CommandResult, Rejected, State};
+use super::{Applied, CommandResult, Derived, Rejected, State};
 
 /// The director that answers for a VIP, and the epoch it got it in. Epochs
 /// only grow; a director presents its epoch so stale owners can be told apart.
@@ -78,37 +78,11 @@ impl State {
     }
 }
 
-/// What is computed from the configuration once per revision and shared
-/// by every reader (each director's heartbeat answer, the leader's
-/// placement rounds), instead of by each of them many times a second.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Derived {
-    /// The revision this was computed at.
-    pub revision: u64,
-    /// The configuration's VIPs and what each needs.
-    pub vips: BTreeMap<IpAddr, Needs>,
-}
-
-impl Derived {
-    pub fn of(state: &State) -> Self {
-        Derived {
-            revision: state.revision,
-            vips: vips(state.services.values()),
-        }
-    }
-
-    /// Computed again when `state` has moved on (every change to the
-    /// services moves the revision).
-    pub fn refresh(&mut self, state: &State) {
-        if self.revision != state.revision {
-            *self = Derived::of(state);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
     use crate::state::tests::service;
     use crate::state::Command;
 
@@ -126,16 +100,17 @@ mod tests {
             expected_epoch: 0,
         })
         .unwrap();
-        // Stale until refreshed: d1 owns nothing the configuration has.
+        // Stale until updated: d1 owns nothing the configuration has.
         assert!(st.owned_by(&derived, "d1").is_empty());
-        derived.refresh(&st);
+        let web = BTreeSet::from(["web".to_string()]);
+        derived.update(&st, &web);
         assert_eq!(
             st.owned_by(&derived, "d1"),
             [("10.0.0.1".parse().unwrap(), 1)]
         );
         st.apply(Command::DeleteService { name: "web".into() })
             .unwrap();
-        derived.refresh(&st);
+        derived.update(&st, &web);
         assert!(derived.vips.is_empty());
         assert!(st.owned_by(&derived, "d1").is_empty());
     }

@@ -60,7 +60,7 @@ fn agent(node: &str, addr: &str, pool: &str) -> Agent {
 }
 
 /// A TCP check that flips on one result.
-fn tcp_check() -> lb_proto::model::HealthCheck {
+pub(crate) fn tcp_check() -> lb_proto::model::HealthCheck {
     lb_proto::model::HealthCheck {
         probe: lb_proto::model::Probe::Tcp,
         interval_ms: 1000,

@@ -11,6 +11,7 @@
 //! that is still needed: the log is purged only up to a snapshot, which is
 //! written durably. This halves the fsyncs on the write path.
 
+use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
@@ -20,6 +21,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransacti
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::snapshot::{snapshot_decode, snapshot_encode, SNAPSHOT_DATA, SNAPSHOT_META};
 use super::tables::{Side, AGENTS, DIRECTOR_DOWN, OWNERS, SECURITY};
 use super::{decode, StoreError, EVENTS, SERVICES, SM_META, SNAPSHOT};
 use crate::state::{CommandResult, Derived, Event, State};
@@ -29,8 +31,6 @@ use lb_proto::model::Service;
 const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
 const REVISION: &str = "revision";
-const SNAPSHOT_META: &str = "meta";
-const SNAPSHOT_DATA: &str = "data";
 
 /// What the state machine holds: the configuration and where in the log it stands.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -68,11 +68,14 @@ impl SharedState {
         self.revision.subscribe()
     }
 
-    fn replace(&self, f: impl FnOnce(&mut SmData)) {
+    /// Changes the data with `f`, which returns the services its changes
+    /// touched (`None`: it set the derived view itself).
+    fn replace(&self, f: impl FnOnce(&mut SmData) -> Option<BTreeSet<String>>) {
         let mut data = self.data.write().unwrap_or_else(PoisonError::into_inner);
-        f(&mut data);
-        let SmData { state, derived, .. } = &mut *data;
-        derived.refresh(state);
+        if let Some(touched) = f(&mut data) {
+            let SmData { state, derived, .. } = &mut *data;
+            derived.update(state, &touched);
+        }
         self.revision.send_replace(data.state.revision);
     }
 }
@@ -151,6 +154,7 @@ impl StateMachineStore {
         let mut events: Vec<Event> = Vec::new();
         let mut changed = Side::default();
         let mut snapshot = None;
+        let mut touched = BTreeSet::new();
         self.shared.replace(|data| {
             for entry in entries {
                 data.last_applied = Some(entry.log_id);
@@ -158,6 +162,7 @@ impl StateMachineStore {
                     EntryPayload::Blank => results.push(Ok(crate::state::Applied::none())),
                     EntryPayload::Normal(cmd) => {
                         let touches = Side::of(&cmd);
+                        let services = data.state.touches(&cmd);
                         let revision = data.state.revision;
                         let result = data.state.apply(cmd);
                         // Every event the command made (a batch makes several).
@@ -172,6 +177,7 @@ impl StateMachineStore {
                         }
                         if result.is_ok() {
                             changed = changed.or(touches);
+                            touched.extend(services);
                         }
                         results.push(result);
                     }
@@ -187,7 +193,7 @@ impl StateMachineStore {
             let services: Vec<(String, Option<Service>)> = events
                 .iter()
                 .map(|e| e.service.name.clone())
-                .collect::<std::collections::BTreeSet<_>>()
+                .collect::<BTreeSet<_>>()
                 .into_iter()
                 .map(|name| {
                     let configured = data.state.services.get(&name).cloned();
@@ -202,6 +208,7 @@ impl StateMachineStore {
                 changed.blobs(&data.state),
                 services,
             ));
+            Some(touched)
         });
         let Some((last_applied, membership, revision, oldest_event, blobs, changed_services)) =
             snapshot
@@ -240,7 +247,8 @@ impl StateMachineStore {
     }
 
     fn install(&mut self, meta: &SnapshotMeta, bytes: Vec<u8>) -> Result<(), StoreError> {
-        let state: State = decode("snapshot", &bytes)?;
+        let started = std::time::Instant::now();
+        let state = snapshot_decode(&bytes)?;
         let txn = self.db.begin_write()?;
         {
             let mut services = txn.open_table(SERVICES)?;
@@ -277,8 +285,15 @@ impl StateMachineStore {
                 membership: meta.last_membership.clone(),
                 derived: Derived::of(&state),
                 state,
-            }
+            };
+            None
         });
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = bytes.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot installed"
+        );
         Ok(())
     }
 
@@ -341,12 +356,13 @@ pub struct SnapshotBuilder {
 
 impl SnapshotBuilder {
     fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let started = std::time::Instant::now();
         let (last_applied, membership, data) = {
             let d = self.shared.read();
             (
                 d.last_applied,
                 d.membership.clone(),
-                serde_json::to_vec(&d.state)?,
+                snapshot_encode(&d.state)?,
             )
         };
         let snapshot_id = match last_applied {
@@ -365,7 +381,12 @@ impl SnapshotBuilder {
             snap.insert(SNAPSHOT_DATA, data.as_slice())?;
         }
         txn.commit()?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = data.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
