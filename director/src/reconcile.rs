@@ -109,22 +109,32 @@ pub fn observe(ipvs: &Ipvs) -> Result<Table, IpvsError> {
 
 /// Reads back only the services with these keys (a change's, a sweep's
 /// slice), with their counters: a change to one of 10,000 services costs a
-/// few requests, not a dump of every service and its destinations.
+/// few requests, not a dump of every service and its destinations. Stops
+/// early once `enough` says so; returns what it read, and the keys read.
 pub fn observe_keys(
     ipvs: &Ipvs,
     keys: &BTreeSet<ServiceKey>,
-) -> Result<(Table, BTreeMap<ServiceKey, Counted>), IpvsError> {
+    enough: &dyn Fn() -> bool,
+) -> Result<Observed, IpvsError> {
     let mut table = Table::new();
     let mut counted = BTreeMap::new();
+    let mut read = BTreeSet::new();
     for key in keys {
+        if !read.is_empty() && enough() {
+            break;
+        }
+        read.insert(*key);
         let Some(s) = ipvs.service(key)? else {
             continue;
         };
         let dests = ipvs.dests(key)?;
         read_back(&mut table, &mut counted, s, dests);
     }
-    Ok((table, counted))
+    Ok((table, counted, read))
 }
+
+/// What [`observe_keys`] read: the table, the counters, the keys.
+pub type Observed = (Table, BTreeMap<ServiceKey, Counted>, BTreeSet<ServiceKey>);
 
 /// Enters one service read from the kernel in the table and the counters.
 fn read_back(

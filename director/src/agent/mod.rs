@@ -46,6 +46,7 @@ use crate::lease_file::LeaseFile;
 use crate::services_file::ServicesFile;
 use crate::vip::AnnounceConfig;
 
+mod accept;
 mod from_controller;
 mod reconciler;
 mod rounds;
@@ -124,8 +125,16 @@ struct Desired {
     revision: u64,
     services: Services,
     /// The services of that revision this director refuses, by name, with
-    /// the reason; each keeps what it had before (see [`session::accept`]).
+    /// the reason; each keeps what it had before (see [`accept::accept`]).
     refused: Arc<BTreeMap<String, String>>,
+    /// The VIPs of `services`, computed again only when a change could
+    /// move one (the VIP loop reads them every tick).
+    vips: Arc<BTreeSet<std::net::IpAddr>>,
+    /// The revision published before this one and the services that may
+    /// differ from it (a delta's names; `None` after a snapshot): what a
+    /// reconcile round that applied that revision compares, instead of
+    /// every service.
+    delta: Option<(u64, Arc<BTreeSet<String>>)>,
 }
 
 /// Waits until the lease holds no VIP and none is on the interface — the

@@ -13,18 +13,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 use lb_hostnet::Rtnl;
 use lb_proto::model::Service;
 
+use super::accept::by_name;
 use crate::desired::{self, Table};
 use crate::forwarding;
 use crate::ipvs::{Ipvs, IpvsError, ServiceKey};
 use crate::marks::{MarkChange, Marks};
 use crate::reconcile::{apply, observe_counted, observe_keys, plan, Counted, Op, Plan};
 
-/// The services a sweep's slice reads back (each with its destinations).
-pub(super) const SLICE: usize = 100;
+/// The services a sweep's slice reads back (each with its destinations):
+/// a change that arrives meanwhile waits for one slice at most.
+pub(super) const SLICE: usize = 50;
 
 /// What a new revision changed, found by comparing the services with the
 /// last round's: a revision keeps the `Arc` of every service it did not
-/// change ([`super::session::accept`]), so this is a pointer walk.
+/// change ([`super::accept::accept`]), so this is a pointer walk.
 #[derive(Debug, Default)]
 pub(super) struct Changed {
     /// The changed services as they were, and as they are now.
@@ -68,33 +70,135 @@ pub(super) fn changed(last: &[Arc<Service>], now: &[Arc<Service>]) -> Changed {
     }
 }
 
+/// [`changed`] when the services that may differ are known by name (a
+/// delta from the revision `last` holds): a lookup each, not a walk.
+pub(super) fn changed_named(
+    last: &[Arc<Service>],
+    now: &[Arc<Service>],
+    names: &BTreeSet<String>,
+) -> Changed {
+    let mut out = Changed::default();
+    for name in names {
+        match (by_name(last, name), by_name(now, name)) {
+            (Some(x), Some(y)) if !Arc::ptr_eq(x, y) && x != y => {
+                out.before.push(Arc::clone(x));
+                out.now.push(Arc::clone(y));
+            }
+            (Some(x), None) => out.before.push(Arc::clone(x)),
+            (None, Some(y)) => out.now.push(Arc::clone(y)),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// One reconcile round.
 pub(super) enum Round {
     /// The whole table at once (the first round).
     Full,
     /// Only the services a new revision changed.
     Changes(Changed),
-    /// A slice of the sweep: these keys read back and repaired; the first
-    /// slice of a sweep also lists the kernel's services (`list`), so that
-    /// the sweep covers the foreign ones and those left from before.
-    Slice { keys: Vec<ServiceKey>, list: bool },
+    /// A slice of the sweep: these keys read back and repaired to `want`
+    /// (the configured services among them); the first slice of a sweep
+    /// also lists the kernel's services (`list`), so that the sweep covers
+    /// the foreign ones and those left from before, and checks the host's
+    /// side (forwarding, mark rules, addresses) once per sweep.
+    Slice {
+        keys: Vec<ServiceKey>,
+        want: Vec<Arc<Service>>,
+        list: bool,
+    },
+}
+
+impl Round {
+    /// Whether the round also brings the host's side (forwarding sysctls,
+    /// the fwmark rules, this host's addresses) in line: every change, and
+    /// once per sweep — not every slice, each a walk over every service
+    /// and an `nft` run.
+    pub(super) fn host(&self) -> bool {
+        match self {
+            Round::Full => true,
+            // Realservers alone (the usual change) touch none of it.
+            Round::Changes(c) => {
+                c.before.len() != c.now.len()
+                    || c.before
+                        .iter()
+                        .zip(&c.now)
+                        .any(|(a, b)| !backends_only(a, b))
+            }
+            Round::Slice { list, .. } => *list,
+        }
+    }
+}
+
+/// Whether two versions of a service differ in their realservers only.
+fn backends_only(a: &Service, b: &Service) -> bool {
+    let bare = |s: &Service| Service {
+        realservers: Vec::new(),
+        ..s.clone()
+    };
+    a.name == b.name && bare(a) == bare(b)
+}
+
+/// What lbfabric manages after a round: the whole set (a full round), or
+/// the covered keys it no longer wants and those it wants.
+pub(super) enum Managed {
+    All(BTreeSet<ServiceKey>),
+    Keys {
+        gone: Vec<ServiceKey>,
+        wanted: Vec<ServiceKey>,
+    },
+}
+
+impl Managed {
+    /// Brings `managed` up to date; true when it changed.
+    pub(super) fn update(self, managed: &mut Arc<BTreeSet<ServiceKey>>) -> bool {
+        match self {
+            Managed::All(all) => {
+                let changed = **managed != all;
+                *managed = Arc::new(all);
+                changed
+            }
+            Managed::Keys { gone, wanted } => {
+                let stays_same = gone.iter().all(|k| !managed.contains(k))
+                    && wanted.iter().all(|k| managed.contains(k));
+                if stays_same {
+                    return false;
+                }
+                let m = Arc::make_mut(managed);
+                for k in &gone {
+                    m.remove(k);
+                }
+                m.extend(wanted);
+                true
+            }
+        }
+    }
+}
+
+/// The host's side, as a round that checked it found it.
+pub(super) struct Host {
+    pub(super) errors: Vec<String>,
+    pub(super) marks_changed: bool,
+    pub(super) marks_ok: bool,
+    pub(super) own: Vec<String>,
 }
 
 /// What a round did.
 pub(super) struct Done {
     /// The keys the round covered, and lbfabric's keys after it.
     pub(super) covered: Covered,
-    pub(super) managed: BTreeSet<ServiceKey>,
+    pub(super) managed: Managed,
     pub(super) plan: Plan,
     pub(super) failed: Vec<(Op, IpvsError)>,
-    pub(super) host_errors: Vec<String>,
-    pub(super) marks_changed: bool,
-    pub(super) marks_ok: bool,
+    /// The host's side, when the round checked it ([`Round::host`]).
+    pub(super) host: Option<Host>,
     /// The counters read (full rounds and slices).
     pub(super) counted: BTreeMap<ServiceKey, Counted>,
     /// Every key the kernel has (a slice that listed them).
     pub(super) listed: Option<Vec<ServiceKey>>,
-    pub(super) own: Vec<String>,
+    /// A slice's keys left unread (it gave way to a change).
+    pub(super) unread: Vec<ServiceKey>,
 }
 
 /// The keys a round read back and corrected.
@@ -112,21 +216,26 @@ impl Covered {
     }
 }
 
-/// Runs one round (blocking: netlink and nft).
+/// Runs one round (blocking: netlink and nft). A slice stops reading at
+/// the first service after `interrupted` says so (a change is waiting):
+/// the keys it did not read are in [`Done::unread`], for a later slice.
 pub(super) fn reconcile(
     ipvs: &Ipvs,
     marks: &Mutex<Marks>,
     services: &[Arc<Service>],
     round: Round,
-    managed: &BTreeSet<ServiceKey>,
+    (managed, interrupted): (&BTreeSet<ServiceKey>, &dyn Fn() -> bool),
 ) -> Result<Done, IpvsError> {
     let mut listed = None;
+    let mut unread = Vec::new();
+    let host = round.host();
     let (covered, plan, counted, managed): Planned = match round {
         Round::Full => {
             let want = desired::table(services.iter().map(|s| &**s));
             let (observed, counted) = observe_counted(ipvs)?;
             let p = plan(&want, &observed, managed);
-            (Covered::All, p, counted, want.keys().copied().collect())
+            let all = Managed::All(want.keys().copied().collect());
+            (Covered::All, p, counted, all)
         }
         Round::Changes(c) => {
             let want = desired::table(c.now.iter().map(|s| &**s));
@@ -136,29 +245,42 @@ pub(super) fn reconcile(
                 .map(|s| desired::key(&s.address))
                 .chain(want.keys().copied())
                 .collect();
-            let (keys, mut p, _, now) = for_keys(ipvs, want, keys, managed)?;
+            let (keys, mut p, _, now) = for_keys(ipvs, want, keys, managed, &|| false)?;
             // Foreign services are the sweep's to tell.
             p.foreign.clear();
             (keys, p, BTreeMap::new(), now)
         }
-        Round::Slice { keys, list } => {
+        Round::Slice { keys, want, list } => {
             if list {
                 listed = Some(ipvs.services()?.into_iter().map(|s| s.spec.key).collect());
             }
             let keys: BTreeSet<ServiceKey> = keys.into_iter().collect();
-            let want = desired::table(
-                services
-                    .iter()
-                    .map(|s| &**s)
-                    .filter(|s| keys.contains(&desired::key(&s.address))),
-            );
-            for_keys(ipvs, want, keys, managed)?
+            let want = desired::table(want.iter().map(|s| &**s));
+            let planned = for_keys(ipvs, want, keys.clone(), managed, interrupted)?;
+            if let Covered::Keys(read) = &planned.0 {
+                unread = keys.difference(read).copied().collect();
+            }
+            planned
         }
     };
     let failed = apply(ipvs, &plan);
-    let mut host_errors = forwarding::ensure_for(services);
-    // Rules after services: a mark with no IPVS service yet would only send
-    // packets to the local stack.
+    Ok(Done {
+        covered,
+        managed,
+        plan,
+        failed,
+        host: host.then(|| host_side(marks, services)),
+        counted,
+        listed,
+        unread,
+    })
+}
+
+/// Forwarding for NAT services, then the fwmark rules (after the services:
+/// a mark with no IPVS service yet would only send packets to the local
+/// stack), then this host's addresses.
+fn host_side(marks: &Mutex<Marks>, services: &[Arc<Service>]) -> Host {
+    let mut errors = forwarding::ensure_for(services);
     let marked = marks
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -167,48 +289,50 @@ pub(super) fn reconcile(
     let marks_changed = match marked {
         Ok(change) => change != MarkChange::None,
         Err(e) => {
-            host_errors.push(e.to_string());
+            errors.push(e.to_string());
             false
         }
     };
-    Ok(Done {
-        covered,
-        managed,
-        own: own_addresses(services),
-        plan,
-        failed,
-        host_errors,
+    Host {
+        errors,
         marks_changed,
         marks_ok,
-        counted,
-        listed,
-    })
+        own: own_addresses(services),
+    }
 }
 
 /// What a round read and plans: the keys it covers, the operations, the
-/// counters read, and the keys lbfabric manages after it.
-type Planned = (
-    Covered,
-    Plan,
-    BTreeMap<ServiceKey, Counted>,
-    BTreeSet<ServiceKey>,
-);
+/// counters read, and what lbfabric manages after it.
+type Planned = (Covered, Plan, BTreeMap<ServiceKey, Counted>, Managed);
 
 /// Reads back the services with `keys` and plans what makes them `want`
 /// (whose keys are among them); lbfabric manages, after it, what it did
-/// before outside `keys`, and `want`'s.
+/// before outside `keys`, and `want`'s. Costs the keys, not the table.
 fn for_keys(
     ipvs: &Ipvs,
-    want: Table,
+    mut want: Table,
     keys: BTreeSet<ServiceKey>,
     managed: &BTreeSet<ServiceKey>,
+    enough: &dyn Fn() -> bool,
 ) -> Result<Planned, IpvsError> {
-    let (observed, counted) = observe_keys(ipvs, &keys)?;
-    let previously: BTreeSet<ServiceKey> = managed.intersection(&keys).copied().collect();
+    let (observed, counted, keys) = observe_keys(ipvs, &keys, enough)?;
+    // Only what was read back is compared.
+    want.retain(|k, _| keys.contains(k));
+    let previously: BTreeSet<ServiceKey> = keys
+        .iter()
+        .filter(|k| managed.contains(k))
+        .copied()
+        .collect();
     let p = plan(&want, &observed, &previously);
-    let mut now: BTreeSet<ServiceKey> = managed.difference(&keys).copied().collect();
-    now.extend(want.keys().copied());
-    Ok((Covered::Keys(keys), p, counted, now))
+    let managed = Managed::Keys {
+        gone: keys
+            .iter()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect(),
+        wanted: want.keys().copied().collect(),
+    };
+    Ok((Covered::Keys(keys), p, counted, managed))
 }
 
 /// The VIPs whose services are all programmed — none with a failed
@@ -258,7 +382,7 @@ mod tests {
     use super::*;
 
     fn service(name: &str, vip: &str) -> Arc<Service> {
-        let wire = super::super::session::tests::wire(name, vip, "rr");
+        let wire = super::super::accept::tests::wire(name, vip, "rr");
         Arc::new(Service::try_from(wire).expect("valid"))
     }
 
@@ -282,6 +406,11 @@ mod tests {
         assert_eq!(names(&c.before), ["b", "c"]);
         assert_eq!(names(&c.now), ["b", "d"]);
         assert!(changed(&last, &last).before.is_empty());
+        // By name, from a delta's names (a superset, "a" among them): the same.
+        let named: BTreeSet<String> = ["a", "b", "c", "d"].map(String::from).into();
+        let c = changed_named(&last, &now, &named);
+        assert_eq!(names(&c.before), ["b", "c"]);
+        assert_eq!(names(&c.now), ["b", "d"]);
     }
 
     #[test]

@@ -9,11 +9,11 @@
 //! at one controller still reaches the majority its lease needs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use lb_hostnet::checks::{self, Target};
+use lb_hostnet::checks::Target;
 use lb_proto::client::{channel, keep_connected, AckDeadline, Backoff, Session};
 use lb_proto::convert::{parse_vip_leases, vip_leases};
 use lb_proto::model::Service;
@@ -23,32 +23,11 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::accept::{accept, by_name, check_targets, vips_of};
 use super::from_controller::{Applied, FromController};
-use super::{Config, Desired, Progress, Services};
+use super::{Config, Desired, Progress};
 use crate::lease::{epochs, Lease, SentHeartbeats};
 use crate::lease_file::LeaseFile;
-
-/// The health checks the controller asks of this director, from the
-/// services' check specs.
-fn check_targets(services: &[Arc<Service>], asked: &[pb::BackendRef]) -> Vec<Target> {
-    asked
-        .iter()
-        .filter_map(|b| {
-            let s = by_name(services, &b.service)?;
-            let backend = SocketAddr::new(b.address.parse().ok()?, u16::try_from(b.port).ok()?);
-            checks::target(s, backend)
-        })
-        .collect()
-}
-
-/// The service named `name` in `services`, which are sorted by name (see
-/// [`accept`]).
-fn by_name<'a>(services: &'a [Arc<Service>], name: &str) -> Option<&'a Arc<Service>> {
-    let i = services
-        .binary_search_by(|s| s.name.as_str().cmp(name))
-        .ok()?;
-    Some(&services[i])
-}
 
 /// Each controller's answers so far, by address.
 pub(super) type Answers = Arc<watch::Sender<BTreeMap<String, u64>>>;
@@ -208,6 +187,21 @@ impl Shared {
             return;
         }
         let (services, refused) = accept(from.services(), changed, previous.as_ref());
+        let (vips, delta) = match (changed, previous.as_ref()) {
+            (Some(names), Some(p)) => {
+                let vip = |all: &[Arc<Service>], n: &str| by_name(all, n).map(|s| s.vip());
+                let same = names
+                    .iter()
+                    .all(|n| vip(&p.services, n) == vip(&services, n));
+                let vips = if same {
+                    p.vips.clone()
+                } else {
+                    vips_of(&services)
+                };
+                (vips, Some((p.revision, Arc::new(names.clone()))))
+            }
+            _ => (vips_of(&services), None),
+        };
         for (name, why) in refused.iter() {
             if changed.is_none_or(|c| c.contains(name)) {
                 tracing::error!(revision, refused = %why, "refusing a service the controller sent");
@@ -222,6 +216,8 @@ impl Shared {
                 revision,
                 services,
                 refused: Arc::new(refused),
+                vips,
+                delta,
             });
             true
         });
@@ -410,143 +406,5 @@ pub(super) async fn run(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     }
     for (_, task) in streams {
         let _ = task.await;
-    }
-}
-
-/// The services of a configuration this director takes, by name, and
-/// those it refuses with the reason. Only the services named in `changed`
-/// are converted (all of them without it); the others stay as `previous`
-/// has them, so a change to one of 10,000 services converts one. A refused
-/// service keeps the version it had in `previous` (nothing in the kernel
-/// changes for it), or is left out if it is new: a controller whose rules
-/// this director does not share must not freeze the rest of the table, nor
-/// have the refusal go unreported.
-pub(super) fn accept(
-    wire: &BTreeMap<String, pb::Service>,
-    changed: Option<&BTreeSet<String>>,
-    previous: Option<&Desired>,
-) -> (Services, BTreeMap<String, String>) {
-    let kept = |name: &str| by_name(&previous?.services, name).cloned();
-    let (changed, mut refused) = match (changed, previous) {
-        (Some(c), Some(p)) => (Some(c), (*p.refused).clone()),
-        _ => (None, BTreeMap::new()),
-    };
-    let mut services = Vec::with_capacity(wire.len());
-    for (name, s) in wire {
-        if changed.is_some_and(|c| !c.contains(name)) {
-            // Unchanged: as published (or still left out, if refused).
-            services.extend(kept(name));
-            continue;
-        }
-        match Service::try_from(s.clone()) {
-            Ok(s) => {
-                refused.remove(name);
-                services.push(Arc::new(s));
-            }
-            Err(e) => {
-                refused.insert(name.clone(), format!("service {name} refused: {e}"));
-                services.extend(kept(name));
-            }
-        }
-    }
-    refused.retain(|name, _| wire.contains_key(name));
-    (Arc::new(services), refused)
-}
-
-#[cfg(test)]
-pub(super) mod tests {
-    use super::*;
-
-    pub(in crate::agent) fn wire(name: &str, vip: &str, scheduler: &str) -> pb::Service {
-        pb::Service {
-            name: name.into(),
-            virtual_address: Some(pb::service::VirtualAddress::Endpoint(pb::Endpoint {
-                address: vip.into(),
-                port: 80,
-                protocol: "tcp".into(),
-            })),
-            mode: "nat".into(),
-            scheduler: scheduler.into(),
-            ..Default::default()
-        }
-    }
-
-    fn desired(
-        wire: &[pb::Service],
-        changed: Option<&[&str]>,
-        previous: Option<&Desired>,
-    ) -> Desired {
-        let wire = wire.iter().map(|s| (s.name.clone(), s.clone())).collect();
-        let changed: Option<BTreeSet<String>> =
-            changed.map(|c| c.iter().map(|n| n.to_string()).collect());
-        let (services, refused) = accept(&wire, changed.as_ref(), previous);
-        Desired {
-            revision: previous.map_or(1, |p| p.revision + 1),
-            services,
-            refused: Arc::new(refused),
-        }
-    }
-
-    #[test]
-    fn a_refused_service_is_reported_and_keeps_its_previous_version() {
-        let before = desired(
-            &[wire("web", "10.0.0.1", "rr"), wire("api", "10.0.0.2", "rr")],
-            None,
-            None,
-        );
-        assert!(before.refused.is_empty());
-        assert_eq!(before.services.len(), 2);
-        // The controller now sends a scheduler this director does not know,
-        // for one service, and a new service the same way.
-        let now = desired(
-            &[
-                wire("web", "10.0.0.1", "nonesuch"),
-                wire("api", "10.0.0.2", "wrr"),
-                wire("new", "10.0.0.3", "nonesuch"),
-            ],
-            None,
-            Some(&before),
-        );
-        let refused: Vec<&String> = now.refused.values().collect();
-        assert_eq!(refused.len(), 2, "{refused:?}");
-        assert!(refused[0].starts_with("service new refused: service.scheduler"));
-        assert!(
-            refused[1]
-                .starts_with("service web refused: service.scheduler: unknown value \"nonesuch\""),
-            "{refused:?}"
-        );
-        let names: Vec<&str> = now.services.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["api", "web"]);
-        let web = &now.services[1];
-        assert!(
-            Arc::ptr_eq(web, &before.services[1]),
-            "web keeps what it had"
-        );
-        assert_eq!(
-            now.services[0].scheduler.to_string(),
-            "wrr",
-            "api is updated"
-        );
-        // A delta naming only api: web and new stay refused, unconverted.
-        let later = desired(
-            &[
-                wire("web", "10.0.0.1", "nonesuch"),
-                wire("api", "10.0.0.2", "rr"),
-                wire("new", "10.0.0.3", "nonesuch"),
-            ],
-            Some(&["api"]),
-            Some(&now),
-        );
-        assert_eq!(later.refused, now.refused);
-        assert!(Arc::ptr_eq(&later.services[1], &before.services[1]));
-        assert_eq!(later.services[0].scheduler.to_string(), "rr");
-        // web fixed, new deleted: no refusal left.
-        let fixed = desired(
-            &[wire("web", "10.0.0.1", "sh"), wire("api", "10.0.0.2", "rr")],
-            Some(&["web", "new"]),
-            Some(&later),
-        );
-        assert!(fixed.refused.is_empty(), "{:?}", fixed.refused);
-        assert_eq!(fixed.services[1].scheduler.to_string(), "sh");
     }
 }

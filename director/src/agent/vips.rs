@@ -22,14 +22,6 @@ use crate::lease::Lease;
 use crate::lease_file::LeaseFile;
 use crate::vip::{self, AnnounceConfig, Announcements};
 
-/// The VIP addresses of the desired configuration.
-fn managed_vips(desired: &Option<Desired>) -> BTreeSet<IpAddr> {
-    desired
-        .as_ref()
-        .map(|d| d.services.iter().filter_map(|s| s.vip()).collect())
-        .unwrap_or_default()
-}
-
 /// A fence refresh slower than this is redone (see [`Host::refresh_fence`]):
 /// far beyond one `nft` run on a busy host (milliseconds natively, under a
 /// second in the emulated VM), so only a stall pays for a second run.
@@ -208,7 +200,11 @@ impl Wanted {
     ) -> Wanted {
         // VIPs this agent (or the previous process) put on the interface
         // are its own to remove, even when no configuration names them now.
-        let mut managed = managed_vips(&desired.borrow());
+        let mut managed: BTreeSet<IpAddr> = desired
+            .borrow()
+            .as_ref()
+            .map(|d| (*d.vips).clone())
+            .unwrap_or_default();
         let held = {
             let l = lease.lock().unwrap_or_else(PoisonError::into_inner);
             managed.extend(l.added.iter().copied());

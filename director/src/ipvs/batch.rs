@@ -110,22 +110,33 @@ impl Batcher {
     pub(super) fn send(&self, family: u16, changes: Vec<Change>) -> Vec<Result<(), IpvsError>> {
         let mut out = Vec::with_capacity(changes.len());
         let mut changes = changes.into_iter().peekable();
+        // One receive buffer for every chunk: zeroing 64 KiB per chunk was
+        // a tenth of the CPU of programming 100,000 destinations.
+        let mut buf = vec![0u8; 1 << 16];
         while changes.peek().is_some() {
             let chunk: Vec<Change> = changes.by_ref().take(PER_SEND).collect();
-            out.extend(self.send_chunk(family, chunk));
+            out.extend(self.send_chunk(family, chunk, &mut buf));
         }
         out
     }
 
-    fn send_chunk(&self, family: u16, chunk: Vec<Change>) -> Vec<Result<(), IpvsError>> {
+    fn send_chunk(
+        &self,
+        family: u16,
+        chunk: Vec<Change>,
+        acks: &mut [u8],
+    ) -> Vec<Result<(), IpvsError>> {
         let first = self.seq.fetch_add(chunk.len() as u32, Ordering::Relaxed);
-        let (buf, mut results, labels) = encode(family, self.pid, first, chunk);
+        let (requests, mut results, labels) = encode(family, self.pid, first, chunk);
         let waiting = results.iter().filter(|r| r.is_none()).count();
         if waiting > 0 {
-            if let Err(e) = self.socket.send(&buf, neli::consts::socket::Msg::empty()) {
+            if let Err(e) = self
+                .socket
+                .send(&requests, neli::consts::socket::Msg::empty())
+            {
                 return fill(results, &labels, &e.to_string());
             }
-            if let Err(e) = self.acks(first, &mut results, &labels, waiting) {
+            if let Err(e) = self.acks(first, &mut results, &labels, waiting, acks) {
                 return fill(results, &labels, &e);
             }
         }
@@ -139,12 +150,12 @@ impl Batcher {
         results: &mut Outcomes,
         labels: &[(&'static str, String)],
         mut waiting: usize,
+        buf: &mut [u8],
     ) -> Result<(), String> {
-        let mut buf = vec![0u8; 1 << 16];
         while waiting > 0 {
             let (n, _) = self
                 .socket
-                .recv(&mut buf[..], neli::consts::socket::Msg::empty())
+                .recv(&mut *buf, neli::consts::socket::Msg::empty())
                 .map_err(|e| e.to_string())?;
             let replies: NlBuffer<u16, Genlmsghdr<Cmd, CmdAttr>> =
                 NlBuffer::from_bytes_with_input(&mut Cursor::new(&buf[..n]), n)
