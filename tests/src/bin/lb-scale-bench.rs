@@ -6,11 +6,13 @@
 //!   program the table from empty with `ipvsadm -R` and with `lb-director`
 //!   (the same table, imported into one controller), in the same kernel; a
 //!   configuration change (one realserver's weight, by lbctl) until the
-//!   kernel shows it, p50/p99 over 50 changes; the largest message the
+//!   kernel shows it (written by a gRPC client, read by netlink), p50/p99
+//!   over 50 changes; the largest message the
 //!   director's stream carried; the controller's and the director's RSS.
 //! - **On the host** (`--host`): the controller alone at N — the import,
 //!   50 changes by lbctl (p50/p99), `service list -o json`, `status`,
-//!   `realserver list`, and its RSS.
+//!   `realserver list`, its RSS; then a snapshot of the N services built
+//!   by one controller and installed by a second added as a learner.
 //!
 //! ```sh
 //! cargo build --workspace --bins
@@ -21,6 +23,14 @@
 //!
 //! Under the VM's emulated CPU everything is tens of times slower than
 //! natively; compare the figures of one run with each other.
+//!
+//! Each VM measurement runs in a network namespace of its own (IPVS keeps
+//! its tables per namespace), created for it and deleted at the end of the
+//! run: a kernel never flushed. The kernel keeps deleted destinations in a
+//! per-namespace trash for minutes, and every destination added walks it,
+//! so programming 100,000 destinations right after `ipvsadm -C` of as many
+//! is several times slower, for `ipvsadm -R` and lbfabric alike — a
+//! measurement after another's flush would time the trash.
 
 use std::io::Write;
 use std::path::Path;
@@ -29,9 +39,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use lb_director::ipvs::wire::IPPROTO_TCP;
+use lb_director::ipvs::{Ipvs, ServiceKey};
+use lb_proto::pb;
 use lb_testkit::fabric::{VM_CONTROLLER_TIMERS, VM_DIRECTOR_HEARTBEAT};
 use lb_testkit::proc::Proc;
-use lb_testkit::scale::ipvsadm_table;
+use lb_testkit::scale::{ipvsadm_table, realserver_address, service_address};
 use lb_testkit::{bin, lbctl_ok, ControllerProc};
 
 #[derive(Debug, Parser)]
@@ -45,6 +58,19 @@ struct Args {
     /// Changes measured per N.
     #[arg(long, default_value_t = 50)]
     changes: usize,
+    /// Internal: one VM measurement, run by the benchmark itself inside
+    /// the namespace made for it.
+    #[arg(long, hide = true)]
+    inside: Option<Inside>,
+    /// Internal: what `ipvsadm -R` took at this N, for the fabric's line.
+    #[arg(long, hide = true, default_value_t = 0.0)]
+    ipvsadm_secs: f64,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Inside {
+    Ipvsadm,
+    Fabric,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,18 +78,121 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Some(inside) = args.inside {
+        let n = args.services.first().copied().unwrap_or(10);
+        let dir = tempfile::tempdir()?;
+        return match inside {
+            Inside::Ipvsadm => {
+                let took = restore(n, dir.path())?;
+                println!("ipvsadm_secs={}", took.as_secs_f64());
+                Ok(())
+            }
+            Inside::Fabric => rt.block_on(vm(n, args.changes, args.ipvsadm_secs, dir.path())),
+        };
+    }
+    let mut namespaces = Vec::new();
     for &n in &args.services {
         let dir = tempfile::tempdir()?;
         let figures = if args.host {
             rt.block_on(host(n, args.changes, dir.path()))
         } else {
-            rt.block_on(vm(n, args.changes, dir.path()))
+            in_namespaces(n, args.changes, &mut namespaces)
         };
         if let Err(e) = figures {
             println!("N = {n}: {e:#}");
         }
     }
+    // Deleted only now: tearing down 100,000 destinations is kernel work
+    // that must not overlap a measurement.
+    for ns in namespaces {
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    }
     Ok(())
+}
+
+/// Runs this benchmark again as `--inside what` in a new namespace, which
+/// is recorded in `namespaces`; returns its standard output.
+fn inside(
+    what: &str,
+    n: usize,
+    extra: &[String],
+    namespaces: &mut Vec<String>,
+) -> anyhow::Result<String> {
+    let ns = format!("lbbench-{what}-{n}-{}", std::process::id());
+    let made = Command::new("ip").args(["netns", "add", &ns]).status()?;
+    if !made.success() {
+        bail!("ip netns add {ns} failed");
+    }
+    namespaces.push(ns.clone());
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(std::env::current_exe()?)
+        .args(["--inside", what, "--services", &n.to_string()])
+        .args(extra)
+        .stderr(Stdio::inherit())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("{what} at N = {n}: {}", text.trim());
+    }
+    Ok(text)
+}
+
+/// `ipvsadm -R` in a fresh namespace, then lbfabric in another.
+fn in_namespaces(n: usize, changes: usize, namespaces: &mut Vec<String>) -> anyhow::Result<()> {
+    if !lb_testkit::vm::in_vm() {
+        bail!("run in the VM test bed (lb-vm run -- …), or with --host");
+    }
+    let restored = inside("ipvsadm", n, &[], namespaces)?;
+    let secs = restored
+        .lines()
+        .find_map(|l| l.strip_prefix("ipvsadm_secs="))
+        .context("ipvsadm -R: no time printed")?
+        .trim()
+        .to_string();
+    let extra = [
+        "--changes".to_string(),
+        changes.to_string(),
+        "--ipvsadm-secs".to_string(),
+        secs,
+    ];
+    print!("{}", inside("fabric", n, &extra, namespaces)?);
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// A new namespace's loopback is down, and until an interface is up it
+/// has no routing table: the kernel then refuses every destination
+/// ("address not unicast").
+fn loopback_up() -> anyhow::Result<()> {
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()?;
+    if !up.success() {
+        bail!("ip link set lo up failed");
+    }
+    Ok(())
+}
+
+/// Programs the table of `n` services with `ipvsadm -R` from empty, checks
+/// it, and returns how long the restore took.
+fn restore(n: usize, dir: &Path) -> anyhow::Result<Duration> {
+    loopback_up()?;
+    let table = ipvsadm_table(n, 10);
+    let mut want = table.clone();
+    want.sort();
+    let rules = dir.join("restore");
+    std::fs::write(&rules, table.join("\n") + "\n")?;
+    let t = Instant::now();
+    let restored = Command::new("ipvsadm")
+        .arg("-R")
+        .stdin(std::fs::File::open(&rules)?)
+        .status()?;
+    let took = t.elapsed();
+    if !restored.success() || saved()? != want {
+        bail!("ipvsadm -R did not program the table");
+    }
+    Ok(took)
 }
 
 /// The resident memory of `pid`, in MiB.
@@ -74,6 +203,23 @@ fn rss_mib(pid: u32) -> f64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// CPU seconds `pid` has used so far (user + system), from
+/// `/proc/<pid>/stat`; clock ticks are 100 a second on Linux.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15: 11 and 12 after the command.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -98,10 +244,7 @@ fn summary(mut d: Vec<Duration>) -> String {
 /// `i`-th change updates: spread over the table.
 fn target(i: usize, n: usize) -> (String, String, String) {
     let j = (i * 7919) % n;
-    let line = &ipvsadm_table(j + 1, 10)[j * 11 + 1 + i % 10];
-    // "-a -t VIP:PORT -r RS:PORT -g -w 1"
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let (vaddr, rs) = (words[2].to_string(), words[4].to_string());
+    let (vaddr, rs) = (service_address(j), realserver_address(j, i % 10));
     let (vip, port) = vaddr.split_once(':').unwrap_or((&vaddr, ""));
     (format!("vs-{vip}-{port}-tcp"), vaddr.clone(), rs)
 }
@@ -142,14 +285,61 @@ async fn host(n: usize, changes: usize, dir: &Path) -> anyhow::Result<()> {
     let status = timed(&["status"])?;
     let realservers = timed(&["realserver", "list"])?;
     let rss = node.pid().map_or(0.0, rss_mib);
+    drop(node);
+    let snapshot = snapshot_figures(n, &dir.join("snapshot")).await?;
     println!(
         "host, N = {n} services × 10 realservers: import {imported:?}; one change by lbctl: {}; \
          service list -o json {list:?}; status {status:?}; realserver list {realservers:?}; \
-         controller RSS {rss:.0} MiB ({:.0} bytes per realserver)",
+         controller RSS {rss:.0} MiB ({:.0} bytes per realserver); {snapshot}",
         summary(writes),
         rss * 1024.0 * 1024.0 / (n * 10) as f64
     );
     Ok(())
+}
+
+/// The value of `key=` in the first line of `log` that says `what`.
+fn logged<'a>(log: &'a str, what: &str, key: &str) -> Option<&'a str> {
+    let line = log.lines().find(|l| l.contains(what))?;
+    line.split_whitespace().find_map(|w| w.strip_prefix(key))
+}
+
+/// A snapshot of the table of `n` services: built by a controller that
+/// snapshots after every entry and keeps no log behind it, then shipped
+/// to and installed by a second node added as a learner (which can only
+/// catch up from it). Returns the line of figures.
+async fn snapshot_figures(n: usize, dir: &Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let every = ["--snapshot-every", "1", "--keep-logs", "0"];
+    let (first, _) = controller_with(n, dir, &every)?;
+    let built = wait_logged(&first, "snapshot built", "took_ms=").await?;
+    let second = ControllerProc::start(2, dir, false, &every)?;
+    let t = Instant::now();
+    lbctl_ok(&first.addr, &["cluster", "add-learner", "2", &second.addr])?;
+    let installed = wait_logged(&second, "snapshot installed", "took_ms=").await?;
+    let caught_up = t.elapsed();
+    let log = first.log_text();
+    let bytes = logged(&log, "snapshot built", "bytes=").unwrap_or("?");
+    Ok(format!(
+        "snapshot {bytes} bytes, built in {built} ms, installed in {installed} ms by a new \
+         learner (caught up {caught_up:?} after add-learner)"
+    ))
+}
+
+/// Waits (up to 5 minutes) for `node`'s log to say `what`; returns its `key=`.
+async fn wait_logged(node: &ControllerProc, what: &str, key: &str) -> anyhow::Result<String> {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = logged(&node.log_text(), what, key) {
+            return Ok(v.to_string());
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "node {}: no \"{what}\" in its log in 5 minutes",
+                node.node_id
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn ipvsadm(args: &[&str]) -> anyhow::Result<String> {
@@ -167,41 +357,29 @@ fn saved() -> anyhow::Result<Vec<String>> {
     Ok(v)
 }
 
-/// The weight the kernel has for `rs` in the service `vaddr`.
-fn weight(vaddr: &str, rs: &str) -> Option<String> {
-    let out = ipvsadm(&["-Ln", "-t", vaddr]).ok()?;
-    out.lines().find_map(|l| {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        (w.first() == Some(&"->") && w.get(1) == Some(&rs))
-            .then(|| w.get(3).map(|s| s.to_string()))?
+/// The IPVS key of the TCP service at `vaddr` (`VIP:port`).
+fn endpoint_key(vaddr: &str) -> anyhow::Result<ServiceKey> {
+    let a: std::net::SocketAddr = vaddr.parse()?;
+    Ok(ServiceKey::Endpoint {
+        addr: a.ip(),
+        port: a.port(),
+        protocol: IPPROTO_TCP,
     })
 }
 
-async fn vm(n: usize, changes: usize, dir: &Path) -> anyhow::Result<()> {
-    if !lb_testkit::vm::in_vm() {
-        bail!("run in the VM test bed (lb-vm run -- …), or with --host");
-    }
+/// lbfabric in this (fresh) namespace: a controller with the table
+/// imported, lb-director programming it from empty, then the changes.
+async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::Result<()> {
     let table = ipvsadm_table(n, 10);
     let mut want = table.clone();
     want.sort();
-
-    // ipvsadm -R, from empty.
-    ipvsadm(&["-C"])?;
-    let rules = dir.join("restore");
-    std::fs::write(&rules, table.join("\n") + "\n")?;
-    let t = Instant::now();
-    let restored = Command::new("ipvsadm")
-        .arg("-R")
-        .stdin(std::fs::File::open(&rules)?)
-        .status()?;
-    let by_ipvsadm = t.elapsed();
-    if !restored.success() || saved()? != want {
-        bail!("ipvsadm -R did not program the table");
-    }
-    ipvsadm(&["-C"])?;
+    let by_ipvsadm = Duration::from_secs_f64(ipvsadm_secs);
+    loopback_up()?;
 
     // lb-director, from empty.
     let (node, imported) = controller_with(n, dir, &VM_CONTROLLER_TIMERS)?;
+    // The controller's CPU from here on (the import is before).
+    let controller_cpu = node.pid().map_or(0.0, cpu_secs);
     let log_path = dir.join("director.log");
     let log = std::fs::File::create(&log_path)?;
     let t = Instant::now();
@@ -239,29 +417,48 @@ async fn vm(n: usize, changes: usize, dir: &Path) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let cpu_programming = (
+        node.pid().map_or(0.0, cpu_secs) - controller_cpu,
+        cpu_secs(director.0.id()),
+    );
     if saved()? != want {
         bail!("lb-director's table differs from the configuration");
     }
 
-    // One change at a time, until the kernel shows it.
+    // One change at a time, from the API call until the kernel shows it:
+    // written with a gRPC client and read back over netlink, both in this
+    // process — spawning lbctl or ipvsadm costs 0.1–0.3 s each under the
+    // emulated CPU, noise that would swamp what is measured.
+    let mut admin = node.admin().await?;
+    let kernel = Ipvs::open()?;
     let mut latencies = Vec::new();
     for i in 0..changes {
         let (name, vaddr, rs) = target(i, n);
-        let w = (2 + i % 5).to_string();
+        let (key, dest) = (endpoint_key(&vaddr)?, rs.parse::<std::net::SocketAddr>()?);
+        let w = 2 + (i % 5) as u32;
         let t = Instant::now();
-        lbctl_ok(
-            &node.addr,
-            &["realserver", "update", &name, &rs, "--weight", &w],
-        )?;
+        admin
+            .update_real_server(pb::UpdateRealServerRequest {
+                service: name,
+                address: dest.ip().to_string(),
+                port: dest.port().into(),
+                weight: Some(w),
+                ..Default::default()
+            })
+            .await?;
         loop {
-            if weight(&vaddr, &rs).as_deref() == Some(w.as_str()) {
+            let now = kernel.dests(&key)?;
+            if now
+                .iter()
+                .any(|d| d.spec.key() == (dest.ip(), dest.port()) && d.spec.weight == w)
+            {
                 latencies.push(t.elapsed());
                 break;
             }
             if t.elapsed() > Duration::from_secs(300) {
                 bail!("change {i} did not reach the kernel in 5 minutes");
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
     let text = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -277,15 +474,17 @@ async fn vm(n: usize, changes: usize, dir: &Path) -> anyhow::Result<()> {
     println!(
         "VM, N = {n} services × 10 realservers ({} table lines): from empty, ipvsadm -R {by_ipvsadm:?}, \
          lb-director {by_director:?} (ratio {:.2}; after an import of {imported:?}); one change \
-         by lbctl until the kernel shows it: {}; the director's largest message {largest} bytes \
-         (its snapshot: {}); RSS controller {crss:.0} MiB, director {drss:.0} MiB",
+         by the API until the kernel shows it: {}; the director's largest message {largest} bytes \
+         (its snapshot: {}); RSS controller {crss:.0} MiB, director {drss:.0} MiB; CPU while \
+         programming: controller {:.1} s, director {:.1} s",
         table.len(),
         by_ipvsadm.as_secs_f64() / by_director.as_secs_f64(),
         summary(latencies),
         snapshot.split("snapshot)").nth(1).unwrap_or("").trim(),
+        cpu_programming.0,
+        cpu_programming.1,
     );
     std::io::stdout().flush()?;
     drop(director);
-    ipvsadm(&["-C"])?;
     Ok(())
 }
