@@ -10,7 +10,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{decode, StoreError, LOGS, RAFT_META};
+use super::{decode, encode, StoreError, LOGS, RAFT_META};
 use crate::typ::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE: &str = "vote";
@@ -21,6 +21,14 @@ const LAST_PURGED: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+}
+
+fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StoreError> {
+    encode(entry)
+}
+
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
+    decode(format_args!("log entry {index}"), bytes)
 }
 
 impl LogStore {
@@ -49,10 +57,7 @@ impl LogStore {
         let mut out = Vec::new();
         for item in table.range(range)? {
             let (index, bytes) = item?;
-            out.push(decode(
-                format_args!("log entry {}", index.value()),
-                bytes.value(),
-            )?);
+            out.push(decode_entry(index.value(), bytes.value())?);
         }
         Ok(out)
     }
@@ -62,8 +67,7 @@ impl LogStore {
         let table = txn.open_table(LOGS)?;
         let last = table.last()?;
         last.map(|(index, bytes)| {
-            decode::<Entry>(format_args!("log entry {}", index.value()), bytes.value())
-                .map(|e| *e.get_log_id())
+            decode_entry(index.value(), bytes.value()).map(|e| *e.get_log_id())
         })
         .transpose()
     }
@@ -73,7 +77,7 @@ impl LogStore {
         {
             let mut table = txn.open_table(LOGS)?;
             for entry in entries {
-                let bytes = serde_json::to_vec(&entry)?;
+                let bytes = encode_entry(&entry)?;
                 table.insert(entry.get_log_id().index, bytes.as_slice())?;
             }
         }
@@ -176,5 +180,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tracing::debug!(index = log_id.index, "purging log");
         self.purge_upto(log_id)
             .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Command;
+    use openraft::EntryPayload;
+
+    /// An entry reads back from the binary form, and one written as JSON
+    /// by an older version still reads.
+    #[test]
+    fn entries_read_back_binary_and_json() {
+        let entry = Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(3, 1), 7),
+            payload: EntryPayload::Normal(Command::DeleteService { name: "web".into() }),
+        };
+        let binary = encode_entry(&entry).unwrap();
+        let json = serde_json::to_vec(&entry).unwrap();
+        assert!(binary.len() < json.len());
+        for bytes in [&binary, &json] {
+            let back = decode_entry(7, bytes).unwrap();
+            assert_eq!(back.log_id, entry.log_id);
+            assert!(matches!(
+                back.payload,
+                EntryPayload::Normal(Command::DeleteService { ref name }) if name == "web"
+            ));
+        }
+        let e = decode_entry(7, &binary[..binary.len() - 2]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("decoding stored record log entry 7"),
+            "{e}"
+        );
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use super::snapshot::{snapshot_decode, snapshot_encode, SNAPSHOT_DATA, SNAPSHOT_META};
 use super::tables::{Side, AGENTS, DIRECTOR_DOWN, OWNERS, SECURITY};
-use super::{decode, StoreError, EVENTS, SERVICES, SM_META, SNAPSHOT};
+use super::{decode, encode, StoreError, EVENTS, SERVICES, SM_META, SNAPSHOT};
 use crate::state::{CommandResult, Derived, Event, State};
 use crate::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use lb_proto::model::Service;
@@ -222,14 +222,12 @@ impl StateMachineStore {
             let mut table = txn.open_table(EVENTS)?;
             for (name, configured) in &changed_services {
                 match configured {
-                    Some(service) => {
-                        services.insert(name.as_str(), serde_json::to_vec(service)?.as_slice())?
-                    }
+                    Some(service) => services.insert(name.as_str(), encode(service)?.as_slice())?,
                     None => services.remove(name.as_str())?,
                 };
             }
             for event in &events {
-                table.insert(event.revision, serde_json::to_vec(event)?.as_slice())?;
+                table.insert(event.revision, encode(event)?.as_slice())?;
             }
             if let Some(oldest) = oldest_event {
                 table.retain_in(..oldest, |_, _| false)?;
@@ -254,12 +252,12 @@ impl StateMachineStore {
             let mut services = txn.open_table(SERVICES)?;
             services.retain(|_, _| false)?;
             for (name, service) in &state.services {
-                services.insert(name.as_str(), serde_json::to_vec(service)?.as_slice())?;
+                services.insert(name.as_str(), encode(service)?.as_slice())?;
             }
             let mut events = txn.open_table(EVENTS)?;
             events.retain(|_, _| false)?;
             for event in &state.events {
-                events.insert(event.revision, serde_json::to_vec(event)?.as_slice())?;
+                events.insert(event.revision, encode(event)?.as_slice())?;
             }
             let mut snap = txn.open_table(SNAPSHOT)?;
             snap.insert(SNAPSHOT_META, serde_json::to_vec(meta)?.as_slice())?;

@@ -281,6 +281,8 @@ async fn host(n: usize, changes: usize, dir: &Path) -> anyhow::Result<()> {
         lbctl_ok(&a, args)?;
         Ok(t.elapsed())
     };
+    // Memory in the steady state, before the listings' transient answers.
+    let steady = node.pid().map_or(0.0, rss_mib);
     let list = timed(&["service", "list", "-o", "json"])?;
     let status = timed(&["status"])?;
     let realservers = timed(&["realserver", "list"])?;
@@ -290,9 +292,10 @@ async fn host(n: usize, changes: usize, dir: &Path) -> anyhow::Result<()> {
     println!(
         "host, N = {n} services × 10 realservers: import {imported:?}; one change by lbctl: {}; \
          service list -o json {list:?}; status {status:?}; realserver list {realservers:?}; \
-         controller RSS {rss:.0} MiB ({:.0} bytes per realserver); {snapshot}",
+         controller RSS {steady:.0} MiB ({:.0} bytes per realserver), {rss:.0} MiB after the \
+         listings; {snapshot}",
         summary(writes),
-        rss * 1024.0 * 1024.0 / (n * 10) as f64
+        steady * 1024.0 * 1024.0 / (n * 10) as f64
     );
     Ok(())
 }
@@ -311,17 +314,37 @@ async fn snapshot_figures(n: usize, dir: &Path) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir)?;
     let every = ["--snapshot-every", "1", "--keep-logs", "0"];
     let (first, _) = controller_with(n, dir, &every)?;
-    let built = wait_logged(&first, "snapshot built", "took_ms=").await?;
+    // The snapshot taken after the import (earlier ones hold nothing).
+    let big = |line: &str| {
+        line.contains("snapshot built")
+            && line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("bytes="))
+                .and_then(|b| b.parse::<usize>().ok())
+                .is_some_and(|b| b > 100 * n)
+    };
+    let t = Instant::now();
+    let built_line = loop {
+        if let Some(l) = first.log_text().lines().find(|l| big(l)) {
+            break l.to_string();
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            bail!("no snapshot of the imported services in 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let built = logged(&built_line, "snapshot built", "took_ms=").unwrap_or("?");
+    let bytes = logged(&built_line, "snapshot built", "bytes=").unwrap_or("?");
     let second = ControllerProc::start(2, dir, false, &every)?;
     let t = Instant::now();
     lbctl_ok(&first.addr, &["cluster", "add-learner", "2", &second.addr])?;
     let installed = wait_logged(&second, "snapshot installed", "took_ms=").await?;
     let caught_up = t.elapsed();
-    let log = first.log_text();
-    let bytes = logged(&log, "snapshot built", "bytes=").unwrap_or("?");
+    let log = second.log_text();
+    let shipped = logged(&log, "snapshot installed", "bytes=").unwrap_or("?");
     Ok(format!(
-        "snapshot {bytes} bytes, built in {built} ms, installed in {installed} ms by a new \
-         learner (caught up {caught_up:?} after add-learner)"
+        "snapshot {bytes} bytes, built in {built} ms; {shipped} bytes installed in {installed} ms \
+         by a new learner (caught up {caught_up:?} after add-learner)"
     ))
 }
 
