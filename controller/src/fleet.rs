@@ -58,6 +58,26 @@ pub struct Members {
     pub agents: BTreeMap<String, Instant>,
 }
 
+/// The counters `base` (none yet: empty) updated by `delta`: the services
+/// it lists replace theirs, those it removes go.
+fn merge(base: Option<&pb::IpvsStats>, delta: &pb::IpvsStats) -> pb::IpvsStats {
+    let mut rows: std::collections::BTreeMap<&str, &pb::ServiceStats> = base
+        .into_iter()
+        .flat_map(|b| &b.services)
+        .map(|s| (s.service.as_str(), s))
+        .collect();
+    for name in &delta.removed {
+        rows.remove(name.as_str());
+    }
+    for s in &delta.services {
+        rows.insert(s.service.as_str(), s);
+    }
+    pb::IpvsStats {
+        services: rows.into_values().cloned().collect(),
+        ..Default::default()
+    }
+}
+
 /// [`Members`] behind one lock.
 #[derive(Debug, Default)]
 pub struct Fleet(Mutex<Members>);
@@ -77,6 +97,10 @@ impl Fleet {
             .filter(|d| d.live(timing))
             .map_or(now, |d| d.live_since);
         let stats = match &report.stats {
+            Some(s) if s.delta => {
+                let base = before.and_then(|d| d.stats.as_ref()).map(|(b, _)| &**b);
+                Some((Arc::new(merge(base, s)), now))
+            }
             Some(s) => Some((Arc::new(s.clone()), now)),
             None => before.and_then(|d| d.stats.clone()),
         };
@@ -202,4 +226,34 @@ pub fn vip_leases(data: &SmData, node: &str) -> Vec<pb::VipLease> {
 
 fn millis_since(at: Instant) -> u64 {
     u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delta_merges_into_the_counters_held() {
+        let row = |name: &str, conns: u64| pb::ServiceStats {
+            service: name.into(),
+            counters: Some(pb::Counters {
+                conns,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let base = pb::IpvsStats {
+            services: vec![row("a", 1), row("b", 1), row("c", 1)],
+            ..Default::default()
+        };
+        let delta = pb::IpvsStats {
+            services: vec![row("b", 5), row("d", 0)],
+            delta: true,
+            removed: vec!["c".into()],
+        };
+        let merged = merge(Some(&base), &delta);
+        assert_eq!(merged.services, [row("a", 1), row("b", 5), row("d", 0)]);
+        assert!(!merged.delta);
+        assert_eq!(merge(None, &delta).services.len(), 2);
+    }
 }

@@ -42,7 +42,40 @@ pub fn report<S: Borrow<Service>>(
             })
         })
         .collect();
-    fit(pb::IpvsStats { services }, REPORT_BUDGET)
+    fit(
+        pb::IpvsStats {
+            services,
+            ..Default::default()
+        },
+        REPORT_BUDGET,
+    )
+}
+
+/// What changed from `base` (the counters sent before) to `now`, as a
+/// delta: the services whose rows differ or are new, and those gone. Empty
+/// when nothing moved (no traffic).
+pub fn delta(base: &pb::IpvsStats, now: &pb::IpvsStats) -> pb::IpvsStats {
+    let before: BTreeMap<&str, &pb::ServiceStats> = base
+        .services
+        .iter()
+        .map(|s| (s.service.as_str(), s))
+        .collect();
+    let names: std::collections::BTreeSet<&str> =
+        now.services.iter().map(|s| s.service.as_str()).collect();
+    pb::IpvsStats {
+        services: now
+            .services
+            .iter()
+            .filter(|s| before.get(s.service.as_str()) != Some(s))
+            .cloned()
+            .collect(),
+        delta: true,
+        removed: before
+            .keys()
+            .filter(|n| !names.contains(*n))
+            .map(|n| n.to_string())
+            .collect(),
+    }
 }
 
 /// The most a report's counters may take: far under the controllers' 4 MiB
@@ -108,6 +141,7 @@ mod tests {
         };
         let stats = pb::IpvsStats {
             services: (0..100).map(service).collect(),
+            ..Default::default()
         };
         let size = prost::Message::encoded_len(&stats);
         assert_eq!(
@@ -119,5 +153,29 @@ mod tests {
         assert_eq!(cut.services.len(), 100);
         assert!(cut.services.iter().all(|s| s.realservers.is_empty()));
         assert_eq!(cut.services[42].counters, stats.services[42].counters);
+    }
+
+    #[test]
+    fn a_delta_carries_what_moved_and_names_what_went() {
+        let row = |name: &str, conns: u64| pb::ServiceStats {
+            service: name.into(),
+            counters: Some(pb::Counters {
+                conns,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let stats = |rows: Vec<pb::ServiceStats>| pb::IpvsStats {
+            services: rows,
+            ..Default::default()
+        };
+        let base = stats(vec![row("a", 1), row("b", 1), row("c", 1)]);
+        let now = stats(vec![row("a", 1), row("b", 5), row("d", 0)]);
+        let d = delta(&base, &now);
+        assert!(d.delta);
+        assert_eq!(d.services, [row("b", 5), row("d", 0)]);
+        assert_eq!(d.removed, ["c"]);
+        let same = delta(&now, &now);
+        assert!(same.services.is_empty() && same.removed.is_empty());
     }
 }

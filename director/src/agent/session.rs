@@ -29,6 +29,31 @@ use super::{Config, Desired, Progress};
 use crate::lease::{epochs, Lease, SentHeartbeats};
 use crate::lease_file::LeaseFile;
 
+/// The counters a stream sent: which round's, and the reading itself,
+/// which the next ones are sent as deltas from.
+#[derive(Default)]
+struct StatsSent {
+    round: u64,
+    base: Option<Arc<pb::IpvsStats>>,
+}
+
+impl StatsSent {
+    /// What to send of the reading `now`: all of it first (a new stream
+    /// may reach a controller that has none), then what changed; nothing
+    /// when nothing did.
+    fn next(&mut self, now: Arc<pb::IpvsStats>) -> Option<pb::IpvsStats> {
+        let out = match &self.base {
+            None => Some((*now).clone()),
+            Some(base) => {
+                let d = crate::stats::delta(base, &now);
+                (!d.services.is_empty() || !d.removed.is_empty()).then_some(d)
+            }
+        };
+        self.base = Some(now);
+        out
+    }
+}
+
 /// Each controller's answers so far, by address.
 pub(super) type Answers = Arc<watch::Sender<BTreeMap<String, u64>>>;
 
@@ -89,14 +114,15 @@ impl Shared {
     }
 
     /// The next report: what the reconciler did, what the kernel has.
-    fn report(&self, heartbeat: u64, stats_sent: &mut u64) -> pb::DirectorReport {
+    fn report(&self, heartbeat: u64, sent: &mut StatsSent) -> pb::DirectorReport {
         let p = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
         // Counters change every round; sending them with each heartbeat would
         // multiply the stream's traffic for nothing.
-        let stats = (p.stats_round > *stats_sent)
-            .then(|| p.stats.as_deref().cloned())
-            .flatten();
-        *stats_sent = p.stats_round;
+        let stats = (p.stats_round > sent.round)
+            .then(|| p.stats.clone())
+            .flatten()
+            .and_then(|now| sent.next(now));
+        sent.round = p.stats_round;
         let unhealthy: Vec<pb::BackendRef> = p
             .unhealthy
             .iter()
@@ -243,7 +269,7 @@ impl Session for Stream {
         let mut sent = SentHeartbeats::default();
         let mut heartbeat = 0;
         // A new stream may reach a controller that has no counters yet.
-        let mut stats_sent = 0;
+        let mut stats_sent = StatsSent::default();
         // Connecting may take long (a TLS handshake on a slow host): the
         // deadline starts with the stream.
         let mut waiting = AckDeadline::new(sh.config.ack_deadline);
