@@ -251,18 +251,10 @@ impl State {
         }
         // Only the services of the agents that changed can gain, lose or
         // change a backend.
-        let mut touched = BTreeSet::new();
-        for (id, a) in &agents {
-            if self.agents.get(id) != Some(a) {
-                touched.extend(self.served_by(a));
-            }
-        }
-        for (id, a) in &self.agents {
-            if agents.get(id) != Some(a) {
-                touched.extend(self.served_by(a));
-            }
-        }
-        let before = self.effective_of(&touched);
+        let changed: Vec<&Agent> = differing(&agents, &self.agents)
+            .chain(differing(&self.agents, &agents))
+            .collect();
+        let before = self.effective_of(&self.served_by(&changed));
         self.agents = agents;
         Ok(self.backend_events(before))
     }
@@ -297,4 +289,14 @@ impl State {
             .map(|(rs, _, _)| SocketAddr::new(rs.address, rs.port))
             .collect()
     }
+}
+
+/// The agents of `from` that `to` does not have as they are.
+fn differing<'a>(
+    from: &'a BTreeMap<String, Agent>,
+    to: &'a BTreeMap<String, Agent>,
+) -> impl Iterator<Item = &'a Agent> {
+    from.iter()
+        .filter(|(id, a)| to.get(*id) != Some(*a))
+        .map(|(_, a)| a)
 }

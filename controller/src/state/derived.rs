@@ -231,16 +231,13 @@ impl State {
             | Command::RemoveRealServer { service, .. }
             | Command::SetDirectorChecks { service, .. } => one(service),
             Command::RegisterRealServer { agent } => {
-                let mut names = self.served_by(agent);
-                if let Some(old) = self.agents.get(&agent.node_id) {
-                    names.extend(self.served_by(old));
-                }
-                names
+                let old = self.agents.get(&agent.node_id);
+                self.served_by(&[agent].into_iter().chain(old).collect::<Vec<_>>())
             }
             Command::SetAgentDrain { node_id, .. } | Command::SetAgentLost { node_id } => self
                 .agents
                 .get(node_id)
-                .map(|a| self.served_by(a))
+                .map(|a| self.served_by(&[a]))
                 .unwrap_or_default(),
             Command::AssignVip { .. }
             | Command::RevokeNode { .. }
@@ -251,15 +248,17 @@ impl State {
         }
     }
 
-    /// The services an agent's state can change: those its labels join,
-    /// and those that list a realserver at its address (whose health and
-    /// drain it reports). A walk over the services, without copying one.
-    pub(super) fn served_by(&self, agent: &Agent) -> BTreeSet<String> {
+    /// The services the state of any of `agents` can change: those their
+    /// labels join, and those that list a realserver at their address
+    /// (whose health and drain they report). One walk over the services,
+    /// without copying one.
+    pub(super) fn served_by(&self, agents: &[&Agent]) -> BTreeSet<String> {
+        let serves = |a: &Agent, s: &Service| {
+            a.matches(s) || s.realservers.iter().any(|rs| rs.address == a.address)
+        };
         self.services
             .values()
-            .filter(|s| {
-                agent.matches(s) || s.realservers.iter().any(|rs| rs.address == agent.address)
-            })
+            .filter(|s| agents.iter().any(|a| serves(a, s)))
             .map(|s| s.name.clone())
             .collect()
     }
@@ -268,25 +267,13 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::tests::{rs, service, tcp_check};
+    use crate::state::tests::{agent, rs, service, tcp_check};
 
     /// Applies `cmd` the way the state machine does.
     fn apply(st: &mut State, d: &mut Derived, cmd: Command) {
         let touched = st.touches(&cmd);
         st.apply(cmd).expect("applies");
         d.update(st, &touched);
-    }
-
-    fn agent(id: &str, addr: &str, role: &str) -> Agent {
-        Agent {
-            node_id: id.into(),
-            address: addr.parse().unwrap(),
-            labels: [("role".to_string(), role.to_string())].into(),
-            unhealthy: BTreeSet::new(),
-            draining: false,
-            drained: false,
-            lost: false,
-        }
     }
 
     /// After every kind of change, what was kept up to date equals what is
@@ -310,7 +297,7 @@ mod tests {
         if let lb_proto::model::VirtualAddress::Endpoint { port, .. } = &mut api.address {
             *port = 443;
         }
-        api.realserver_selector = [("role".to_string(), "api".to_string())].into();
+        api.realserver_selector = [("pool".to_string(), "api".to_string())].into();
         apply(&mut st, &mut d, Command::CreateService { service: api });
         check(&st, &d, "two services on one VIP");
         // An agent at a listed backend's address: the directors stop

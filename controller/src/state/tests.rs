@@ -47,7 +47,7 @@ fn marked(name: &str, mark: u32, vip: &str, ports: &[u32]) -> Service {
     .unwrap()
 }
 
-fn agent(node: &str, addr: &str, pool: &str) -> Agent {
+pub(crate) fn agent(node: &str, addr: &str, pool: &str) -> Agent {
     Agent {
         node_id: node.into(),
         address: addr.parse().unwrap(),

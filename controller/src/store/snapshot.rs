@@ -44,13 +44,9 @@ mod tests {
         web.realservers = vec![crate::state::tests::rs("10.2.0.1", 80)];
         web.health_check = Some(crate::state::tests::tcp_check());
         let agent = Agent {
-            node_id: "rs1".into(),
-            address: "10.2.0.2".parse().unwrap(),
-            labels: [("role".to_string(), "web".to_string())].into(),
             unhealthy: ["web".to_string()].into(),
-            draining: false,
             drained: true,
-            lost: false,
+            ..crate::state::tests::agent("rs1", "10.2.0.2", "web")
         };
         for cmd in [
             Command::CreateService { service: web },

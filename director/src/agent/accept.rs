@@ -34,10 +34,13 @@ pub(super) fn vips_of(services: &[Arc<Service>]) -> Arc<BTreeSet<IpAddr>> {
 /// The service named `name` in `services`, which are sorted by name (see
 /// [`accept`]).
 pub(super) fn by_name<'a>(services: &'a [Arc<Service>], name: &str) -> Option<&'a Arc<Service>> {
-    let i = services
-        .binary_search_by(|s| s.name.as_str().cmp(name))
-        .ok()?;
-    Some(&services[i])
+    Some(&services[position(services, name).ok()?])
+}
+
+/// Where the service named `name` is in `services` (sorted by name), or
+/// where it would go.
+fn position(services: &[Arc<Service>], name: &str) -> Result<usize, usize> {
+    services.binary_search_by(|s| s.name.as_str().cmp(name))
 }
 
 /// The services of a configuration this director takes, by name, and
@@ -85,7 +88,7 @@ fn accept_changes(
     let mut services: Vec<Arc<Service>> = (*previous.services).clone();
     let mut refused = (*previous.refused).clone();
     for name in changed {
-        let at = services.binary_search_by(|s| s.name.as_str().cmp(name));
+        let at = position(&services, name);
         let Some(s) = wire.get(name) else {
             refused.remove(name);
             if let Ok(i) = at {

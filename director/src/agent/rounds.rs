@@ -112,9 +112,10 @@ pub(super) enum Round {
 
 impl Round {
     /// Whether the round also brings the host's side (forwarding sysctls,
-    /// the fwmark rules, this host's addresses) in line: every change, and
-    /// once per sweep — not every slice, each a walk over every service
-    /// and an `nft` run.
+    /// the fwmark rules, this host's addresses) in line: the first round, a
+    /// change to more than realservers, and once per sweep — not every
+    /// slice or weight change, each a walk over every service and an `nft`
+    /// run.
     pub(super) fn host(&self) -> bool {
         match self {
             Round::Full => true,

@@ -9,7 +9,6 @@
 //! at one controller still reaches the majority its lease needs.
 
 use std::collections::{BTreeMap, BTreeSet};
-
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
