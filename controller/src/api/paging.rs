@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use lb_proto::model::Service;
 use lb_proto::FieldError;
@@ -45,7 +46,7 @@ impl Page {
     /// the next page (empty: this is the last).
     pub(super) fn of_services<'a>(
         &self,
-        services: &'a BTreeMap<String, Service>,
+        services: &'a BTreeMap<String, Arc<Service>>,
         keep: impl Fn(&Service) -> bool,
     ) -> (Vec<&'a Service>, String) {
         let from = match &self.after {
@@ -54,7 +55,7 @@ impl Page {
         };
         let mut rest = services
             .range::<str, _>((from, Bound::Unbounded))
-            .map(|(_, s)| s)
+            .map(|(_, s)| &**s)
             .filter(|s| keep(s));
         let page: Vec<&Service> = rest.by_ref().take(self.size).collect();
         let next = match (rest.next(), page.last()) {
@@ -70,7 +71,7 @@ mod tests {
     use super::*;
     use lb_proto::pb;
 
-    fn services(n: usize) -> BTreeMap<String, Service> {
+    fn services(n: usize) -> BTreeMap<String, Arc<Service>> {
         (0..n)
             .map(|i| {
                 let s = Service::try_from(pb::Service {
@@ -83,7 +84,7 @@ mod tests {
                     ..Default::default()
                 })
                 .unwrap();
-                (s.name.clone(), s)
+                (s.name.clone(), Arc::new(s))
             })
             .collect()
     }

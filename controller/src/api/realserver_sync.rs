@@ -84,7 +84,7 @@ fn services(app: &App, agent: &Agent) -> (u64, Vec<pb::Service>, bool) {
         .flatten()
         .filter_map(|name| state.services.get(name))
         .map(|s| {
-            let mut s = s.clone();
+            let mut s = lb_proto::model::Service::clone(s);
             s.realservers = state
                 .backends(&s)
                 .into_iter()

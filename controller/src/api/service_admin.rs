@@ -60,7 +60,7 @@ fn event(e: &Event) -> pb::Event {
         revision: e.revision,
         kind: kind.into(),
         service_name: e.service.name.clone(),
-        service: Some(pb::Service::from(&e.service)),
+        service: Some(pb::Service::from(&*e.service)),
         realserver: e.realserver.as_ref().map(pb::RealServer::from),
     }
 }
@@ -92,7 +92,7 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
             .get(&req.name)
             .ok_or_else(|| Status::not_found(format!("service {} not found", req.name)))?;
         Ok(Response::new(pb::ServiceResponse {
-            service: Some(service.into()),
+            service: Some(pb::Service::from(&**service)),
             revision: data.state.revision,
         }))
     }
@@ -185,7 +185,7 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
             services: order
                 .iter()
                 .filter_map(|n| data.state.services.get(n))
-                .map(pb::Service::from)
+                .map(|s| pb::Service::from(&**s))
                 .collect(),
         }))
     }

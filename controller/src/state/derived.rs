@@ -182,7 +182,7 @@ impl Derived {
         }
         for vip in vips {
             let services = self.by_vip.get(&vip).into_iter().flatten();
-            let needs = super::vips(services.filter_map(|n| state.services.get(n)));
+            let needs = super::vips(services.filter_map(|n| state.services.get(n).map(|s| &**s)));
             match needs.into_iter().next() {
                 Some((_, needs)) => {
                     self.vips.insert(vip, needs);
@@ -322,7 +322,7 @@ mod tests {
         let node_id = "rs1".to_string();
         apply(&mut st, &mut d, Command::SetAgentLost { node_id });
         check(&st, &d, "a lost agent");
-        let mut moved = st.services["web"].clone();
+        let mut moved = Service::clone(&st.services["web"]);
         if let lb_proto::model::VirtualAddress::Endpoint { address, .. } = &mut moved.address {
             *address = "10.0.0.9".parse().unwrap();
         }

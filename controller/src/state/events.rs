@@ -1,6 +1,8 @@
 //! The event log: one event per committed configuration change, in
 //! revision order, kept for `WatchEvents` to resume from.
 
+use std::sync::Arc;
+
 use lb_proto::model::{RealServer, Service};
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +26,7 @@ pub enum EventKind {
 pub struct Event {
     pub revision: u64,
     pub kind: EventKind,
-    pub service: Service,
+    pub service: Arc<Service>,
     pub realserver: Option<RealServer>,
 }
 
@@ -44,7 +46,7 @@ impl State {
             let Some(current) = self.services.get(&old.name) else {
                 continue;
             };
-            let new = self.effective(current);
+            let new = Arc::new(self.effective(current));
             let key = |r: &RealServer| (r.address, r.port);
             let mut changes: Vec<(EventKind, RealServer)> = Vec::new();
             for r in &old.realservers {
@@ -62,11 +64,25 @@ impl State {
             for (kind, rs) in changes {
                 last = Applied {
                     revision: self.next_event(kind, &new, Some(rs)),
-                    service: Some(new.clone()),
+                    service: Some(Service::clone(&new)),
                 };
             }
         }
         last
+    }
+
+    /// Points each event that holds a service's current version at the
+    /// service itself, as applying the commands did: read back from the
+    /// store or a snapshot, each is a copy of its own, and an import of
+    /// 10,000 services would be held twice.
+    pub fn share_versions(&mut self) {
+        for e in self.events.iter_mut() {
+            if let Some(s) = self.services.get(&e.service.name) {
+                if !Arc::ptr_eq(s, &e.service) && *s == e.service {
+                    e.service = Arc::clone(s);
+                }
+            }
+        }
     }
 
     /// Events from `from` on; `Compacted` when some of them are gone.
@@ -89,14 +105,14 @@ impl State {
     pub(super) fn next_event(
         &mut self,
         kind: EventKind,
-        service: &Service,
+        service: &Arc<Service>,
         realserver: Option<RealServer>,
     ) -> u64 {
         self.revision += 1;
         self.events.push_back(Event {
             revision: self.revision,
             kind,
-            service: service.clone(),
+            service: Arc::clone(service),
             realserver,
         });
         while self.events.len() > EVENT_HISTORY {

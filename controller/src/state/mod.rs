@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use lb_proto::model::Service;
 use serde::{Deserialize, Serialize};
@@ -43,7 +44,9 @@ pub use security::{CaKeys, JoinAttempt, JoinToken, Security};
 pub struct State {
     /// Grows by one with every applied change; never reused.
     pub revision: u64,
-    pub services: BTreeMap<String, Service>,
+    /// Shared with the events that committed them: one copy of each
+    /// service version in memory, however many refer to it.
+    pub services: BTreeMap<String, Arc<Service>>,
     /// The last [`EVENT_HISTORY`] events, oldest first.
     pub events: VecDeque<Event>,
     /// VIP ownership. Not part of the configuration `revision`: each VIP is

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use lb_proto::convert::{check_realserver, patch_realserver};
 use lb_proto::model::{RealServer, RealServerPatch, Service, VirtualAddress};
@@ -87,12 +88,11 @@ impl State {
     }
 
     pub(super) fn delete_service(&mut self, name: String) -> CommandResult {
-        let service = self.service(&name)?.clone();
-        let revision = self.next_event(EventKind::ServiceDeleted, &service, None);
+        let service = Arc::clone(self.stored(&name)?);
         self.services.remove(&name);
         Ok(Applied {
-            revision,
-            service: Some(service),
+            revision: self.next_event(EventKind::ServiceDeleted, &service, None),
+            service: Some(Service::clone(&service)),
         })
     }
 
@@ -145,15 +145,21 @@ impl State {
             service.create_revision = revision;
         }
         service.mod_revision = revision;
-        self.next_event(kind, &service, realserver);
-        self.services.insert(service.name.clone(), service.clone());
+        let stored = Arc::new(service);
+        self.next_event(kind, &stored, realserver);
+        self.services
+            .insert(stored.name.clone(), Arc::clone(&stored));
         Applied {
             revision,
-            service: Some(service),
+            service: Some(Service::clone(&stored)),
         }
     }
 
     fn service(&self, name: &str) -> Result<&Service, Rejected> {
+        self.stored(name).map(|s| &**s)
+    }
+
+    fn stored(&self, name: &str) -> Result<&Arc<Service>, Rejected> {
         self.services.get(name).ok_or_else(|| Rejected::NotFound {
             what: format!("service {name}"),
         })
@@ -185,9 +191,14 @@ impl State {
         // A marked service may clash with any other; an unmarked one only
         // with the marked ones.
         let candidates: Box<dyn Iterator<Item = &Service>> = if service.mark_match.is_some() {
-            Box::new(self.services.values())
+            Box::new(self.services.values().map(|s| &**s))
         } else {
-            Box::new(claims.marked.iter().filter_map(|n| self.services.get(n)))
+            Box::new(
+                claims
+                    .marked
+                    .iter()
+                    .filter_map(|n| self.services.get(n).map(|s| &**s)),
+            )
         };
         for other in
             candidates.filter(|s| s.name != service.name && Some(s.name.as_str()) != replacing)
@@ -209,7 +220,7 @@ struct Claims {
 }
 
 impl Claims {
-    fn of(services: &BTreeMap<String, Service>) -> Self {
+    fn of(services: &BTreeMap<String, Arc<Service>>) -> Self {
         let mut claims = Claims::default();
         for s in services.values() {
             claims.record(None, s);

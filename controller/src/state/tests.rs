@@ -256,7 +256,7 @@ fn the_owners_checks_take_agentless_backends_out() {
     .unwrap();
     assert_eq!(st.effective(&st.services["web"]).realservers.len(), 2);
     // With inhibit_on_failure a failing backend stays, at weight 0.
-    let mut inhibit = st.services["web"].clone();
+    let mut inhibit = Service::clone(&st.services["web"]);
     if let Some(h) = inhibit.health_check.as_mut() {
         h.inhibit_on_failure = true;
     }

@@ -59,6 +59,10 @@ pub enum StoreError {
         bytes: usize,
         source: postcard::Error,
     },
+    #[error(
+        "the snapshot's event at revision {revision} refers to service {name}, which it lacks"
+    )]
+    SnapshotEvent { revision: u64, name: String },
 }
 
 /// redb returns a different error type per call; all of them fold into `redb::Error`.

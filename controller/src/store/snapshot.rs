@@ -1,33 +1,148 @@
 //! The snapshot's format: the applied state in postcard's binary encoding
-//! behind a magic line; JSON (the format before it) is still read.
+//! behind a magic line. An event that holds its service's current version
+//! (an import's 10,000 creations, say) refers to the service by name
+//! instead of carrying a copy: the snapshot is smaller, and a node that
+//! installs it shares one copy between the service and its event, as the
+//! node that applied the commands does. Earlier formats (the whole state
+//! in postcard, before that JSON) are still read.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use lb_proto::model::{RealServer, Service};
+use serde::{Deserialize, Serialize};
 
 use super::{decode, StoreError};
-use crate::state::State;
+use crate::state::{Agent, Event, EventKind, Security, State, VipOwner};
 
 /// The keys of the snapshot table: its metadata and its data.
 pub(super) const SNAPSHOT_META: &str = "meta";
 pub(super) const SNAPSHOT_DATA: &str = "data";
 
-/// What a snapshot starts with: the state follows in postcard's binary
+/// What a snapshot starts with; the state follows in postcard's binary
 /// encoding (a quarter of the JSON's size, and faster both ways; the state
 /// is encoded under the read lock, which holds writes back meanwhile).
-/// Snapshots written before it are JSON, and still read.
-const SNAPSHOT_MAGIC: &[u8] = b"lbfabric-snapshot-1\n";
+const SNAPSHOT_MAGIC: &[u8] = b"lbfabric-snapshot-2\n";
+/// The format before: the whole [`State`], each event with its copy.
+const SNAPSHOT_MAGIC_1: &[u8] = b"lbfabric-snapshot-1\n";
+
+/// An event in a snapshot: `service` is `None` when the event holds the
+/// service's current version (the one under `name` in the snapshot).
+#[derive(Serialize, Deserialize)]
+struct SnapEvent {
+    revision: u64,
+    kind: EventKind,
+    name: String,
+    service: Option<Arc<Service>>,
+    realserver: Option<RealServer>,
+}
+
+/// The state as a snapshot holds it, borrowed to write ([`State`]'s fields,
+/// the events as [`SnapEvent`]s).
+#[derive(Serialize)]
+struct SnapRef<'a> {
+    revision: u64,
+    services: &'a BTreeMap<String, Arc<Service>>,
+    events: Vec<SnapEvent>,
+    owners: &'a BTreeMap<IpAddr, VipOwner>,
+    agents: &'a BTreeMap<String, Agent>,
+    director_down: &'a BTreeMap<String, BTreeSet<SocketAddr>>,
+    security: &'a Security,
+}
+
+/// The same, read back.
+#[derive(Deserialize)]
+struct Snap {
+    revision: u64,
+    services: BTreeMap<String, Arc<Service>>,
+    events: Vec<SnapEvent>,
+    owners: BTreeMap<IpAddr, VipOwner>,
+    agents: BTreeMap<String, Agent>,
+    director_down: BTreeMap<String, BTreeSet<SocketAddr>>,
+    security: Security,
+}
 
 pub(super) fn snapshot_encode(state: &State) -> Result<Vec<u8>, StoreError> {
+    // Every field by name: a field added to State fails to compile here
+    // until the snapshot carries it.
+    let State {
+        revision,
+        services,
+        events,
+        owners,
+        agents,
+        director_down,
+        security,
+    } = state;
+    let events = events
+        .iter()
+        .map(|e| SnapEvent {
+            revision: e.revision,
+            kind: e.kind,
+            name: e.service.name.clone(),
+            service: match services.get(&e.service.name) {
+                Some(s) if Arc::ptr_eq(s, &e.service) => None,
+                _ => Some(Arc::clone(&e.service)),
+            },
+            realserver: e.realserver.clone(),
+        })
+        .collect();
+    let snap = SnapRef {
+        revision: *revision,
+        services,
+        events,
+        owners,
+        agents,
+        director_down,
+        security,
+    };
     let mut out = SNAPSHOT_MAGIC.to_vec();
-    postcard::to_io(state, &mut out).map_err(StoreError::Binary)?;
+    postcard::to_io(&snap, &mut out).map_err(StoreError::Binary)?;
     Ok(out)
 }
 
 pub(super) fn snapshot_decode(bytes: &[u8]) -> Result<State, StoreError> {
-    match bytes.strip_prefix(SNAPSHOT_MAGIC) {
-        Some(binary) => postcard::from_bytes(binary).map_err(|source| StoreError::Snapshot {
-            bytes: bytes.len(),
-            source,
-        }),
-        None => decode("snapshot (JSON)", bytes),
+    let failed = |source| StoreError::Snapshot {
+        bytes: bytes.len(),
+        source,
+    };
+    if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC) {
+        let snap: Snap = postcard::from_bytes(binary).map_err(failed)?;
+        let mut events = VecDeque::with_capacity(snap.events.len());
+        for e in snap.events {
+            let service = match e.service {
+                Some(s) => s,
+                None => snap.services.get(&e.name).cloned().ok_or_else(|| {
+                    StoreError::SnapshotEvent {
+                        revision: e.revision,
+                        name: e.name.clone(),
+                    }
+                })?,
+            };
+            events.push_back(Event {
+                revision: e.revision,
+                kind: e.kind,
+                service,
+                realserver: e.realserver,
+            });
+        }
+        return Ok(State {
+            revision: snap.revision,
+            services: snap.services,
+            events,
+            owners: snap.owners,
+            agents: snap.agents,
+            director_down: snap.director_down,
+            security: snap.security,
+        });
     }
+    let mut state: State = match bytes.strip_prefix(SNAPSHOT_MAGIC_1) {
+        Some(binary) => postcard::from_bytes(binary).map_err(failed)?,
+        None => decode("snapshot (JSON)", bytes)?,
+    };
+    state.share_versions();
+    Ok(state)
 }
 
 #[cfg(test)]
@@ -35,8 +150,9 @@ mod tests {
     use super::*;
     use crate::state::{Agent, Command};
 
-    /// A snapshot carries every part of the state, and one written as
-    /// JSON (before the binary format) is still read.
+    /// A snapshot carries every part of the state, and those written in
+    /// the earlier formats (JSON, then postcard with a copy of the service
+    /// in every event) are still read.
     #[test]
     fn a_snapshot_reads_back_whole_and_old_json_ones_still_read() {
         let mut state = State::default();
@@ -68,7 +184,15 @@ mod tests {
             state.apply(cmd).expect("applies");
         }
         let bytes = snapshot_encode(&state).unwrap();
-        assert_eq!(snapshot_decode(&bytes).unwrap(), state);
+        let read = snapshot_decode(&bytes).unwrap();
+        assert_eq!(read, state);
+        // The event that created the service holds its current version:
+        // one copy in memory, as before the snapshot.
+        assert_eq!(read.events[0].kind, crate::state::EventKind::ServiceCreated);
+        assert!(std::sync::Arc::ptr_eq(
+            &read.services["web"],
+            &read.events[0].service
+        ));
         let json = serde_json::to_vec(&state).unwrap();
         assert!(
             bytes.len() < json.len(),
@@ -77,6 +201,16 @@ mod tests {
             json.len()
         );
         assert_eq!(snapshot_decode(&json).unwrap(), state);
+        // The format before this one: every event with a copy of its service.
+        let mut v1 = SNAPSHOT_MAGIC_1.to_vec();
+        postcard::to_io(&state, &mut v1).unwrap();
+        assert!(bytes.len() < v1.len(), "{} vs {}", bytes.len(), v1.len());
+        let read = snapshot_decode(&v1).unwrap();
+        assert_eq!(read, state);
+        assert!(std::sync::Arc::ptr_eq(
+            &read.services["web"],
+            &read.events[0].service
+        ));
         let mut cut = bytes.clone();
         cut.truncate(bytes.len() - 3);
         let e = snapshot_decode(&cut).unwrap_err().to_string();

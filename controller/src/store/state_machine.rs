@@ -125,10 +125,15 @@ impl StateMachineStore {
         }
         for item in txn.open_table(EVENTS)?.iter()? {
             let (rev, bytes) = item?;
-            data.state.events.push_back(decode(
-                format_args!("event {}", rev.value()),
-                bytes.value(),
-            )?);
+            let mut event: Event = decode(format_args!("event {}", rev.value()), bytes.value())?;
+            // One copy of a service's current version, as when the
+            // commands applied; the event's own is dropped at once.
+            if let Some(s) = data.state.services.get(&event.service.name) {
+                if **s == *event.service {
+                    event.service = Arc::clone(s);
+                }
+            }
+            data.state.events.push_back(event);
         }
         data.derived = Derived::of(&data.state);
         let (revision, _) = watch::channel(data.state.revision);
@@ -190,7 +195,7 @@ impl StateMachineStore {
             // The configured services the events name (events carry the
             // effective service, agents' backends included, which must not
             // be stored as configuration); `None`: deleted.
-            let services: Vec<(String, Option<Service>)> = events
+            let services: Vec<(String, Option<Arc<Service>>)> = events
                 .iter()
                 .map(|e| e.service.name.clone())
                 .collect::<BTreeSet<_>>()

@@ -342,9 +342,11 @@ async fn snapshot_figures(n: usize, dir: &Path) -> anyhow::Result<String> {
     let caught_up = t.elapsed();
     let log = second.log_text();
     let shipped = logged(&log, "snapshot installed", "bytes=").unwrap_or("?");
+    // What a node restored from a snapshot holds (no import went through it).
+    let learner = second.pid().map_or(0.0, rss_mib);
     Ok(format!(
         "snapshot {bytes} bytes, built in {built} ms; {shipped} bytes installed in {installed} ms \
-         by a new learner (caught up {caught_up:?} after add-learner)"
+         by a new learner (caught up {caught_up:?} after add-learner; its RSS {learner:.0} MiB)"
     ))
 }
 
