@@ -123,6 +123,11 @@ impl Announcements {
         self.next.insert(vip, (config.burst.max(1), now));
     }
 
+    /// When the next announcement is due (`None`: none is).
+    pub fn next_at(&self) -> Option<Instant> {
+        self.next.values().map(|(_, at)| *at).min()
+    }
+
     /// The VIPs to announce at `now`; forgets VIPs no longer `held`.
     pub fn due(
         &mut self,

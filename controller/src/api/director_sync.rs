@@ -24,6 +24,7 @@ use crate::app::App;
 use crate::desired;
 use crate::error::status;
 use crate::state::{Command, State};
+use crate::store::SmData;
 
 pub(super) struct DirectorSync {
     app: Arc<App>,
@@ -95,6 +96,9 @@ struct Director {
     held: Vec<pb::VipLease>,
     /// When a grant withheld in the last message becomes due.
     wake: Option<Instant>,
+    /// The last answer's heartbeat and the VIPs it granted (`None`: no
+    /// answer yet): a message with nothing new for them carries no grants.
+    answered: Option<(u64, Vec<(IpAddr, u64)>)>,
 }
 
 impl Director {
@@ -143,6 +147,42 @@ fn superseded(state: &State, held: &[pb::VipLease], owned: &[(IpAddr, u64)]) -> 
         .collect()
 }
 
+impl Director {
+    /// What changed since the revision the director holds from this node,
+    /// if anything did.
+    fn update(&mut self, data: &SmData) -> Option<Vec<pb::ConfigUpdate>> {
+        if self.sent_revision == Some(data.state.revision) {
+            return None;
+        }
+        let derived = &data.derived;
+        let base = self
+            .sent_revision
+            .and_then(|from| Some((from, derived.changed(from, derived.revision)?)));
+        self.sent_revision = Some(derived.revision);
+        Some(desired::update(
+            &derived.units,
+            base.as_ref().map(|(from, c)| (*from, c)),
+        ))
+    }
+}
+
+/// Update parts that carry nothing else.
+fn continued(
+    revision: u64,
+    controller_id: u64,
+    parts: impl Iterator<Item = pb::ConfigUpdate>,
+) -> Vec<pb::DirectorDesired> {
+    parts
+        .map(|update| pb::DirectorDesired {
+            revision,
+            update: Some(update),
+            controller_id,
+            continued: true,
+            ..Default::default()
+        })
+        .collect()
+}
+
 impl AgentStream for Director {
     type Report = pb::DirectorReport;
     type Desired = pb::DirectorDesired;
@@ -153,17 +193,32 @@ impl AgentStream for Director {
         &report.node_id
     }
 
-    /// Its grants always, and when the revision differs from the one the
-    /// director holds from this node, what changed since (a delta), or
-    /// everything (a snapshot) when the history no longer reaches back
-    /// that far: split into parts, the first carrying the grants. Read
-    /// under one lock, so the revision, the configuration and the grants
-    /// belong together.
+    /// Its grants, and when the revision differs from the one the director
+    /// holds from this node, what changed since (a delta), or everything (a
+    /// snapshot) when the history no longer reaches back that far: split
+    /// into parts, the first carrying the grants. Read under one lock, so
+    /// the revision, the configuration and the grants belong together.
+    ///
+    /// Grants answer a report (they count from its send time), a VIP given
+    /// or taken, or a withheld grant come due. A configuration change with
+    /// none of those would only repeat the last answer's grants — for 1,000
+    /// VIPs, work on both sides in the path of every change — so its parts
+    /// all go as `continued`, which carry no grants and acknowledge nothing.
     fn desired(&mut self, app: &App) -> Vec<pb::DirectorDesired> {
-        let (voters, controllers) = membership(app);
         let data = app.state.read();
         let state = &data.state;
         let owned = data.owned_by(&self.node);
+        let answer = self.wake.is_some()
+            || self
+                .answered
+                .as_ref()
+                .is_none_or(|(ack, given)| *ack != self.ack || *given != owned);
+        if !answer {
+            return self.update(&data).map_or_else(Vec::new, |parts| {
+                continued(state.revision, app.id, parts.into_iter())
+            });
+        }
+        let (voters, controllers) = membership(app);
         let now = Instant::now();
         let leases = if self.ack > 0 {
             let mut grants = app.grants();
@@ -174,16 +229,9 @@ impl AgentStream for Director {
             self.wake = None;
             Vec::new()
         };
-        let mut parts = Vec::new();
-        if self.sent_revision != Some(state.revision) {
-            let derived = &data.derived;
-            let base = self
-                .sent_revision
-                .and_then(|from| Some((from, derived.changed(from, derived.revision)?)));
-            parts = desired::update(&derived.units, base.as_ref().map(|(from, c)| (*from, c)));
-            self.sent_revision = Some(derived.revision);
-        }
-        let mut parts = parts.into_iter();
+        let mut parts = self.update(&data).unwrap_or_default().into_iter();
+        let superseded = superseded(state, &self.held, &owned);
+        self.answered = Some((self.ack, owned));
         let first = pb::DirectorDesired {
             revision: state.revision,
             update: parts.next(),
@@ -193,18 +241,12 @@ impl AgentStream for Director {
             controller_id: app.id,
             voters,
             controllers,
-            superseded: superseded(state, &self.held, &owned),
+            superseded,
             continued: false,
         };
-        std::iter::once(first)
-            .chain(parts.map(|update| pb::DirectorDesired {
-                revision: state.revision,
-                update: Some(update),
-                controller_id: app.id,
-                continued: true,
-                ..Default::default()
-            }))
-            .collect()
+        let mut out = vec![first];
+        out.extend(continued(state.revision, app.id, parts));
+        out
     }
 
     async fn report(
@@ -276,6 +318,7 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
             sent_revision: (first.config_revision > 0).then_some(first.config_revision),
             held: Vec::new(),
             wake: None,
+            answered: None,
         };
         director.heard(&self.app, &first);
         Ok(Response::new(serve(

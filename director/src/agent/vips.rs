@@ -189,23 +189,25 @@ struct Wanted {
     managed: BTreeSet<IpAddr>,
     held: BTreeMap<IpAddr, Instant>,
     ready: BTreeSet<IpAddr>,
+    /// The first of the `held` leases to end.
+    first_end: Option<Instant>,
 }
 
 impl Wanted {
     fn read(
-        desired: &watch::Receiver<Option<Desired>>,
-        programmed: &watch::Receiver<BTreeSet<IpAddr>>,
+        desired: &mut watch::Receiver<Option<Desired>>,
+        programmed: &mut watch::Receiver<BTreeSet<IpAddr>>,
         lease: &Mutex<Lease>,
         now: Instant,
     ) -> Wanted {
         // VIPs this agent (or the previous process) put on the interface
         // are its own to remove, even when no configuration names them now.
         let mut managed: BTreeSet<IpAddr> = desired
-            .borrow()
+            .borrow_and_update()
             .as_ref()
             .map(|d| (*d.vips).clone())
             .unwrap_or_default();
-        let held = {
+        let held: BTreeMap<IpAddr, Instant> = {
             let l = lease.lock().unwrap_or_else(PoisonError::into_inner);
             managed.extend(l.added.iter().copied());
             l.holding(now)
@@ -215,8 +217,9 @@ impl Wanted {
         };
         Wanted {
             managed,
+            first_end: held.values().min().copied(),
             held,
-            ready: programmed.borrow().clone(),
+            ready: programmed.borrow_and_update().clone(),
         }
     }
 
@@ -239,8 +242,8 @@ impl Wanted {
 /// end at the lease end (a restart continues them) and it returns false.
 pub(super) async fn run(
     host: Host,
-    desired: watch::Receiver<Option<Desired>>,
-    programmed: watch::Receiver<BTreeSet<IpAddr>>,
+    mut desired: watch::Receiver<Option<Desired>>,
+    mut programmed: watch::Receiver<BTreeSet<IpAddr>>,
     (lease, lease_changed): (Arc<Mutex<Lease>>, Arc<Notify>),
     (lease_file, report_now): (LeaseFile, Arc<watch::Sender<u64>>),
     mut stop: watch::Receiver<bool>,
@@ -251,7 +254,18 @@ pub(super) async fn run(
     let mut last_check = Instant::now();
     let mut refresh_at = Instant::now();
     let mut announcements = Announcements::default();
+    let mut announce_at = Instant::now();
     let mut round = Instant::now();
+    // What the lease allows changes only when a grant comes (the sessions
+    // wake this loop), a lease runs out, the configuration or the
+    // programmed VIPs change, or this loop changed the interface: only then
+    // is it read again. With 1,000 VIPs a reading costs milliseconds under
+    // an emulated CPU; fifty a second took a quarter of one from the
+    // reconciler.
+    let mut woken = true;
+    let mut retry = false;
+    let mut wanted = Wanted::read(&mut desired, &mut programmed, &lease, Instant::now());
+    let mut held: BTreeSet<IpAddr> = BTreeSet::new();
     loop {
         let stopping = *stop.borrow();
         let now = Instant::now();
@@ -268,7 +282,14 @@ pub(super) async fn run(
             );
         }
         round = now;
-        let wanted = Wanted::read(&desired, &programmed, &lease, now);
+        let stale = std::mem::take(&mut woken)
+            || desired.has_changed().unwrap_or(true)
+            || programmed.has_changed().unwrap_or(true)
+            || wanted.first_end.is_some_and(|end| now >= end);
+        if stale {
+            wanted = Wanted::read(&mut desired, &mut programmed, &lease, now);
+            held = wanted.held.keys().copied().collect();
+        }
         if stopping && !wanted.held.is_empty() {
             tracing::info!(vips = ?left(&wanted.held), "keeping the VIPs held until their lease ends: the kernel drops them then, unless a restarted agent continues the lease");
             let h = host.clone();
@@ -279,7 +300,7 @@ pub(super) async fn run(
         }
         // Ask the kernel on every change, before the fence or the lifetimes
         // run low, and every second to repair hand edits.
-        let changed = !last.as_ref().is_some_and(|l| l.same_sets(&wanted));
+        let changed = (stale || retry) && !last.as_ref().is_some_and(|l| l.same_sets(&wanted));
         let refresh = now >= refresh_at;
         if changed || refresh || stopping || last_check.elapsed() > Duration::from_secs(1) {
             let h = host.clone();
@@ -293,6 +314,7 @@ pub(super) async fn run(
                 Ok(Ok((added, present))) => {
                     for vip in added {
                         announcements.taken(vip, now, &host.announce);
+                        announce_at = now;
                     }
                     record(&lease, present, &lease_file, &report_now);
                     // Only a refresh moves the next one: the kernel's
@@ -301,29 +323,41 @@ pub(super) async fn run(
                         refresh_at = now + shortest.map_or(Duration::from_secs(1), |d| d / 3);
                     }
                     last = Some(wanted.clone());
+                    // What this did to the interface is read back next.
+                    (woken, retry) = (true, false);
                     if stopping {
                         let h = host.clone();
                         let _ = tokio::task::spawn_blocking(move || h.remove_fence()).await;
                         return true;
                     }
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "VIP addresses"),
-                Err(e) => tracing::warn!(error = %e, "VIP task"),
+                Ok(Err(e)) => {
+                    retry = true;
+                    tracing::warn!(error = %e, "VIP addresses");
+                }
+                Err(e) => {
+                    retry = true;
+                    tracing::warn!(error = %e, "VIP task");
+                }
             }
             last_check = Instant::now();
         }
         if stopping {
             return false;
         }
-        let held: BTreeSet<IpAddr> = wanted.held.keys().copied().collect();
-        let due = announcements.due(now, &held, &host.announce);
-        if !due.is_empty() {
-            let h = host.clone();
-            let _ = tokio::task::spawn_blocking(move || h.announce(&due)).await;
+        if stale || now >= announce_at {
+            let due = announcements.due(now, &held, &host.announce);
+            announce_at = announcements
+                .next_at()
+                .unwrap_or(now + Duration::from_secs(3600));
+            if !due.is_empty() {
+                let h = host.clone();
+                let _ = tokio::task::spawn_blocking(move || h.announce(&due)).await;
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
-            _ = lease_changed.notified() => {}
+            _ = lease_changed.notified() => woken = true,
             _ = stop.changed() => {}
         }
     }

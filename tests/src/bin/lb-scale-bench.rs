@@ -7,8 +7,9 @@
 //!   (the same table, imported into one controller), in the same kernel; a
 //!   configuration change (one realserver's weight, by lbctl) until the
 //!   kernel shows it (written by a gRPC client, read by netlink), p50/p99
-//!   over 50 changes; the largest message the
-//!   director's stream carried; the controller's and the director's RSS.
+//!   over 50 changes after 5 unmeasured ones, and the slowest five; the
+//!   largest message the director's stream carried; the controller's and
+//!   the director's RSS.
 //! - **On the host** (`--host`): the controller alone at N — the import,
 //!   50 changes by lbctl (p50/p99), `service list -o json`, `status`,
 //!   `realserver list`, its RSS; then a snapshot of the N services built
@@ -382,6 +383,9 @@ fn saved() -> anyhow::Result<Vec<String>> {
     Ok(v)
 }
 
+/// Changes made before the measured ones (see [`vm`]).
+const WARM_UP: usize = 5;
+
 /// The IPVS key of the TCP service at `vaddr` (`VIP:port`).
 fn endpoint_key(vaddr: &str) -> anyhow::Result<ServiceKey> {
     let a: std::net::SocketAddr = vaddr.parse()?;
@@ -457,7 +461,10 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
     let mut admin = node.admin().await?;
     let kernel = Ipvs::open()?;
     let mut latencies = Vec::new();
-    for i in 0..changes {
+    // The first changes come while the director still settles after
+    // programming (its first counters, its first sweep): they are made,
+    // not measured, at every N alike.
+    for i in 0..WARM_UP + changes {
         let (name, vaddr, rs) = target(i, n);
         let (key, dest) = (endpoint_key(&vaddr)?, rs.parse::<std::net::SocketAddr>()?);
         let w = 2 + (i % 5) as u32;
@@ -477,7 +484,9 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
                 .iter()
                 .any(|d| d.spec.key() == (dest.ip(), dest.port()) && d.spec.weight == w)
             {
-                latencies.push(t.elapsed());
+                if i >= WARM_UP {
+                    latencies.push(t.elapsed());
+                }
                 break;
             }
             if t.elapsed() > Duration::from_secs(300) {
@@ -495,16 +504,26 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
         .split_whitespace()
         .find_map(|w| w.strip_prefix("largest_bytes="))
         .unwrap_or("?");
+    // Which changes were slow, and when: at the start (the director still
+    // busy after programming) or spread out (periodic work)?
+    let mut slowest: Vec<(usize, Duration)> = latencies.iter().copied().enumerate().collect();
+    slowest.sort_by_key(|s| std::cmp::Reverse(s.1));
+    let slowest: Vec<String> = slowest
+        .iter()
+        .take(5)
+        .map(|(i, d)| format!("#{} {:.1} ms", i + WARM_UP, d.as_secs_f64() * 1e3))
+        .collect();
     let (crss, drss) = (node.pid().map_or(0.0, rss_mib), rss_mib(director.0.id()));
     println!(
         "VM, N = {n} services × 10 realservers ({} table lines): from empty, ipvsadm -R {by_ipvsadm:?}, \
          lb-director {by_director:?} (ratio {:.2}; after an import of {imported:?}); one change \
-         by the API until the kernel shows it: {}; the director's largest message {largest} bytes \
+         by the API until the kernel shows it: {} (slowest: {}); the director's largest message {largest} bytes \
          (its snapshot: {}); RSS controller {crss:.0} MiB, director {drss:.0} MiB; CPU while \
          programming: controller {:.1} s, director {:.1} s",
         table.len(),
         by_ipvsadm.as_secs_f64() / by_director.as_secs_f64(),
         summary(latencies),
+        slowest.join(", "),
         snapshot.split("snapshot)").nth(1).unwrap_or("").trim(),
         cpu_programming.0,
         cpu_programming.1,

@@ -371,3 +371,93 @@ async fn a_preferred_director_takes_its_vip_back_after_the_hold_down() -> anyhow
     db.freeze();
     Ok(())
 }
+
+/// A configuration change between two reports reaches the director at
+/// once, in a message that carries the update and nothing else (no grants,
+/// no acknowledgement: `continued`), so that a change costs the change
+/// whatever the number of VIPs; the grants of the last answer stand, and
+/// the next report's answer grants again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_between_reports_comes_without_grants() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = lb_testkit::ControllerProc::start(1, dir.path(), true, &[])?;
+    node.wait_leader().await?;
+    let a = node.addr.clone();
+    lbctl_ok(&a, &words("service create web --vip 10.1.0.1:80/tcp"))?;
+
+    let (tx, rx) = mpsc::channel(8);
+    let report = |seq: u64| pb::DirectorReport {
+        node_id: "da".into(),
+        heartbeat: seq,
+        ..Default::default()
+    };
+    let mut seq = 1;
+    tx.send(report(seq)).await?;
+    let mut inbound = DirectorSyncClient::new(channel(&a, None)?)
+        .sync(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let granted = |d: &pb::DirectorDesired| d.leases.iter().any(|l| l.vip == "10.1.0.1");
+    // Reports until an answer grants the VIP (placement, then the
+    // controller's quiet time after its start).
+    let t = Instant::now();
+    loop {
+        let d = tokio::time::timeout(Duration::from_millis(200), inbound.message()).await;
+        if let Ok(msg) = d {
+            let d = msg?.ok_or_else(|| anyhow::anyhow!("the stream ended"))?;
+            if granted(&d) {
+                assert!(!d.continued, "{d:?}");
+                break;
+            }
+            continue;
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(20), "no grant in 20 s");
+        seq += 1;
+        tx.send(report(seq)).await?;
+    }
+
+    // No report from here on: the change is the only news.
+    lbctl_ok(&a, &words("realserver add web 10.2.0.7:80"))?;
+    let d = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let d = inbound
+                .message()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("ended"))?;
+            let has = d.update.as_ref().is_some_and(|u| {
+                u.services
+                    .iter()
+                    .any(|s| s.realservers.iter().any(|r| r.address == "10.2.0.7"))
+            });
+            if has {
+                return anyhow::Ok(d);
+            }
+        }
+    })
+    .await??;
+    assert!(d.continued, "the change came as an answer: {d:?}");
+    assert_eq!(d.heartbeat_ack, 0, "{d:?}");
+    assert!(d.leases.is_empty(), "grants repeated with a change: {d:?}");
+    let u = d.update.as_ref().unwrap();
+    assert_ne!(u.base_revision, 0, "a delta, not a snapshot: {u:?}");
+    assert_eq!(u.services.len(), 1, "only the changed service: {u:?}");
+
+    // The next report's answer grants the VIP again.
+    seq += 1;
+    tx.send(report(seq)).await?;
+    let d = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let d = inbound
+                .message()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("ended"))?;
+            if !d.continued {
+                return anyhow::Ok(d);
+            }
+        }
+    })
+    .await??;
+    assert_eq!(d.heartbeat_ack, seq);
+    assert!(granted(&d), "{d:?}");
+    Ok(())
+}
