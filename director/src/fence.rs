@@ -12,7 +12,8 @@
 //! - inbound traffic to it (prerouting, before IPVS and conntrack), so a
 //!   client with a stale neighbour entry is not served by two hosts.
 //!
-//! The agent refreshes the elements on every renewal; a stalled agent does
+//! The agent refreshes the held elements on every renewal (the guarded ones
+//! when they change, and every 10 s); a stalled agent does
 //! not, and the kernel expires them at the lease end on its own. The
 //! address's `valid_lft` (set by the VIP loop) is the second line: the
 //! kernel deletes the address about a second after the lease ends.
@@ -26,9 +27,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::nft::{self, NftError};
+
+/// A renewal sets the held sets only; the guarded ones are set when they
+/// change and at least this often, which also repairs a hand edit.
+const SET_GUARDED_EVERY: Duration = Duration::from_secs(10);
 
 /// The tables' name (in families `arp` and `inet`).
 pub const TABLE: &str = "lbfabric_fence";
@@ -93,27 +98,39 @@ fn raw6(addr: &IpAddr) -> Option<String> {
 }
 
 /// The script that makes the sets `guarded` and `held` (each VIP with the
-/// time its lease has left), as one transaction.
-pub fn refresh(guarded: &BTreeSet<IpAddr>, held: &BTreeMap<IpAddr, Duration>) -> String {
+/// time its lease has left), as one transaction. `guarded: None` leaves
+/// the guarded sets as they are: a renewal changes only the held ones, and
+/// with 1,000 VIPs each set is a thousand elements for `nft` to parse.
+pub fn refresh(guarded: Option<&BTreeSet<IpAddr>>, held: &BTreeMap<IpAddr, Duration>) -> String {
     // Each family's elements once: the arp and inet tables share the IPv4 ones.
     let plain = |a: &IpAddr| (a.to_string(), None);
     let timed = |(a, t): (&IpAddr, &Duration)| (a.to_string(), Some(*t));
-    let guarded4 = elements(guarded.iter().filter(|a| a.is_ipv4()).map(plain));
     let held4 = elements(held.iter().filter(|(a, _)| a.is_ipv4()).map(timed));
-    let guarded6 = elements(guarded.iter().filter(|a| a.is_ipv6()).map(plain));
     let held6 = elements(held.iter().filter(|(a, _)| a.is_ipv6()).map(timed));
-    let na_guarded = elements(guarded.iter().filter_map(|a| Some((raw6(a)?, None))));
     let na_held = elements(held.iter().filter_map(|(a, t)| Some((raw6(a)?, Some(*t)))));
-    let sets = [
-        ("arp", "guarded", &guarded4),
-        ("arp", "held", &held4),
-        ("inet", "guarded4", &guarded4),
-        ("inet", "held4", &held4),
-        ("inet", "guarded6", &guarded6),
-        ("inet", "held6", &held6),
-        ("inet", "na_guarded", &na_guarded),
-        ("inet", "na_held", &na_held),
+    let mut sets = vec![
+        ("arp", "held", held4.clone()),
+        ("inet", "held4", held4),
+        ("inet", "held6", held6),
+        ("inet", "na_held", na_held),
     ];
+    if let Some(guarded) = guarded {
+        let guarded4 = elements(guarded.iter().filter(|a| a.is_ipv4()).map(plain));
+        sets.extend([
+            ("arp", "guarded", guarded4.clone()),
+            ("inet", "guarded4", guarded4),
+            (
+                "inet",
+                "guarded6",
+                elements(guarded.iter().filter(|a| a.is_ipv6()).map(plain)),
+            ),
+            (
+                "inet",
+                "na_guarded",
+                elements(guarded.iter().filter_map(|a| Some((raw6(a)?, None)))),
+            ),
+        ]);
+    }
     let mut out = String::new();
     for (family, set, items) in sets {
         out.push_str(&format!("flush set {family} {TABLE} {set}\n"));
@@ -130,6 +147,9 @@ pub struct Fence {
     /// The command that runs nft (`["nft"]`, or wrapped).
     nft: Vec<String>,
     installed: bool,
+    /// The guarded VIPs the tables have and when they were set (`None`:
+    /// not known).
+    guarded: Option<(BTreeSet<IpAddr>, Instant)>,
 }
 
 impl Fence {
@@ -137,6 +157,7 @@ impl Fence {
         Fence {
             nft,
             installed: false,
+            guarded: None,
         }
     }
 
@@ -148,19 +169,26 @@ impl Fence {
         guarded: &BTreeSet<IpAddr>,
         held: &BTreeMap<IpAddr, Duration>,
     ) -> Result<(), FenceError> {
-        let script = refresh(guarded, held);
         if self.installed {
+            let same = matches!(&self.guarded,
+                Some((g, at)) if g == guarded && at.elapsed() < SET_GUARDED_EVERY);
+            let script = refresh((!same).then_some(guarded), held);
             match nft::run(&self.nft, "refresh", &["-f", "-"], Some(&script)) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    if !same {
+                        self.guarded = Some((guarded.clone(), Instant::now()));
+                    }
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "VIP fence refresh failed: creating its tables again")
                 }
             }
         }
-        let all = format!("{}{script}", tables());
-        self.installed = false;
+        let all = format!("{}{}", tables(), refresh(Some(guarded), held));
+        (self.installed, self.guarded) = (false, None);
         nft::run(&self.nft, "create the tables", &["-f", "-"], Some(&all))?;
-        self.installed = true;
+        (self.installed, self.guarded) = (true, Some((guarded.clone(), Instant::now())));
         Ok(())
     }
 
@@ -169,7 +197,7 @@ impl Fence {
         let script = format!(
             "table arp {TABLE}\ndelete table arp {TABLE}\ntable inet {TABLE}\ndelete table inet {TABLE}\n"
         );
-        self.installed = false;
+        (self.installed, self.guarded) = (false, None);
         nft::run(&self.nft, "delete the tables", &["-f", "-"], Some(&script))?;
         Ok(())
     }
@@ -189,7 +217,7 @@ mod tests {
             (v4, Duration::from_millis(450)),
             (v6, Duration::from_micros(10)),
         ]);
-        let script = refresh(&guarded, &held);
+        let script = refresh(Some(&guarded), &held);
         let lines: Vec<&str> = script.lines().collect();
         assert_eq!(lines.len(), 16, "{script}");
         assert!(
@@ -204,8 +232,15 @@ mod tests {
             &"add element inet lbfabric_fence na_held { 0x20010db8000000000000000000000100 timeout 1ms }"
         ));
         // Nothing held: the held sets are only flushed.
-        let script = refresh(&guarded, &BTreeMap::new());
+        let script = refresh(Some(&guarded), &BTreeMap::new());
         assert!(script.contains("flush set arp lbfabric_fence held\n"));
         assert!(!script.contains("lbfabric_fence held {"), "{script}");
+        // A renewal with the guarded VIPs unchanged: only the held sets.
+        let script = refresh(None, &held);
+        assert_eq!(script.lines().count(), 8, "{script}");
+        assert!(!script.contains("guarded"), "{script}");
+        assert!(
+            script.contains("add element inet lbfabric_fence held4 { 10.0.0.100 timeout 450ms }")
+        );
     }
 }

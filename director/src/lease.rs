@@ -63,26 +63,26 @@ impl Lease {
     pub fn holding(&self, now: Instant) -> BTreeMap<IpAddr, (u64, Instant)> {
         let voters: BTreeSet<u64> = self.voters.values().flatten().copied().collect();
         let need = self.majority();
-        let mut ends: BTreeMap<(IpAddr, u64), Vec<Instant>> = BTreeMap::new();
+        // Every fresh grant of a voter, sorted by VIP and epoch and then
+        // longest first: one vector, not a map of vectors, as this runs for
+        // every answer and every report (1,000 VIPs × each controller).
+        let mut all: Vec<((IpAddr, u64), Instant)> = Vec::new();
         for (id, g) in &self.grants {
             if !voters.contains(id) || g.until <= now {
                 continue;
             }
-            for (vip, epoch) in &g.vips {
-                ends.entry((*vip, *epoch)).or_default().push(g.until);
-            }
+            all.extend(g.vips.iter().map(|(vip, epoch)| ((*vip, *epoch), g.until)));
         }
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         let mut out: BTreeMap<IpAddr, (u64, Instant)> = BTreeMap::new();
-        for ((vip, epoch), mut until) in ends {
-            if until.len() < need {
-                continue;
-            }
+        for same in all.chunk_by(|a, b| a.0 == b.0) {
             // The majority lasts as long as its need-th longest grant.
-            until.sort_unstable_by(|a, b| b.cmp(a));
-            let end = until[need - 1];
-            if out.get(&vip).is_none_or(|(e, _)| *e < epoch) {
-                out.insert(vip, (epoch, end));
-            }
+            let (Some(((vip, epoch), _)), Some((_, end))) = (same.first(), same.get(need - 1))
+            else {
+                continue;
+            };
+            // A later epoch of the same VIP sorts after an earlier one.
+            out.insert(*vip, (*epoch, *end));
         }
         for (vip, (epoch, until)) in &self.inherited {
             if *until > now && out.get(vip).is_none_or(|(e, _)| e < epoch) {
