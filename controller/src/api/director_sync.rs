@@ -99,6 +99,10 @@ struct Director {
     /// The last answer's heartbeat and the VIPs it granted (`None`: no
     /// answer yet): a message with nothing new for them carries no grants.
     answered: Option<(u64, Vec<(IpAddr, u64)>)>,
+    /// The director reads `leases_same`, and the grants the last answer
+    /// sent (`None`: none sent yet on this stream).
+    knows_same: bool,
+    last_given: Option<Vec<(IpAddr, u64)>>,
 }
 
 impl Director {
@@ -106,6 +110,7 @@ impl Director {
     /// and the epochs it let go for good.
     fn heard(&mut self, app: &App, report: &pb::DirectorReport) {
         self.ack = report.heartbeat;
+        self.knows_same = report.knows_leases_same;
         self.held.clone_from(&report.held);
         if report.released.is_empty() {
             return;
@@ -232,11 +237,19 @@ impl AgentStream for Director {
         let mut parts = self.update(&data).unwrap_or_default().into_iter();
         let superseded = superseded(state, &self.held, &owned);
         self.answered = Some((self.ack, owned));
+        let same = self.knows_same && self.ack > 0 && self.last_given.as_ref() == Some(&leases);
+        let sent = if same {
+            Vec::new()
+        } else {
+            vip_leases(leases.iter().copied())
+        };
+        self.last_given = (self.ack > 0).then_some(leases);
         let first = pb::DirectorDesired {
             revision: state.revision,
             update: parts.next(),
             heartbeat_ack: self.ack,
-            leases: vip_leases(leases),
+            leases: sent,
+            leases_same: same,
             lease_ms: app.leases.lease_ms(),
             controller_id: app.id,
             voters,
@@ -319,6 +332,8 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
             held: Vec::new(),
             wake: None,
             answered: None,
+            knows_same: false,
+            last_given: None,
         };
         director.heard(&self.app, &first);
         Ok(Response::new(serve(

@@ -143,6 +143,7 @@ impl Shared {
             unhealthy,
             addresses: p.addresses.clone(),
             leaving: *self.leaving.borrow(),
+            knows_leases_same: true,
             ..Default::default()
         };
         drop(p);
@@ -157,9 +158,19 @@ impl Shared {
     /// Acts on a controller's answer: its grants count from the send time
     /// of the heartbeat it acknowledges. Saved before the next report (sent
     /// from this task) can tell the controller what the lease now says.
-    fn granted(&self, d: &pb::DirectorDesired, sent: &mut SentHeartbeats) {
+    /// `last`: the grants of this stream's previous answer, which an answer
+    /// that says `leases_same` repeats.
+    fn granted(
+        &self,
+        d: &pb::DirectorDesired,
+        sent: &mut SentHeartbeats,
+        last: &mut BTreeMap<std::net::IpAddr, u64>,
+    ) {
         let now = Instant::now();
         let at = sent.acked(d.heartbeat_ack);
+        if !d.leases_same {
+            *last = parse_vip_leases(&d.leases);
+        }
         let changed = {
             let mut l = self.lock();
             let before = (l.holding(now), l.dropped.clone());
@@ -167,7 +178,7 @@ impl Shared {
                 d.controller_id,
                 at,
                 Duration::from_millis(u64::from(d.lease_ms)),
-                parse_vip_leases(&d.leases),
+                last.clone(),
                 d.voters.iter().copied().collect(),
             );
             l.supersede(d.controller_id, parse_vip_leases(&d.superseded), now);
@@ -269,6 +280,8 @@ impl Session for Stream {
         let mut heartbeat = 0;
         // A new stream may reach a controller that has no counters yet.
         let mut stats_sent = StatsSent::default();
+        // The grants of this connection's last answer (see `granted`).
+        let mut last_leases = BTreeMap::new();
         // Connecting may take long (a TLS handshake on a slow host): the
         // deadline starts with the stream.
         let mut waiting = AckDeadline::new(sh.config.ack_deadline);
@@ -307,7 +320,7 @@ impl Session for Stream {
                         if !d.continued {
                             waiting.at_least(Duration::from_millis(u64::from(d.lease_ms)));
                             sh.answers.send_modify(|n| *n.entry(addr.to_string()).or_default() += 1);
-                            sh.granted(&d, &mut sent);
+                            sh.granted(&d, &mut sent, &mut last_leases);
                         }
                         largest = largest.max(prost::Message::encoded_len(&d));
                         if let Some(update) = d.update {

@@ -372,69 +372,122 @@ async fn a_preferred_director_takes_its_vip_back_after_the_hold_down() -> anyhow
     Ok(())
 }
 
+/// A raw director stream to `a` as director `da` (reading `leases_same` or
+/// not), reporting until an answer grants it `10.1.0.1`.
+struct RawDirector {
+    tx: mpsc::Sender<pb::DirectorReport>,
+    inbound: tonic::Streaming<pb::DirectorDesired>,
+    seq: u64,
+    knows_same: bool,
+}
+
+fn report(seq: u64, knows_leases_same: bool) -> pb::DirectorReport {
+    pb::DirectorReport {
+        node_id: "da".into(),
+        heartbeat: seq,
+        knows_leases_same,
+        ..Default::default()
+    }
+}
+
+fn grants_vip(d: &pb::DirectorDesired) -> bool {
+    d.leases.iter().any(|l| l.vip == "10.1.0.1")
+}
+
+impl RawDirector {
+    async fn until_granted(a: &str, knows_same: bool) -> anyhow::Result<RawDirector> {
+        let (tx, rx) = mpsc::channel(8);
+        // The stream opens with a report: the controller answers the call
+        // only then.
+        tx.send(report(1, knows_same)).await?;
+        let mut raw = RawDirector {
+            tx,
+            inbound: DirectorSyncClient::new(channel(a, None)?)
+                .sync(ReceiverStream::new(rx))
+                .await?
+                .into_inner(),
+            seq: 1,
+            knows_same,
+        };
+        // Reports until an answer grants the VIP (placement, then the
+        // controller's quiet time after its start).
+        let t = Instant::now();
+        loop {
+            if let Ok(msg) =
+                tokio::time::timeout(Duration::from_millis(200), raw.inbound.message()).await
+            {
+                let d = msg?.ok_or_else(|| anyhow::anyhow!("the stream ended"))?;
+                if grants_vip(&d) {
+                    assert!(!d.continued && !d.leases_same, "{d:?}");
+                    return Ok(raw);
+                }
+                continue;
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(20), "no grant in 20 s");
+            raw.report().await?;
+        }
+    }
+
+    async fn report(&mut self) -> anyhow::Result<()> {
+        self.seq += 1;
+        self.tx.send(report(self.seq, self.knows_same)).await?;
+        Ok(())
+    }
+
+    /// The next message `keep` accepts (within 10 s).
+    async fn next(
+        &mut self,
+        keep: impl Fn(&pb::DirectorDesired) -> bool,
+    ) -> anyhow::Result<pb::DirectorDesired> {
+        let inbound = &mut self.inbound;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let d = inbound
+                    .message()
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("ended"))?;
+                if keep(&d) {
+                    return anyhow::Ok(d);
+                }
+            }
+        })
+        .await?
+    }
+}
+
+async fn controller_with_web(dir: &std::path::Path) -> anyhow::Result<lb_testkit::ControllerProc> {
+    let node = lb_testkit::ControllerProc::start(1, dir, true, &[])?;
+    node.wait_leader().await?;
+    lbctl_ok(
+        &node.addr,
+        &words("service create web --vip 10.1.0.1:80/tcp"),
+    )?;
+    Ok(node)
+}
+
 /// A configuration change between two reports reaches the director at
 /// once, in a message that carries the update and nothing else (no grants,
 /// no acknowledgement: `continued`), so that a change costs the change
 /// whatever the number of VIPs; the grants of the last answer stand, and
-/// the next report's answer grants again.
+/// the next report's answer grants again (in full: this director does not
+/// read `leases_same`, as directors before it did not).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_between_reports_comes_without_grants() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = lb_testkit::ControllerProc::start(1, dir.path(), true, &[])?;
-    node.wait_leader().await?;
-    let a = node.addr.clone();
-    lbctl_ok(&a, &words("service create web --vip 10.1.0.1:80/tcp"))?;
-
-    let (tx, rx) = mpsc::channel(8);
-    let report = |seq: u64| pb::DirectorReport {
-        node_id: "da".into(),
-        heartbeat: seq,
-        ..Default::default()
-    };
-    let mut seq = 1;
-    tx.send(report(seq)).await?;
-    let mut inbound = DirectorSyncClient::new(channel(&a, None)?)
-        .sync(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let granted = |d: &pb::DirectorDesired| d.leases.iter().any(|l| l.vip == "10.1.0.1");
-    // Reports until an answer grants the VIP (placement, then the
-    // controller's quiet time after its start).
-    let t = Instant::now();
-    loop {
-        let d = tokio::time::timeout(Duration::from_millis(200), inbound.message()).await;
-        if let Ok(msg) = d {
-            let d = msg?.ok_or_else(|| anyhow::anyhow!("the stream ended"))?;
-            if granted(&d) {
-                assert!(!d.continued, "{d:?}");
-                break;
-            }
-            continue;
-        }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(20), "no grant in 20 s");
-        seq += 1;
-        tx.send(report(seq)).await?;
-    }
+    let node = controller_with_web(dir.path()).await?;
+    let mut raw = RawDirector::until_granted(&node.addr, false).await?;
 
     // No report from here on: the change is the only news.
-    lbctl_ok(&a, &words("realserver add web 10.2.0.7:80"))?;
-    let d = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let d = inbound
-                .message()
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("ended"))?;
-            let has = d.update.as_ref().is_some_and(|u| {
+    lbctl_ok(&node.addr, &words("realserver add web 10.2.0.7:80"))?;
+    let d = raw
+        .next(|d| {
+            d.update.as_ref().is_some_and(|u| {
                 u.services
                     .iter()
                     .any(|s| s.realservers.iter().any(|r| r.address == "10.2.0.7"))
-            });
-            if has {
-                return anyhow::Ok(d);
-            }
-        }
-    })
-    .await??;
+            })
+        })
+        .await?;
     assert!(d.continued, "the change came as an answer: {d:?}");
     assert_eq!(d.heartbeat_ack, 0, "{d:?}");
     assert!(d.leases.is_empty(), "grants repeated with a change: {d:?}");
@@ -443,21 +496,44 @@ async fn a_change_between_reports_comes_without_grants() -> anyhow::Result<()> {
     assert_eq!(u.services.len(), 1, "only the changed service: {u:?}");
 
     // The next report's answer grants the VIP again.
-    seq += 1;
-    tx.send(report(seq)).await?;
-    let d = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let d = inbound
-                .message()
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("ended"))?;
-            if !d.continued {
-                return anyhow::Ok(d);
-            }
-        }
-    })
-    .await??;
-    assert_eq!(d.heartbeat_ack, seq);
-    assert!(granted(&d), "{d:?}");
+    raw.report().await?;
+    let seq = raw.seq;
+    let d = raw.next(|d| !d.continued && d.heartbeat_ack == seq).await?;
+    assert!(grants_vip(&d) && !d.leases_same, "{d:?}");
     Ok(())
+}
+
+/// To a director that reads `leases_same`, an answer whose grants are the
+/// previous answer's says so instead of listing them; a changed grant is
+/// listed in full again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_grants_are_answered_as_the_same() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = controller_with_web(dir.path()).await?;
+    let mut raw = RawDirector::until_granted(&node.addr, true).await?;
+    raw.report().await?;
+    let seq = raw.seq;
+    let d = raw.next(|d| !d.continued && d.heartbeat_ack == seq).await?;
+    assert!(d.leases_same && d.leases.is_empty(), "{d:?}");
+
+    // A second VIP for this director (reporting on, as a live director
+    // does): the grants differ, listed in full.
+    lbctl_ok(
+        &node.addr,
+        &words("service create api --vip 10.1.0.2:80/tcp"),
+    )?;
+    let t = Instant::now();
+    loop {
+        raw.report().await?;
+        let d = raw.next(|d| !d.continued).await?;
+        if d.leases.iter().any(|l| l.vip == "10.1.0.2") {
+            assert!(!d.leases_same && grants_vip(&d), "{d:?}");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(20),
+            "no grant of 10.1.0.2"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
