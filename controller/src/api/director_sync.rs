@@ -121,6 +121,23 @@ impl Director {
             grants.released(&self.node, vip, epoch, now);
         }
     }
+
+    /// What changed since the revision the director holds from this node,
+    /// if anything did.
+    fn update(&mut self, data: &SmData) -> Option<Vec<pb::ConfigUpdate>> {
+        if self.sent_revision == Some(data.state.revision) {
+            return None;
+        }
+        let derived = &data.derived;
+        let base = self
+            .sent_revision
+            .and_then(|from| Some((from, derived.changed(from, derived.revision)?)));
+        self.sent_revision = Some(derived.revision);
+        Some(desired::update(
+            &derived.units,
+            base.as_ref().map(|(from, c)| (*from, c)),
+        ))
+    }
 }
 
 /// The cluster's voters and every member's API address, as this node knows them.
@@ -150,25 +167,6 @@ fn superseded(state: &State, held: &[pb::VipLease], owned: &[(IpAddr, u64)]) -> 
         })
         .cloned()
         .collect()
-}
-
-impl Director {
-    /// What changed since the revision the director holds from this node,
-    /// if anything did.
-    fn update(&mut self, data: &SmData) -> Option<Vec<pb::ConfigUpdate>> {
-        if self.sent_revision == Some(data.state.revision) {
-            return None;
-        }
-        let derived = &data.derived;
-        let base = self
-            .sent_revision
-            .and_then(|from| Some((from, derived.changed(from, derived.revision)?)));
-        self.sent_revision = Some(derived.revision);
-        Some(desired::update(
-            &derived.units,
-            base.as_ref().map(|(from, c)| (*from, c)),
-        ))
-    }
 }
 
 /// Update parts that carry nothing else.

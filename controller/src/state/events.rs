@@ -1,6 +1,7 @@
 //! The event log: one event per committed configuration change, in
 //! revision order, kept for `WatchEvents` to resume from.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use lb_proto::model::{RealServer, Service};
@@ -28,6 +29,16 @@ pub struct Event {
     pub kind: EventKind,
     pub service: Arc<Service>,
     pub realserver: Option<RealServer>,
+}
+
+/// Points `e` at its service's current version in `services` when it
+/// holds that version (see [`State::share_versions`]).
+pub fn share_version(services: &BTreeMap<String, Arc<Service>>, e: &mut Event) {
+    if let Some(s) = services.get(&e.service.name) {
+        if !Arc::ptr_eq(s, &e.service) && *s == e.service {
+            e.service = Arc::clone(s);
+        }
+    }
 }
 
 /// The events a watcher asked for are no longer kept.
@@ -77,11 +88,7 @@ impl State {
     /// 10,000 services would be held twice.
     pub fn share_versions(&mut self) {
         for e in self.events.iter_mut() {
-            if let Some(s) = self.services.get(&e.service.name) {
-                if !Arc::ptr_eq(s, &e.service) && *s == e.service {
-                    e.service = Arc::clone(s);
-                }
-            }
+            share_version(&self.services, e);
         }
     }
 

@@ -35,7 +35,7 @@ mod services;
 pub use agents::{Agent, Health};
 pub use command::{Applied, Command, CommandResult, Rejected};
 pub use derived::{Derived, Unit, Units};
-pub use events::{Compacted, Event, EventKind, EVENT_HISTORY};
+pub use events::{share_version, Compacted, Event, EventKind, EVENT_HISTORY};
 pub use owners::{vips, Needs, VipOwner};
 pub use security::{CaKeys, JoinAttempt, JoinToken, Security};
 

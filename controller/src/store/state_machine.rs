@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::snapshot::{snapshot_decode, snapshot_encode, SNAPSHOT_DATA, SNAPSHOT_META};
 use super::tables::{Side, AGENTS, DIRECTOR_DOWN, OWNERS, SECURITY};
 use super::{decode, encode, StoreError, EVENTS, SERVICES, SM_META, SNAPSHOT};
-use crate::state::{CommandResult, Derived, Event, State};
+use crate::state::{share_version, CommandResult, Derived, Event, State};
 use crate::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use lb_proto::model::Service;
 
@@ -128,11 +128,7 @@ impl StateMachineStore {
             let mut event: Event = decode(format_args!("event {}", rev.value()), bytes.value())?;
             // One copy of a service's current version, as when the
             // commands applied; the event's own is dropped at once.
-            if let Some(s) = data.state.services.get(&event.service.name) {
-                if **s == *event.service {
-                    event.service = Arc::clone(s);
-                }
-            }
+            share_version(&data.state.services, &mut event);
             data.state.events.push_back(event);
         }
         data.derived = Derived::of(&data.state);
