@@ -19,5 +19,14 @@ if [ -n "$long" ]; then
     echo "$long"
     status=1
 fi
-[ "$status" = 0 ] && echo "layout: no import cycles, no source file over 600 lines"
+# Tests run in parallel, each in its own process: an interface or subnet
+# two of them put in the caller's (the host's) namespace collides at random.
+clash=$(grep -ho 'plug_caller("[^"]*", "[^"]*", "[^"]*"' tests/tests/it/*.rs |
+    awk -F'"' '{ split($6, a, "."); print $4; print a[1] "." a[2] "." a[3] }' | sort | uniq -d)
+if [ -n "$clash" ]; then
+    echo "layout: tests put the same interface or subnet in the host's namespace:"
+    echo "$clash"
+    status=1
+fi
+[ "$status" = 0 ] && echo "layout: no import cycles, no file over 600 lines, no shared test interface"
 exit "$status"

@@ -278,17 +278,17 @@ async fn a_realserver_agent_joins_with_a_token_and_renews() -> anyhow::Result<()
     }
     let mut t = Topology::new();
     t.add_bridge("lan")?;
-    t.plug_caller("lan", "lbr0", "10.83.0.1/24")?;
+    t.plug_caller("lan", "lbr3", "10.85.0.1/24")?;
     t.add_ns("rs1")?;
-    t.plug("rs1", "lan", "eth0", "10.83.0.21/24")?;
+    t.plug("rs1", "lan", "eth0", "10.85.0.21/24")?;
     let dir = tempfile::tempdir()?;
     // Not loopback, so TLS is on by itself.
     let controllers =
-        start_cluster_at("10.83.0.1", 1, dir.path(), &["--agent-cert-lifetime", "9s"]).await?;
+        start_cluster_at("10.85.0.1", 1, dir.path(), &["--agent-cert-lifetime", "9s"]).await?;
     let a = controllers[0].addr.clone();
     lbctl_ok(
         &a,
-        &words("service create web --vip 10.83.0.100:80/tcp --mode dr --selector pool=web"),
+        &words("service create web --vip 10.85.0.100:80/tcp --mode dr --selector pool=web"),
     )?;
     let token = lbctl_ok(&a, &["token", "create", "--role", "realserver"])?;
     let agent = bin("lb-realserver").to_string_lossy().into_owned();
@@ -307,7 +307,7 @@ async fn a_realserver_agent_joins_with_a_token_and_renews() -> anyhow::Result<()
             "--node-id",
             "rs1",
             "--address",
-            "10.83.0.21",
+            "10.85.0.21",
             "--labels",
             "pool=web",
             "--heartbeat-ms",
@@ -334,7 +334,7 @@ async fn a_realserver_agent_joins_with_a_token_and_renews() -> anyhow::Result<()
             let l = lbctl_ok(&a, &["realserver", "list", "web"]).ok()?;
             l.lines()
                 .any(|l| {
-                    l.contains("10.83.0.21:80") && l.contains("agent rs1") && l.contains("active")
+                    l.contains("10.85.0.21:80") && l.contains("agent rs1") && l.contains("active")
                 })
                 .then_some(())
         },
@@ -357,7 +357,7 @@ async fn a_realserver_agent_joins_with_a_token_and_renews() -> anyhow::Result<()
     let l = lbctl_ok(&a, &["realserver", "list", "web"])?;
     let line = l
         .lines()
-        .find(|l| l.contains("10.83.0.21:80"))
+        .find(|l| l.contains("10.85.0.21:80"))
         .unwrap_or_default();
     assert!(line.contains("active") && !line.contains("lost"), "{l}");
 
