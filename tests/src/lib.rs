@@ -246,7 +246,11 @@ impl ControllerProc {
             .arg("--addr-file")
             .arg(&addr_file)
             .args(&self.extra)
-            .env("RUST_LOG", "info,openraft=warn")
+            .env(
+                "RUST_LOG",
+                // Benchmarks ask for more (e.g. lb_controller=debug: each write's phases).
+                std::env::var("LB_CONTROLLER_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(log.try_clone()?)
             .stderr(log)

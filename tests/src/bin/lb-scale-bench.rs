@@ -7,7 +7,8 @@
 //!   (the same table, imported into one controller), in the same kernel; a
 //!   configuration change (one realserver's weight, by lbctl) until the
 //!   kernel shows it (written by a gRPC client, read by netlink), p50/p99
-//!   over 50 changes after 5 unmeasured ones, and the slowest five; the
+//!   over 50 changes after 5 unmeasured ones, and the slowest five (and
+//!   when the API answered, p50/p99: the controller's share); the
 //!   largest message the director's stream carried; the controller's and
 //!   the director's RSS.
 //! - **On the host** (`--host`): the controller alone at N — the import,
@@ -21,6 +22,13 @@
 //! target/debug/lb-vm run -- $PWD/target/debug/lb-scale-bench --services 10,1000,10000
 //! target/debug/lb-scale-bench --host --services 10000
 //! ```
+//!
+//! `LB_SCALE_BENCH_LOGS=DIR` keeps, for each N, the controller's and the
+//! director's logs and each change's timeline (`changes-N.tsv`: start
+//! time, API answer, in the kernel), to line a slow change up with what
+//! the processes did meanwhile (`RUST_LOG=info,lb_director=debug` for the
+//! director's rounds, `LB_CONTROLLER_LOG=info,lb_controller=debug` for
+//! each write's phases in the controller).
 //!
 //! Under the VM's emulated CPU everything is tens of times slower than
 //! natively; compare the figures of one run with each other.
@@ -461,6 +469,9 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
     let mut admin = node.admin().await?;
     let kernel = Ipvs::open()?;
     let mut latencies = Vec::new();
+    // When the API answered, and each change's timeline for LB_SCALE_BENCH_LOGS.
+    let mut answered = Vec::new();
+    let mut timeline = String::from("change\tstart_unix_us\tanswered_us\tin_kernel_us\n");
     // The first changes come while the director still settles after
     // programming (its first counters, its first sweep): they are made,
     // not measured, at every N alike.
@@ -469,6 +480,9 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
         let (key, dest) = (endpoint_key(&vaddr)?, rs.parse::<std::net::SocketAddr>()?);
         let w = 2 + (i % 5) as u32;
         let t = Instant::now();
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         admin
             .update_real_server(pb::UpdateRealServerRequest {
                 service: name,
@@ -478,15 +492,24 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
                 ..Default::default()
             })
             .await?;
+        let acked = t.elapsed();
         loop {
             let now = kernel.dests(&key)?;
             if now
                 .iter()
                 .any(|d| d.spec.key() == (dest.ip(), dest.port()) && d.spec.weight == w)
             {
+                let seen = t.elapsed();
                 if i >= WARM_UP {
-                    latencies.push(t.elapsed());
+                    latencies.push(seen);
+                    answered.push(acked);
                 }
+                timeline += &format!(
+                    "{i}\t{}\t{}\t{}\n",
+                    wall.as_micros(),
+                    acked.as_micros(),
+                    seen.as_micros()
+                );
                 break;
             }
             if t.elapsed() > Duration::from_secs(300) {
@@ -494,6 +517,14 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+    if let Some(keep) = std::env::var_os("LB_SCALE_BENCH_LOGS") {
+        // Both logs and the changes' timeline, to line them up afterwards.
+        let keep = Path::new(&keep);
+        std::fs::create_dir_all(keep)?;
+        std::fs::copy(&log_path, keep.join(format!("director-{n}.log")))?;
+        std::fs::write(keep.join(format!("controller-{n}.log")), node.log_text())?;
+        std::fs::write(keep.join(format!("changes-{n}.tsv")), &timeline)?;
     }
     let text = std::fs::read_to_string(&log_path).unwrap_or_default();
     let snapshot = text
@@ -517,13 +548,14 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
     println!(
         "VM, N = {n} services × 10 realservers ({} table lines): from empty, ipvsadm -R {by_ipvsadm:?}, \
          lb-director {by_director:?} (ratio {:.2}; after an import of {imported:?}); one change \
-         by the API until the kernel shows it: {} (slowest: {}); the director's largest message {largest} bytes \
+         by the API until the kernel shows it: {} (slowest: {}; the API answered: {}); the director's largest message {largest} bytes \
          (its snapshot: {}); RSS controller {crss:.0} MiB, director {drss:.0} MiB; CPU while \
          programming: controller {:.1} s, director {:.1} s",
         table.len(),
         by_ipvsadm.as_secs_f64() / by_director.as_secs_f64(),
         summary(latencies),
         slowest.join(", "),
+        summary(answered),
         snapshot.split("snapshot)").nth(1).unwrap_or("").trim(),
         cpu_programming.0,
         cpu_programming.1,
