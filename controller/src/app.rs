@@ -38,7 +38,10 @@ pub struct App {
 impl App {
     /// Replicates a command and returns what applying it answered.
     pub async fn write(&self, cmd: Command) -> Result<Applied, ApiError> {
-        match self.raft.client_write(cmd).await {
+        let started = std::time::Instant::now();
+        let written = self.raft.client_write(cmd).await;
+        tracing::debug!(took_us = started.elapsed().as_micros() as u64, "raft write");
+        match written {
             Ok(resp) => Ok(resp.data?),
             Err(RaftError::APIError(WriteError::ForwardToLeader(f))) => Err(ApiError::NotLeader {
                 leader: f.leader_node.map(|n| n.addr),

@@ -94,7 +94,15 @@ pub(super) fn serve<S: AgentStream>(
             if authz::end_if_cut_off(&app, caller.as_ref(), &tx).await {
                 break;
             }
-            for msg in agent.desired(&app) {
+            let started = Instant::now();
+            let answer = agent.desired(&app);
+            tracing::debug!(
+                %node,
+                took_us = started.elapsed().as_micros() as u64,
+                messages = answer.len(),
+                "stream answer"
+            );
+            for msg in answer {
                 if tx.send(Ok(msg)).await.is_err() {
                     break 'stream;
                 }
@@ -112,7 +120,11 @@ pub(super) fn serve<S: AgentStream>(
                     }
                     msg = inbound.message() => match msg {
                         Ok(Some(report)) if S::node_id(&report) == node => {
-                            if let Err(e) = agent.report(&app, report, &mut budget).await {
+                            let started = Instant::now();
+                            let heard = agent.report(&app, report, &mut budget).await;
+                            let took_us = started.elapsed().as_micros() as u64;
+                            tracing::debug!(%node, took_us, "report heard");
+                            if let Err(e) = heard {
                                 let _ = tx.send(Err(e)).await;
                                 break 'stream;
                             }

@@ -102,11 +102,12 @@ impl Derived {
     }
 
     /// Brings this up to `state` after changes that touched the services
-    /// `touched` (and no others), and records which units changed.
-    pub fn update(&mut self, state: &State, touched: &BTreeSet<String>) {
-        self.recompute(state, touched);
+    /// `touched` (and no others), and records which units changed; true
+    /// when a VIP came, went or needs other directors now.
+    pub fn update(&mut self, state: &State, touched: &BTreeSet<String>) -> bool {
+        let vips_moved = self.recompute(state, touched);
         if state.revision == self.revision {
-            return;
+            return vips_moved;
         }
         if !self.tracking {
             // A director's copy of the revision this started at came from
@@ -134,10 +135,13 @@ impl Derived {
             }
         }
         self.revision = state.revision;
+        vips_moved
     }
 
-    /// The units and VIPs of `names`, as `state` has them now.
-    fn recompute(&mut self, state: &State, names: &BTreeSet<String>) {
+    /// The units and VIPs of `names`, as `state` has them now; true when a
+    /// VIP's needs changed (or it came or went).
+    fn recompute(&mut self, state: &State, names: &BTreeSet<String>) -> bool {
+        let mut moved = false;
         let mut vips = BTreeSet::new();
         for name in names {
             if let Some(vip) = self.vip_of.remove(name) {
@@ -185,14 +189,15 @@ impl Derived {
             let needs = super::vips(services.filter_map(|n| state.services.get(n).map(|s| &**s)));
             match needs.into_iter().next() {
                 Some((_, needs)) => {
-                    self.vips.insert(vip, needs);
+                    moved |= self.vips.insert(vip, needs.clone()).as_ref() != Some(&needs);
                 }
                 None => {
-                    self.vips.remove(&vip);
+                    moved |= self.vips.remove(&vip).is_some();
                     self.by_vip.remove(&vip);
                 }
             }
         }
+        moved
     }
 
     /// The services whose unit changed from revision `from` to `to` (this
@@ -269,11 +274,46 @@ mod tests {
     use super::*;
     use crate::state::tests::{agent, rs, service, tcp_check};
 
-    /// Applies `cmd` the way the state machine does.
-    fn apply(st: &mut State, d: &mut Derived, cmd: Command) {
+    /// Applies `cmd` the way the state machine does; true when it moved a
+    /// VIP's needs.
+    fn apply(st: &mut State, d: &mut Derived, cmd: Command) -> bool {
         let touched = st.touches(&cmd);
         st.apply(cmd).expect("applies");
-        d.update(st, &touched);
+        d.update(st, &touched)
+    }
+
+    /// The leader's placement skips its pass over the VIPs while no change
+    /// moved one: a realserver's weight does not, a new VIP, a service's
+    /// director selector and the last service of a VIP going do.
+    #[test]
+    fn only_changes_to_the_vips_or_their_needs_say_so() {
+        let mut st = State::default();
+        let mut d = Derived::of(&st);
+        let mut web = service("web", "10.0.0.1");
+        web.realservers = vec![rs("10.2.0.1", 80)];
+        let service = web.clone();
+        assert!(apply(&mut st, &mut d, Command::CreateService { service }));
+        let patch = lb_proto::model::RealServerPatch {
+            weight: Some(7),
+            ..Default::default()
+        };
+        let (service, address, port) = ("web".to_string(), "10.2.0.1".parse().unwrap(), 80);
+        let weight = Command::UpdateRealServer {
+            service,
+            address,
+            port,
+            patch,
+        };
+        assert!(!apply(&mut st, &mut d, weight), "a weight");
+        let mut picky = Service::clone(&st.services["web"]);
+        picky.directors.selector = [("zone".to_string(), "a".to_string())].into();
+        let update = Command::UpdateService {
+            service: picky,
+            expected_mod_revision: 0,
+        };
+        assert!(apply(&mut st, &mut d, update), "a director selector");
+        let name = "web".to_string();
+        assert!(apply(&mut st, &mut d, Command::DeleteService { name }));
     }
 
     /// After every kind of change, what was kept up to date equals what is

@@ -73,6 +73,7 @@ impl LogStore {
     }
 
     fn append_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(LOGS)?;
@@ -82,6 +83,8 @@ impl LogStore {
             }
         }
         txn.commit()?;
+        let took_us = started.elapsed().as_micros() as u64;
+        tracing::debug!(took_us, "log entries appended");
         Ok(())
     }
 

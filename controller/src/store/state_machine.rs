@@ -41,6 +41,12 @@ pub struct SmData {
     /// Computed from `state` whenever a change is applied.
     #[serde(skip)]
     pub derived: Derived,
+    /// Moves whenever an applied change may move a VIP: one added, removed
+    /// or asking other directors, an owner assigned, a snapshot installed.
+    /// While it stands, the leader's placement needs no new pass over the
+    /// VIPs (see `leader::placement`).
+    #[serde(skip)]
+    pub placement_inputs: u64,
 }
 
 impl SmData {
@@ -69,12 +75,15 @@ impl SharedState {
     }
 
     /// Changes the data with `f`, which returns the services its changes
-    /// touched (`None`: it set the derived view itself).
-    fn replace(&self, f: impl FnOnce(&mut SmData) -> Option<BTreeSet<String>>) {
+    /// touched and whether they assigned a VIP (`None`: it set the derived
+    /// view itself).
+    fn replace(&self, f: impl FnOnce(&mut SmData) -> Option<(BTreeSet<String>, bool)>) {
         let mut data = self.data.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(touched) = f(&mut data) {
+        if let Some((touched, assigned)) = f(&mut data) {
             let SmData { state, derived, .. } = &mut *data;
-            derived.update(state, &touched);
+            if derived.update(state, &touched) || assigned {
+                data.placement_inputs += 1;
+            }
         }
         self.revision.send_replace(data.state.revision);
     }
@@ -156,6 +165,7 @@ impl StateMachineStore {
         let mut changed = Side::default();
         let mut snapshot = None;
         let mut touched = BTreeSet::new();
+        let started = std::time::Instant::now();
         self.shared.replace(|data| {
             for entry in entries {
                 data.last_applied = Some(entry.log_id);
@@ -166,15 +176,16 @@ impl StateMachineStore {
                         let services = data.state.touches(&cmd);
                         let revision = data.state.revision;
                         let result = data.state.apply(cmd);
-                        // Every event the command made (a batch makes several).
+                        // Every event the command made (a batch makes several),
+                        // the newest: read from the end, not through the
+                        // whole history (10,000 events).
                         if result.is_ok() && data.state.revision != revision {
-                            events.extend(
-                                data.state
-                                    .events
-                                    .iter()
-                                    .filter(|e| e.revision > revision)
-                                    .cloned(),
-                            );
+                            let made = data.state.events.iter().rev();
+                            let made: Vec<Event> = made
+                                .take_while(|e| e.revision > revision)
+                                .cloned()
+                                .collect();
+                            events.extend(made.into_iter().rev());
                         }
                         if result.is_ok() {
                             changed = changed.or(touches);
@@ -209,13 +220,14 @@ impl StateMachineStore {
                 changed.blobs(&data.state),
                 services,
             ));
-            Some(touched)
+            Some((touched, changed.owners()))
         });
         let Some((last_applied, membership, revision, oldest_event, blobs, changed_services)) =
             snapshot
         else {
             return Ok(results);
         };
+        let applied = started.elapsed();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
         {
@@ -242,6 +254,14 @@ impl StateMachineStore {
             }
         }
         txn.commit()?;
+        // Where a slow write's time went: the state (under the lock every
+        // reader waits for) or the store.
+        tracing::debug!(
+            revision,
+            applied_us = applied.as_micros() as u64,
+            stored_us = (started.elapsed() - applied).as_micros() as u64,
+            "entries applied"
+        );
         Ok(results)
     }
 
@@ -284,6 +304,7 @@ impl StateMachineStore {
                 membership: meta.last_membership.clone(),
                 derived: Derived::of(&state),
                 state,
+                placement_inputs: data.placement_inputs + 1,
             };
             None
         });

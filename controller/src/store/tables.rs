@@ -73,6 +73,11 @@ impl Side {
         }
     }
 
+    /// It may change who owns a VIP.
+    pub(super) fn owners(self) -> bool {
+        self.owners
+    }
+
     pub(super) fn or(self, other: Side) -> Side {
         Side {
             owners: self.owners || other.owners,
