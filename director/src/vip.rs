@@ -56,38 +56,48 @@ pub fn remove_unheld(
 /// services are in the kernel — a VIP that attracts traffic before IPVS can
 /// take it black-holes it), with their lease as the address's lifetime;
 /// with `refresh`, the lifetimes of those already there are renewed, so the
-/// kernel deletes an address whose lease is not. Returns the VIPs added (to
-/// be announced); `present` gains them.
+/// kernel deletes an address whose lease is not. The VIPs added go to
+/// `added` (to be announced), also when another failed (the first failure
+/// is returned), and `present` gains them.
 pub fn put_held(
     rtnl: &Rtnl,
     ifindex: u32,
     held: &BTreeMap<IpAddr, Duration>,
     ready: &BTreeSet<IpAddr>,
     refresh: bool,
-    present: &mut BTreeSet<IpAddr>,
-) -> Result<Vec<IpAddr>, NetError> {
-    let mut added = Vec::new();
-    for (vip, left) in held {
-        let new = !present.contains(vip);
-        // One already there keeps its lifetime renewed, ready or not: a
-        // restarted agent continues what the previous process held before
-        // it has programmed anything.
-        if (new && !ready.contains(vip)) || (!new && !refresh) {
-            continue;
-        }
-        let a = Address {
-            ifindex,
-            addr: *vip,
-            prefix_len: host_prefix(vip),
-        };
-        rtnl.put_address(&a, Some(*left))?;
-        if new {
-            tracing::info!(vip = %vip, "VIP added");
-            added.push(*vip);
-            present.insert(*vip);
+    (present, added): (&mut BTreeSet<IpAddr>, &mut Vec<IpAddr>),
+) -> Result<(), NetError> {
+    // One already there keeps its lifetime renewed, ready or not: a
+    // restarted agent continues what the previous process held before it
+    // has programmed anything.
+    let put: Vec<(Address, Option<Duration>)> = held
+        .iter()
+        .filter(|(vip, _)| match present.contains(vip) {
+            true => refresh,
+            false => ready.contains(vip),
+        })
+        .map(|(vip, left)| {
+            let a = Address {
+                ifindex,
+                addr: *vip,
+                prefix_len: host_prefix(vip),
+            };
+            (a, Some(*left))
+        })
+        .collect();
+    let mut failed = None;
+    for ((a, _), result) in put.iter().zip(rtnl.put_addresses(&put)) {
+        match result {
+            Ok(()) if present.insert(a.addr) => {
+                tracing::info!(vip = %a.addr, "VIP added");
+                added.push(a.addr);
+            }
+            Ok(()) => {}
+            // The rest went on; the caller tries again.
+            Err(e) => failed = failed.or(Some(e)),
         }
     }
-    Ok(added)
+    failed.map_or(Ok(()), Err)
 }
 
 /// How a director announces a VIP it has just taken: a burst of

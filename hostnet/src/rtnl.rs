@@ -8,7 +8,7 @@ use neli::consts::rtnl::{Ifa, IfaF, Iff, Ifla, RtAddrFamily, RtScope, Rtm};
 use neli::consts::socket::NlFamily;
 use neli::err::RouterError;
 use neli::nl::NlPayload;
-use neli::router::synchronous::NlRouter;
+use neli::router::synchronous::{NlRouter, NlRouterReceiverHandle};
 use neli::rtnl::{Ifaddrmsg, IfaddrmsgBuilder, Ifinfomsg, IfinfomsgBuilder, RtattrBuilder};
 use neli::types::RtBuffer;
 use neli::utils::Groups;
@@ -52,6 +52,10 @@ pub struct Link {
 }
 
 /// An rtnetlink connection in the calling thread's network namespace.
+/// Requests [`Rtnl::put_addresses`] has on the way at once: their
+/// acknowledgements must fit the socket's receive buffer.
+const IN_FLIGHT: usize = 64;
+
 pub struct Rtnl {
     router: NlRouter,
 }
@@ -97,14 +101,40 @@ impl Rtnl {
         P: neli::Size + neli::ToBytes + std::fmt::Debug,
         R: neli::Size + neli::FromBytesWithInput<Input = usize> + std::fmt::Debug + Clone,
     {
-        let replies = self
-            .router
+        let replies = self.start(op, &object, ty, flags, payload)?;
+        Self::finish(op, object, replies)
+    }
+
+    /// Sends a request; its replies come through the handle.
+    fn start<P, R>(
+        &self,
+        op: &'static str,
+        object: &str,
+        ty: Rtm,
+        flags: NlmF,
+        payload: P,
+    ) -> Result<NlRouterReceiverHandle<Rtm, R>, NetError>
+    where
+        P: neli::Size + neli::ToBytes + std::fmt::Debug,
+    {
+        self.router
             .send::<Rtm, P, Rtm, R>(ty, flags, NlPayload::Payload(payload))
             .map_err(|e| NetError::Netlink {
                 op,
-                object: object.clone(),
+                object: object.to_string(),
                 detail: e.to_string(),
-            })?;
+            })
+    }
+
+    /// The replies to a request [`Rtnl::start`] sent, up to its acknowledgement.
+    fn finish<R>(
+        op: &'static str,
+        object: String,
+        replies: NlRouterReceiverHandle<Rtm, R>,
+    ) -> Result<Vec<R>, NetError>
+    where
+        R: neli::Size + neli::FromBytesWithInput<Input = usize> + std::fmt::Debug + Clone,
+    {
         let mut out = Vec::new();
         for reply in replies {
             match reply {
@@ -318,6 +348,38 @@ impl Rtnl {
             msg,
         )?;
         Ok(())
+    }
+
+    /// [`Rtnl::put_address`] for many addresses, with up to 64
+    /// requests sent before their acknowledgements are read: renewing the
+    /// lifetimes of 1,000 VIPs one round trip at a time kept a director
+    /// busy for a quarter of a second every renewal under the VM's emulated
+    /// CPU. One result per address, in order.
+    pub fn put_addresses(&self, list: &[(Address, Option<Duration>)]) -> Vec<Result<(), NetError>> {
+        let mut out = Vec::with_capacity(list.len());
+        for chunk in list.chunks(IN_FLIGHT) {
+            let sent: Vec<_> = chunk
+                .iter()
+                .map(|(a, lifetime)| {
+                    let object = format!("{}/{} on {}", a.addr, a.prefix_len, a.ifindex);
+                    let msg = Self::addr_msg_for("put address", a, *lifetime)?;
+                    let flags = NlmF::CREATE | NlmF::REPLACE | NlmF::ACK;
+                    let replies = self.start::<_, Ifaddrmsg>(
+                        "put address",
+                        &object,
+                        Rtm::Newaddr,
+                        flags,
+                        msg,
+                    )?;
+                    Ok((object, replies))
+                })
+                .collect();
+            out.extend(sent.into_iter().map(|s| {
+                let (object, replies) = s?;
+                Self::finish("put address", object, replies).map(|_| ())
+            }));
+        }
+        out
     }
 
     /// Removes an address; `Ok(false)` when it was not there.

@@ -62,6 +62,26 @@ fn child_changes() {
         have.contains(&v4) && have.contains(&v6) && !have.contains(&gone),
         "{have:?}"
     );
+    // Many at once (more than one flight of requests), with lifetimes; a
+    // bad one in the middle fails alone.
+    let many: Vec<(Address, Option<std::time::Duration>)> = (0..150u32)
+        .map(|i| {
+            let a = Address {
+                ifindex: idx,
+                addr: std::net::Ipv4Addr::from(0x0a38_0000 + i).into(),
+                prefix_len: if i == 70 { 33 } else { 32 },
+            };
+            (a, Some(std::time::Duration::from_secs(100)))
+        })
+        .collect();
+    let results = rtnl.put_addresses(&many);
+    assert_eq!(results.len(), 150);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.is_err(), i == 70, "address {i}: {r:?}");
+    }
+    let have = rtnl.addresses(idx).unwrap();
+    let put = many.iter().filter(|(a, _)| have.contains(a)).count();
+    assert_eq!(put, 149, "{have:?}");
     match rtnl.link_index("nope0") {
         Err(NetError::NoSuchLink(name)) => assert_eq!(name, "nope0"),
         other => panic!("{other:?}"),
@@ -102,6 +122,15 @@ fn addresses_links_and_sysctls_in_a_namespace() {
         "{shown}"
     );
     assert!(!shown.contains("10.55.0.2"), "{shown}");
+    // The lifetimes put_addresses gave (100 s, a few gone by now).
+    let timed = t.sh("h", "ip -o addr show dev a0 to 10.56.0.0/16").unwrap();
+    assert_eq!(timed.lines().count(), 149, "{timed}");
+    assert!(
+        timed
+            .lines()
+            .all(|l| l.contains("valid_lft 9") || l.contains("valid_lft 100sec")),
+        "{timed}"
+    );
     let link = t.sh("h", "ip -o link show a0").unwrap();
     let flags: Vec<&str> = link
         .split(['<', '>'])
