@@ -137,7 +137,7 @@ pub enum Next {
 /// dead leader until they elect a new one, and following such a hint again
 /// would only burn time), otherwise rotates through the list, backing off
 /// from `first` to `max`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Follower {
     addrs: Vec<String>,
     target: String,
@@ -148,33 +148,40 @@ pub struct Follower {
 
 /// Exponential backoff from `first` to `max`, each delay with jitter
 /// (between half and all of it), so that agents that lost a controller
-/// together do not retry in step.
-#[derive(Debug, Clone)]
+/// together do not retry in step. The delays are backon's: its jitter adds
+/// up to the delay again, so it counts from half of each.
+#[derive(Debug)]
 pub struct Backoff {
-    first: Duration,
+    schedule: backon::ExponentialBuilder,
+    delays: backon::ExponentialBackoff,
     max: Duration,
-    current: Duration,
 }
 
 impl Backoff {
     pub fn new(first: Duration, max: Duration) -> Self {
+        use backon::BackoffBuilder as _;
+        let schedule = backon::ExponentialBuilder::new()
+            .with_min_delay(first / 2)
+            .with_max_delay(max / 2)
+            .with_jitter()
+            .without_max_times();
         Backoff {
-            first,
+            delays: schedule.build(),
+            schedule,
             max,
-            current: first,
         }
     }
 
     /// The next delay; the one after it doubles, up to `max`.
     pub fn next_delay(&mut self) -> Duration {
-        let now = self.current;
-        self.current = (self.current * 2).min(self.max);
-        jitter(now)
+        // Never ends: no limit on the number of tries.
+        self.delays.next().unwrap_or(self.max)
     }
 
     /// Starts over from `first`.
     pub fn reset(&mut self) {
-        self.current = self.first;
+        use backon::BackoffBuilder as _;
+        self.delays = self.schedule.build();
     }
 
     /// The longest delay.
@@ -234,11 +241,6 @@ impl Follower {
             delay: self.backoff.next_delay(),
         }
     }
-}
-
-/// Between half and all of `d`, at random.
-pub fn jitter(d: Duration) -> Duration {
-    d / 2 + d.mul_f64(fastrand::f64() / 2.0)
 }
 
 /// Notices a controller that stopped answering an agent's stream: the
@@ -516,9 +518,11 @@ mod tests {
         assert!(within(f.ended(), 50));
         assert!(within(f.ended(), 50));
         // The jitter spreads agents out.
-        let spread: std::collections::BTreeSet<Duration> =
-            (0..20).map(|_| jitter(ms(100))).collect();
+        let spread: std::collections::BTreeSet<Duration> = (0..20)
+            .map(|_| Backoff::new(ms(100), ms(400)).next_delay())
+            .collect();
         assert!(spread.len() > 1, "{spread:?}");
+        assert!(spread.iter().all(|d| within(*d, 100)), "{spread:?}");
     }
 
     #[tokio::test]
