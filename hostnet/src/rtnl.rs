@@ -51,11 +51,11 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
 }
 
-/// An rtnetlink connection in the calling thread's network namespace.
 /// Requests [`Rtnl::put_addresses`] has on the way at once: their
 /// acknowledgements must fit the socket's receive buffer.
 const IN_FLIGHT: usize = 64;
 
+/// An rtnetlink connection in the calling thread's network namespace.
 pub struct Rtnl {
     router: NlRouter,
 }
@@ -334,27 +334,13 @@ impl Rtnl {
         }
     }
 
-    /// Adds an address, or updates it, with a lifetime (`None`: forever):
-    /// the kernel deletes it once the lifetime runs out unless this is
-    /// called again first.
-    pub fn put_address(&self, a: &Address, lifetime: Option<Duration>) -> Result<(), NetError> {
-        let msg = Self::addr_msg_for("put address", a, lifetime)?;
-        let object = format!("{}/{} on {}", a.addr, a.prefix_len, a.ifindex);
-        self.request::<_, Ifaddrmsg>(
-            "put address",
-            object,
-            Rtm::Newaddr,
-            NlmF::CREATE | NlmF::REPLACE | NlmF::ACK,
-            msg,
-        )?;
-        Ok(())
-    }
-
-    /// [`Rtnl::put_address`] for many addresses, with up to 64
-    /// requests sent before their acknowledgements are read: renewing the
-    /// lifetimes of 1,000 VIPs one round trip at a time kept a director
-    /// busy for a quarter of a second every renewal under the VM's emulated
-    /// CPU. One result per address, in order.
+    /// Adds addresses, or updates them, each with a lifetime (`None`:
+    /// forever): the kernel deletes one once its lifetime runs out unless
+    /// this is called again first. Up to 64 requests are sent before their
+    /// acknowledgements are read: renewing the lifetimes of 1,000 VIPs one
+    /// round trip at a time kept a director busy for a quarter of a second
+    /// every renewal under the VM's emulated CPU. One result per address,
+    /// in order.
     pub fn put_addresses(&self, list: &[(Address, Option<Duration>)]) -> Vec<Result<(), NetError>> {
         let mut out = Vec::with_capacity(list.len());
         for chunk in list.chunks(IN_FLIGHT) {

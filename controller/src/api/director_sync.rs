@@ -107,10 +107,12 @@ struct Director {
     /// the owners again on every configuration change cost a millisecond
     /// under an emulated CPU, in the path of each change.
     owned: Option<(u64, Owned)>,
-    /// The leases `superseded` found over, for the held leases and the
-    /// placement inputs they were judged on (a director reports the same
+    /// Moves when a report's `held` differs from the one before.
+    held_version: u64,
+    /// The leases `superseded` found over, for the placement inputs and
+    /// `held_version` they were judged on (a director reports the same
     /// 1,000 leases on every heartbeat).
-    superseded: Option<(u64, Vec<pb::VipLease>, Vec<pb::VipLease>)>,
+    superseded: Option<((u64, u64), Vec<pb::VipLease>)>,
     /// The director reads `leases_same`, and the grants the last answer
     /// sent (`None`: none sent yet on this stream).
     knows_same: bool,
@@ -125,6 +127,7 @@ impl Director {
         self.knows_same = report.knows_leases_same;
         if self.held != report.held {
             self.held.clone_from(&report.held);
+            self.held_version += 1;
         }
         if report.released.is_empty() {
             return;
@@ -253,14 +256,12 @@ impl AgentStream for Director {
             Vec::new()
         };
         let mut parts = self.update(&data).unwrap_or_default().into_iter();
+        let judged_on = (data.placement_inputs, self.held_version);
         let superseded = match &self.superseded {
-            Some((at, held, over)) if *at == data.placement_inputs && *held == self.held => {
-                over.clone()
-            }
+            Some((at, over)) if *at == judged_on => over.clone(),
             _ => {
                 let over = superseded(state, &self.held, &owned);
-                let judged = (data.placement_inputs, self.held.clone(), over.clone());
-                self.superseded = Some(judged);
+                self.superseded = Some((judged_on, over.clone()));
                 over
             }
         };
@@ -361,6 +362,7 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
             wake: None,
             answered: None,
             owned: None,
+            held_version: 0,
             superseded: None,
             knows_same: false,
             last_given: None,

@@ -180,12 +180,9 @@ impl StateMachineStore {
                         // the newest: read from the end, not through the
                         // whole history (10,000 events).
                         if result.is_ok() && data.state.revision != revision {
-                            let made = data.state.events.iter().rev();
-                            let made: Vec<Event> = made
-                                .take_while(|e| e.revision > revision)
-                                .cloned()
-                                .collect();
-                            events.extend(made.into_iter().rev());
+                            let all = &data.state.events;
+                            let made = all.iter().rev().take_while(|e| e.revision > revision);
+                            events.extend(all.range(all.len() - made.count()..).cloned());
                         }
                         if result.is_ok() {
                             changed = changed.or(touches);
