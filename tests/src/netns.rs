@@ -23,6 +23,20 @@ use anyhow::{bail, Context};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Moves the calling thread into the network namespace `full` (a name
+/// from [`Topology::ns`], once wired): for what opens a socket in its
+/// caller's namespace, such as the director's fence. Only that thread
+/// moves; use one of its own.
+pub fn enter(full: &str) -> anyhow::Result<()> {
+    use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+    use std::os::fd::AsFd;
+    let file = std::fs::File::open(format!("/run/netns/{full}"))
+        .with_context(|| format!("opening namespace {full}"))?;
+    move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))
+        .with_context(|| format!("entering namespace {full}"))?;
+    Ok(())
+}
+
 /// True when this process may create network namespaces.
 pub fn can_create_namespaces() -> bool {
     // A name of this process's own: tests run in parallel processes.
