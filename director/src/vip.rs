@@ -51,21 +51,67 @@ pub fn remove_unheld(
     Ok(())
 }
 
-/// Puts the `held` VIPs (each with the time its lease has left) on
+/// When the kernel ends each VIP address this agent gave a lifetime (its
+/// `valid_lft`), so that a renewal renews only the addresses that need it.
+///
+/// An address gets its lease plus three renewal intervals, and is renewed
+/// once it would no longer outlast its lease by one and a half: about
+/// every other renewal under a long lease (the VM's), and every tenth at
+/// the default 200 ms one, whose lifetimes the kernel rounds up to a whole
+/// second. Renewing 1,000 addresses costs the kernel a walk of the
+/// interface's address list each; it was a director's largest periodic
+/// work. The price: a killed agent's address goes within a lease and a
+/// second after its lease end instead of a second (the fence stops the
+/// answers at the lease end all the same).
+#[derive(Debug, Default)]
+pub struct Lifetimes(BTreeMap<IpAddr, Instant>);
+
+impl Lifetimes {
+    /// The lifetime to give an address whose lease has `left`, when
+    /// renewals come every `interval`.
+    pub fn lifetime(left: Duration, interval: Duration) -> Duration {
+        left + interval * 3
+    }
+
+    /// Whether `vip`'s address must be renewed at `now`, its lease having
+    /// `left` (an address this process has not given a lifetime must).
+    pub fn due(&self, vip: &IpAddr, now: Instant, left: Duration, interval: Duration) -> bool {
+        self.0
+            .get(vip)
+            .is_none_or(|end| *end < now + left + interval * 3 / 2)
+    }
+
+    /// `vip`'s address was given `lifetime` at `at` (before the request:
+    /// the kernel's end is no earlier).
+    pub fn put(&mut self, vip: IpAddr, at: Instant, lifetime: Duration) {
+        let secs = Duration::from_secs(lb_hostnet::lifetime_secs(lifetime));
+        self.0.insert(vip, at + secs);
+    }
+
+    /// Forgets the addresses no longer on the interface.
+    pub fn retain(&mut self, present: &BTreeSet<IpAddr>) {
+        self.0.retain(|vip, _| present.contains(vip));
+    }
+}
+
+/// Puts the `held` VIPs (each with the lifetime to give its address) on
 /// interface `ifindex`: those not there yet once they are `ready` (their
 /// services are in the kernel — a VIP that attracts traffic before IPVS can
-/// take it black-holes it), with their lease as the address's lifetime;
-/// with `refresh`, the lifetimes of those already there are renewed, so the
-/// kernel deletes an address whose lease is not. The VIPs added go to
-/// `added` (to be announced), also when another failed (the first failure
-/// is returned), and `present` gains them.
+/// take it black-holes it), and renews the lifetimes of those already there
+/// that are in `renew`, so the kernel deletes an address whose lease is
+/// not renewed. The VIPs added go to `added` (to be announced), also when
+/// another failed (the first failure is returned), and `present` gains
+/// them; `lifetimes` records what each address was given.
 pub fn put_held(
     rtnl: &Rtnl,
     ifindex: u32,
-    held: &BTreeMap<IpAddr, Duration>,
-    ready: &BTreeSet<IpAddr>,
-    refresh: bool,
+    (held, ready, renew): (
+        &BTreeMap<IpAddr, Duration>,
+        &BTreeSet<IpAddr>,
+        &BTreeSet<IpAddr>,
+    ),
     (present, added): (&mut BTreeSet<IpAddr>, &mut Vec<IpAddr>),
+    lifetimes: &mut Lifetimes,
 ) -> Result<(), NetError> {
     // One already there keeps its lifetime renewed, ready or not: a
     // restarted agent continues what the previous process held before it
@@ -73,7 +119,7 @@ pub fn put_held(
     let put: Vec<(Address, Option<Duration>)> = held
         .iter()
         .filter(|(vip, _)| match present.contains(vip) {
-            true => refresh,
+            true => renew.contains(vip),
             false => ready.contains(vip),
         })
         .map(|(vip, left)| {
@@ -86,7 +132,11 @@ pub fn put_held(
         })
         .collect();
     let mut failed = None;
-    for ((a, _), result) in put.iter().zip(rtnl.put_addresses(&put)) {
+    let at = Instant::now();
+    for ((a, lifetime), result) in put.iter().zip(rtnl.put_addresses(&put)) {
+        if result.is_ok() {
+            lifetimes.put(a.addr, at, lifetime.unwrap_or_default());
+        }
         match result {
             Ok(()) if present.insert(a.addr) => {
                 tracing::info!(vip = %a.addr, "VIP added");
@@ -168,6 +218,27 @@ impl Announcements {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_is_renewed_once_it_would_not_outlast_its_lease_by_a_renewal_and_a_half() {
+        let vip: IpAddr = "10.0.0.100".parse().unwrap();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut l = Lifetimes::default();
+        // The VM's 6 s lease, renewed every 2 s: 12 s given.
+        let (left, interval) = (ms(6000), ms(2000));
+        assert!(l.due(&vip, t0, left, interval), "never given one");
+        l.put(vip, t0, Lifetimes::lifetime(left, interval));
+        assert!(!l.due(&vip, t0 + ms(2000), left, interval), "10 s > 9 s");
+        assert!(l.due(&vip, t0 + ms(4000), left, interval), "8 s < 9 s");
+        // The default 200 ms lease: the kernel's whole second lasts 7 renewals.
+        let (left, interval) = (ms(200), ms(67));
+        l.put(vip, t0, Lifetimes::lifetime(left, interval));
+        assert!(!l.due(&vip, t0 + ms(600), left, interval));
+        assert!(l.due(&vip, t0 + ms(750), left, interval));
+        l.retain(&BTreeSet::new());
+        assert!(l.due(&vip, t0, left, interval), "taken off: forgotten");
+    }
 
     #[test]
     fn a_taken_vip_is_announced_in_a_burst_then_refreshed() {

@@ -12,4 +12,4 @@ pub mod nftables;
 mod rtnl;
 pub mod sysctl;
 
-pub use rtnl::{Address, Link, NetError, Rtnl};
+pub use rtnl::{lifetime_secs, Address, Link, NetError, Rtnl};

@@ -67,6 +67,12 @@ fn family(addr: IpAddr) -> RtAddrFamily {
     }
 }
 
+/// An address lifetime as the kernel takes it: whole seconds, rounded up,
+/// at least one.
+pub fn lifetime_secs(lifetime: Duration) -> u64 {
+    (lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0)).max(1)
+}
+
 fn addr_bytes(addr: IpAddr) -> Vec<u8> {
     match addr {
         IpAddr::V4(a) => a.octets().to_vec(),
@@ -284,8 +290,7 @@ impl Rtnl {
             );
         }
         if let Some(lifetime) = lifetime {
-            let secs = lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0);
-            let secs = u32::try_from(secs.max(1)).unwrap_or(u32::MAX - 1);
+            let secs = u32::try_from(lifetime_secs(lifetime)).unwrap_or(u32::MAX - 1);
             // struct ifa_cacheinfo: preferred, valid, cstamp, tstamp.
             let mut info = Vec::with_capacity(16);
             for field in [secs, secs, 0, 0] {

@@ -209,6 +209,7 @@ pub async fn run(
         announce: config.announce,
         sync: config.sync.clone(),
         fence: Mutex::new(crate::fence::Fence::new(vec!["nft".into()])),
+        lifetimes: Mutex::default(),
     };
     let lease_file = LeaseFile::new(&config.state_dir, &config.node_id);
     let inherited = match lease_file.load() {

@@ -20,7 +20,7 @@ use crate::fence::Fence;
 use crate::ipvs::{Ipvs, IpvsError, SyncDaemon, SyncRole};
 use crate::lease::Lease;
 use crate::lease_file::LeaseFile;
-use crate::vip::{self, AnnounceConfig, Announcements};
+use crate::vip::{self, AnnounceConfig, Announcements, Lifetimes};
 
 /// A fence refresh slower than this is redone (see [`Host::refresh_fence`]):
 /// far beyond one `nft` run on a busy host (milliseconds natively, under a
@@ -49,6 +49,8 @@ pub(super) struct Host {
     pub(super) sync: Option<SyncConfig>,
     /// The kernel-enforced end of each lease (see [`crate::fence`]).
     pub(super) fence: Mutex<Fence>,
+    /// When the kernel ends each VIP address (see [`Lifetimes`]).
+    pub(super) lifetimes: Mutex<Lifetimes>,
 }
 
 impl Host {
@@ -78,18 +80,34 @@ impl Host {
         }
         let fenced = Instant::now();
         let held = left(ends);
+        // Renewals come every third of the shortest lease left (see `run`).
+        let interval = held.values().min().map_or(Duration::ZERO, |d| *d / 3);
+        let mut lifetimes = self
+            .lifetimes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        lifetimes.retain(&present);
+        let renew: BTreeSet<IpAddr> = held
+            .iter()
+            .filter(|(vip, left)| refresh && lifetimes.due(vip, fenced, **left, interval))
+            .map(|(vip, _)| *vip)
+            .collect();
+        let give: BTreeMap<IpAddr, Duration> = held
+            .iter()
+            .map(|(vip, left)| (*vip, Lifetimes::lifetime(*left, interval)))
+            .collect();
         vip::put_held(
             &self.rtnl,
             index,
-            &held,
-            ready,
-            refresh,
+            (&give, ready, &renew),
             (&mut present, added),
+            &mut lifetimes,
         )
         .map_err(|e| e.to_string())?;
         // With 1,000 VIPs a renewal is the director's largest periodic work.
         tracing::debug!(
             refresh,
+            renewed = renew.len(),
             fence_us = (fenced - started).as_micros() as u64,
             addresses_us = fenced.elapsed().as_micros() as u64,
             "VIP addresses converged"
