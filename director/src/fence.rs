@@ -25,11 +25,11 @@
 //! its own lease.
 //!
 //! The agent renews the slots on every renewal and changes the maps and
-//! the guarded sets by what changed (all of it every 10 s, which also
+//! the guarded sets by what changed (all of it every minute, which also
 //! repairs a hand edit); a stalled agent does not, and the kernel expires
 //! the slots at the lease end on its own. The address's `valid_lft` (set
 //! by the VIP loop) is the second line: the kernel deletes the address
-//! about a second after the lease ends.
+//! within a lease and a second after the lease ends.
 //!
 //! The tables, chains and sets are made by `nft`; their elements are
 //! written over nfnetlink ([`lb_hostnet::nftables`]), each write one kernel
@@ -48,11 +48,17 @@ use lb_hostnet::NetError;
 use crate::nft::{self, NftError};
 
 /// The maps and the guarded sets are written whole this often (between,
-/// only what changed), which also repairs a hand edit.
-const REWRITE_EVERY: Duration = Duration::from_secs(10);
+/// only what changed), which also repairs a hand edit. Not more often: with
+/// 1,000 VIPs that is 4,000 elements out and in again, 100 ms of the VM's
+/// emulated CPU. A table deleted by hand is seen at the next write (it
+/// fails) and made again at once.
+const REWRITE_EVERY: Duration = Duration::from_secs(60);
 
 /// The tables' name (in families `arp` and `inet`).
 pub const TABLE: &str = "lbfabric_fence";
+
+/// An empty set that names the tables' layout (see [`plan`]).
+const LAYOUT: &str = "layout_slots";
 
 /// Lease ends the tables tell apart (see the module doc).
 pub const SLOTS: usize = 8;
@@ -89,6 +95,7 @@ delete table arp {TABLE}
 table inet {TABLE}
 delete table inet {TABLE}
 table arp {TABLE} {{
+\tset {LAYOUT} {{ type ipv4_addr; }}
 \tset guarded {{ type ipv4_addr; }}
 \tmap held {{ type ipv4_addr : verdict; }}
 {arp_slots}\tchain out {{
@@ -98,6 +105,7 @@ table arp {TABLE} {{
 \t}}
 }}
 table inet {TABLE} {{
+\tset {LAYOUT} {{ type ipv4_addr; }}
 \tset guarded4 {{ type ipv4_addr; }}
 \tset guarded6 {{ type ipv6_addr; }}
 \tset na_guarded {{ typeof @th,64,128; }}
@@ -298,6 +306,9 @@ fn plan(
     let mut add: BTreeMap<SetRef<'static>, Vec<Element>> = BTreeMap::new();
     if before.is_none() {
         flush.extend(vip_sets());
+        // Tables of another layout (an older lbfabric) lack this set: the
+        // write fails and they are made again.
+        flush.extend([Family::Arp, Family::Inet].map(|f| set_ref(f, LAYOUT)));
     }
     for vip in old.guarded.difference(guarded) {
         for (g, _) in sets_of(vip) {
@@ -388,17 +399,29 @@ impl Fence {
         guarded: &BTreeSet<IpAddr>,
         held: &BTreeMap<IpAddr, Duration>,
     ) -> Result<(), FenceError> {
-        if let Some((kernel, since)) = self.kernel.take() {
-            let whole = since.elapsed() >= REWRITE_EVERY;
-            match self.write((!whole).then_some(&kernel), guarded, held) {
-                Ok(now) => {
-                    self.kernel = Some((now, if whole { Instant::now() } else { since }));
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "VIP fence write failed: creating its tables again")
+        match self.kernel.take() {
+            Some((kernel, since)) => {
+                let whole = since.elapsed() >= REWRITE_EVERY;
+                match self.write((!whole).then_some(&kernel), guarded, held) {
+                    Ok(now) => {
+                        self.kernel = Some((now, if whole { Instant::now() } else { since }));
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "VIP fence write failed: creating its tables again")
+                    }
                 }
             }
+            // The tables a previous process left (a restart) are written
+            // over whole, in one transaction: made afresh, they would drop
+            // the VIPs it still holds until the held maps are written.
+            None => match self.write(None, guarded, held) {
+                Ok(now) => {
+                    self.kernel = Some((now, Instant::now()));
+                    return Ok(());
+                }
+                Err(e) => tracing::debug!(error = %e, "no VIP fence tables to continue"),
+            },
         }
         let script = format!("{}{}", tables(), guarded_script(guarded));
         nft::run(&self.nft, "create the tables", &["-f", "-"], Some(&script))?;
@@ -470,7 +493,7 @@ mod tests {
         // families; slot 0's three elements (ARP, IPv4, IPv6).
         assert_eq!(
             (flush, delete, add),
-            (vip_sets().len() + 2 * SLOTS, 0, 4000 + 3)
+            (vip_sets().len() + 2 * SLOTS + 2, 0, 4000 + 3)
         );
         assert!(kernel.slots.values().all(|s| *s == 0));
         let (ops, again) = plan(Some(&kernel), &guarded, &held(590 * MS));

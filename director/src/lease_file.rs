@@ -22,6 +22,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::lease::Lease;
@@ -76,6 +77,8 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<(), StateFileError> {
 #[derive(Debug, Clone)]
 pub struct LeaseFile {
     path: PathBuf,
+    /// Orders [`LeaseFile::save_current`]'s writes (see there).
+    order: Arc<Mutex<()>>,
 }
 
 /// Nanoseconds on `CLOCK_MONOTONIC`, the clock `Instant` reads on Linux.
@@ -89,6 +92,7 @@ impl LeaseFile {
     pub fn new(dir: &Path, node_id: &str) -> Self {
         LeaseFile {
             path: dir.join(format!("director-{node_id}.lease")),
+            order: Arc::default(),
         }
     }
 
@@ -113,6 +117,17 @@ impl LeaseFile {
         // The shared clock first: the written end may be a hair early, never late.
         let now_ns = monotonic_ns();
         write(&self.path, &encode(lease, Instant::now(), now_ns))
+    }
+
+    /// Saves what `lease` holds now. Several threads save (the session on
+    /// a grant, a background save of moved lease ends, the VIP loop): each
+    /// copies the lease only once the writes before it are done, so the
+    /// last write is always of the latest copy — an older copy written
+    /// last could name a VIP let go of since.
+    pub fn save_current(&self, lease: &Mutex<Lease>) -> Result<(), StateFileError> {
+        let _turn = self.order.lock().unwrap_or_else(PoisonError::into_inner);
+        let copy = lease.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        self.save(&copy)
     }
 
     /// After the VIPs were released on a clean shutdown.

@@ -199,16 +199,16 @@ fn record(
     file: &LeaseFile,
     report_now: &watch::Sender<u64>,
 ) {
-    let (saved, removed) = {
+    let removed = {
         let mut l = lease.lock().unwrap_or_else(PoisonError::into_inner);
         if l.added == present {
             return;
         }
         let removed = l.added.difference(&present).next().is_some();
         l.added = present;
-        (l.clone(), removed)
+        removed
     };
-    if let Err(e) = file.save(&saved) {
+    if let Err(e) = file.save_current(lease) {
         tracing::warn!(error = %e, "saving the lease");
     }
     if removed {

@@ -79,16 +79,25 @@ fn a_vip_whose_lease_is_not_renewed_stops_answering_at_the_lease_end() -> anyhow
     // The fence writes its sets over a netlink socket opened in the
     // namespace of the thread that first writes: the director's.
     let (nft, ns) = (t.wrapped("dir", "nft")?, t.ns("dir"));
-    let first = both(lease);
-    let mut fence = std::thread::spawn(move || -> anyhow::Result<Fence> {
-        lb_testkit::netns::enter(&ns)?;
-        let mut fence = Fence::new(nft);
-        fence.set(&guarded, &first)?;
-        Ok(fence)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the fence's thread panicked"))??;
-    let guarded = BTreeSet::from([vip, later, v6]);
+    let start = |guarded: BTreeSet<IpAddr>, held: BTreeMap<IpAddr, Duration>| {
+        let (nft, ns) = (nft.clone(), ns.clone());
+        std::thread::spawn(move || -> anyhow::Result<Fence> {
+            lb_testkit::netns::enter(&ns)?;
+            let mut fence = Fence::new(nft);
+            fence.set(&guarded, &held)?;
+            Ok(fence)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the fence's thread panicked"))?
+    };
+    let mut fence = start(guarded.clone(), both(lease))?;
+    // A restarted agent's fence continues the tables it finds (made afresh,
+    // they would drop the VIPs until their maps are written): the same
+    // tables, by their kernel handles.
+    let handles = || t.sh("dir", "nft -a list tables");
+    let before = handles()?;
+    start(guarded.clone(), both(lease))?;
+    assert_eq!(handles()?, before, "the tables were made again");
     let renewals_end = Instant::now() + Duration::from_secs(2);
     while Instant::now() < renewals_end {
         fence.set(&guarded, &both(lease))?;
