@@ -364,9 +364,9 @@ pub struct CheckFlags {
     pub check_port: Option<u32>,
     #[arg(long = "check-path")]
     pub check_path: Option<String>,
-    /// Accepted HTTP status (repeatable; default 200).
+    /// Accepted HTTP status or range, as keepalived's status_code (repeatable; 200-299; default 200).
     #[arg(long = "check-status")]
-    pub check_status: Vec<u32>,
+    pub check_status: Vec<crate::spec::StatusCodes>,
     #[arg(long = "check-regex")]
     pub check_regex: Option<String>,
     /// MD5 of the expected body (keepalived digest).

@@ -178,8 +178,9 @@ fn checker(t: &mut String, h: &lb_proto::model::HealthCheck, notes: &mut Vec<Str
         if let Some(d) = &p.digest {
             let _ = writeln!(t, "                digest {}", word(d, notes));
         }
-        for code in &p.status {
-            let _ = writeln!(t, "                status_code {code}");
+        if !p.status.is_empty() {
+            let codes = crate::spec::status_ranges(&p.status);
+            let _ = writeln!(t, "                status_code {codes}");
         }
         if let Some(r) = &p.body_regex {
             let _ = writeln!(t, "                regex {}", word(r, notes));

@@ -483,3 +483,44 @@ fn awkward_values_survive_export() {
     assert!(matches!(&again[0].health_check.as_ref().unwrap().probe,
         Probe::Http(p) if p.path == "/a}b c#d" && p.body_regex.as_deref() == Some("say \"hi\"")));
 }
+
+#[test]
+fn keepalived_status_code_ranges_are_read_and_written_as_keepalived_does() {
+    let text = "virtual_server 10.0.0.1 80 {\n lb_kind DR\n real_server 10.0.0.2 80 {\n  HTTP_GET {\n   url {\n    path /\n    status_code 200-299 400-499 503 505\n   }\n  }\n }\n}\n";
+    let first = import::parse(Format::Keepalived, "f", text)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let Probe::Http(p) = &first[0].health_check.as_ref().unwrap().probe else {
+        panic!("not an HTTP check: {first:?}")
+    };
+    assert_eq!(p.status.len(), 100 + 100 + 2);
+    for (code, accepted) in [
+        (200, true),
+        (299, true),
+        (300, false),
+        (404, true),
+        (502, false),
+    ] {
+        assert_eq!(p.status.contains(&code), accepted, "{code}");
+    }
+    let out = export::keepalived(&first, None);
+    assert!(
+        out.text.contains("status_code 200-299 400-499 503 505\n"),
+        "{}",
+        out.text
+    );
+    let again = import::parse(Format::Keepalived, "e", &out.text)
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(first, again);
+    // A backwards range names the line and what is wrong with it.
+    let err = import::parse(Format::Keepalived, "f", &text.replace("200-299", "299-200"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("f:7: status_code 299-200") && err.contains("the range starts above its end"),
+        "{err}"
+    );
+}

@@ -485,10 +485,11 @@ impl Reader<'_> {
                             "path" => h.http_path = self.arg(u, 0)?.to_string(),
                             "digest" => h.http_digest = self.arg(u, 0)?.to_ascii_lowercase(),
                             "status_code" => {
-                                for code in &u.args {
-                                    h.http_status.push(code.parse().map_err(|_| {
-                                        self.error(u, format!("{code:?} is not a status code"))
-                                    })?);
+                                // Codes and ranges, as keepalived reads them.
+                                for word in &u.args {
+                                    let codes: crate::spec::StatusCodes =
+                                        word.parse().map_err(|e: String| self.error(u, e))?;
+                                    h.http_status.extend(codes.0);
                                 }
                             }
                             "regex" => h.http_body_regex = self.arg(u, 0)?.to_string(),
