@@ -524,3 +524,17 @@ fn keepalived_status_code_ranges_are_read_and_written_as_keepalived_does() {
         "{err}"
     );
 }
+
+#[test]
+fn keepalived_notify_scripts_point_to_the_director_hook() {
+    let text = "global_defs {\n router_id lb1\n}\nvrrp_instance VI_1 {\n priority 100\n virtual_ipaddress {\n  10.0.0.1\n }\n notify_master /etc/keepalived/master.sh\n notify_backup /etc/keepalived/backup.sh\n}\nvirtual_server 10.0.0.1 80 {\n lb_kind DR\n real_server 10.0.0.2 80 {\n }\n}\n";
+    let imported = import::parse(Format::Keepalived, "f", text).unwrap();
+    for line in [9, 10] {
+        let note = imported
+            .notes
+            .iter()
+            .find(|n| n.line == line)
+            .unwrap_or_else(|| panic!("no note for line {line}: {:?}", imported.notes));
+        assert!(note.to_string().contains("--on-vip-change"), "{note}");
+    }
+}

@@ -168,7 +168,7 @@ impl Lease {
     }
 
     /// The highest epoch of `vip` granted, inherited or dropped.
-    fn last_epoch(&self, vip: IpAddr) -> u64 {
+    pub fn last_epoch(&self, vip: IpAddr) -> u64 {
         let granted = self.grants.values().filter_map(|g| g.vips.get(&vip));
         let inherited = self.inherited.get(&vip).map(|(e, _)| e);
         granted

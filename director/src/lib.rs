@@ -13,12 +13,14 @@
 //! controller's grants, and [`fence`] the kernel's enforcement of its end
 //! (nftables, through [`nft`]); [`lease_file`] lets a restarted agent
 //! continue its node's lease, and [`services_file`] remove the services
-//! deleted while it was down; the agent also runs the IPVS sync daemons.
+//! deleted while it was down; the agent also runs the IPVS sync daemons
+//! and the operator's [`hook`] when it takes or gives up a VIP.
 
 pub mod agent;
 pub mod desired;
 pub mod fence;
 pub mod forwarding;
+pub mod hook;
 pub mod ipvs;
 pub mod lease;
 pub mod lease_file;

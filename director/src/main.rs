@@ -60,6 +60,12 @@ struct Args {
     /// the same.
     #[arg(long, env = "LB_NO_IPVS", conflicts_with = "sync_interface")]
     no_ipvs: bool,
+    /// Program run when this director takes or gives up a VIP (keepalived's
+    /// notify_master / notify_backup), with the arguments VIP OLD NEW EPOCH
+    /// (states MASTER and BACKUP; also in LB_VIP, LB_OLD_STATE, LB_NEW_STATE,
+    /// LB_EPOCH, LB_NODE_ID). One run at a time, killed after 10 s.
+    #[arg(long, env = "LB_ON_VIP_CHANGE")]
+    on_vip_change: Option<std::path::PathBuf>,
     /// Nice value of every thread of this process (-20 to 19): below
     /// ordinary work, so that a busy host does not make VIP leases lapse.
     #[arg(long, env = "LB_NICE", default_value_t = lb_proto::process::DAEMON_NICE,
@@ -85,6 +91,9 @@ async fn main() -> anyhow::Result<()> {
         node_id: args.node_id.clone(),
         address: None,
     };
+    if let Some(program) = &args.on_vip_change {
+        lb_director::hook::check(program).map_err(anyhow::Error::msg)?;
+    }
     let tls = lb_proto::pki::enroll::setup(&args.tls, &args.controller, &who).await?;
     let config = Config {
         controllers: args.controller,
@@ -108,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         ack_deadline: lb_proto::client::ack_deadline(Duration::from_millis(args.heartbeat_ms)),
         handover: Duration::from_millis(args.handover_ms),
         ipvs: !args.no_ipvs,
+        on_vip_change: args.on_vip_change,
     };
     run(config, lb_proto::process::shutdown_signal()).await?;
     Ok(())

@@ -80,6 +80,8 @@ pub struct Config {
     pub handover: Duration,
     /// Program IPVS; without it only the VIPs are held (`--no-ipvs`).
     pub ipvs: bool,
+    /// Run when a VIP is taken or given up (see [`crate::hook`]).
+    pub on_vip_change: Option<PathBuf>,
 }
 
 /// The IPVS sync daemons' settings (the same on every director of a pool).
@@ -194,6 +196,15 @@ pub async fn run(
         false => None,
     };
     let (ipvs, sync_ipvs) = ipvs.unzip();
+    // The hook's runs, queued by the VIP loop (see `crate::hook`).
+    let (hooks, hook_runner) = match &config.on_vip_change {
+        Some(program) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let runner = crate::hook::run(program.clone(), config.node_id.clone(), rx);
+            (Some(tx), Some(tokio::spawn(runner)))
+        }
+        None => (None, None),
+    };
     let iface = config.interface.clone();
     let (rtnl, link) = tokio::task::spawn_blocking(move || {
         let rtnl = Rtnl::open()?;
@@ -210,6 +221,7 @@ pub async fn run(
         sync: config.sync.clone(),
         fence: Mutex::new(crate::fence::Fence::new(vec!["nft".into()])),
         lifetimes: Mutex::default(),
+        hooks,
     };
     let lease_file = LeaseFile::new(&config.state_dir, &config.node_id);
     let inherited = match lease_file.load() {
@@ -311,6 +323,11 @@ pub async fn run(
         if let Err(e) = lease_file.remove() {
             tracing::warn!(error = %e, "removing the lease file");
         }
+    }
+    // The VIP loop is done (its queue closed): the hooks of the VIPs it gave
+    // up run before the process ends, as keepalived's notify_backup does.
+    if let Some(runner) = hook_runner {
+        let _ = tokio::time::timeout(crate::hook::TIMEOUT * 2, runner).await;
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ use tokio::sync::{watch, Notify};
 
 use super::{Desired, SyncConfig};
 use crate::fence::Fence;
+use crate::hook::{Hooks, VipChange, VipState};
 use crate::ipvs::{Ipvs, IpvsError, SyncDaemon, SyncRole};
 use crate::lease::Lease;
 use crate::lease_file::LeaseFile;
@@ -51,6 +52,8 @@ pub(super) struct Host {
     pub(super) fence: Mutex<Fence>,
     /// When the kernel ends each VIP address (see [`Lifetimes`]).
     pub(super) lifetimes: Mutex<Lifetimes>,
+    /// The operator's hook, told of each VIP taken or given up.
+    pub(super) hooks: Option<Hooks>,
 }
 
 impl Host {
@@ -190,13 +193,13 @@ impl Host {
     }
 }
 
-/// Records the managed VIPs on the interface in the lease (and its file);
-/// when one went away, every stream reports at once — a hand-over waits on
-/// that report.
+/// Records the managed VIPs on the interface in the lease (and its file),
+/// and tells the hook of each VIP that came or went; when one went away,
+/// every stream reports at once — a hand-over waits on that report.
 fn record(
     lease: &Mutex<Lease>,
     present: BTreeSet<IpAddr>,
-    file: &LeaseFile,
+    (file, hooks): (&LeaseFile, Option<&Hooks>),
     report_now: &watch::Sender<u64>,
 ) {
     let removed = {
@@ -204,9 +207,22 @@ fn record(
         if l.added == present {
             return;
         }
-        let removed = l.added.difference(&present).next().is_some();
+        let gone: Vec<IpAddr> = l.added.difference(&present).copied().collect();
+        if let Some(hooks) = hooks {
+            let (master, backup) = (VipState::Master, VipState::Backup);
+            let taken = present.difference(&l.added).map(|v| (*v, backup, master));
+            for (vip, old, new) in taken.chain(gone.iter().map(|v| (*v, master, backup))) {
+                let epoch = l.last_epoch(vip);
+                let _ = hooks.send(VipChange {
+                    vip,
+                    old,
+                    new,
+                    epoch,
+                });
+            }
+        }
         l.added = present;
-        removed
+        !gone.is_empty()
     };
     if let Err(e) = file.save_current(lease) {
         tracing::warn!(error = %e, "saving the lease");
@@ -358,7 +374,12 @@ pub(super) async fn run(
             }
             match done.map(|(_, r)| r) {
                 Ok(Ok(present)) => {
-                    record(&lease, present, &lease_file, &report_now);
+                    record(
+                        &lease,
+                        present,
+                        (&lease_file, host.hooks.as_ref()),
+                        &report_now,
+                    );
                     // Only a refresh moves the next one: the kernel's
                     // expiries are those of the last refresh.
                     if refresh || changed {

@@ -246,15 +246,35 @@ async fn a_partitioned_owner_gives_way_and_takes_its_vip_back_after_healing() ->
     Ok(())
 }
 
+/// The VIP-change hook's record: one line per run, `NODE VIP OLD NEW EPOCH`.
+fn hook_runs(log: &std::path::Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
+}
+
 /// SIGTERM of the owner with d2 live: the VIP is handed over with a gap of
-/// at most 100 ms and never held twice. Then d2's agent is killed (-9) and
-/// started again at once: it continues its lease, and no request fails.
+/// at most 100 ms and never held twice, and each director's VIP-change
+/// hook runs with the VIP, its old and new state and the epoch (the old
+/// owner's before its process ends). Then d2's agent is killed (-9) and
+/// started again at once: it continues its lease, no request fails, and
+/// the hook does not run (nothing changed for the VIP).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_owner_hands_over_and_a_restarted_one_keeps_its_vip() -> anyhow::Result<()> {
     if !privileged() {
         return Ok(());
     }
-    let (f, mut d1, mut d2) = Fabric::floating(&[], &[], &[]).await?;
+    let hook_dir = tempfile::tempdir()?;
+    let (hook, log) = (hook_dir.path().join("hook"), hook_dir.path().join("runs"));
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\necho \"$LB_NODE_ID $*\" >> {}\n", log.display()),
+    )?;
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let hook_flag = ["--on-vip-change", &hook.to_string_lossy()];
+    let (f, mut d1, mut d2) = Fabric::floating(&[], &hook_flag, &[]).await?;
     let w1 = f.vipwatch("d1", DR_VIP, 6)?;
     let w2 = f.vipwatch("d2", DR_VIP, 6)?;
     let probe = f.probe(&url(), 6, 10)?;
@@ -274,6 +294,25 @@ async fn a_stopped_owner_hands_over_and_a_restarted_one_keeps_its_vip() -> anyho
         "hand-over gap {:?}",
         seen.gap()
     );
+    let runs = wait_for(Duration::from_secs(10), "d2's hook to run", || async {
+        let runs = hook_runs(&log);
+        runs.iter().any(|r| r[0] == "d2").then_some(runs)
+    })
+    .await?;
+    println!("VIP-change hook runs: {runs:?}");
+    let epoch = |node: &str, old: &str| {
+        runs.iter()
+            .find(|r| r[0] == node && r[1] == DR_VIP && r[2] == old && r.len() == 5)
+            .and_then(|r| r[4].parse::<u64>().ok())
+    };
+    let taken = epoch("d1", "BACKUP").expect("d1: BACKUP -> MASTER when it took the VIP");
+    let given = epoch("d1", "MASTER").expect("d1: MASTER -> BACKUP before it ended");
+    let moved = epoch("d2", "BACKUP").expect("d2: BACKUP -> MASTER");
+    assert!(
+        taken == given && moved > given,
+        "epochs: d1 took {taken}, gave up {given}; d2 took {moved}"
+    );
+    assert!(runs.iter().all(|r| r[3] != r[2]), "{runs:?}");
 
     // kill -9 and an immediate restart of the new owner's agent.
     let w2 = f.vipwatch("d2", DR_VIP, 5)?;
@@ -281,7 +320,7 @@ async fn a_stopped_owner_hands_over_and_a_restarted_one_keeps_its_vip() -> anyho
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = d2.0.kill();
     let _ = d2.0.wait();
-    let _d2 = f.start_director("d2", &[])?;
+    let _d2 = f.start_director("d2", &hook_flag)?;
     let (seen, h2) = tokio::task::spawn_blocking(move || (probe.finish(), w2.finish())).await?;
     println!(
         "d2's agent killed and restarted: {}; d2 held {h2:?}",
@@ -293,5 +332,6 @@ async fn a_stopped_owner_hands_over_and_a_restarted_one_keeps_its_vip() -> anyho
         "failed requests: {:?}",
         seen.failed()
     );
+    assert_eq!(hook_runs(&log), runs, "the hook ran across the restart");
     Ok(())
 }

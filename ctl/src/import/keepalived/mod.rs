@@ -200,6 +200,13 @@ impl Reader<'_> {
                         vips.push(addr.to_string());
                     }
                 }
+                "notify" | "notify_master" | "notify_backup" | "notify_fault" | "notify_stop" => {
+                    self.out.note(
+                        c.line,
+                        &c.directive(),
+                        "a director setting: lb-director --on-vip-change PROGRAM runs it with VIP OLD NEW EPOCH (states MASTER, BACKUP) when a VIP comes or goes",
+                    )
+                }
                 _ => self.out.note(
                     c.line,
                     &c.directive(),
