@@ -366,7 +366,7 @@ pub struct CheckFlags {
     pub check_path: Option<String>,
     /// Accepted HTTP status or range, as keepalived's status_code (repeatable; 200-299; default 200).
     #[arg(long = "check-status")]
-    pub check_status: Vec<crate::spec::StatusCodes>,
+    pub check_status: Vec<crate::status::StatusCodes>,
     #[arg(long = "check-regex")]
     pub check_regex: Option<String>,
     /// MD5 of the expected body (keepalived digest).

@@ -179,7 +179,7 @@ fn checker(t: &mut String, h: &lb_proto::model::HealthCheck, notes: &mut Vec<Str
             let _ = writeln!(t, "                digest {}", word(d, notes));
         }
         if !p.status.is_empty() {
-            let codes = crate::spec::status_ranges(&p.status);
+            let codes = crate::status::status_ranges(&p.status);
             let _ = writeln!(t, "                status_code {codes}");
         }
         if let Some(r) = &p.body_regex {

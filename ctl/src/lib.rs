@@ -2,7 +2,8 @@
 //!
 //! [`cli`] declares the commands; `cmd/` runs them, one module per command
 //! family; [`spec`] turns flags and words into API messages; [`output`]
-//! renders answers (tables, `-o json`); [`import`] and [`export`] read and
+//! renders answers (tables, `-o json`); [`status`] reads and writes HTTP
+//! status codes and ranges; [`import`] and [`export`] read and
 //! write keepalived.conf, Piranha's lvs.cf and `ipvsadm --save`;
 //! `lb_proto::client` reaches the controller leader.
 
@@ -11,6 +12,7 @@ pub mod export;
 pub mod import;
 pub mod output;
 pub mod spec;
+pub mod status;
 
 use std::time::Duration;
 

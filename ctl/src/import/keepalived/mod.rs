@@ -494,7 +494,7 @@ impl Reader<'_> {
                             "status_code" => {
                                 // Codes and ranges, as keepalived reads them.
                                 for word in &u.args {
-                                    let codes: crate::spec::StatusCodes =
+                                    let codes: crate::status::StatusCodes =
                                         word.parse().map_err(|e: String| self.error(u, e))?;
                                     h.http_status.extend(codes.0);
                                 }
