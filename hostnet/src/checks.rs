@@ -1,6 +1,6 @@
 //! Health checks of this host's own endpoints, as keepalived's checkers do
-//! them from the director: TCP connect, HTTP GET (status, body regex, MD5
-//! digest of the body) and a command's exit status, each with an interval, a
+//! them from the director: TCP connect, HTTP GET (HTTP/1.1 through hyper;
+//! status, body regex, MD5 digest of the body) and a command's exit status, each with an interval, a
 //! timeout and rise/fall counts. A backend starts healthy (keepalived's
 //! default) and changes state only after `rise` passes or `fall` failures in
 //! a row; the agent reports every change at once.
@@ -19,7 +19,7 @@ use lb_proto::model::{HealthCheck, HttpProbe, Probe, Service, VirtualAddress};
 use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -221,43 +221,53 @@ async fn https(addr: SocketAddr, h: &HttpProbe) -> Result<(), String> {
     get(tls, addr, h).await
 }
 
-/// Sends the GET on an open connection and judges the answer.
-async fn get<C: AsyncRead + AsyncWrite + Unpin>(
-    mut conn: C,
+/// Sends the GET on an open connection (HTTP/1.1, with hyper: chunked
+/// bodies, keep-alive servers and the rest of the protocol as a browser
+/// sees them) and judges the answer, whose body is read up to 1 MiB.
+async fn get<C: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    conn: C,
     addr: SocketAddr,
     h: &HttpProbe,
 ) -> Result<(), String> {
-    let host = h.host.clone().unwrap_or_else(|| addr.ip().to_string());
-    let request = format!(
-        "GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: lbfabric-check\r\nConnection: close\r\n\r\n",
-        h.path
-    );
-    conn.write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("sending the request: {e}"))?;
-    let mut raw = Vec::new();
-    conn.take(MAX_BODY as u64)
-        .read_to_end(&mut raw)
-        .await
-        .map_err(|e| format!("reading the answer: {e}"))?;
-    let (status, body) = parse_response(&raw)?;
-    http_verdict(h, status, body)
-}
+    use http_body_util::{BodyExt, Empty, Limited};
+    use hyper::body::Bytes;
+    use hyper::header::{CONNECTION, HOST, USER_AGENT};
 
-/// The status code and the body of an HTTP/1.x response.
-pub fn parse_response(raw: &[u8]) -> Result<(u16, &[u8]), String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("the answer is not HTTP (no end of headers)")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or("the answer is not HTTP (no status line)")?;
-    Ok((status, &raw[end + 4..]))
+    let host = h.host.clone().unwrap_or_else(|| addr.to_string());
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(conn))
+            .await
+            .map_err(|e| format!("HTTP with {addr}: {e}"))?;
+    let request = hyper::Request::get(h.path.as_str())
+        .header(HOST, host)
+        .header(USER_AGENT, "lbfabric-check")
+        .header(CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("path {:?}: {e}", h.path))?;
+    let answer = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("the answer: {e}"))?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the body: {e}"))?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    // The connection is driven beside the request, in this task.
+    let mut answer = std::pin::pin!(answer);
+    let mut connection = std::pin::pin!(connection);
+    let (status, body) = tokio::select! {
+        a = &mut answer => a?,
+        c = &mut connection => {
+            c.map_err(|e| format!("HTTP with {addr}: {e}"))?;
+            answer.await?
+        }
+    };
+    http_verdict(h, status, &body)
 }
 
 /// Whether an answer passes the check's status, regex and digest rules.
@@ -326,6 +336,73 @@ async fn exec(command: &str, args: &[String]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A plain HTTP server that reads a request and writes `answer`, then
+    /// closes the connection or (`keep_open`) holds it open, as an
+    /// HTTP/1.1 server with keep-alive does.
+    async fn http_server(answer: &'static str, keep_open: bool) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = tcp.read(&mut buf).await;
+                    let _ = tcp.write_all(answer.as_bytes()).await;
+                    if keep_open {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn http_target(addr: SocketAddr, regex: &str, digest: Option<&str>) -> Target {
+        let mut t = https_target(addr, vec![200]);
+        t.check.probe = Probe::Http(HttpProbe {
+            path: "/healthz".into(),
+            status: vec![200],
+            body_regex: Some(regex.into()),
+            digest: digest.map(String::from),
+            host: None,
+        });
+        t
+    }
+
+    #[tokio::test]
+    async fn http_checks_read_chunked_bodies_and_do_not_wait_for_a_keep_alive_server() {
+        // The body's digest and regex are over "hello world", not its chunks.
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        let addr = http_server(chunked, false).await;
+        let md5_of_hello_world = "5eb63bbbe01eeed093cb22bb8f5acdc3";
+        let t = http_target(addr, "^hello world$", Some(md5_of_hello_world));
+        assert_eq!(probe(&t).await, Ok(()));
+        let wrong = http_target(
+            addr,
+            "^hello world$",
+            Some("00000000000000000000000000000000"),
+        );
+        assert!(probe(&wrong).await.unwrap_err().contains("digest"));
+        // A server that keeps the connection open: the answer is complete at
+        // its Content-Length, long before the check's timeout.
+        let keep = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        let t = http_target(http_server(keep, true).await, "^hello$", None);
+        let started = std::time::Instant::now();
+        assert_eq!(probe(&t).await, Ok(()));
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+        // Another status fails, naming it; so does an answer that is not HTTP.
+        let down = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+        let err = probe(&http_target(http_server(down, false).await, ".", None)).await;
+        assert!(err.as_ref().unwrap_err().contains("503"), "{err:?}");
+        let junk = http_server("SSH-2.0-OpenSSH_9.2\r\n", false).await;
+        assert!(probe(&http_target(junk, ".", None)).await.is_err());
+    }
 
     /// A TLS server with a self-signed certificate for another name, the way
     /// a realserver's public site looks from its own address.
@@ -414,9 +491,7 @@ mod tests {
 
     #[test]
     fn http_answers_are_judged_by_status_digest_and_regex() {
-        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
-        let (status, body) = parse_response(raw).unwrap();
-        assert_eq!((status, body), (200, &b"hello"[..]));
+        let body = &b"hello"[..];
         let mut h = HttpProbe {
             path: "/".into(),
             status: vec![200],
@@ -440,6 +515,5 @@ mod tests {
         assert!(http_verdict(&h, 200, b"help")
             .unwrap_err()
             .contains("does not match"));
-        assert!(parse_response(b"garbage").is_err());
     }
 }
