@@ -11,7 +11,9 @@
 //!                                     print "OK BODY" or "ERR WHY" (a reset shows as ERR)
 //!   lb-http vipwatch ADDR SECONDS EVERY_MS
 //!                                     sample whether ADDR is local here (binding to it works);
-//!                                     print "MS 1" / "MS 0" at the start and on every change, "MS end";
+//!                                     print "MS 1" / "MS 0" at the start and on every change
+//!                                     (followed by the previous sample's MS: the last of the
+//!                                     old state), "MS end";
 //!                                     "MS stall GAP_MS" when a sample came over 500 ms late
 //!
 //! Only the Rust standard library: it starts fast in the VM, where every exec counts.
@@ -155,12 +157,19 @@ fn probe(host_port: &str, path: &str, seconds: u64, every: Duration, timeout: Du
 fn vipwatch(addr: std::net::IpAddr, seconds: u64, every: Duration) {
     let end = std::time::Instant::now() + Duration::from_secs(seconds);
     let mut last = None;
+    // When the previous sample was taken: the last one of the old state.
+    let mut previous: Option<u128> = None;
     while std::time::Instant::now() < end {
         let local = std::net::UdpSocket::bind((addr, 0)).is_ok();
+        let now = unix_ms();
         if last != Some(local) {
-            println!("{} {}", unix_ms(), u8::from(local));
+            match previous {
+                Some(p) => println!("{now} {} {p}", u8::from(local)),
+                None => println!("{now} {}", u8::from(local)),
+            }
             last = Some(local);
         }
+        previous = Some(now);
         let slept = std::time::Instant::now();
         std::thread::sleep(every);
         // A sample far behind its time means this host did not run (a

@@ -149,14 +149,21 @@ impl Watched {
 }
 
 impl Watch {
-    /// Intervals [from, to) in ms during which the address was held.
+    /// Intervals [from, to] in ms during which the address was held: from
+    /// the first sample that saw it to the last one that did.
     pub fn finish(self) -> Vec<(u128, u128)> {
         self.finish_all().held
     }
 
     /// The held intervals and the watcher's own stalls.
     pub fn finish_all(mut self) -> Watched {
-        let out = stdout_of(&mut self.0);
+        Watched::parse(&stdout_of(&mut self.0))
+    }
+}
+
+impl Watched {
+    /// `lb-http vipwatch`'s output.
+    fn parse(out: &str) -> Watched {
         let mut seen = Watched::default();
         let mut since = None;
         for line in out.lines() {
@@ -170,28 +177,38 @@ impl Watch {
                         seen.stalls.push((t, ms));
                     }
                 }
-                _ => match what {
-                    "1" => since = Some(t),
-                    "0" | "end" => {
-                        if let Some(s) = since.take() {
-                            seen.held.push((s, t));
+                _ => {
+                    let mut words = what.split_whitespace();
+                    let state = words.next().unwrap_or_default();
+                    // The last sample that still saw the old state.
+                    let previous = words.next().and_then(|p| p.parse::<u128>().ok());
+                    match state {
+                        "1" => since = Some(t),
+                        "0" | "end" => {
+                            if let Some(s) = since.take() {
+                                seen.held.push((s, previous.unwrap_or(t)));
+                            }
                         }
+                        _ => {}
                     }
-                    _ => {}
-                },
+                }
             }
         }
         seen
     }
 }
 
-/// Overlaps between two sets of held intervals (both holding at once).
+/// Overlaps between two sets of held intervals: both seen holding at
+/// once. A watch's interval runs from the first sample that saw the
+/// address to the last one that did, so an overlap is proof, whatever the
+/// sampling period; a hand-over quicker than the period is not taken for
+/// two holders.
 pub fn overlaps(a: &[(u128, u128)], b: &[(u128, u128)]) -> Vec<(u128, u128)> {
     let mut out = Vec::new();
     for &(a0, a1) in a {
         for &(b0, b1) in b {
             let (s, e) = (a0.max(b0), a1.min(b1));
-            if s < e {
+            if s <= e {
                 out.push((s, e));
             }
         }
@@ -304,6 +321,18 @@ pub fn gratuitous_arps<'a>(lines: &'a [String], vip: &str) -> Vec<&'a String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hand_over_quicker_than_the_sampling_is_not_two_holders() {
+        // d2 last saw the VIP at 94 and no more at 104; d1 first at 97.
+        let d2 = Watched::parse("0 1\n104 0 94\n300 end\n").held;
+        let d1 = Watched::parse("0 0\n97 1 87\n300 end\n").held;
+        assert_eq!((d2.clone(), d1.clone()), (vec![(0, 94)], vec![(97, 300)]));
+        assert!(overlaps(&d1, &d2).is_empty());
+        // Both seen holding at 94: two holders.
+        let d1 = Watched::parse("0 0\n94 1 84\n300 end\n").held;
+        assert_eq!(overlaps(&d1, &d2), vec![(94, 94)]);
+    }
 
     #[test]
     fn only_a_gap_inside_a_long_stall_counts_as_the_host_s_freeze() {
