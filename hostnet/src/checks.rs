@@ -371,6 +371,67 @@ mod tests {
         t
     }
 
+    fn exec_target(command: &str, args: &[&str], timeout_ms: u64) -> Target {
+        let mut t = https_target("127.0.0.1:1".parse().unwrap(), vec![200]);
+        t.check.probe = Probe::Exec {
+            command: command.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        t.check.timeout_ms = timeout_ms;
+        t
+    }
+
+    #[tokio::test]
+    async fn exec_checks_pass_on_exit_zero_and_a_late_command_is_killed() {
+        assert_eq!(
+            probe(&exec_target("/bin/sh", &["-c", "exit 0"], 2000)).await,
+            Ok(())
+        );
+        let err = probe(&exec_target("/bin/sh", &["-c", "exit 3"], 2000)).await;
+        assert!(
+            err.as_ref().unwrap_err().contains("exit status: 3"),
+            "{err:?}"
+        );
+        let err = probe(&exec_target("/nonexistent/check", &[], 2000)).await;
+        assert!(
+            err.as_ref()
+                .unwrap_err()
+                .contains("running /nonexistent/check"),
+            "{err:?}"
+        );
+        // A command still running at the timeout fails the check and is killed.
+        let dir = tempfile_dir();
+        let pid_file = dir.join("pid");
+        let script = format!("echo $$ > {}; exec sleep 30", pid_file.display());
+        let err = probe(&exec_target("/bin/sh", &["-c", &script], 300)).await;
+        assert!(
+            err.as_ref()
+                .unwrap_err()
+                .contains("no answer within 300 ms"),
+            "{err:?}"
+        );
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let mut running = true;
+        for _ in 0..50 {
+            // Gone, or a zombie waiting to be reaped: not sleeping any more.
+            running = std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z "));
+            if !running {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!running, "the timed-out command is still running");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A directory of this test's own.
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("lb-hostnet-exec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[tokio::test]
     async fn http_checks_read_chunked_bodies_and_do_not_wait_for_a_keep_alive_server() {
         // The body's digest and regex are over "hello world", not its chunks.
