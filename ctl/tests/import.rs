@@ -18,6 +18,13 @@ fn read(format: Format, name: &str) -> (Imported, Vec<Service>) {
     (imported, services)
 }
 
+/// A keepalived.conf text, imported and validated (the text is in the panic).
+fn keepalived(name: &str, text: &str) -> Vec<Service> {
+    import::parse(Format::Keepalived, name, text)
+        .and_then(|i| i.validate())
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
 fn by_name<'a>(services: &'a [Service], name: &str) -> &'a Service {
     services
         .iter()
@@ -343,10 +350,7 @@ fn keepalived_round_trip() {
     ] {
         let (_, first) = read(Format::Keepalived, file);
         let text = export::keepalived(&first, director).text;
-        let again = import::parse(Format::Keepalived, "exported", &text)
-            .unwrap()
-            .validate()
-            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let again = keepalived("exported", &text);
         assert_eq!(
             first, again,
             "{file} did not survive the round trip:\n{text}"
@@ -355,10 +359,7 @@ fn keepalived_round_trip() {
     // Piranha's services, through keepalived (its disabled server aside).
     let (_, mut first) = read(Format::Piranha, "lvs-nat.cf");
     let text = export::keepalived(&first, None).text;
-    let again = import::parse(Format::Keepalived, "exported", &text)
-        .unwrap()
-        .validate()
-        .unwrap();
+    let again = keepalived("exported", &text);
     // keepalived has no rise: a server is back on its first success.
     first[0].health_check.as_mut().unwrap().rise = 1;
     assert_eq!(first, again, "{text}");
@@ -470,15 +471,9 @@ fn ipvsadm_capture_round_trip() {
 #[test]
 fn awkward_values_survive_export() {
     let text = "virtual_server 10.0.0.1 80 {\n lb_kind DR\n real_server 10.0.0.2 80 {\n  HTTP_GET {\n   url {\n    path \"/a}b c#d\"\n    regex 'say \"hi\"'\n   }\n   virtualhost \"x y\"\n  }\n }\n}\n";
-    let first = import::parse(Format::Keepalived, "f", text)
-        .unwrap()
-        .validate()
-        .unwrap();
+    let first = keepalived("f", text);
     let out = export::keepalived(&first, None);
-    let again = import::parse(Format::Keepalived, "e", &out.text)
-        .unwrap()
-        .validate()
-        .unwrap();
+    let again = keepalived("e", &out.text);
     assert_eq!(first, again, "{}", out.text);
     assert!(matches!(&again[0].health_check.as_ref().unwrap().probe,
         Probe::Http(p) if p.path == "/a}b c#d" && p.body_regex.as_deref() == Some("say \"hi\"")));
@@ -487,10 +482,7 @@ fn awkward_values_survive_export() {
 #[test]
 fn keepalived_status_code_ranges_are_read_and_written_as_keepalived_does() {
     let text = "virtual_server 10.0.0.1 80 {\n lb_kind DR\n real_server 10.0.0.2 80 {\n  HTTP_GET {\n   url {\n    path /\n    status_code 200-299 400-499 503 505\n   }\n  }\n }\n}\n";
-    let first = import::parse(Format::Keepalived, "f", text)
-        .unwrap()
-        .validate()
-        .unwrap();
+    let first = keepalived("f", text);
     let Probe::Http(p) = &first[0].health_check.as_ref().unwrap().probe else {
         panic!("not an HTTP check: {first:?}")
     };
@@ -510,10 +502,7 @@ fn keepalived_status_code_ranges_are_read_and_written_as_keepalived_does() {
         "{}",
         out.text
     );
-    let again = import::parse(Format::Keepalived, "e", &out.text)
-        .unwrap()
-        .validate()
-        .unwrap();
+    let again = keepalived("e", &out.text);
     assert_eq!(first, again);
     // A backwards range names the line and what is wrong with it.
     let err = import::parse(Format::Keepalived, "f", &text.replace("200-299", "299-200"))

@@ -147,7 +147,13 @@ fn guarded_script(guarded: &BTreeSet<IpAddr>) -> String {
         .filter(|a| a.is_ipv4())
         .map(|a| a.to_string())
         .collect();
-    let v6: Vec<&IpAddr> = guarded.iter().filter(|a| a.is_ipv6()).collect();
+    let v6: Vec<std::net::Ipv6Addr> = guarded
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
     add("arp", "guarded", v4.clone());
     add("inet", "guarded4", v4);
     add(
@@ -155,16 +161,10 @@ fn guarded_script(guarded: &BTreeSet<IpAddr>) -> String {
         "guarded6",
         v6.iter().map(|a| a.to_string()).collect(),
     );
-    add(
-        "inet",
-        "na_guarded",
-        v6.iter().map(|a| format!("0x{}", hex(&key(a)))).collect(),
-    );
+    // The raw NA target: the address as one 128-bit number.
+    let raw = |a: &std::net::Ipv6Addr| format!("0x{:032x}", u128::from(*a));
+    add("inet", "na_guarded", v6.iter().map(raw).collect());
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A VIP as its sets store it (the raw NA target too: the address bytes).
@@ -399,52 +399,44 @@ impl Fence {
         guarded: &BTreeSet<IpAddr>,
         held: &BTreeMap<IpAddr, Duration>,
     ) -> Result<(), FenceError> {
-        match self.kernel.take() {
-            Some((kernel, since)) => {
-                let whole = since.elapsed() >= REWRITE_EVERY;
-                match self.write((!whole).then_some(&kernel), guarded, held) {
-                    Ok(now) => {
-                        self.kernel = Some((now, if whole { Instant::now() } else { since }));
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "VIP fence write failed: creating its tables again")
-                    }
-                }
+        // Between whole writes, only what changed. A whole write also
+        // continues the tables a previous process left (a restart), in one
+        // transaction: made afresh, they would drop the VIPs it still holds
+        // until the held maps are written.
+        let known = self.kernel.take();
+        let delta = known
+            .as_ref()
+            .filter(|(_, since)| since.elapsed() < REWRITE_EVERY);
+        match self.write(delta, guarded, held) {
+            Ok(()) => return Ok(()),
+            Err(e) if known.is_some() => {
+                tracing::warn!(error = %e, "VIP fence write failed: creating its tables again")
             }
-            // The tables a previous process left (a restart) are written
-            // over whole, in one transaction: made afresh, they would drop
-            // the VIPs it still holds until the held maps are written.
-            None => match self.write(None, guarded, held) {
-                Ok(now) => {
-                    self.kernel = Some((now, Instant::now()));
-                    return Ok(());
-                }
-                Err(e) => tracing::debug!(error = %e, "no VIP fence tables to continue"),
-            },
+            Err(e) => tracing::debug!(error = %e, "no VIP fence tables to continue"),
         }
         let script = format!("{}{}", tables(), guarded_script(guarded));
         nft::run(&self.nft, "create the tables", &["-f", "-"], Some(&script))?;
-        let now = self.write(None, guarded, held)?;
-        self.kernel = Some((now, Instant::now()));
-        Ok(())
+        self.write(None, guarded, held)
     }
 
-    /// Writes the sets as one transaction; `before`: what they hold now
-    /// (`None`: all of them are written).
+    /// Writes the sets as one transaction and records what they hold:
+    /// `before` is what they held and when they were last written whole
+    /// (`None`: all of them are written now).
     fn write(
         &mut self,
-        before: Option<&Kernel>,
+        before: Option<&(Kernel, Instant)>,
         guarded: &BTreeSet<IpAddr>,
         held: &BTreeMap<IpAddr, Duration>,
-    ) -> Result<Kernel, FenceError> {
+    ) -> Result<(), FenceError> {
         let netlink = match &mut self.netlink {
             Some(n) => n,
             None => self.netlink.insert(Nftables::open()?),
         };
-        let (ops, now) = plan(before, guarded, held);
+        let (ops, now) = plan(before.map(|(k, _)| k), guarded, held);
         netlink.commit(&ops)?;
-        Ok(now)
+        let whole = before.map_or_else(Instant::now, |(_, since)| *since);
+        self.kernel = Some((now, whole));
+        Ok(())
     }
 
     /// Takes the fence away (a clean stop that handed every VIP over).

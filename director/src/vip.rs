@@ -56,8 +56,8 @@ pub fn remove_unheld(
 ///
 /// An address gets its lease plus three renewal intervals, and is renewed
 /// once it would no longer outlast its lease by one and a half: about
-/// every other renewal under a long lease (the VM's), and every tenth at
-/// the default 200 ms one, whose lifetimes the kernel rounds up to a whole
+/// every other renewal under a long lease (the VM's), and about every
+/// eleventh at the default 200 ms one, whose lifetimes the kernel rounds up to a whole
 /// second. Renewing 1,000 addresses costs the kernel a walk of the
 /// interface's address list each; it was a director's largest periodic
 /// work. The price: a killed agent's address goes within a lease and a

@@ -400,8 +400,8 @@ mod tests {
             "{err:?}"
         );
         // A command still running at the timeout fails the check and is killed.
-        let dir = tempfile_dir();
-        let pid_file = dir.join("pid");
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
         let script = format!("echo $$ > {}; exec sleep 30", pid_file.display());
         let err = probe(&exec_target("/bin/sh", &["-c", &script], 300)).await;
         assert!(
@@ -422,14 +422,6 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(!running, "the timed-out command is still running");
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    /// A directory of this test's own.
-    fn tempfile_dir() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("lb-hostnet-exec-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 
     #[tokio::test]

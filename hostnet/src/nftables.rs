@@ -171,6 +171,7 @@ fn element(out: &mut Vec<u8>, e: &Element) {
 fn batch(ops: &[SetOp<'_>], seq: u32) -> (Vec<u8>, Vec<(u32, usize)>) {
     const REQUEST: u16 = libc::NLM_F_REQUEST as u16;
     const ACK: u16 = libc::NLM_F_ACK as u16;
+    const CREATE: u16 = libc::NLM_F_CREATE as u16;
     let subsys = (libc::NFNL_SUBSYS_NFTABLES as u16) << 8;
     let (new, del) = (
         subsys | libc::NFT_MSG_NEWSETELEM as u16,
@@ -198,29 +199,24 @@ fn batch(ops: &[SetOp<'_>], seq: u32) -> (Vec<u8>, Vec<(u32, usize)>) {
             out.extend(message(ty, flags, next, set.family.proto(), 0, &attrs));
             acked.push((next, i));
         };
-        match op {
-            SetOp::Flush(set) => push(del, REQUEST | ACK, set, head(set)),
-            SetOp::Add(set, elements) => {
-                for chunk in elements.chunks(PER_MESSAGE) {
-                    let mut a = head(set);
-                    nested(&mut a, NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
-                        chunk.iter().for_each(|e| element(l, e))
-                    });
-                    let create = libc::NLM_F_CREATE as u16;
-                    push(new, REQUEST | ACK | create, set, a);
-                }
+        let keys: Vec<Element>;
+        let (ty, flags, set, elements) = match op {
+            SetOp::Flush(set) => {
+                push(del, REQUEST | ACK, set, head(set));
+                continue;
             }
-            SetOp::Delete(set, keys) => {
-                for chunk in keys.chunks(PER_MESSAGE) {
-                    let mut a = head(set);
-                    nested(&mut a, NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
-                        chunk
-                            .iter()
-                            .for_each(|k| element(l, &Element::key(k.clone())))
-                    });
-                    push(del, REQUEST | ACK, set, a);
-                }
+            SetOp::Add(set, elements) => (new, REQUEST | ACK | CREATE, set, elements),
+            SetOp::Delete(set, k) => {
+                keys = k.iter().map(|k| Element::key(k.clone())).collect();
+                (del, REQUEST | ACK, set, &keys)
             }
+        };
+        for chunk in elements.chunks(PER_MESSAGE) {
+            let mut a = head(set);
+            nested(&mut a, NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
+                chunk.iter().for_each(|e| element(l, e))
+            });
+            push(ty, flags, set, a);
         }
     }
     out.extend(message(

@@ -31,6 +31,12 @@ const FENCE_REDO_AFTER: Duration = Duration::from_secs(1);
 /// A VIP loop round slower than this is reported as a stall.
 const STALLED: Duration = Duration::from_secs(2);
 
+/// How often the fence and the address lifetimes are renewed: every third
+/// of the shortest lease `left` (`None`: nothing is held).
+fn renewal_interval(left: &BTreeMap<IpAddr, Duration>) -> Option<Duration> {
+    left.values().min().map(|d| *d / 3)
+}
+
 /// What each lease in `ends` has left now (those run out left out).
 fn left(ends: &BTreeMap<IpAddr, Instant>) -> BTreeMap<IpAddr, Duration> {
     let now = Instant::now();
@@ -83,8 +89,7 @@ impl Host {
         }
         let fenced = Instant::now();
         let held = left(ends);
-        // Renewals come every third of the shortest lease left (see `run`).
-        let interval = held.values().min().map_or(Duration::ZERO, |d| *d / 3);
+        let interval = renewal_interval(&held).unwrap_or_default();
         let mut lifetimes = self
             .lifetimes
             .lock()
@@ -356,7 +361,7 @@ pub(super) async fn run(
         if changed || refresh || stopping || last_check.elapsed() > Duration::from_secs(1) {
             let h = host.clone();
             let w = wanted.clone();
-            let shortest = left(&wanted.held).values().min().copied();
+            let interval = renewal_interval(&left(&wanted.held));
             let done = tokio::task::spawn_blocking(move || {
                 let mut added = Vec::new();
                 let r = h.converge(
@@ -383,7 +388,7 @@ pub(super) async fn run(
                     // Only a refresh moves the next one: the kernel's
                     // expiries are those of the last refresh.
                     if refresh || changed {
-                        refresh_at = now + shortest.map_or(Duration::from_secs(1), |d| d / 3);
+                        refresh_at = now + interval.unwrap_or(Duration::from_secs(1));
                     }
                     last = Some(wanted.clone());
                     // What this did to the interface is read back next.
