@@ -327,12 +327,14 @@ pub struct ServiceFlags {
     /// Realserver ADDRESS[:PORT] with weight 1 (repeatable; replaces the list on update).
     #[arg(long = "realserver")]
     pub realservers: Vec<String>,
-    /// Sorry server ADDRESS:PORT used below quorum.
+    /// Sorry server ADDRESS:PORT: below quorum (or with no realserver up)
+    /// it replaces the realservers in the table.
     #[arg(long)]
     pub sorry_server: Option<String>,
-    /// Minimum total weight of healthy realservers.
+    /// Minimum total weight of active realservers passing their check.
     #[arg(long)]
     pub quorum: Option<u32>,
+    /// Quorum is lost under quorum - N and regained at quorum + N.
     #[arg(long)]
     pub hysteresis: Option<u32>,
     /// Directors allowed to own the VIP (key=value, repeatable).

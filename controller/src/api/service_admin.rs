@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use lb_proto::convert::{check_name, realserver, realserver_key};
-use lb_proto::model::{RealServerPatch, Service};
+use lb_proto::model::{AdminState, RealServerPatch, Service};
 use lb_proto::{pb, FieldError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use super::paging::Page;
 use crate::app::App;
 use crate::error::status;
-use crate::state::{Applied, Command, Event, EventKind};
+use crate::state::{Applied, Command, Event, EventKind, Health};
 
 pub(super) struct ServiceAdmin {
     app: Arc<App>,
@@ -415,15 +415,27 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
                             Some((*by_name.get(s.name.as_str())?, d.stats_age_ms))
                         })
                         .collect();
+                    let sorry = state.sorry_in_use(s);
+                    let in_use = sorry.is_some();
+                    let backends = state
+                        .backends(s)
+                        .into_iter()
+                        .map(move |(rs, agent, health)| {
+                            let withheld = in_use
+                                && rs.admin_state == AdminState::Active
+                                && health != Health::Down;
+                            (rs, agent, health.as_str(), withheld, false)
+                        });
                     let realservers =
-                        state
-                            .backends(s)
-                            .into_iter()
-                            .map(|(rs, agent, health)| {
+                        backends
+                            .chain(sorry.map(|rs| (rs, None, "sorry", false, true)))
+                            .map(|(rs, agent, health, withheld, sorry_server)| {
                                 let mut b = pb::BackendStatus {
                                     realserver: Some((&rs).into()),
-                                    health: health.as_str().to_string(),
+                                    health: health.to_string(),
                                     agent: agent.map(|a| a.node_id.clone()).unwrap_or_default(),
+                                    sorry_server,
+                                    withheld,
                                     ..Default::default()
                                 };
                                 for (ss, _) in &stats {
@@ -451,6 +463,8 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
                         counters,
                         realservers,
                         stats_age_ms: stats.iter().map(|(_, age)| *age).max().unwrap_or(0),
+                        below_quorum: state.below_quorum.contains(&s.name),
+                        live_weight: state.live_weight(s),
                     }
                 })
                 .collect();

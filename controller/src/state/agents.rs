@@ -185,7 +185,8 @@ impl State {
 
     /// A service as the directors program it: its [`State::backends`]
     /// except those whose health check fails — or, with
-    /// `inhibit_on_failure`, those at weight 0.
+    /// `inhibit_on_failure`, those at weight 0 — and below quorum its
+    /// sorry server instead of those in service.
     pub fn effective(&self, service: &Service) -> Service {
         let inhibit = service
             .health_check
@@ -204,6 +205,14 @@ impl State {
                 _ => Some(rs),
             })
             .collect();
+        if let Some(sorry) = self.sorry_in_use(service) {
+            // Those at weight 0 keep finishing their connections.
+            s.realservers.retain(|rs| {
+                rs.admin_state != AdminState::Active
+                    && (rs.address, rs.port) != (sorry.address, sorry.port)
+            });
+            s.realservers.push(sorry);
+        }
         s
     }
 

@@ -53,6 +53,9 @@ impl State {
     /// `before` (the effective services before the change).
     pub(super) fn backend_events(&mut self, before: Vec<Service>) -> Applied {
         let mut last = Applied::none();
+        for old in &before {
+            self.settle_quorum(&old.name, false);
+        }
         for old in before {
             let Some(current) = self.services.get(&old.name) else {
                 continue;

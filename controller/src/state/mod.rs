@@ -14,6 +14,7 @@
 //!   needs, each service as the directors get it), kept up to date by
 //!   recomputing only what a change touches;
 //! - [`events`]: the revision-ordered event log `WatchEvents` resumes from;
+//! - [`quorum`]: below quorum, the sorry server replaces the backends;
 //! - [`owners`]: which director answers for each VIP, by epoch;
 //! - [`security`]: join tokens, revocations and the CA.
 
@@ -29,6 +30,7 @@ pub mod command;
 pub mod derived;
 pub mod events;
 pub mod owners;
+mod quorum;
 pub mod security;
 mod services;
 
@@ -60,6 +62,9 @@ pub struct State {
     /// service (the VIP owner's verdicts).
     #[serde(default)]
     pub director_down: BTreeMap<String, BTreeSet<SocketAddr>>,
+    /// Services below quorum ([`quorum`]).
+    #[serde(default)]
+    pub below_quorum: BTreeSet<String>,
     /// Join tokens, joined nodes, revocations and the CA.
     #[serde(default)]
     pub security: Security,

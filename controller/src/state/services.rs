@@ -90,6 +90,7 @@ impl State {
     pub(super) fn delete_service(&mut self, name: String) -> CommandResult {
         let service = Arc::clone(self.stored(&name)?);
         self.services.remove(&name);
+        self.below_quorum.remove(&name);
         Ok(Applied {
             revision: self.next_event(EventKind::ServiceDeleted, &service, None),
             service: Some(Service::clone(&service)),
@@ -149,6 +150,7 @@ impl State {
         self.next_event(kind, &stored, realserver);
         self.services
             .insert(stored.name.clone(), Arc::clone(&stored));
+        self.settle_quorum(&stored.name, kind == EventKind::ServiceCreated);
         Applied {
             revision,
             service: Some(Service::clone(&stored)),

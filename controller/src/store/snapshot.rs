@@ -3,7 +3,9 @@
 //! (an import's 10,000 creations, say) refers to the service by name
 //! instead of carrying a copy: the snapshot is smaller, and a node that
 //! installs it shares one copy between the service and its event, as the
-//! node that applied the commands does. Earlier formats (the whole state
+//! node that applied the commands does. The services below quorum follow
+//! the state, so that a snapshot written before they existed still reads
+//! (as none below quorum). Earlier formats (the whole state
 //! in postcard, before that JSON) are still read.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -73,6 +75,7 @@ pub(super) fn snapshot_encode(state: &State) -> Result<Vec<u8>, StoreError> {
         owners,
         agents,
         director_down,
+        below_quorum,
         security,
     } = state;
     let events = events
@@ -99,6 +102,7 @@ pub(super) fn snapshot_encode(state: &State) -> Result<Vec<u8>, StoreError> {
     };
     let mut out = SNAPSHOT_MAGIC.to_vec();
     postcard::to_io(&snap, &mut out).map_err(StoreError::Binary)?;
+    postcard::to_io(below_quorum, &mut out).map_err(StoreError::Binary)?;
     Ok(out)
 }
 
@@ -108,7 +112,12 @@ pub(super) fn snapshot_decode(bytes: &[u8]) -> Result<State, StoreError> {
         source,
     };
     if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC) {
-        let snap: Snap = postcard::from_bytes(binary).map_err(failed)?;
+        let (snap, rest): (Snap, _) = postcard::take_from_bytes(binary).map_err(failed)?;
+        let below_quorum = if rest.is_empty() {
+            BTreeSet::new()
+        } else {
+            postcard::from_bytes(rest).map_err(failed)?
+        };
         let mut events = VecDeque::with_capacity(snap.events.len());
         for e in snap.events {
             let service = match e.service {
@@ -134,6 +143,7 @@ pub(super) fn snapshot_decode(bytes: &[u8]) -> Result<State, StoreError> {
             owners: snap.owners,
             agents: snap.agents,
             director_down: snap.director_down,
+            below_quorum,
             security: snap.security,
         });
     }
@@ -159,6 +169,8 @@ mod tests {
         let mut web = crate::state::tests::service("web", "10.0.0.1");
         web.realservers = vec![crate::state::tests::rs("10.2.0.1", 80)];
         web.health_check = Some(crate::state::tests::tcp_check());
+        // Its only backend fails: below quorum, the sorry server in use.
+        web.sorry_server = Some("10.9.0.9:80".parse().unwrap());
         let agent = Agent {
             unhealthy: ["web".to_string()].into(),
             drained: true,
@@ -184,8 +196,16 @@ mod tests {
             state.apply(cmd).expect("applies");
         }
         let bytes = snapshot_encode(&state).unwrap();
+        assert!(state.below_quorum.contains("web"));
         let read = snapshot_decode(&bytes).unwrap();
         assert_eq!(read, state);
+        // Written before the services below quorum were kept: none.
+        let mut before = SNAPSHOT_MAGIC.to_vec();
+        let quorum = postcard::to_stdvec(&state.below_quorum).unwrap();
+        before.extend_from_slice(&bytes[SNAPSHOT_MAGIC.len()..bytes.len() - quorum.len()]);
+        let read = snapshot_decode(&before).unwrap();
+        assert!(read.below_quorum.is_empty());
+        assert_eq!(read.services, state.services);
         // The event that created the service holds its current version:
         // one copy in memory, as before the snapshot.
         assert_eq!(read.events[0].kind, crate::state::EventKind::ServiceCreated);

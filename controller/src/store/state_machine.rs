@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::snapshot::{snapshot_decode, snapshot_encode, SNAPSHOT_DATA, SNAPSHOT_META};
-use super::tables::{Side, AGENTS, DIRECTOR_DOWN, OWNERS, SECURITY};
+use super::tables::{Side, AGENTS, BELOW_QUORUM, DIRECTOR_DOWN, OWNERS, SECURITY};
 use super::{decode, encode, StoreError, EVENTS, SERVICES, SM_META, SNAPSHOT};
 use crate::state::{share_version, CommandResult, Derived, Event, State};
 use crate::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -124,6 +124,9 @@ impl StateMachineStore {
         }
         if let Some(b) = read_meta(DIRECTOR_DOWN)? {
             data.state.director_down = decode(DIRECTOR_DOWN, &b)?;
+        }
+        if let Some(b) = read_meta(BELOW_QUORUM)? {
+            data.state.below_quorum = decode(BELOW_QUORUM, &b)?;
         }
         for item in txn.open_table(SERVICES)?.iter()? {
             let (name, bytes) = item?;

@@ -11,6 +11,9 @@ pub(super) const SECURITY: &str = "security";
 /// until every agent has reported again.
 pub(super) const AGENTS: &str = "agents";
 pub(super) const DIRECTOR_DOWN: &str = "director_down";
+/// The services below quorum: a service's definition or its backends
+/// change it.
+pub(super) const BELOW_QUORUM: &str = "below_quorum";
 
 /// The parts of the state kept in `SM_META` beside the tables, each as one
 /// JSON value: written when a command changes them, all of them when a
@@ -20,6 +23,7 @@ pub(super) struct Side {
     owners: bool,
     security: bool,
     backends: bool,
+    quorum: bool,
 }
 
 impl Side {
@@ -27,6 +31,7 @@ impl Side {
         owners: true,
         security: true,
         backends: true,
+        quorum: true,
     };
 
     /// What `cmd` may change.
@@ -38,17 +43,21 @@ impl Side {
             owners: false,
             security: false,
             backends: false,
+            quorum: false,
         };
         match cmd {
             // Services and events: written from the events every applied
-            // command makes (see `apply_entries`), nothing more.
+            // command makes (see `apply_entries`), and the quorum states.
             Command::CreateService { .. }
             | Command::UpdateService { .. }
             | Command::DeleteService { .. }
             | Command::ApplyServices { .. }
             | Command::AddRealServer { .. }
             | Command::UpdateRealServer { .. }
-            | Command::RemoveRealServer { .. } => NONE,
+            | Command::RemoveRealServer { .. } => Side {
+                quorum: true,
+                ..NONE
+            },
             Command::AssignVip { .. } => Side {
                 owners: true,
                 ..NONE
@@ -68,6 +77,7 @@ impl Side {
             | Command::SetAgentLost { .. }
             | Command::SetDirectorChecks { .. } => Side {
                 backends: true,
+                quorum: true,
                 ..NONE
             },
         }
@@ -83,6 +93,7 @@ impl Side {
             owners: self.owners || other.owners,
             security: self.security || other.security,
             backends: self.backends || other.backends,
+            quorum: self.quorum || other.quorum,
         }
     }
 
@@ -101,6 +112,9 @@ impl Side {
         if self.backends {
             out.push((AGENTS, serde_json::to_vec(&state.agents)?));
             out.push((DIRECTOR_DOWN, serde_json::to_vec(&state.director_down)?));
+        }
+        if self.quorum {
+            out.push((BELOW_QUORUM, serde_json::to_vec(&state.below_quorum)?));
         }
         Ok(out)
     }

@@ -209,7 +209,12 @@ pub fn status(resp: &pb::FabricStatus, stats: bool, rate: bool) {
             String::new(),
         ];
         row.extend(numbers(&st.counters, active, inactive));
-        row.extend([String::new(), String::new(), owner]);
+        let quorum = if st.below_quorum {
+            format!("below quorum ({} of {})", st.live_weight, s.quorum.max(1))
+        } else {
+            String::new()
+        };
+        row.extend([quorum, String::new(), owner]);
         rows.push(row);
         let forward = match s.mode.as_str() {
             "nat" => "Masq",
@@ -229,7 +234,12 @@ pub fn status(resp: &pb::FabricStatus, stats: bool, rate: bool) {
                 u64::from(b.active_conns),
                 u64::from(b.inactive_conns),
             ));
-            row.extend([b.health.clone(), rs.admin_state.clone(), source(&b.agent)]);
+            let (state, from) = match (b.sorry_server, b.withheld) {
+                (true, _) => ("in use".to_string(), "sorry server".to_string()),
+                (_, true) => ("withheld".to_string(), source(&b.agent)),
+                _ => (rs.admin_state.clone(), source(&b.agent)),
+            };
+            row.extend([b.health.clone(), state, from]);
             rows.push(row);
         }
     }

@@ -14,6 +14,7 @@ mod import;
 mod ipvs_client;
 mod ipvs_netlink;
 mod meta;
+mod parity;
 mod reconcile;
 mod scale;
 

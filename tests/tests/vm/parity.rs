@@ -1,0 +1,184 @@
+//! keepalived parity with real traffic (issue #17): what an operator
+//! importing a keepalived.conf relies on — quorum, hysteresis and the sorry
+//! server — acting in the director's kernel and seen by clients.
+
+use std::time::Duration;
+
+use lb_testkit::fabric::*;
+use lb_testkit::proc::signal;
+use lb_testkit::{wait_for, words};
+
+const QUORUM_VIP: &str = "10.0.0.104";
+
+/// d1's IPVS lines for the quorum service, sorted.
+fn quorum_table(f: &Fabric) -> Vec<String> {
+    f.ipvs("d1")
+        .into_iter()
+        .filter(|l| l.contains(&format!("{QUORUM_VIP}:80")))
+        .collect()
+}
+
+fn expect(dests: &[&str]) -> Vec<String> {
+    let mut v = vec![format!("-A -t {QUORUM_VIP}:80 -s rr")];
+    v.extend(
+        dests
+            .iter()
+            .map(|d| format!("-a -t {QUORUM_VIP}:80 -r {d} -m -w 1")),
+    );
+    v.sort();
+    v
+}
+
+/// Waits until d1's table for the service is `dests`.
+async fn table_is(f: &Fabric, dests: &[&str], what: &str) -> anyhow::Result<()> {
+    let want = expect(dests);
+    let r = wait_for(Duration::from_secs(30), what, || async {
+        (quorum_table(f) == want).then_some(())
+    })
+    .await;
+    if r.is_err() {
+        eprintln!("d1's table: {:#?}\nwanted: {want:#?}", quorum_table(f));
+        f.failed.set(true);
+    }
+    r
+}
+
+/// Waits until lbctl shows the backend at `port` with `health`: the
+/// controller has the verdict, so the table reflects it.
+async fn health_is(f: &Fabric, port: u16, health: &str) -> anyhow::Result<()> {
+    let what = format!("192.168.50.23:{port} {health} in lbctl realserver list");
+    wait_for(Duration::from_secs(30), &what, || async {
+        let list = f.lbctl(&["realserver", "list", "quorum"]).ok()?;
+        list.lines()
+            .any(|l| {
+                l.contains(&format!("192.168.50.23:{port} ")) && l.contains(&format!(" {health} "))
+            })
+            .then_some(())
+    })
+    .await
+}
+
+/// The table stays `dests` for `checks` check intervals (a change that
+/// would follow a verdict has had its time).
+async fn table_stays(f: &Fabric, dests: &[&str], checks: u32) {
+    let want = expect(dests);
+    for _ in 0..checks * 4 {
+        assert_eq!(quorum_table(f), want, "the table changed");
+        tokio::time::sleep(Duration::from_millis(CHECK_MS / 4)).await;
+    }
+}
+
+/// Answers to `count` requests from the client.
+fn answers(f: &Fabric, count: usize) -> anyhow::Result<Vec<String>> {
+    f.t.http_get("cl", &format!("http://{QUORUM_VIP}/"), count)
+}
+
+const CHECK_MS: u64 = 500;
+
+/// Quorum 3 over three weight-1 backends (director-checked, NAT): two
+/// listeners killed put the sorry server alone in the table and clients get
+/// its answer; restored, the backends return. Then quorum 2 with hysteresis
+/// 1, walked over the band's edges in both directions, the table asserted at
+/// each step.
+#[tokio::test]
+async fn quorum_sorry_server_and_hysteresis_act_in_the_kernel() -> anyhow::Result<()> {
+    if !super::in_vm() {
+        return Ok(());
+    }
+    let mut f = Fabric::with_controllers(1, &VM_CONTROLLER_TIMERS).await?;
+    let ports = [8081u16, 8082, 8083];
+    let mut pids = Vec::new();
+    for (port, answer) in ports.iter().zip(["a", "b", "c"]) {
+        pids.push(f.t.http_backend("rs3", answer, &format!("0.0.0.0:{port}"))?);
+    }
+    f.t.http_backend("rs4", "sorry", "0.0.0.0:8090")?;
+    let check = format!(
+        "--check tcp --check-interval {CHECK_MS}ms --check-timeout 300ms --check-fall 1 --check-rise 1"
+    );
+    f.lbctl(
+        &[
+            &words(&format!(
+                "service create quorum --vip {QUORUM_VIP}:80/tcp --mode nat --scheduler rr \
+             --realserver 192.168.50.23:8081 --realserver 192.168.50.23:8082 \
+             --realserver 192.168.50.23:8083 --sorry-server 192.168.50.24:8090 --quorum 3 \
+             --prefer-director d1"
+            ))[..],
+            &words(&check),
+        ]
+        .concat(),
+    )?;
+    let _d1 = f.start_director("d1", &VM_DIRECTOR_HEARTBEAT)?;
+    let [a, b, c] = [
+        "192.168.50.23:8081",
+        "192.168.50.23:8082",
+        "192.168.50.23:8083",
+    ];
+    let sorry = "192.168.50.24:8090";
+    table_is(&f, &[a, b, c], "the three backends in d1's table").await?;
+    wait_for(Duration::from_secs(30), "d1 holding the VIP", || async {
+        let addrs = f.t.sh("d1", "ip -o -4 addr show dev eth0").ok()?;
+        addrs.contains(&format!("{QUORUM_VIP}/32")).then_some(())
+    })
+    .await?;
+    let served = answers(&f, 6)?;
+    assert!(
+        served.iter().all(|a| ["a", "b", "c"].contains(&a.as_str())),
+        "{served:?}"
+    );
+
+    // Live weight 1 < quorum 3: the sorry server alone.
+    signal(pids[0], "KILL");
+    signal(pids[1], "KILL");
+    table_is(&f, &[sorry], "the sorry server alone below quorum").await?;
+    let served = answers(&f, 4)?;
+    assert_eq!(served, ["sorry"; 4], "clients below quorum");
+    let status = f.lbctl(&["status", "--service", "quorum"])?;
+    println!("{status}");
+    assert!(status.contains("below quorum (1 of 3)"), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains(sorry) && l.contains("sorry server")),
+        "{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains(c) && l.contains("withheld")),
+        "{status}"
+    );
+
+    // Restored: the backends, no sorry server.
+    pids[0] = f.t.http_backend("rs3", "a", "0.0.0.0:8081")?;
+    pids[1] = f.t.http_backend("rs3", "b", "0.0.0.0:8082")?;
+    table_is(&f, &[a, b, c], "the backends back at quorum").await?;
+    let served = answers(&f, 6)?;
+    assert!(!served.iter().any(|a| a == "sorry"), "{served:?}");
+
+    // Quorum 2, hysteresis 1: lost under 1, regained at 3.
+    f.lbctl(&words("service update quorum --quorum 2 --hysteresis 1"))?;
+    signal(pids[0], "KILL");
+    signal(pids[1], "KILL");
+    // Live weight 1: under the quorum, inside the band — c alone serves
+    // (without the hysteresis the sorry server would).
+    table_is(&f, &[c], "c alone, inside the band").await?;
+    table_stays(&f, &[c], 4).await;
+    assert_eq!(answers(&f, 3)?, ["c"; 3]);
+    signal(pids[2], "KILL");
+    table_is(&f, &[sorry], "the sorry server with no backend").await?;
+    // Back up one by one: weight 1, then 2 (the quorum, not quorum +
+    // hysteresis) keep the sorry server; 3 ends it.
+    pids[0] = f.t.http_backend("rs3", "a", "0.0.0.0:8081")?;
+    health_is(&f, 8081, "up").await?;
+    table_stays(&f, &[sorry], 2).await;
+    pids[1] = f.t.http_backend("rs3", "b", "0.0.0.0:8082")?;
+    health_is(&f, 8082, "up").await?;
+    table_stays(&f, &[sorry], 2).await;
+    assert_eq!(answers(&f, 3)?, ["sorry"; 3]);
+    pids[2] = f.t.http_backend("rs3", "c", "0.0.0.0:8083")?;
+    table_is(&f, &[a, b, c], "quorum + hysteresis reached").await?;
+    println!(
+        "quorum 3: sorry server in and out; quorum 2 hysteresis 1: held inside the band both ways"
+    );
+    Ok(())
+}
