@@ -7,8 +7,9 @@ set -euo pipefail
 # which has IPVS and ipip; busybox for the initramfs; ipvsadm and iproute2 for
 # fixtures and namespaces; nftables for the directors' VIP fence and to cut a
 # director off in the partition test; tcpdump to see ARP on the wire;
-# keepalived, the peer lb-failover-bench compares with.
-vm_packages="qemu-system-x86 linux-image-amd64 kmod ipvsadm busybox-static iproute2 xz-utils nftables tcpdump keepalived"
+# keepalived, the peer lb-failover-bench compares with; openssl, whose own
+# TLS server the HTTPS health check is tested against (tests/vm/checks.rs).
+vm_packages="qemu-system-x86 linux-image-amd64 kmod ipvsadm busybox-static iproute2 xz-utils nftables tcpdump keepalived openssl"
 missing=""
 for p in $vm_packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

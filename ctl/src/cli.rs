@@ -350,7 +350,7 @@ pub struct ServiceFlags {
 /// Health check settings.
 #[derive(Debug, Args)]
 pub struct CheckFlags {
-    /// Health check type: tcp, http, https or exec ("none" removes it on update).
+    /// Health check type: tcp, http, https, exec, udp, dns or ping ("none" removes it on update).
     #[arg(long = "check")]
     pub check: Option<String>,
     /// e.g. 2s, 500ms.
@@ -378,8 +378,25 @@ pub struct CheckFlags {
     pub check_host: Option<String>,
     #[arg(long = "check-command")]
     pub check_command: Option<String>,
-    #[arg(long = "check-arg")]
+    /// An argument of the check command (repeatable; may start with -).
+    #[arg(long = "check-arg", allow_hyphen_values = true)]
     pub check_args: Vec<String>,
+    /// udp: the datagram to send, as hex (keepalived payload).
+    #[arg(long = "check-udp-payload")]
+    pub check_udp_payload: Option<String>,
+    /// udp: the reply must start with these bytes, as hex (keepalived
+    /// require_reply); without it only an ICMP error fails the check.
+    #[arg(long = "check-udp-expect")]
+    pub check_udp_expect: Option<String>,
+    /// dns: record type asked (A, AAAA, CNAME, MX, NS, PTR, SOA, TXT; default SOA).
+    #[arg(long = "check-dns-type")]
+    pub check_dns_type: Option<String>,
+    /// dns: name asked (default ".").
+    #[arg(long = "check-dns-name")]
+    pub check_dns_name: Option<String>,
+    /// dns: an answer must hold this address, name or text.
+    #[arg(long = "check-dns-expect")]
+    pub check_dns_expect: Option<String>,
     /// Keep a failing realserver at weight 0 instead of removing it
     /// (keepalived inhibit_on_failure).
     #[arg(long = "check-inhibit")]

@@ -170,6 +170,9 @@ fn checker(t: &mut String, h: &lb_proto::model::HealthCheck, notes: &mut Vec<Str
         Probe::Http(p) => ("HTTP_GET", Some(p)),
         Probe::Https(p) => ("SSL_GET", Some(p)),
         Probe::Exec { .. } => ("MISC_CHECK", None),
+        Probe::Udp(_) => ("UDP_CHECK", None),
+        Probe::Dns(_) => ("DNS_CHECK", None),
+        Probe::Ping => ("PING_CHECK", None),
     };
     let _ = writeln!(t, "        {kind} {{");
     if let Some(p) = http {
@@ -189,6 +192,28 @@ fn checker(t: &mut String, h: &lb_proto::model::HealthCheck, notes: &mut Vec<Str
         if let Some(host) = &p.host {
             let _ = writeln!(t, "            virtualhost {}", word(host, notes));
         }
+    }
+    match &h.probe {
+        Probe::Udp(u) => {
+            if !u.payload.is_empty() {
+                let _ = writeln!(t, "            payload {}", hex(&u.payload));
+            }
+            if let Some(e) = &u.expect {
+                let _ = writeln!(t, "            require_reply {}", hex(e));
+            }
+        }
+        Probe::Dns(d) => {
+            let _ = writeln!(t, "            type {}", d.query_type.as_str());
+            let _ = writeln!(t, "            name {}", word(&d.name, notes));
+            if d.expect.is_some() {
+                notes.push(format!(
+                    "DNS_CHECK: keepalived has no expected answer ({} {})",
+                    d.query_type.as_str(),
+                    d.name
+                ));
+            }
+        }
+        _ => {}
     }
     if let Probe::Exec { command, args } = &h.probe {
         let mut line = command.clone();
@@ -319,4 +344,9 @@ pub fn ipvsadm(services: &[Service]) -> Exported {
         notes_for(s, &mut out.notes, false);
     }
     out
+}
+
+/// keepalived's hex strings (UDP_CHECK payload and require_reply).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }

@@ -186,6 +186,11 @@ pub(crate) fn apply_check(svc: &mut pb::Service, c: &CheckFlags) -> anyhow::Resu
         || c.check_host.is_some()
         || c.check_command.is_some()
         || !c.check_args.is_empty()
+        || c.check_udp_payload.is_some()
+        || c.check_udp_expect.is_some()
+        || c.check_dns_type.is_some()
+        || c.check_dns_name.is_some()
+        || c.check_dns_expect.is_some()
         || c.check_inhibit.is_some();
     if !any {
         return Ok(());
@@ -214,6 +219,11 @@ pub(crate) fn apply_check(svc: &mut pb::Service, c: &CheckFlags) -> anyhow::Resu
     set_given(&mut h.http_digest, &c.check_digest);
     set_given(&mut h.http_host, &c.check_host);
     set_given(&mut h.exec_command, &c.check_command);
+    set_given(&mut h.udp_payload, &c.check_udp_payload);
+    set_given(&mut h.udp_expect, &c.check_udp_expect);
+    set_given(&mut h.dns_type, &c.check_dns_type);
+    set_given(&mut h.dns_name, &c.check_dns_name);
+    set_given(&mut h.dns_expect, &c.check_dns_expect);
     if !c.check_status.is_empty() {
         h.http_status = c.check_status.iter().flat_map(|s| s.0.clone()).collect();
     }

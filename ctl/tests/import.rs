@@ -527,3 +527,118 @@ fn keepalived_notify_scripts_point_to_the_director_hook() {
         assert!(note.to_string().contains("--on-vip-change"), "{note}");
     }
 }
+
+/// keepalived's sorry server, quorum and the UDP, DNS and ping checkers
+/// carry over; the scripts lbfabric runs elsewhere are named by line.
+#[test]
+fn keepalived_sorry_quorum_udp_dns_ping_and_scripts() {
+    let text = "\
+vrrp_instance VI_1 {
+    state MASTER
+    virtual_router_id 51
+    priority 100
+    notify_master /etc/keepalived/master.sh
+    virtual_ipaddress {
+        10.0.0.53
+    }
+}
+virtual_server 10.0.0.53 53 {
+    protocol UDP
+    lb_algo rr
+    lb_kind DR
+    sorry_server 10.0.9.9 53
+    quorum 2
+    hysteresis 1
+    quorum_up /etc/keepalived/up.sh
+    real_server 10.0.1.1 53 {
+        UDP_CHECK {
+            connect_timeout 2
+            payload 0a0B
+            require_reply 0C
+            min_reply_length 2
+        }
+    }
+    real_server 10.0.1.2 53 {
+        UDP_CHECK {
+            connect_timeout 2
+            payload 0a0B
+            require_reply 0C
+        }
+    }
+}
+virtual_server 10.0.0.53 5353 {
+    protocol UDP
+    lb_kind DR
+    real_server 10.0.1.1 5353 {
+        DNS_CHECK {
+            type a
+            name www.example.test
+        }
+    }
+}
+virtual_server 10.0.0.54 80 {
+    lb_kind DR
+    real_server 10.0.1.3 80 {
+        PING_CHECK {
+            retry 2
+        }
+    }
+}
+";
+    let imported = import::parse(Format::Keepalived, "k.conf", text).unwrap();
+    let services = imported.validate().unwrap();
+    let udp = by_name(&services, "vs-10.0.0.53-53-udp");
+    assert_eq!(udp.sorry_server, Some("10.0.9.9:53".parse().unwrap()));
+    assert_eq!((udp.quorum, udp.hysteresis), (2, 1));
+    let check = udp.health_check.as_ref().unwrap();
+    assert_eq!(
+        check.probe,
+        Probe::Udp(lb_proto::model::UdpProbe {
+            payload: vec![0x0a, 0x0b],
+            expect: Some(vec![0x0c]),
+        })
+    );
+    assert_eq!(check.timeout_ms, 2000);
+    let dns = by_name(&services, "vs-10.0.0.53-5353-udp");
+    assert_eq!(
+        dns.health_check.as_ref().unwrap().probe,
+        Probe::Dns(lb_proto::model::DnsProbe {
+            query_type: lb_proto::model::DnsType::A,
+            name: "www.example.test".into(),
+            expect: None,
+        })
+    );
+    let ping = by_name(&services, "vs-10.0.0.54-80-tcp");
+    let check = ping.health_check.as_ref().unwrap();
+    assert_eq!((&check.probe, check.fall), (&Probe::Ping, 3));
+    // What has no equivalent in the file is named by its line.
+    assert!(
+        noted(&imported, 5, "notify_master"),
+        "{:#?}",
+        imported.notes
+    );
+    assert!(noted(&imported, 17, "quorum_up"), "{:#?}", imported.notes);
+    assert!(
+        noted(&imported, 23, "min_reply_length"),
+        "{:#?}",
+        imported.notes
+    );
+    // And back: the export writes the same checkers.
+    let exported = export::keepalived(&services, None);
+    for line in [
+        "UDP_CHECK {",
+        "payload 0A0B",
+        "require_reply 0C",
+        "DNS_CHECK {",
+        "type A",
+        "name \"www.example.test\"",
+        "PING_CHECK {",
+        "sorry_server 10.0.9.9 53",
+        "quorum 2",
+        "hysteresis 1",
+    ] {
+        assert!(exported.text.contains(line), "{line} in\n{}", exported.text);
+    }
+    let again = keepalived("again.conf", &exported.text);
+    assert_eq!(again, services);
+}

@@ -326,7 +326,15 @@ pub enum Probe {
     Tcp,
     Http(HttpProbe),
     Https(HttpProbe),
-    Exec { command: String, args: Vec<String> },
+    Exec {
+        command: String,
+        args: Vec<String>,
+    },
+    // New kinds go at the end: stored states name a kind by its position.
+    Udp(UdpProbe),
+    Dns(DnsProbe),
+    /// ICMP (or ICMPv6) echo to the backend's address.
+    Ping,
 }
 
 impl Probe {
@@ -336,7 +344,89 @@ impl Probe {
             Probe::Http(_) => "http",
             Probe::Https(_) => "https",
             Probe::Exec { .. } => "exec",
+            Probe::Udp(_) => "udp",
+            Probe::Dns(_) => "dns",
+            Probe::Ping => "ping",
         }
+    }
+}
+
+/// keepalived's UDP_CHECK: `payload` is sent in one datagram; with
+/// `expect`, the reply must start with those bytes, without it any reply
+/// or silence passes and only an ICMP error (port unreachable) fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpProbe {
+    pub payload: Vec<u8>,
+    pub expect: Option<Vec<u8>>,
+}
+
+/// keepalived's DNS_CHECK: one query over UDP; the reply must answer it
+/// (same id, NOERROR) with a record of the type asked, and with `expect`
+/// one such record must hold that address or name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsProbe {
+    pub query_type: DnsType,
+    pub name: String,
+    pub expect: Option<String>,
+}
+
+/// The record types a DNS check can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DnsType {
+    A,
+    Aaaa,
+    Cname,
+    Mx,
+    Ns,
+    Ptr,
+    Soa,
+    Txt,
+}
+
+impl DnsType {
+    pub const ALL: [DnsType; 8] = [
+        DnsType::A,
+        DnsType::Aaaa,
+        DnsType::Cname,
+        DnsType::Mx,
+        DnsType::Ns,
+        DnsType::Ptr,
+        DnsType::Soa,
+        DnsType::Txt,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsType::A => "A",
+            DnsType::Aaaa => "AAAA",
+            DnsType::Cname => "CNAME",
+            DnsType::Mx => "MX",
+            DnsType::Ns => "NS",
+            DnsType::Ptr => "PTR",
+            DnsType::Soa => "SOA",
+            DnsType::Txt => "TXT",
+        }
+    }
+
+    /// The type's number on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            DnsType::A => 1,
+            DnsType::Ns => 2,
+            DnsType::Cname => 5,
+            DnsType::Soa => 6,
+            DnsType::Ptr => 12,
+            DnsType::Mx => 15,
+            DnsType::Txt => 16,
+            DnsType::Aaaa => 28,
+        }
+    }
+
+    /// From its name, in any case.
+    pub fn parse(name: &str) -> Option<DnsType> {
+        DnsType::ALL
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(name))
     }
 }
 

@@ -345,6 +345,26 @@ impl Topology {
         Ok(pids)
     }
 
+    /// Starts a server in namespace `name` ([`Topology::spawn`]) and waits
+    /// until it prints a line starting with `ready` (lb-http prints
+    /// "ready", `openssl s_server` "ACCEPT"). Returns its PID.
+    pub fn server(&mut self, name: &str, args: &[&str], ready: &str) -> anyhow::Result<u32> {
+        let child = self.spawn(name, args)?;
+        let pid = child.id();
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next() {
+                Some(line) if line.as_ref().is_ok_and(|l| l.starts_with(ready)) => break,
+                Some(line) => drop(line?),
+                None => bail!("{args:?} in {name} exited before {ready:?}"),
+            }
+        }
+        // Keep reading, so that a chatty server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(pid)
+    }
+
     /// Makes `count` HTTP requests from namespace `name`; one body (or `ERR …`) each.
     pub fn http_get(&self, name: &str, url: &str, count: usize) -> anyhow::Result<Vec<String>> {
         let bin = crate::bin("lb-http");

@@ -5,6 +5,105 @@ use super::{FieldError, Result};
 use crate::model::*;
 use crate::pb;
 
+const KINDS: &str = "tcp, http, https, exec, udp, dns, ping";
+
+/// Most bytes a UDP check sends or expects: one datagram on any link.
+const MAX_DATAGRAM: usize = 1400;
+
+/// Bytes from hex digits (the API's form of a UDP payload).
+fn from_hex(field: &str, text: &str) -> Result<Vec<u8>> {
+    let digits: Vec<u8> = text
+        .chars()
+        .map(|c| c.to_digit(16).and_then(|d| u8::try_from(d).ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| FieldError::new(field, format!("{text:?} must be hex digits")))?;
+    if !digits.len().is_multiple_of(2) {
+        return Err(FieldError::new(
+            field,
+            format!("{text:?} must have an even number of hex digits"),
+        ));
+    }
+    if digits.len() / 2 > MAX_DATAGRAM {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "must be at most {MAX_DATAGRAM} bytes, got {}",
+                digits.len() / 2
+            ),
+        ));
+    }
+    Ok(digits.chunks(2).map(|p| p[0] << 4 | p[1]).collect())
+}
+
+/// A DNS check's query and expected answer.
+fn dns(h: &pb::HealthCheck) -> Result<DnsProbe> {
+    let query_type = if h.dns_type.is_empty() {
+        DnsType::Soa
+    } else {
+        DnsType::parse(&h.dns_type).ok_or_else(|| {
+            let all: Vec<&str> = DnsType::ALL.iter().map(|t| t.as_str()).collect();
+            FieldError::new(
+                "service.health_check.dns_type",
+                format!(
+                    "unknown type {:?}; expected one of {}",
+                    h.dns_type,
+                    all.join(", ")
+                ),
+            )
+        })?
+    };
+    let name = if h.dns_name.is_empty() {
+        ".".to_string()
+    } else {
+        h.dns_name.clone()
+    };
+    dns_name("service.health_check.dns_name", &name)?;
+    let expect = (!h.dns_expect.is_empty()).then(|| h.dns_expect.clone());
+    if let Some(e) = &expect {
+        let field = "service.health_check.dns_expect";
+        let fits = match query_type {
+            DnsType::A => e.parse::<std::net::Ipv4Addr>().is_ok(),
+            DnsType::Aaaa => e.parse::<std::net::Ipv6Addr>().is_ok(),
+            DnsType::Soa => {
+                return Err(FieldError::new(field, "is not supported for SOA queries"));
+            }
+            DnsType::Txt => true,
+            _ => dns_name(field, e).is_ok(),
+        };
+        if !fits {
+            return Err(FieldError::new(
+                field,
+                format!("{e:?} is not a {} record's value", query_type.as_str()),
+            ));
+        }
+    }
+    Ok(DnsProbe {
+        query_type,
+        name,
+        expect,
+    })
+}
+
+/// A domain name: "." or dot-separated labels of 1..=63 printable
+/// characters, 253 in all.
+fn dns_name(field: &str, name: &str) -> Result<()> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    let ok = name == "."
+        || (!bare.is_empty()
+            && bare.len() <= 253
+            && bare
+                .split('.')
+                .all(|l| (1..=63).contains(&l.len()) && l.chars().all(|c| c.is_ascii_graphic())));
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("{name:?} is not a domain name (labels of 1-63 characters, 253 in all)"),
+        ))
+    }
+}
+
 impl TryFrom<pb::HealthCheck> for HealthCheck {
     type Error = FieldError;
 
@@ -90,16 +189,24 @@ impl TryFrom<pb::HealthCheck> for HealthCheck {
                     args: h.exec_args.clone(),
                 }
             }
+            "udp" => Probe::Udp(UdpProbe {
+                payload: from_hex("service.health_check.udp_payload", &h.udp_payload)?,
+                expect: (!h.udp_expect.is_empty())
+                    .then(|| from_hex("service.health_check.udp_expect", &h.udp_expect))
+                    .transpose()?,
+            }),
+            "dns" => Probe::Dns(dns(&h)?),
+            "ping" => Probe::Ping,
             "" => {
                 return Err(FieldError::new(
                     "service.health_check.type",
-                    "is required: tcp, http, https or exec",
+                    format!("is required: one of {KINDS}"),
                 ))
             }
             other => {
                 return Err(FieldError::new(
                     "service.health_check.type",
-                    format!("unknown value {other:?}; expected one of tcp, http, https, exec"),
+                    format!("unknown value {other:?}; expected one of {KINDS}"),
                 ))
             }
         };

@@ -221,3 +221,58 @@ fn netmask_forms() {
     assert_eq!(prefix_to_netmask(Family::Inet, 24), "255.255.255.0");
     assert_eq!(prefix_to_netmask(Family::Inet, 32), "255.255.255.255");
 }
+
+/// The UDP and DNS checks' own fields: hex payloads, a known record type,
+/// a domain name, an expected value that fits the type.
+#[test]
+fn udp_and_dns_checks_name_their_bad_field() {
+    let with = |h: pb::HealthCheck| {
+        let mut s = web();
+        s.health_check = Some(h);
+        s
+    };
+    let udp = |payload: &str, expect: &str| pb::HealthCheck {
+        r#type: "udp".into(),
+        udp_payload: payload.into(),
+        udp_expect: expect.into(),
+        ..Default::default()
+    };
+    let dns = |t: &str, name: &str, expect: &str| pb::HealthCheck {
+        r#type: "dns".into(),
+        dns_type: t.into(),
+        dns_name: name.into(),
+        dns_expect: expect.into(),
+        ..Default::default()
+    };
+    for (field, h) in [
+        ("service.health_check.udp_payload", udp("0g", "")),
+        ("service.health_check.udp_payload", udp("abc", "")),
+        ("service.health_check.udp_expect", udp("", "zz")),
+        ("service.health_check.dns_type", dns("AXFR", "", "")),
+        ("service.health_check.dns_name", dns("A", "a..b", "")),
+        (
+            "service.health_check.dns_expect",
+            dns("A", "www.test", "2001:db8::1"),
+        ),
+        ("service.health_check.dns_expect", dns("SOA", ".", "x")),
+    ] {
+        assert_eq!(field_of(with(h.clone())), field, "{h:?}");
+    }
+    // Defaults as keepalived's DNS_CHECK: SOA of the root.
+    let s = Service::try_from(with(dns("", "", ""))).unwrap();
+    let h = s.health_check.unwrap();
+    assert_eq!(
+        h.probe,
+        Probe::Dns(DnsProbe {
+            query_type: DnsType::Soa,
+            name: ".".into(),
+            expect: None
+        })
+    );
+    let s = Service::try_from(with(udp("0A0b", "0c"))).unwrap();
+    let back = pb::Service::from(&s).health_check.unwrap();
+    assert_eq!(
+        (back.udp_payload.as_str(), back.udp_expect.as_str()),
+        ("0a0b", "0c")
+    );
+}

@@ -141,7 +141,22 @@ impl From<&HealthCheck> for pb::HealthCheck {
                 out.exec_command = command.clone();
                 out.exec_args = args.clone();
             }
+            Probe::Udp(u) => {
+                out.udp_payload = hex(&u.payload);
+                out.udp_expect = u.expect.as_deref().map(hex).unwrap_or_default();
+            }
+            Probe::Dns(d) => {
+                out.dns_type = d.query_type.as_str().to_string();
+                out.dns_name = d.name.clone();
+                out.dns_expect = d.expect.clone().unwrap_or_default();
+            }
+            Probe::Ping => {}
         }
         out
     }
+}
+
+/// Lower-case hex, as the API carries UDP payloads.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -16,7 +16,14 @@
 //!                                     old state), "MS end";
 //!                                     "MS stall GAP_MS" when a sample came over 500 ms late
 //!
-//! Only the Rust standard library: it starts fast in the VM, where every exec counts.
+//! And the servers the health-check tests flip (each prints "ready" once listening):
+//!
+//!   lb-http chunked NAME ADDR:PORT    as serve, the body "NAME healthy\n" sent chunked in two
+//!   lb-http udp-echo ADDR:PORT        answer each datagram with "OK " and the datagram
+//!   lb-http dns ADDR:PORT NAME IPV4   answer A queries for NAME with IPV4, others NXDOMAIN
+//!
+//! The standard library (and simple-dns for the DNS server): it starts fast
+//! in the VM, where every exec counts.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -56,6 +63,77 @@ fn answer(conn: TcpStream, name: &str) -> std::io::Result<()> {
         body.len()
     )?;
     conn.flush()
+}
+
+fn serve_chunked(name: &str, addr: &str) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            let mut head = [0u8; 4096];
+            let _ = conn.read(&mut head);
+            let first = format!("{name} ");
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\
+                 Connection: close\r\n\r\n{:x}\r\n{first}\r\n8\r\nhealthy\n\r\n0\r\n\r\n",
+                first.len()
+            );
+        });
+    }
+    Ok(())
+}
+
+fn udp_echo(addr: &str) -> std::io::Result<()> {
+    let sock = std::net::UdpSocket::bind(addr)?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut buf = [0u8; 2048];
+    loop {
+        let (n, from) = sock.recv_from(&mut buf)?;
+        let reply = [b"OK ".as_slice(), &buf[..n]].concat();
+        sock.send_to(&reply, from)?;
+    }
+}
+
+fn dns(addr: &str, name: &str, ip: std::net::Ipv4Addr) -> std::io::Result<()> {
+    use simple_dns::rdata::{RData, A};
+    use simple_dns::{Packet, ResourceRecord, CLASS, QTYPE, RCODE, TYPE};
+    let sock = std::net::UdpSocket::bind(addr)?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut buf = [0u8; 2048];
+    loop {
+        let (n, from) = sock.recv_from(&mut buf)?;
+        let Ok(query) = Packet::parse(&buf[..n]) else {
+            continue;
+        };
+        let mut reply = query.clone().into_reply();
+        match query.questions.first() {
+            Some(q)
+                if q.qtype == QTYPE::TYPE(TYPE::A)
+                    && q.qname
+                        .to_string()
+                        .eq_ignore_ascii_case(name.trim_end_matches('.')) =>
+            {
+                reply.answers.push(ResourceRecord::new(
+                    q.qname.clone(),
+                    CLASS::IN,
+                    30,
+                    RData::A(A {
+                        address: u32::from(ip),
+                    }),
+                ));
+            }
+            _ => *reply.rcode_mut() = RCODE::NameError,
+        }
+        if let Ok(bytes) = reply.build_bytes_vec() {
+            sock.send_to(&bytes, from)?;
+        }
+    }
 }
 
 fn get_once(host_port: &str, path: &str, timeout: Duration) -> Result<String, String> {
@@ -184,6 +262,17 @@ fn vipwatch(addr: std::net::IpAddr, seconds: u64, every: Duration) {
     println!("{} end", unix_ms());
 }
 
+/// A server's exit status, its error said.
+fn report(what: &str, r: std::io::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb-http {what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
@@ -196,6 +285,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("lb-http serve {addr}: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        ["chunked", name, addr] => report(&format!("chunked {addr}"), serve_chunked(name, addr)),
+        ["udp-echo", addr] => report(&format!("udp-echo {addr}"), udp_echo(addr)),
+        ["dns", addr, name, ip] => match ip.parse() {
+            Ok(ip) => report(&format!("dns {addr}"), dns(addr, name, ip)),
+            Err(e) => {
+                eprintln!("lb-http dns: {ip:?}: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -252,7 +350,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: lb-http serve NAME ADDR:PORT | get URL [COUNT] [GAP_MS] | hold URL SECONDS | probe URL SECONDS EVERY_MS TIMEOUT_MS | vipwatch ADDR SECONDS EVERY_MS");
+            eprintln!("usage: lb-http serve|chunked NAME ADDR:PORT | udp-echo ADDR:PORT | dns ADDR:PORT NAME IPV4 | get URL [COUNT] [GAP_MS] | hold URL SECONDS | probe URL SECONDS EVERY_MS TIMEOUT_MS | vipwatch ADDR SECONDS EVERY_MS");
             ExitCode::FAILURE
         }
     }

@@ -419,7 +419,8 @@ impl Reader<'_> {
                 "inhibit_on_failure" => inhibit = true,
                 "uthreshold" => rs.upper_threshold = self.number(c, 0)?,
                 "lthreshold" => rs.lower_threshold = self.number(c, 0)?,
-                "TCP_CHECK" | "HTTP_GET" | "SSL_GET" | "MISC_CHECK" => {
+                "TCP_CHECK" | "HTTP_GET" | "SSL_GET" | "MISC_CHECK" | "UDP_CHECK" | "DNS_CHECK"
+                | "PING_CHECK" => {
                     if check.is_some() {
                         self.out.note(
                             c.line,
@@ -459,6 +460,9 @@ impl Reader<'_> {
                 "TCP_CHECK" => "tcp",
                 "HTTP_GET" => "http",
                 "SSL_GET" => "https",
+                "UDP_CHECK" => "udp",
+                "DNS_CHECK" => "dns",
+                "PING_CHECK" => "ping",
                 _ => "exec",
             }
             .into(),
@@ -506,6 +510,15 @@ impl Reader<'_> {
                         }
                     }
                 }
+                "payload" => h.udp_payload = self.arg(c, 0)?.to_ascii_lowercase(),
+                "require_reply" => h.udp_expect = self.arg(c, 0)?.to_ascii_lowercase(),
+                "min_reply_length" | "max_reply_length" => self.out.note(
+                    c.line,
+                    &c.directive(),
+                    "lbfabric judges a UDP reply by its first bytes (require_reply)",
+                ),
+                "type" => h.dns_type = self.arg(c, 0)?.to_ascii_uppercase(),
+                "name" => h.dns_name = self.arg(c, 0)?.to_string(),
                 "misc_path" => {
                     // One string: the program and its arguments.
                     let line = self.arg(c, 0)?;
