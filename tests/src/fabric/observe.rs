@@ -318,6 +318,56 @@ pub fn gratuitous_arps<'a>(lines: &'a [String], vip: &str) -> Vec<&'a String> {
     lines.iter().filter(|l| l.contains(&who)).collect()
 }
 
+/// A VIP-change hook (`lb-director --on-vip-change`) that records its
+/// runs, one line each: `NODE VIP OLD NEW EPOCH`.
+pub struct HookLog {
+    _dir: tempfile::TempDir,
+    program: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl HookLog {
+    pub fn new() -> anyhow::Result<HookLog> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let (program, log) = (dir.path().join("hook"), dir.path().join("runs"));
+        std::fs::write(
+            &program,
+            format!("#!/bin/sh\necho \"$LB_NODE_ID $*\" >> {}\n", log.display()),
+        )?;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))?;
+        Ok(HookLog {
+            _dir: dir,
+            program,
+            log,
+        })
+    }
+
+    /// The director flag that installs it.
+    pub fn flag(&self) -> [String; 2] {
+        [
+            "--on-vip-change".to_string(),
+            self.program.to_string_lossy().into_owned(),
+        ]
+    }
+
+    /// The runs so far, each split into its words.
+    pub fn runs(&self) -> Vec<Vec<String>> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split_whitespace().map(String::from).collect())
+            .collect()
+    }
+}
+
+/// The epoch of `node`'s run for `vip` that left state `old`, if any.
+pub fn hook_epoch(runs: &[Vec<String>], node: &str, vip: &str, old: &str) -> Option<u64> {
+    runs.iter()
+        .find(|r| r.len() == 5 && r[0] == node && r[1] == vip && r[2] == old)
+        .and_then(|r| r[4].parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

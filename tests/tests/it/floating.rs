@@ -13,7 +13,9 @@
 
 use std::time::{Duration, Instant};
 
-use lb_testkit::fabric::observe::{arp_replies, now_ms, overlaps, Capture, Seen};
+use lb_testkit::fabric::observe::{
+    arp_replies, hook_epoch, now_ms, overlaps, Capture, HookLog, Seen,
+};
 use lb_testkit::fabric::{host_loss_gaps, Fabric, DR_VIP};
 use lb_testkit::netns::can_create_namespaces;
 use lb_testkit::proc::signal;
@@ -246,15 +248,6 @@ async fn a_partitioned_owner_gives_way_and_takes_its_vip_back_after_healing() ->
     Ok(())
 }
 
-/// The VIP-change hook's record: one line per run, `NODE VIP OLD NEW EPOCH`.
-fn hook_runs(log: &std::path::Path) -> Vec<Vec<String>> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| l.split_whitespace().map(String::from).collect())
-        .collect()
-}
-
 /// SIGTERM of the owner with d2 live: the VIP is handed over with a gap of
 /// at most 100 ms and never held twice, and each director's VIP-change
 /// hook runs with the VIP, its old and new state and the epoch (the old
@@ -266,14 +259,9 @@ async fn a_stopped_owner_hands_over_and_a_restarted_one_keeps_its_vip() -> anyho
     if !privileged() {
         return Ok(());
     }
-    let hook_dir = tempfile::tempdir()?;
-    let (hook, log) = (hook_dir.path().join("hook"), hook_dir.path().join("runs"));
-    std::fs::write(
-        &hook,
-        format!("#!/bin/sh\necho \"$LB_NODE_ID $*\" >> {}\n", log.display()),
-    )?;
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let hook_flag = ["--on-vip-change", &hook.to_string_lossy()];
+    let hook = HookLog::new()?;
+    let flag = hook.flag();
+    let hook_flag = [flag[0].as_str(), flag[1].as_str()];
     let (f, mut d1, mut d2) = Fabric::floating(&[], &hook_flag, &[]).await?;
     let w1 = f.vipwatch("d1", DR_VIP, 6)?;
     let w2 = f.vipwatch("d2", DR_VIP, 6)?;
@@ -295,16 +283,12 @@ async fn a_stopped_owner_hands_over_and_a_restarted_one_keeps_its_vip() -> anyho
         seen.gap()
     );
     let runs = wait_for(Duration::from_secs(10), "d2's hook to run", || async {
-        let runs = hook_runs(&log);
+        let runs = hook.runs();
         runs.iter().any(|r| r[0] == "d2").then_some(runs)
     })
     .await?;
     println!("VIP-change hook runs: {runs:?}");
-    let epoch = |node: &str, old: &str| {
-        runs.iter()
-            .find(|r| r[0] == node && r[1] == DR_VIP && r[2] == old && r.len() == 5)
-            .and_then(|r| r[4].parse::<u64>().ok())
-    };
+    let epoch = |node: &str, old: &str| hook_epoch(&runs, node, DR_VIP, old);
     let taken = epoch("d1", "BACKUP").expect("d1: BACKUP -> MASTER when it took the VIP");
     let given = epoch("d1", "MASTER").expect("d1: MASTER -> BACKUP before it ended");
     let moved = epoch("d2", "BACKUP").expect("d2: BACKUP -> MASTER");
@@ -332,6 +316,6 @@ async fn a_stopped_owner_hands_over_and_a_restarted_one_keeps_its_vip() -> anyho
         "failed requests: {:?}",
         seen.failed()
     );
-    assert_eq!(hook_runs(&log), runs, "the hook ran across the restart");
+    assert_eq!(hook.runs(), runs, "the hook ran across the restart");
     Ok(())
 }

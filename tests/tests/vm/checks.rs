@@ -112,16 +112,10 @@ async fn tcp_check_flips_the_backend() -> anyhow::Result<()> {
     let pid =
         f.t.server("rs3", &[&http, "serve", "rs3", "0.0.0.0:9001"], "ready")?;
     let line = service(&f, "tcp", 9001, &["--check", "tcp"]).await?;
-    flips(
-        &mut f,
-        "tcp",
-        &line,
-        kill(pid),
-        |f| {
-            f.t.server("rs3", &[&http, "serve", "rs3", "0.0.0.0:9001"], "ready")
-                .map(drop)
-        },
-    )
+    flips(&mut f, "tcp", &line, kill(pid), |f| {
+        f.t.server("rs3", &[&http, "serve", "rs3", "0.0.0.0:9001"], "ready")
+            .map(drop)
+    })
     .await
 }
 
@@ -197,13 +191,9 @@ async fn https_check_speaks_tls_to_openssl() -> anyhow::Result<()> {
     ];
     let pid = f.t.server("rs3", &args, "ACCEPT")?;
     let line = service(&f, "tcp", 9443, &["--check", "https"]).await?;
-    flips(
-        &mut f,
-        "https",
-        &line,
-        kill(pid),
-        |f| f.t.server("rs3", &args, "ACCEPT").map(drop),
-    )
+    flips(&mut f, "https", &line, kill(pid), |f| {
+        f.t.server("rs3", &args, "ACCEPT").map(drop)
+    })
     .await
 }
 
@@ -263,16 +253,10 @@ async fn udp_check_flips_the_backend() -> anyhow::Result<()> {
         &words("--check udp --check-udp-payload 70696e67 --check-udp-expect 4f4b2070696e67"),
     )
     .await?;
-    flips(
-        &mut f,
-        "udp",
-        &line,
-        kill(pid),
-        |f| {
-            f.t.server("rs3", &[&http, "udp-echo", "0.0.0.0:9005"], "ready")
-                .map(drop)
-        },
-    )
+    flips(&mut f, "udp", &line, kill(pid), |f| {
+        f.t.server("rs3", &[&http, "udp-echo", "0.0.0.0:9005"], "ready")
+            .map(drop)
+    })
     .await
 }
 
@@ -301,13 +285,9 @@ async fn dns_check_flips_the_backend() -> anyhow::Result<()> {
         ),
     )
     .await?;
-    flips(
-        &mut f,
-        "dns",
-        &line,
-        kill(pid),
-        |f| f.t.server("rs3", &args, "ready").map(drop),
-    )
+    flips(&mut f, "dns", &line, kill(pid), |f| {
+        f.t.server("rs3", &args, "ready").map(drop)
+    })
     .await
 }
 

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use lb_proto::pki::Role;
 use lb_testkit::fabric::observe::{
-    assert_balanced, gratuitous_arps, overlaps, service_conns, stdout_of, Capture,
+    assert_balanced, gratuitous_arps, hook_epoch, overlaps, service_conns, stdout_of, Capture,
+    HookLog,
 };
 use lb_testkit::fabric::*;
 use lb_testkit::proc::{signal, Proc};
@@ -293,13 +294,23 @@ async fn controller_leader_kill_moves_no_vip() -> anyhow::Result<()> {
 
 /// The owner cut off from the controllers (nftables), not from clients: the
 /// VIP moves without both directors ever holding it, gratuitous ARPs are on
-/// the wire, and clients are served after the cut heals.
+/// the wire, clients are served after the cut heals, and the VIP-change
+/// hook runs on both directors: on the old owner when its lease ends
+/// (MASTER → BACKUP), on the new one when it takes the VIP (BACKUP →
+/// MASTER, a later epoch).
 #[tokio::test]
 async fn partition_moves_the_vip_without_both_holding_it() -> anyhow::Result<()> {
     if !super::in_vm() {
         return Ok(());
     }
-    let (f, _d1, _d2) = running().await?;
+    let hook = HookLog::new()?;
+    let flag = hook.flag();
+    let flags = [
+        &VM_DIRECTOR_HEARTBEAT[..],
+        &[flag[0].as_str(), flag[1].as_str()],
+    ]
+    .concat();
+    let (f, _d1, _d2) = Fabric::running(&VM_CONTROLLER_TIMERS, &flags).await?;
     f.prepare_cut("d1")?;
     // The watches outlast the slowest handover expected under TCG (lease +
     // margin, 8 s, then the controllers' wait for their last grants to
@@ -351,7 +362,25 @@ async fn partition_moves_the_vip_without_both_holding_it() -> anyhow::Result<()>
         garps.len() >= 3,
         "expected a burst of gratuitous ARPs, saw {arps:#?}"
     );
-
+    let runs = wait_for(Duration::from_secs(20), "both directors' hooks", || async {
+        let runs = hook.runs();
+        let gave = hook_epoch(&runs, "d1", DR_VIP, "MASTER");
+        let took = hook_epoch(&runs, "d2", DR_VIP, "BACKUP");
+        (gave.is_some() && took.is_some()).then_some(runs)
+    })
+    .await?;
+    println!("VIP-change hook runs: {runs:?}");
+    let first = hook_epoch(&runs, "d1", DR_VIP, "BACKUP");
+    let gave = hook_epoch(&runs, "d1", DR_VIP, "MASTER");
+    let took = hook_epoch(&runs, "d2", DR_VIP, "BACKUP");
+    assert!(
+        first == gave && took > gave,
+        "epochs: d1 took {first:?}, gave up {gave:?}; d2 took {took:?}"
+    );
+    assert!(
+        runs.iter().all(|r| r.len() == 5 && r[2] != r[3]),
+        "{runs:?}"
+    );
     Ok(())
 }
 
