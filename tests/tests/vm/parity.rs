@@ -182,3 +182,175 @@ async fn quorum_sorry_server_and_hysteresis_act_in_the_kernel() -> anyhow::Resul
     );
     Ok(())
 }
+
+const SCHED_VIP: &str = "10.0.0.106";
+
+/// Every scheduler Debian 12's kernel has (all but twos, which came in
+/// 6.2), and the sh/mh flags, each a NAT service over rs3 and rs4, as
+/// `ipvsadm -Sn` writes them: imported with `lbctl import ipvsadm` and
+/// expected back from the director's kernel line for line.
+fn scheduler_table() -> Vec<String> {
+    let dests = |port: u16, w: [u16; 2]| {
+        [
+            format!(
+                "-a -t {SCHED_VIP}:{port} -r 192.168.50.23:8080 -m -w {}",
+                w[0]
+            ),
+            format!(
+                "-a -t {SCHED_VIP}:{port} -r 192.168.50.24:8080 -m -w {}",
+                w[1]
+            ),
+        ]
+    };
+    let services: [(&str, &str, [u16; 2]); 17] = [
+        ("rr", "", [1, 1]),
+        ("wrr", "", [3, 1]),
+        ("lc", "", [1, 1]),
+        ("wlc", "", [1, 1]),
+        ("lblc", "", [1, 1]),
+        ("lblcr", "", [1, 1]),
+        ("dh", "", [1, 1]),
+        ("sh", "", [1, 1]),
+        ("sed", "", [1, 1]),
+        ("nq", "", [1, 1]),
+        ("fo", "", [1, 1]),
+        ("ovf", "", [1, 1]),
+        ("mh", "", [1, 1]),
+        ("sh", " -b sh-fallback,sh-port", [1, 1]),
+        ("mh", " -b mh-fallback,mh-port", [1, 1]),
+        // Persistence: one client per realserver; then a /24 per realserver.
+        ("rr", " -p 60", [1, 1]),
+        ("rr", " -p 60 -M 255.255.255.0", [1, 1]),
+    ];
+    let mut lines = Vec::new();
+    for (i, (sched, extra, w)) in services.iter().enumerate() {
+        let port = 1001 + i as u16;
+        lines.push(format!("-A -t {SCHED_VIP}:{port} -s {sched}{extra}"));
+        lines.extend(dests(port, *w));
+    }
+    lines.sort();
+    lines
+}
+
+/// The answers (backend names) to `count` requests from namespace `ns`.
+fn from(f: &Fabric, ns: &str, port: u16, count: usize) -> anyhow::Result<Vec<String>> {
+    f.t.http_get(ns, &format!("http://{SCHED_VIP}:{port}/"), count)
+}
+
+fn count(answers: &[String], name: &str) -> usize {
+    answers.iter().filter(|a| *a == name).count()
+}
+
+/// Each scheduler the VM's kernel offers, programmed by the director from
+/// `lbctl import ipvsadm` and read back with `ipvsadm -Sn`; rr, wrr, lc, sh
+/// and mh distribute real requests as they should; persistence keeps one
+/// client on its realserver across 20 connections, and a /24 netmask sends
+/// a second client of the same /24 to the same one.
+#[tokio::test]
+async fn every_scheduler_reaches_the_kernel_and_balances_as_named() -> anyhow::Result<()> {
+    if !super::in_vm() {
+        return Ok(());
+    }
+    let mut f = Fabric::with_controllers(1, &VM_CONTROLLER_TIMERS).await?;
+    // A second client on the LAN, in the same /24 as cl (10.0.0.2).
+    f.t.add_ns("cl2")?;
+    f.t.plug("cl2", "lan", "eth0", "10.0.0.3/24")?;
+    let want = scheduler_table();
+    let file = f.dir.path().join("schedulers.ipvsadm");
+    std::fs::write(&file, want.join("\n") + "\n")?;
+    let imported = f.lbctl(&["import", "ipvsadm", &file.to_string_lossy()])?;
+    println!("{imported}");
+    let _d1 = f.start_director("d1", &VM_DIRECTOR_HEARTBEAT)?;
+    let table = |f: &Fabric| -> Vec<String> {
+        f.ipvs("d1")
+            .into_iter()
+            .filter(|l| l.contains(&format!("{SCHED_VIP}:")))
+            .collect()
+    };
+    let r = wait_for(
+        Duration::from_secs(60),
+        "every scheduler in d1's kernel",
+        || async { (table(&f) == want).then_some(()) },
+    )
+    .await;
+    if r.is_err() {
+        eprintln!("d1: {:#?}\nwanted: {want:#?}", table(&f));
+        f.failed.set(true);
+    }
+    r?;
+    wait_for(Duration::from_secs(30), "d1 holding the VIP", || async {
+        let addrs = f.t.sh("d1", "ip -o -4 addr show dev eth0").ok()?;
+        addrs.contains(&format!("{SCHED_VIP}/32")).then_some(())
+    })
+    .await?;
+
+    // rr alternates; wrr 3:1 gives 9 and 3 of 12.
+    let rr = from(&f, "cl", 1001, 10)?;
+    assert!(rr.windows(2).all(|p| p[0] != p[1]), "rr: {rr:?}");
+    let wrr = from(&f, "cl", 1002, 12)?;
+    assert_eq!(
+        (count(&wrr, "rs3"), count(&wrr, "rs4")),
+        (9, 3),
+        "wrr: {wrr:?}"
+    );
+    // lc: a held connection on one realserver sends the next ones to the
+    // other.
+    let mut held =
+        f.t.command("cl", &lb_testkit::bin("lb-http"))?
+            // Under lb-http serve's 5 s read timeout.
+            .args(["hold", &format!("http://{SCHED_VIP}:1003/"), "4"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(held.stdout.as_mut().expect("piped")),
+        &mut first,
+    )?;
+    anyhow::ensure!(first.trim() == "open", "hold: {first:?}");
+    let lc = from(&f, "cl", 1003, 6)?;
+    let out = held.wait_with_output()?;
+    let held_by = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .replace("OK ", "");
+    println!("lc: the held connection on {held_by}, the next six on {lc:?}");
+    assert!(
+        ["rs3", "rs4"].contains(&held_by.as_str())
+            && lc.iter().all(|a| *a == lc[0])
+            && lc[0] != held_by,
+        "lc: held by {held_by}, then {lc:?}"
+    );
+    // sh and mh: each client stays on one realserver.
+    for (port, name) in [(1008, "sh"), (1013, "mh")] {
+        for ns in ["cl", "cl2"] {
+            let got = from(&f, ns, port, 6)?;
+            assert!(
+                got.iter().all(|a| *a == got[0]),
+                "{name} from {ns}: {got:?}"
+            );
+        }
+    }
+    // Persistence: 20 connections from cl on one realserver (rr alone
+    // alternates); with the /24 netmask, cl2 follows cl.
+    let sticky = from(&f, "cl", 1016, 20)?;
+    assert!(
+        sticky.iter().all(|a| *a == sticky[0]),
+        "persistent: {sticky:?}"
+    );
+    let other = from(&f, "cl2", 1016, 1)?;
+    let grouped_cl = from(&f, "cl", 1017, 1)?;
+    let grouped_cl2 = from(&f, "cl2", 1017, 5)?;
+    println!(
+        "persistence: cl on {}, cl2 on {} (/32); with /24: cl on {}, cl2 on {grouped_cl2:?}",
+        sticky[0], other[0], grouped_cl[0]
+    );
+    assert!(
+        grouped_cl2.iter().all(|a| *a == grouped_cl[0]),
+        "netmask /24 did not group cl and cl2: {grouped_cl:?} {grouped_cl2:?}"
+    );
+    // Without the /24 grouping, rr would have sent cl2 elsewhere.
+    assert_ne!(
+        other[0], sticky[0],
+        "cl2 on cl's realserver without a netmask"
+    );
+    Ok(())
+}
