@@ -263,11 +263,23 @@ pub fn assert_balanced(answers: &[String], backends: [&str; 2], what: &str) {
 pub struct Capture(Proc);
 
 impl Capture {
+    /// ARP on the client's wire.
     pub fn start(f: &Fabric) -> anyhow::Result<Capture> {
+        Capture::of(f, &["arp"])
+    }
+
+    /// Neighbor advertisements on the client's wire, with their source MACs.
+    pub fn neighbor_advertisements(f: &Fabric) -> anyhow::Result<Capture> {
+        Capture::of(f, &["-e", "icmp6 and ip6[40] == 136"])
+    }
+
+    /// The client's wire, `filter` being tcpdump's last arguments.
+    fn of(f: &Fabric, filter: &[&str]) -> anyhow::Result<Capture> {
         let tcpdump = crate::which("tcpdump").ok_or_else(|| anyhow::anyhow!("tcpdump"))?;
         let mut child =
             f.t.command("cl", &tcpdump)?
-                .args(["-l", "-n", "-tt", "-i", "eth0", "arp"])
+                .args(["-l", "-n", "-tt", "-i", "eth0"])
+                .args(filter)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

@@ -12,6 +12,7 @@ mod fabric;
 mod failover;
 mod forwarding;
 mod import;
+mod ipv6;
 mod ipvs_client;
 mod ipvs_netlink;
 mod meta;
