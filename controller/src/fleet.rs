@@ -6,7 +6,7 @@
 //! leader only and are known again once they reconnect. Counters live here
 //! rather than in Raft, where they would flood the log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -39,6 +39,9 @@ pub struct DirectorSeen {
     pub addresses: Vec<String>,
     /// It is stopping and wants its VIPs moved.
     pub leaving: bool,
+    /// The services whose check fails on it: a local service's check
+    /// there makes it unfit for the service's VIP.
+    pub failing: BTreeSet<String>,
 }
 
 impl DirectorSeen {
@@ -120,6 +123,7 @@ impl Fleet {
                 stats,
                 addresses: report.addresses.clone(),
                 leaving: report.leaving,
+                failing: report.unhealthy.iter().map(|b| b.service.clone()).collect(),
             },
         );
     }

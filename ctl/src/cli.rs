@@ -238,7 +238,7 @@ pub enum ExportFormat {
 pub enum ServiceCmd {
     /// Create a virtual service.
     #[command(
-        after_help = "Examples:\n  lbctl service create web --vip 10.10.1.30:80/tcp --scheduler wlc --mode nat --persistence 30\n  lbctl service create dns --vip 10.10.1.53:53/udp --scheduler rr --mode dr --realserver 10.0.0.11 --realserver 10.0.0.12\n  lbctl service create shop --fwmark 80 --scheduler sh --scheduler-flag sh-port --mode tun\n  lbctl service create api --vip [2001:db8::80]:443 --check https --check-path /healthz"
+        after_help = "Examples:\n  lbctl service create web --vip 10.10.1.30:80/tcp --scheduler wlc --mode nat --persistence 30\n  lbctl service create dns --vip 10.10.1.53:53/udp --scheduler rr --mode dr --realserver 10.0.0.11 --realserver 10.0.0.12\n  lbctl service create shop --fwmark 80 --scheduler sh --scheduler-flag sh-port --mode tun\n  lbctl service create api --vip [2001:db8::80]:443 --check https --check-path /healthz\n  lbctl service create proxy --vip 192.168.1.100:80/tcp --mode local --check http"
     )]
     Create {
         name: String,
@@ -303,7 +303,7 @@ pub struct ServiceFlags {
     /// sh-fallback, sh-port, mh-fallback, mh-port (repeat for several).
     #[arg(long = "scheduler-flag")]
     pub scheduler_flags: Vec<String>,
-    /// nat, dr or tun (default dr).
+    /// nat, dr, tun (default dr), or local: no IPVS, the VIP for a proxy on the director.
     #[arg(long)]
     pub mode: Option<String>,
     /// Tunnel encapsulation for mode tun (ipip).

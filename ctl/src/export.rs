@@ -285,6 +285,13 @@ fn notes_for(s: &Service, notes: &mut Vec<String>, keepalived: bool) {
 pub fn ipvsadm(services: &[Service]) -> Exported {
     let mut out = Exported::default();
     for s in services {
+        if s.mode == ForwardingMode::Local {
+            out.notes.push(format!(
+                "service {}: mode local has no IPVS service (the VIP is for a proxy on the director)",
+                s.name
+            ));
+            continue;
+        }
         let vs = match s.address {
             VirtualAddress::Endpoint {
                 address,
@@ -323,6 +330,8 @@ pub fn ipvsadm(services: &[Service]) -> Exported {
             ForwardingMode::Nat => "-m",
             ForwardingMode::Dr => "-g",
             ForwardingMode::Tun => "-i",
+            // No realservers (see above).
+            ForwardingMode::Local => continue,
         };
         for (rs, weight) in programmed(s, &mut out.notes) {
             let mut line = format!(

@@ -186,6 +186,13 @@ fn keepalived_files_of_two_directors_merge_by_priority() {
     let merged = import::merge(parts.into());
     let services = merged.validate().unwrap();
     assert_eq!(services.len(), 8, "the mail service is in both files once");
+    // lb2's file has no virtual server for VI_WEB's addresses, lb1's has:
+    // they are not floating VIPs.
+    assert!(
+        services.iter().all(|s| s.mode != ForwardingMode::Local),
+        "{:?}",
+        names(&services)
+    );
     // VI_WEB: lb1 150, lb2 100. VI_MAIL: lb1 90, lb2 120.
     assert_eq!(
         by_name(&services, "vs-192.0.2.10-80-tcp")
@@ -641,4 +648,80 @@ virtual_server 10.0.0.54 80 {
     }
     let again = keepalived("again.conf", &exported.text);
     assert_eq!(again, services);
+}
+
+/// A VRRP-only keepalived.conf — nginx on two directors behind a floating
+/// VIP, the most common keepalived setup — imports as local services whose
+/// check is the tracked script, run by a shell, with the directors'
+/// priorities as their preference.
+#[test]
+fn keepalived_vrrp_only_becomes_local_services() {
+    let text = "\
+global_defs {
+    router_id lb1
+}
+vrrp_script chk_nginx {
+    script \"killall -0 nginx\"
+    interval 2
+    timeout 1
+    weight -20
+    fall 3
+    rise 2
+}
+vrrp_instance VI_1 {
+    state MASTER
+    interface eth0
+    virtual_router_id 51
+    priority 150
+    virtual_ipaddress {
+        192.168.1.100/24 dev eth0
+        2001:db8::100
+    }
+    track_script {
+        chk_nginx
+    }
+}
+";
+    let imported = import::parse(Format::Keepalived, "vrrp.conf", text).unwrap();
+    let services = imported.validate().unwrap();
+    assert_eq!(
+        names(&services),
+        ["vi_1-192.168.1.100", "vi_1-2001-db8--100"]
+    );
+    let s = by_name(&services, "vi_1-192.168.1.100");
+    assert_eq!(s.mode, ForwardingMode::Local);
+    assert_eq!(
+        s.address,
+        VirtualAddress::Endpoint {
+            address: ip("192.168.1.100"),
+            port: 0,
+            protocol: Protocol::Tcp
+        }
+    );
+    assert_eq!(s.directors.preferred, ["lb1"]);
+    let h = s.health_check.as_ref().unwrap();
+    assert_eq!(
+        h.probe,
+        Probe::Exec {
+            command: "/bin/sh".into(),
+            args: vec!["-c".into(), "killall -0 nginx".into()],
+        }
+    );
+    assert_eq!(
+        (h.interval_ms, h.timeout_ms, h.rise, h.fall),
+        (2000, 1000, 2, 3)
+    );
+    assert!(noted(&imported, 8, "weight"), "{:#?}", imported.notes);
+    // A tracked script that is not defined is an error naming the line.
+    let e = import::parse(
+        Format::Keepalived,
+        "bad.conf",
+        "vrrp_instance V {\n virtual_ipaddress {\n 10.0.0.1\n }\n track_script {\n nope\n }\n}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("bad.conf:6") && e.contains("no vrrp_script nope"),
+        "{e}"
+    );
 }

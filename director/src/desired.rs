@@ -84,7 +84,8 @@ pub fn service_spec(s: &Service) -> ServiceSpec {
 pub fn dest_specs(s: &Service) -> BTreeMap<(IpAddr, u16), DestSpec> {
     let forward = match s.mode {
         ForwardingMode::Nat => Forward::Masquerade,
-        ForwardingMode::Dr => Forward::Route,
+        // A local service has no table entry (see `table`).
+        ForwardingMode::Dr | ForwardingMode::Local => Forward::Route,
         ForwardingMode::Tun => Forward::Tunnel,
     };
     s.realservers
@@ -109,10 +110,12 @@ pub fn dest_specs(s: &Service) -> BTreeMap<(IpAddr, u16), DestSpec> {
         .collect()
 }
 
-/// The table for a set of services.
+/// The table for a set of services. A local service has no IPVS service:
+/// a proxy on the director serves its VIP.
 pub fn table<'a>(services: impl IntoIterator<Item = &'a Service>) -> Table {
     services
         .into_iter()
+        .filter(|s| s.mode != ForwardingMode::Local)
         .map(|s| {
             let spec = service_spec(s);
             (

@@ -252,8 +252,10 @@ impl SchedulerFlag {
 }
 
 vocabulary!(
-    /// How the director forwards packets to realservers.
-    ForwardingMode { Nat = "nat", Dr = "dr", Tun = "tun" }
+    /// How the director forwards packets to realservers; `local`: it does
+    /// not, a proxy on the director holding the VIP serves it (keepalived's
+    /// floating VIP, `virtual_ipaddress` with a `track_script`).
+    ForwardingMode { Nat = "nat", Dr = "dr", Tun = "tun", Local = "local" }
 );
 
 vocabulary!(

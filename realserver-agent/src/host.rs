@@ -42,7 +42,7 @@ pub fn plan(services: &[Service], rip_interface: &str) -> Plan {
     for s in services {
         let Some(vip) = s.vip() else { continue };
         let iface = match s.mode {
-            ForwardingMode::Nat => continue,
+            ForwardingMode::Nat | ForwardingMode::Local => continue,
             ForwardingMode::Dr => LOOPBACK,
             ForwardingMode::Tun => {
                 for i in ["all", TUNNEL] {

@@ -7,6 +7,9 @@
 //!   `fence + margin`; it holds a VIP only while its own lease (`fence` after
 //!   the heartbeat the leader acknowledged) is fresh, so once the leader
 //!   considers it dead it has already let go — two directors never hold one VIP;
+//! - a director is eligible for a VIP when it is live, not leaving, matches
+//!   every service's director selector, and passes each local service's
+//!   check on the VIP (its own proxy: keepalived's `track_script`);
 //! - ownership is sticky: a live, eligible owner keeps its VIP — except that
 //!   a preferred director which has been live for `hold_down` takes its VIP
 //!   back (preemption, like keepalived's `preempt_delay`);
@@ -28,7 +31,7 @@
 //! Assignments are committed through Raft with the epoch they replace, so a
 //! decision made on stale state is refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -46,6 +49,8 @@ pub struct Candidate {
     /// It is stopping: it keeps what it has until someone else can take it,
     /// and gets nothing new.
     pub leaving: bool,
+    /// The services whose check fails on it (see [`Needs::tracked`]).
+    pub failing: BTreeSet<String>,
 }
 
 /// What to do with one VIP now.
@@ -97,6 +102,7 @@ pub fn step(
 fn eligible(needs: &Needs, c: &Candidate) -> bool {
     c.live
         && !c.leaving
+        && needs.tracked.iter().all(|s| !c.failing.contains(s))
         && needs
             .selectors
             .iter()
@@ -135,13 +141,23 @@ pub struct Placement {
 
 /// Everything a round's outcome depends on: the VIPs' needs and owners
 /// (`SmData::placement_inputs` moves whenever a change may move them) and
-/// what counts of each director — its labels, liveness, leaving, and
-/// whether it has been live for `hold_down` (the only way time enters
-/// [`step`]).
+/// what counts of each director — its labels, liveness, leaving, failing
+/// local checks, and whether it has been live for `hold_down` (the only
+/// way time enters [`step`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Inputs {
     state: u64,
-    directors: BTreeMap<String, (BTreeMap<String, String>, bool, bool, bool)>,
+    directors: BTreeMap<String, Counts>,
+}
+
+/// What counts of one director for [`Inputs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Counts {
+    labels: BTreeMap<String, String>,
+    live: bool,
+    leaving: bool,
+    settled: bool,
+    failing: BTreeSet<String>,
 }
 
 impl Inputs {
@@ -149,8 +165,14 @@ impl Inputs {
         let directors = candidates
             .iter()
             .map(|(name, c)| {
-                let settled = c.live_for >= timing.hold_down;
-                (name.clone(), (c.labels.clone(), c.live, c.leaving, settled))
+                let counts = Counts {
+                    labels: c.labels.clone(),
+                    live: c.live,
+                    leaving: c.leaving,
+                    settled: c.live_for >= timing.hold_down,
+                    failing: c.failing.clone(),
+                };
+                (name.clone(), counts)
             })
             .collect();
         Inputs { state, directors }
@@ -271,6 +293,7 @@ fn changes(app: &App, timing: LeaseTiming, quiet: &mut Option<Inputs>) -> Vec<Ch
                             Duration::ZERO
                         },
                         leaving: d.leaving,
+                        failing: d.failing.clone(),
                     },
                 )
             })
@@ -420,6 +443,32 @@ mod tests {
             Some("b"),
             "a does not match the selector"
         );
+    }
+
+    /// A local service's check failing on the owner moves its VIP; failing
+    /// everywhere, nobody holds it (keepalived's FAULT state).
+    #[test]
+    fn a_failing_local_check_makes_a_director_unfit() {
+        let needs = Needs {
+            tracked: vec!["proxy".into()],
+            ..Default::default()
+        };
+        let failing = |live: bool| Candidate {
+            failing: BTreeSet::from(["proxy".to_string()]),
+            ..cand(live, &[])
+        };
+        let load = BTreeMap::new();
+        let d = dirs(&[("a", failing(true)), ("b", cand(true, &[]))]);
+        assert_eq!(
+            step(&needs, Some("a"), &d, &load, timing()),
+            Step::Assign("b".into())
+        );
+        // Another service's failure on a does not count for this VIP.
+        let other = Needs::default();
+        assert_eq!(step(&other, Some("a"), &d, &load, timing()), Step::Keep);
+        let d = dirs(&[("a", failing(true)), ("b", failing(true))]);
+        assert_eq!(step(&needs, Some("a"), &d, &load, timing()), Step::Release);
+        assert_eq!(decide(&needs, &d, &load), None);
     }
 
     fn timing() -> LeaseTiming {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use lb_proto::model::Service;
+use lb_proto::model::{ForwardingMode, Service};
 use serde::{Deserialize, Serialize};
 
 use super::{Applied, CommandResult, Derived, Rejected, State};
@@ -21,6 +21,9 @@ pub struct VipOwner {
 pub struct Needs {
     pub selectors: Vec<BTreeMap<String, String>>,
     pub preferred: Vec<String>,
+    /// Local services with a check: a director on which one fails may not
+    /// hold the VIP.
+    pub tracked: Vec<String>,
 }
 
 /// The VIP addresses of the configuration and what each needs.
@@ -30,6 +33,9 @@ pub fn vips<'a>(services: impl IntoIterator<Item = &'a Service>) -> BTreeMap<IpA
         if let Some(address) = s.vip() {
             let needs = out.entry(address).or_default();
             needs.selectors.push(s.directors.selector.clone());
+            if s.mode == ForwardingMode::Local && s.health_check.is_some() {
+                needs.tracked.push(s.name.clone());
+            }
             for p in &s.directors.preferred {
                 if !needs.preferred.contains(p) {
                     needs.preferred.push(p.clone());

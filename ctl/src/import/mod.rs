@@ -193,6 +193,21 @@ pub fn merge(parts: Vec<Imported>) -> Imported {
             }
         }
     }
+    // A VIP one file floats (a local service, see keepalived's `vrrp`) that
+    // another file's virtual server uses is that service's VIP.
+    let vip_of = |f: &Found| match &f.service.virtual_address {
+        Some(pb::service::VirtualAddress::Endpoint(e)) => Some(e.address.clone()),
+        Some(pb::service::VirtualAddress::Fwmark(m)) => Some(m.address.clone()),
+        None => None,
+    };
+    let balanced: std::collections::HashSet<String> = out
+        .services
+        .iter()
+        .filter(|f| f.service.mode != "local")
+        .filter_map(vip_of)
+        .collect();
+    out.services
+        .retain(|f| f.service.mode != "local" || !vip_of(f).is_some_and(|v| balanced.contains(&v)));
     // Highest priority first; a tie keeps file order.
     let mut owners = out.owners.clone();
     owners.sort_by_key(|o| std::cmp::Reverse(o.priority));

@@ -4,26 +4,42 @@
 //! it names; the rest are the previous revision's, shared.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use lb_hostnet::checks::{self, Target};
-use lb_proto::model::Service;
+use lb_proto::model::{ForwardingMode, Service, VirtualAddress};
 use lb_proto::pb;
 
 use super::{Desired, Services};
 
-/// The health checks the controller asks of this director, from the
-/// services' check specs.
+/// The health checks this director runs: those the controller asks of it
+/// (backends without a realserver agent), from the services' check specs,
+/// and each local service's check against this host — its proxy, on
+/// loopback — whose failure the controller reads as this director not
+/// being fit to hold the VIP (keepalived's `track_script`).
 pub(super) fn check_targets(services: &[Arc<Service>], asked: &[pb::BackendRef]) -> Vec<Target> {
-    asked
+    let backends = asked.iter().filter_map(|b| {
+        let s = by_name(services, &b.service)?;
+        let backend = SocketAddr::new(b.address.parse().ok()?, u16::try_from(b.port).ok()?);
+        checks::target(s, backend)
+    });
+    let local = services
         .iter()
-        .filter_map(|b| {
-            let s = by_name(services, &b.service)?;
-            let backend = SocketAddr::new(b.address.parse().ok()?, u16::try_from(b.port).ok()?);
-            checks::target(s, backend)
-        })
-        .collect()
+        .filter(|s| s.mode == ForwardingMode::Local)
+        .filter_map(|s| {
+            let VirtualAddress::Endpoint { address, port, .. } = s.address else {
+                return None;
+            };
+            let loopback = match address {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            };
+            let mut t = checks::target(s, SocketAddr::new(address, port))?;
+            t.addr = SocketAddr::new(loopback, t.addr.port());
+            Some(t)
+        });
+    backends.chain(local).collect()
 }
 
 /// The VIPs of `services`.

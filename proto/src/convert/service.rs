@@ -25,7 +25,8 @@ impl TryFrom<pb::Service> for Service {
             }
             Some(pb::service::VirtualAddress::Endpoint(e)) => VirtualAddress::Endpoint {
                 address: unicast_ip("service.endpoint.address", &e.address)?,
-                port: port("service.endpoint.port", e.port, false)?,
+                // 0 (any port) only for a local service, checked below.
+                port: port("service.endpoint.port", e.port, true)?,
                 protocol: word(
                     "service.endpoint.protocol",
                     &e.protocol,
@@ -89,6 +90,21 @@ impl TryFrom<pb::Service> for Service {
             ForwardingMode::Dr,
             ForwardingMode::words(),
         )?;
+        if let VirtualAddress::Endpoint { port: 0, .. } = address {
+            if mode != ForwardingMode::Local {
+                return Err(FieldError::new(
+                    "service.endpoint.port",
+                    "must be 1..=65535, got 0",
+                ));
+            }
+        }
+        if mode == ForwardingMode::Local {
+            local_rules(
+                (&s.realservers, &s.realserver_selector),
+                (s.sorry_server.is_some(), s.quorum),
+                &address,
+            )?;
+        }
         let tunnel_type = word(
             "service.tunnel_type",
             &s.tunnel_type,
@@ -159,6 +175,9 @@ impl TryFrom<pb::Service> for Service {
                 ))
             }
         };
+        if mode == ForwardingMode::Local {
+            local_check(&address, &health_check)?;
+        }
         if s.hysteresis > s.quorum {
             return Err(FieldError::new(
                 "service.hysteresis",
@@ -269,4 +288,61 @@ pub(crate) fn fwmark_match(f: &pb::Fwmark, family: Family) -> Result<Option<Mark
         protocol,
         ports,
     }))
+}
+
+/// A local service is a VIP for a proxy on the director: nothing to
+/// balance, and its check runs on each director, against the director.
+fn local_rules(
+    (realservers, selector): (
+        &[pb::RealServer],
+        &std::collections::HashMap<String, String>,
+    ),
+    (sorry_server, quorum): (bool, u32),
+    address: &VirtualAddress,
+) -> Result<()> {
+    let none = |field: &str, set: bool| {
+        if set {
+            Err(FieldError::new(
+                field,
+                "does not apply to mode local: the director holding the VIP serves it",
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    none("service.realservers", !realservers.is_empty())?;
+    none("service.realserver_selector", !selector.is_empty())?;
+    none("service.sorry_server", sorry_server)?;
+    none("service.quorum", quorum > 0)?;
+    none(
+        "service.fwmark",
+        matches!(address, VirtualAddress::Fwmark { .. }),
+    )
+}
+
+/// A local service's check: one a director runs against itself.
+fn local_check(address: &VirtualAddress, check: &Option<HealthCheck>) -> Result<()> {
+    let Some(h) = check else {
+        return Ok(());
+    };
+    if !matches!(
+        h.probe,
+        Probe::Tcp | Probe::Http(_) | Probe::Https(_) | Probe::Exec { .. }
+    ) {
+        return Err(FieldError::new(
+            "service.health_check.type",
+            format!(
+                "{} does not apply to mode local: tcp, http, https or exec, which each director runs against itself",
+                h.probe.kind()
+            ),
+        ));
+    }
+    let any_port = matches!(address, VirtualAddress::Endpoint { port: 0, .. });
+    if any_port && h.port == 0 && !matches!(h.probe, Probe::Exec { .. }) {
+        return Err(FieldError::new(
+            "service.health_check.port",
+            "is required when the service's port is 0 (any)",
+        ));
+    }
+    Ok(())
 }

@@ -276,3 +276,62 @@ fn udp_and_dns_checks_name_their_bad_field() {
         ("0a0b", "0c")
     );
 }
+
+/// A local service: no realservers, selector, sorry server or quorum; any
+/// port (0) only for it; a check each director can run on itself.
+#[test]
+fn local_services_have_their_own_rules() {
+    let local = || {
+        let mut s = web();
+        s.mode = "local".into();
+        s.realservers.clear();
+        s.persistence = None;
+        s
+    };
+    let any_port = |s: &mut pb::Service| {
+        if let Some(pb::service::VirtualAddress::Endpoint(e)) = &mut s.virtual_address {
+            e.port = 0;
+        }
+    };
+    let ok = Service::try_from(local()).unwrap();
+    assert_eq!(ok.mode, ForwardingMode::Local);
+    let mut s = local();
+    any_port(&mut s);
+    assert!(Service::try_from(s).is_ok(), "port 0 for a local service");
+    let mut s = web();
+    any_port(&mut s);
+    assert_eq!(field_of(s), "service.endpoint.port");
+    type Mutation = fn(&mut pb::Service);
+    let cases: [(&str, Mutation); 5] = [
+        ("service.realservers", |s| {
+            s.realservers.push(pb::RealServer {
+                address: "10.0.0.1".into(),
+                ..Default::default()
+            })
+        }),
+        ("service.realserver_selector", |s| {
+            s.realserver_selector.insert("pool".into(), "web".into());
+        }),
+        ("service.quorum", |s| s.quorum = 1),
+        ("service.health_check.type", |s| {
+            s.health_check = Some(pb::HealthCheck {
+                r#type: "ping".into(),
+                ..Default::default()
+            })
+        }),
+        ("service.health_check.port", |s| {
+            if let Some(pb::service::VirtualAddress::Endpoint(e)) = &mut s.virtual_address {
+                e.port = 0;
+            }
+            s.health_check = Some(pb::HealthCheck {
+                r#type: "tcp".into(),
+                ..Default::default()
+            })
+        }),
+    ];
+    for (field, mutate) in cases {
+        let mut s = local();
+        mutate(&mut s);
+        assert_eq!(field_of(s), field);
+    }
+}

@@ -319,3 +319,50 @@ async fn a_stopped_owner_hands_over_and_a_restarted_one_keeps_its_vip() -> anyho
     assert_eq!(hook.runs(), runs, "the hook ran across the restart");
     Ok(())
 }
+
+/// A local service (the VIP for a proxy on each director, keepalived's
+/// `virtual_ipaddress` with a `track_script`): each director checks its
+/// own HTTP server; stopping the owner's moves the VIP to the other
+/// director, never held by both, and the client is served there. The
+/// client's gap is printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_service_moves_its_vip_when_the_owners_proxy_stops() -> anyhow::Result<()> {
+    if !privileged() {
+        return Ok(());
+    }
+    let f = Fabric::floating_hosts(&[]).await?;
+    f.lbctl(&lb_testkit::words(&format!(
+        "service create proxy --vip {DR_VIP}:80/tcp --mode local --check http \
+         --check-interval 100ms --check-timeout 80ms --check-fall 2 --check-rise 2"
+    )))?;
+    let _d1 = f.start_director("d1", &[])?;
+    f.wait_held("d1", &[DR_VIP], Duration::from_secs(30))
+        .await?;
+    let _d2 = f.start_director("d2", &[])?;
+    f.director_live("d2").await?;
+    let w1 = f.vipwatch("d1", DR_VIP, 6)?;
+    let w2 = f.vipwatch("d2", DR_VIP, 6)?;
+    let probe = f.probe(&url(), 6, 10)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped = now_ms();
+    signal(f.web[0].1, "KILL");
+    let (seen, h1, h2) =
+        tokio::task::spawn_blocking(move || (probe.finish(), w1.finish(), w2.finish())).await?;
+    let moved = h2.first().map(|(from, _)| from.saturating_sub(stopped));
+    println!(
+        "d1's proxy stopped: the VIP on d2 {moved:?} ms later; clients: {}; d1 held {h1:?}, d2 held {h2:?}",
+        seen.summary()
+    );
+    assert!(overlaps(&h1, &h2).is_empty(), "held twice: {h1:?} {h2:?}");
+    assert!(moved.is_some(), "the VIP never reached d2");
+    assert!(
+        answered_by(&seen, "d2").last() > answered_by(&seen, "d1").last(),
+        "the client is not served by d2 at the end: {}",
+        seen.summary()
+    );
+    assert!(seen.recovered(), "clients not served at the end");
+    // The owner's status says why.
+    let status = f.lbctl(&["status"])?;
+    assert!(status.contains("d2@"), "{status}");
+    Ok(())
+}

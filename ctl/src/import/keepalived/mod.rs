@@ -12,7 +12,9 @@
 //!
 //! `vrrp_instance` blocks say which director owns which VIP: the directors
 //! named by `global_defs { router_id }`, ordered by VRRP priority, become the
-//! services' preferred owners (several files, one per director, merge).
+//! services' preferred owners (several files, one per director, merge). A
+//! VIP no virtual server uses — keepalived's floating VIP in front of a
+//! proxy — becomes a local service, its `track_script` the check ([`vrrp`]).
 
 use std::collections::BTreeMap;
 
@@ -22,6 +24,7 @@ use super::syntax::{self, Node};
 use super::{endpoint_name, sanitize_name, seconds, Found, ImportError, Imported};
 
 mod keywords;
+mod vrrp;
 
 use keywords::KEYWORDS;
 
@@ -38,6 +41,8 @@ pub fn parse(file: &str, text: &str) -> Result<Imported, ImportError> {
         out: Imported::default(),
         groups: BTreeMap::new(),
         owners: BTreeMap::new(),
+        scripts: BTreeMap::new(),
+        floating: Vec::new(),
         router_id: None,
         hints: comments
             .iter()
@@ -47,20 +52,24 @@ pub fn parse(file: &str, text: &str) -> Result<Imported, ImportError> {
             })
             .collect(),
     };
-    // Groups, router id and VRRP first: virtual servers refer to them.
+    // Groups, router id and VRRP first: virtual servers refer to them, and
+    // VRRP instances to their scripts.
     for n in &nodes {
         match n.key.as_str() {
             "global_defs" => r.global_defs(n),
             "virtual_server_group" => r.group(n)?,
-            "vrrp_instance" => r.vrrp(n),
+            "vrrp_script" => r.vrrp_script(n)?,
             _ => {}
         }
     }
+    for n in nodes.iter().filter(|n| n.key == "vrrp_instance") {
+        r.vrrp(n)?;
+    }
     for n in &nodes {
         match n.key.as_str() {
-            "global_defs" | "virtual_server_group" | "vrrp_instance" => {}
+            "global_defs" | "virtual_server_group" | "vrrp_instance" | "vrrp_script" => {}
             "virtual_server" => r.virtual_server(n)?,
-            "vrrp_sync_group" | "vrrp_script" => r.out.note(
+            "vrrp_sync_group" => r.out.note(
                 n.line,
                 &n.directive(),
                 "VRRP is replaced by the controller's per-VIP owner election; nothing to import",
@@ -75,6 +84,7 @@ pub fn parse(file: &str, text: &str) -> Result<Imported, ImportError> {
                 .note(n.line, &n.directive(), "not an lbfabric setting"),
         }
     }
+    r.floating_services();
     let Reader {
         mut out,
         owners,
@@ -107,6 +117,10 @@ struct Reader<'a> {
     groups: BTreeMap<String, Vec<Member>>,
     /// VIP → this director's VRRP priority for it.
     owners: BTreeMap<String, u32>,
+    /// `vrrp_script` checks, by name, and the VRRP instances' VIPs with
+    /// their tracked script: what becomes a local service (see [`vrrp`]).
+    scripts: BTreeMap<String, pb::HealthCheck>,
+    floating: Vec<vrrp::Floating>,
     router_id: Option<String>,
     /// Comment lines `# lbfabric service NAME` (written by `lbctl export`).
     hints: BTreeMap<usize, String>,
@@ -180,50 +194,6 @@ impl Reader<'_> {
         }
         self.groups.insert(name, members);
         Ok(())
-    }
-
-    fn vrrp(&mut self, n: &Node) {
-        let mut priority = 100; // keepalived's default
-        let mut vips = Vec::new();
-        for c in n.children() {
-            match c.key.as_str() {
-                "priority" => match c.args.first().and_then(|p| p.parse().ok()) {
-                    Some(p) => priority = p,
-                    None => self
-                        .out
-                        .note(c.line, &c.directive(), "not a number; ignored"),
-                },
-                "virtual_ipaddress" => {
-                    for a in c.children() {
-                        // `10.0.0.1/24 dev eth0 label eth0:1`: the address is the VIP.
-                        let addr = a.key.split('/').next().unwrap_or_default();
-                        vips.push(addr.to_string());
-                    }
-                }
-                "notify" | "notify_master" | "notify_backup" | "notify_fault" | "notify_stop" => {
-                    self.out.note(
-                        c.line,
-                        &c.directive(),
-                        "a director setting: lb-director --on-vip-change PROGRAM runs it with VIP OLD NEW EPOCH (states MASTER, BACKUP) when a VIP comes or goes",
-                    )
-                }
-                _ => self.out.note(
-                    c.line,
-                    &c.directive(),
-                    "VRRP detail: the controller's leases replace it (lb-controller --lease-ms)",
-                ),
-            }
-        }
-        if self.router_id.is_none() {
-            self.out.note(
-                n.line,
-                &n.directive(),
-                "no global_defs { router_id }: the priorities name no director, so no preference",
-            );
-        }
-        for vip in vips {
-            self.owners.insert(vip, priority);
-        }
     }
 
     fn virtual_server(&mut self, n: &Node) -> Result<(), ImportError> {
