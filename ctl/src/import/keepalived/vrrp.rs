@@ -85,8 +85,11 @@ impl Reader<'_> {
                 "virtual_ipaddress" => {
                     for a in c.children() {
                         // `10.0.0.1/24 dev eth0 label eth0:1`: the address is the VIP.
-                        let addr = a.key.split('/').next().unwrap_or_default();
-                        vips.push(addr.to_string());
+                        // `10.0.0.1 label eth0:1` may repeat an address.
+                        let addr = a.key.split('/').next().unwrap_or_default().to_string();
+                        if !vips.contains(&addr) {
+                            vips.push(addr);
+                        }
                     }
                 }
                 "track_script" => {
@@ -149,6 +152,7 @@ impl Reader<'_> {
         };
         for f in std::mem::take(&mut self.floating) {
             let check = f.script.as_ref().and_then(|s| self.scripts.get(s)).cloned();
+            // Not a virtual server's, nor floated by an earlier instance.
             let free: Vec<&String> = f
                 .vips
                 .iter()
