@@ -58,6 +58,9 @@ pub fn update(units: &Units, base: Option<(u64, &BTreeSet<String>)>) -> Vec<pb::
         size += len;
         current.services.push(unit.service.clone());
         current.checks.extend(unit.checks.iter().cloned());
+        if unit.below_quorum {
+            current.below_quorum.push(unit.service.name.clone());
+        }
     }
     parts.push(current);
     let n = parts.len();

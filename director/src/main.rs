@@ -66,6 +66,12 @@ struct Args {
     /// LB_EPOCH, LB_NODE_ID). One run at a time, killed after 10 s.
     #[arg(long, env = "LB_ON_VIP_CHANGE")]
     on_vip_change: Option<std::path::PathBuf>,
+    /// Program run on the director holding a service's VIP when the service
+    /// goes below quorum or back (keepalived's quorum_down / quorum_up),
+    /// with the arguments SERVICE UP|DOWN VIP (also in LB_SERVICE,
+    /// LB_QUORUM, LB_VIP, LB_NODE_ID). Queued with --on-vip-change's runs.
+    #[arg(long, env = "LB_ON_QUORUM_CHANGE")]
+    on_quorum_change: Option<std::path::PathBuf>,
     /// Nice value of every thread of this process (-20 to 19): below
     /// ordinary work, so that a busy host does not make VIP leases lapse.
     #[arg(long, env = "LB_NICE", default_value_t = lb_proto::process::DAEMON_NICE,
@@ -92,7 +98,10 @@ async fn main() -> anyhow::Result<()> {
         address: None,
     };
     if let Some(program) = &args.on_vip_change {
-        lb_director::hook::check(program).map_err(anyhow::Error::msg)?;
+        lb_director::hook::check("--on-vip-change", program).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(program) = &args.on_quorum_change {
+        lb_director::hook::check("--on-quorum-change", program).map_err(anyhow::Error::msg)?;
     }
     let tls = lb_proto::pki::enroll::setup(&args.tls, &args.controller, &who).await?;
     let config = Config {
@@ -117,7 +126,10 @@ async fn main() -> anyhow::Result<()> {
         ack_deadline: lb_proto::client::ack_deadline(Duration::from_millis(args.heartbeat_ms)),
         handover: Duration::from_millis(args.handover_ms),
         ipvs: !args.no_ipvs,
-        on_vip_change: args.on_vip_change,
+        hooks: lb_director::hook::Programs {
+            vip: args.on_vip_change,
+            quorum: args.on_quorum_change,
+        },
     };
     run(config, lb_proto::process::shutdown_signal()).await?;
     Ok(())

@@ -29,6 +29,9 @@ use super::{Agent, Command, Needs, State};
 pub struct Unit {
     pub service: pb::Service,
     pub checks: Vec<pb::BackendRef>,
+    /// Below quorum (see `state::quorum`): the owner's quorum hook runs
+    /// when this changes, even where the table does not (no sorry server).
+    pub below_quorum: bool,
 }
 
 /// Every service's unit, by name.
@@ -85,6 +88,7 @@ fn unit_of(state: &State, s: &Service) -> Unit {
                 port: a.port().into(),
             })
             .collect(),
+        below_quorum: state.below_quorum.contains(&s.name),
     }
 }
 

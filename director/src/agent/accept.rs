@@ -162,6 +162,7 @@ pub(super) mod tests {
             services,
             refused: Arc::new(refused),
             delta: None,
+            below_quorum: Arc::default(),
         }
     }
 

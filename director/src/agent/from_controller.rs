@@ -43,6 +43,8 @@ pub(super) struct FromController {
     services: BTreeMap<String, pb::Service>,
     /// Each service's checks.
     checks: BTreeMap<String, Vec<pb::BackendRef>>,
+    /// The services below quorum.
+    below_quorum: BTreeSet<String>,
     /// The parts of an update still incomplete.
     pending: Vec<pb::ConfigUpdate>,
 }
@@ -78,6 +80,7 @@ impl FromController {
         if base == 0 {
             self.services.clear();
             self.checks.clear();
+            self.below_quorum.clear();
         }
         let (mut changed, mut removed) = (0, 0);
         let mut names = BTreeSet::new();
@@ -85,12 +88,15 @@ impl FromController {
             for name in p.removed {
                 self.services.remove(&name);
                 self.checks.remove(&name);
+                self.below_quorum.remove(&name);
                 names.insert(name);
                 removed += 1;
             }
             for s in p.services {
-                // The update carries exactly these services' checks.
+                // The update carries exactly these services' checks and
+                // quorum states.
                 self.checks.remove(&s.name);
+                self.below_quorum.remove(&s.name);
                 names.insert(s.name.clone());
                 self.services.insert(s.name.clone(), s);
                 changed += 1;
@@ -98,6 +104,7 @@ impl FromController {
             for c in p.checks {
                 self.checks.entry(c.service.clone()).or_default().push(c);
             }
+            self.below_quorum.extend(p.below_quorum);
         }
         self.revision = revision;
         Ok(Some(match base {
@@ -117,6 +124,11 @@ impl FromController {
     /// The services, by name.
     pub(super) fn services(&self) -> &BTreeMap<String, pb::Service> {
         &self.services
+    }
+
+    /// The services below quorum.
+    pub(super) fn below_quorum(&self) -> &BTreeSet<String> {
+        &self.below_quorum
     }
 
     /// Every service's checks.

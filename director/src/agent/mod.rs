@@ -80,8 +80,9 @@ pub struct Config {
     pub handover: Duration,
     /// Program IPVS; without it only the VIPs are held (`--no-ipvs`).
     pub ipvs: bool,
-    /// Run when a VIP is taken or given up (see [`crate::hook`]).
-    pub on_vip_change: Option<PathBuf>,
+    /// Run when a VIP is taken or given up, or a service whose VIP this
+    /// director holds changes quorum (see [`crate::hook`]).
+    pub hooks: crate::hook::Programs,
 }
 
 /// The IPVS sync daemons' settings (the same on every director of a pool).
@@ -137,6 +138,8 @@ struct Desired {
     /// reconcile round that applied that revision compares, instead of
     /// every service.
     delta: Option<(u64, Arc<BTreeSet<String>>)>,
+    /// The services below quorum (for the quorum hook).
+    below_quorum: Arc<BTreeSet<String>>,
 }
 
 /// Waits until the lease holds no VIP and none is on the interface — the
@@ -197,13 +200,13 @@ pub async fn run(
     };
     let (ipvs, sync_ipvs) = ipvs.unzip();
     // The hook's runs, queued by the VIP loop (see `crate::hook`).
-    let (hooks, hook_runner) = match &config.on_vip_change {
-        Some(program) => {
+    let (hooks, hook_runner) = match config.hooks.any() {
+        true => {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let runner = crate::hook::run(program.clone(), config.node_id.clone(), rx);
+            let runner = crate::hook::run(config.hooks.clone(), config.node_id.clone(), rx);
             (Some(tx), Some(tokio::spawn(runner)))
         }
-        None => (None, None),
+        false => (None, None),
     };
     let iface = config.interface.clone();
     let (rtnl, link) = tokio::task::spawn_blocking(move || {
@@ -213,6 +216,7 @@ pub async fn run(
     })
     .await
     .map_err(|e| lb_hostnet::NetError::Socket(e.to_string()))??;
+    let quorum_hooks = hooks.clone();
     let host = vips::Host {
         rtnl,
         link,
@@ -303,6 +307,7 @@ pub async fn run(
             leaving_rx,
             Arc::new(watch::channel(BTreeMap::new()).0),
         ),
+        quorum_hooks,
     ));
     let session = tokio::spawn(session::run(shared.clone(), stop_rx));
     shutdown.await;

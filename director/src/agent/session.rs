@@ -9,6 +9,7 @@
 //! at one controller still reaches the majority its lease needs.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::accept::{accept, by_name, check_targets, vips_of};
 use super::from_controller::{Applied, FromController};
 use super::{Config, Desired, Progress};
+use crate::hook::{Event, Hooks, QuorumChange};
 use crate::lease::{epochs, Lease, SentHeartbeats};
 use crate::lease_file::LeaseFile;
 
@@ -80,6 +82,8 @@ pub(super) struct Shared {
     pub(super) answers: Answers,
     /// The controllers to keep a stream with.
     targets: watch::Sender<BTreeSet<String>>,
+    /// Where quorum changes go (the operator's `--on-quorum-change`).
+    hooks: Option<Hooks>,
 }
 
 impl Shared {
@@ -90,6 +94,7 @@ impl Shared {
         (lease, lease_changed): (Arc<Mutex<Lease>>, Arc<Notify>),
         lease_file: LeaseFile,
         (report_now, leaving, answers): (Arc<watch::Sender<u64>>, watch::Receiver<bool>, Answers),
+        hooks: Option<Hooks>,
     ) -> Self {
         let listed = config.controllers.addrs().iter().cloned().collect();
         Shared {
@@ -105,6 +110,7 @@ impl Shared {
             leaving,
             answers,
             targets: watch::channel(listed).0,
+            hooks,
         }
     }
 
@@ -279,6 +285,22 @@ impl Shared {
             }
         }
         let targets = check_targets(&services, &from.checks());
+        let below_quorum = match previous.as_ref() {
+            Some(p) if *p.below_quorum == *from.below_quorum() => p.below_quorum.clone(),
+            _ => Arc::new(from.below_quorum().clone()),
+        };
+        let flipped: Vec<(String, bool)> = match previous.as_ref() {
+            Some(p) => p
+                .below_quorum
+                .symmetric_difference(&below_quorum)
+                .map(|name| (name.clone(), !below_quorum.contains(name)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let quorum = flipped
+            .into_iter()
+            .filter_map(|(name, up)| Some((by_name(&services, &name)?.vip()?, name, up)))
+            .collect::<Vec<_>>();
         let published = self.desired.send_if_modified(|d| {
             if d.as_ref().is_some_and(|d| d.revision >= revision) {
                 return false;
@@ -289,11 +311,31 @@ impl Shared {
                 refused: Arc::new(refused),
                 vips,
                 delta,
+                below_quorum,
             });
             true
         });
         if published {
             self.checks.send_replace(targets);
+            self.quorum_changed(quorum);
+        }
+    }
+
+    /// Tells the quorum hook of the services whose VIP this director holds
+    /// that went below quorum or back.
+    fn quorum_changed(&self, changes: Vec<(IpAddr, String, bool)>) {
+        let Some(hooks) = &self.hooks else {
+            return;
+        };
+        if changes.is_empty() {
+            return;
+        }
+        let held = self.lock().added.clone();
+        for (vip, service, up) in changes {
+            if held.contains(&vip) {
+                tracing::info!(service, %vip, up, "quorum changed");
+                let _ = hooks.send(Event::Quorum(QuorumChange { service, vip, up }));
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::{watch, Notify};
 
 use super::{Desired, SyncConfig};
 use crate::fence::Fence;
-use crate::hook::{Hooks, VipChange, VipState};
+use crate::hook::{Event, Hooks, VipChange, VipState};
 use crate::ipvs::{Ipvs, IpvsError, SyncDaemon, SyncRole};
 use crate::lease::Lease;
 use crate::lease_file::LeaseFile;
@@ -218,12 +218,12 @@ fn record(
             let taken = present.difference(&l.added).map(|v| (*v, backup, master));
             for (vip, old, new) in taken.chain(gone.iter().map(|v| (*v, master, backup))) {
                 let epoch = l.last_epoch(vip);
-                let _ = hooks.send(VipChange {
+                let _ = hooks.send(Event::Vip(VipChange {
                     vip,
                     old,
                     new,
                     epoch,
-                });
+                }));
             }
         }
         l.added = present;

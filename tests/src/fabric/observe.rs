@@ -363,6 +363,15 @@ impl HookLog {
         ]
     }
 
+    /// The director flag that installs it as the quorum hook (its lines:
+    /// `NODE SERVICE UP|DOWN VIP`).
+    pub fn quorum_flag(&self) -> [String; 2] {
+        [
+            "--on-quorum-change".to_string(),
+            self.program.to_string_lossy().into_owned(),
+        ]
+    }
+
     /// The runs so far, each split into its words.
     pub fn runs(&self) -> Vec<Vec<String>> {
         std::fs::read_to_string(&self.log)

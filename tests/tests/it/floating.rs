@@ -366,3 +366,53 @@ async fn a_local_service_moves_its_vip_when_the_owners_proxy_stops() -> anyhow::
     assert!(status.contains("d2@"), "{status}");
     Ok(())
 }
+
+/// The quorum hook (keepalived's quorum_down / quorum_up) runs on the
+/// director holding the service's VIP: its only realserver's check fails
+/// (nothing listens), the service goes below quorum 1 — `web DOWN VIP` —
+/// and a server started there brings it back — `web UP VIP`. The standby
+/// runs nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_quorum_hook_runs_on_the_owner() -> anyhow::Result<()> {
+    if !privileged() {
+        return Ok(());
+    }
+    let hook = HookLog::new()?;
+    let flag = hook.quorum_flag();
+    let service = lb_testkit::words(
+        "--realserver 10.0.0.2:80 --check tcp --check-port 8089 --check-interval 100ms \
+         --check-timeout 80ms --check-fall 1 --check-rise 1 --quorum 1",
+    );
+    let (mut f, _d1, _d2) =
+        Fabric::floating(&[], &[flag[0].as_str(), flag[1].as_str()], &service).await?;
+    let runs = |state: &'static str| {
+        let hook = &hook;
+        move || async move {
+            let runs = hook.runs();
+            runs.iter()
+                .any(|r| r[..] == ["d1", "web", state, DR_VIP])
+                .then_some(runs)
+        }
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "d1's quorum hook: DOWN",
+        runs("DOWN"),
+    )
+    .await?;
+    f.t.server(
+        "cl",
+        &[
+            &lb_testkit::bin("lb-http").to_string_lossy(),
+            "serve",
+            "cl",
+            "0.0.0.0:8089",
+        ],
+        "ready",
+    )?;
+    let seen = wait_for(Duration::from_secs(20), "d1's quorum hook: UP", runs("UP")).await?;
+    println!("quorum hook runs: {seen:?}");
+    assert!(seen.iter().all(|r| r[0] == "d1"), "{seen:?}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    Ok(())
+}

@@ -318,10 +318,15 @@ impl Reader<'_> {
                     &c.directive(),
                     "lbfabric counts a realserver up until its check fails (no alpha start)",
                 ),
-                "omega" | "quorum_up" | "quorum_down" => self.out.note(
+                "quorum_up" | "quorum_down" => self.out.note(
                     c.line,
                     &c.directive(),
-                    "lbfabric runs no scripts on quorum changes; watch with lbctl watch",
+                    "a director setting: lb-director --on-quorum-change PROGRAM runs it with SERVICE UP|DOWN VIP on the VIP's owner",
+                ),
+                "omega" => self.out.note(
+                    c.line,
+                    &c.directive(),
+                    "lbfabric runs no scripts at shutdown; --on-vip-change runs as the VIPs go",
                 ),
                 _ => self
                     .out
