@@ -354,3 +354,73 @@ async fn every_scheduler_reaches_the_kernel_and_balances_as_named() -> anyhow::R
     );
     Ok(())
 }
+
+const LOCAL_VIP: &str = "10.0.0.107";
+
+/// A local service in the VM fabric (directors with IPVS): an HTTP server
+/// on each director stands in for nginx; the VIP is on d1 and no IPVS
+/// service exists for it; d1's server killed, the VIP moves to d2, which
+/// serves the client. The client's gap is printed.
+#[tokio::test]
+async fn a_local_service_follows_the_directors_own_proxy() -> anyhow::Result<()> {
+    if !super::in_vm() {
+        return Ok(());
+    }
+    let mut f = Fabric::with_controllers(1, &VM_CONTROLLER_TIMERS).await?;
+    let http = lb_testkit::bin("lb-http").to_string_lossy().into_owned();
+    let proxy =
+        f.t.server("d1", &[&http, "serve", "d1", "0.0.0.0:8088"], "ready")?;
+    f.t.server("d2", &[&http, "serve", "d2", "0.0.0.0:8088"], "ready")?;
+    f.lbctl(&words(&format!(
+        "service create proxy --vip {LOCAL_VIP}:8088/tcp --mode local --prefer-director d1 \
+         --check http --check-interval 500ms --check-timeout 400ms --check-fall 1 --check-rise 1"
+    )))?;
+    let _d1 = f.start_director("d1", &VM_DIRECTOR_HEARTBEAT)?;
+    let holds = |f: &Fabric, ns: &str| {
+        f.t.sh(ns, "ip -o -4 addr show dev eth0")
+            .is_ok_and(|a| a.contains(&format!("{LOCAL_VIP}/32")))
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "d1 holding the local VIP",
+        || async { holds(&f, "d1").then_some(()) },
+    )
+    .await?;
+    let _d2 = f.start_director("d2", &VM_DIRECTOR_HEARTBEAT)?;
+    f.director_live("d2").await?;
+    assert!(
+        !f.ipvs("d1").iter().any(|l| l.contains(LOCAL_VIP)),
+        "an IPVS service for a local service: {:?}",
+        f.ipvs("d1")
+    );
+    let url = format!("http://{LOCAL_VIP}:8088/");
+    assert_eq!(f.t.http_get("cl", &url, 2)?, ["d1", "d1"]);
+    let probe = f.probe(&url, 20, 50)?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    signal(proxy, "KILL");
+    let killed = std::time::Instant::now();
+    wait_for(
+        Duration::from_secs(30),
+        "d2 holding the local VIP",
+        || async { holds(&f, "d2").then_some(()) },
+    )
+    .await?;
+    let moved = killed.elapsed();
+    let served = wait_for(
+        Duration::from_secs(30),
+        "the client served by d2",
+        || async {
+            let got = f.t.http_get("cl", &url, 1).ok()?;
+            (got == ["d2"]).then_some(got)
+        },
+    )
+    .await?;
+    let seen = probe.finish();
+    println!(
+        "local service: d1's proxy killed, the VIP on d2 {moved:?} later (VM timers: check \
+         every 500 ms, lease 6 s); clients: {}; then {served:?}",
+        seen.summary()
+    );
+    assert!(!holds(&f, "d1"), "d1 still holds the VIP");
+    Ok(())
+}
