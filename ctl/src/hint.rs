@@ -1,8 +1,22 @@
-//! Hints for the TLS mismatches operators meet first.
+//! Hints for what operators meet first: no controller where lbctl looked,
+//! and lbctl and the controller disagreeing about TLS.
+
+/// `error` with a hint when its cause looks like no controller at
+/// `tried` (the addresses lbctl dialled), or a TLS mismatch
+/// (`plaintext`: lbctl spoke without TLS).
+pub(crate) fn with_hint(error: anyhow::Error, plaintext: bool, tried: &str) -> anyhow::Error {
+    let text = error.to_string();
+    if text.starts_with("Unavailable:") && text.contains("connect") {
+        return anyhow::anyhow!(
+            "{text}\n  hint: no controller answered at {tried}: start one (lb-controller), or point lbctl at yours with --controller HOST:PORT[,HOST:PORT...] or LB_CONTROLLER"
+        );
+    }
+    with_tls_hint(error, plaintext)
+}
 
 /// `error` with a hint when its cause looks like lbctl and the controller
 /// disagreeing about TLS (`plaintext`: lbctl spoke without it).
-pub(crate) fn with_tls_hint(error: anyhow::Error, plaintext: bool) -> anyhow::Error {
+fn with_tls_hint(error: anyhow::Error, plaintext: bool) -> anyhow::Error {
     const CREDENTIALS: &str = "lbctl needs the admin credentials: --credentials DIR (or LB_CREDENTIALS=DIR), where DIR holds ca.pem, admin.pem and admin.key: a bootstrapping controller's <data-dir>/pki, or what `lbctl pki admin-cert` wrote";
     let text = error.to_string();
     // A plaintext request to a TLS port fails below gRPC, in ways that vary
@@ -32,6 +46,22 @@ mod tests {
 
     fn hinted(text: &str, plaintext: bool) -> String {
         with_tls_hint(anyhow::anyhow!("{text}"), plaintext).to_string()
+    }
+
+    #[test]
+    fn no_controller_names_the_addresses_tried_and_how_to_change_them() {
+        let e = super::with_hint(
+            anyhow::anyhow!("Unavailable: tcp connect error"),
+            true,
+            "127.0.0.1:7070",
+        )
+        .to_string();
+        assert!(
+            e.contains("no controller answered at 127.0.0.1:7070")
+                && e.contains("--controller")
+                && e.contains("LB_CONTROLLER"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -73,6 +73,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         None => cli.tls.client_config()?,
     };
     let plaintext = tls.is_none();
+    let tried = cli.controller.to_string();
     let mut ctl = Controller::new(&cli.controller, Duration::from_secs(cli.timeout)).with_tls(tls);
     let out = cli.output;
     let done = match cli.command {
@@ -106,5 +107,5 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(NodeCmd::Revoke { node }) => cmd::node::revoke(&mut ctl, out, node).await,
         Command::Token(cmd) => cmd::token::token(&mut ctl, out, cmd).await,
     };
-    done.map_err(|e| hint::with_tls_hint(e, plaintext))
+    done.map_err(|e| hint::with_hint(e, plaintext, &tried))
 }

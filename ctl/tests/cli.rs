@@ -58,3 +58,27 @@ fn help_shows_examples() {
     let help = lbctl(&["status", "--help"]);
     assert!(help.contains("--stats") && help.contains("Examples:"));
 }
+
+/// Against no controller, the error names the addresses tried and how to
+/// point lbctl elsewhere (a port bound and closed again: nothing listens).
+#[test]
+fn no_controller_says_where_lbctl_looked() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let out = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .args(["--controller", &addr, "--timeout", "2", "service", "list"])
+        .env_remove("LB_CONTROLLER")
+        .output()
+        .expect("running lbctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("no controller answered at {addr}"))
+            && err.contains("--controller HOST:PORT")
+            && err.contains("LB_CONTROLLER"),
+        "{err}"
+    );
+}
