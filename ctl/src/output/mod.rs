@@ -73,12 +73,58 @@ pub fn persistence(s: &pb::Service) -> String {
     }
 }
 
+/// Which directors may hold the service's VIP, and which are preferred.
+fn directors_lines(s: &pb::Service) {
+    if let Some(d) = &s.directors {
+        if !d.preferred.is_empty() {
+            println!("  preferred directors {}", d.preferred.join(","));
+        }
+        if !d.selector.is_empty() {
+            let sel: Vec<String> = d.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("  director selector {}", sel.join(","));
+        }
+    }
+}
+
+/// The service's health check, one line (none: nothing).
+fn check_line(s: &pb::Service) {
+    if let Some(h) = &s.health_check {
+        let secs = |d: &Option<prost_types::Duration>| {
+            d.as_ref()
+                .map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+                .unwrap_or(0.0)
+        };
+        println!(
+            "  check {} every {}s timeout {}s rise {} fall {}",
+            h.r#type,
+            secs(&h.interval),
+            secs(&h.timeout),
+            h.rise.unwrap_or_default(),
+            h.fall.unwrap_or_default()
+        );
+    }
+}
+
 /// The ipvsadm-like view of one service.
 pub fn service_detail(s: &pb::Service, revision: u64) {
     println!(
         "service {} (created at revision {}, changed at {}; fabric revision {revision})",
         s.name, s.create_revision, s.mod_revision
     );
+    if s.mode == "local" {
+        // No IPVS service: nothing to schedule, no realservers.
+        let port = match &s.virtual_address {
+            Some(pb::service::VirtualAddress::Endpoint(e)) if e.port == 0 => " (any port)",
+            _ => "",
+        };
+        println!("  {}{port}", virtual_address(s));
+        println!(
+            "  mode local: no IPVS service, a proxy on the director holding the VIP serves it"
+        );
+        directors_lines(s);
+        check_line(s);
+        return;
+    }
     let mut line = format!("  {} {}", virtual_address(s), s.scheduler);
     if !s.scheduler_flags.is_empty() {
         line.push_str(&format!(" flags {}", s.scheduler_flags.join(",")));
@@ -112,30 +158,8 @@ pub fn service_detail(s: &pb::Service, revision: u64) {
             .collect();
         println!("  realserver selector {}", sel.join(","));
     }
-    if let Some(d) = &s.directors {
-        if !d.preferred.is_empty() {
-            println!("  preferred directors {}", d.preferred.join(","));
-        }
-        if !d.selector.is_empty() {
-            let sel: Vec<String> = d.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            println!("  director selector {}", sel.join(","));
-        }
-    }
-    if let Some(h) = &s.health_check {
-        let secs = |d: &Option<prost_types::Duration>| {
-            d.as_ref()
-                .map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
-                .unwrap_or(0.0)
-        };
-        println!(
-            "  check {} every {}s timeout {}s rise {} fall {}",
-            h.r#type,
-            secs(&h.interval),
-            secs(&h.timeout),
-            h.rise.unwrap_or_default(),
-            h.fall.unwrap_or_default()
-        );
-    }
+    directors_lines(s);
+    check_line(s);
     if let Some(b) = &s.sorry_server {
         println!(
             "  sorry server {} below quorum {}",
