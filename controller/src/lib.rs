@@ -211,6 +211,7 @@ pub async fn run(
         .map_err(|e| ControllerError::Raft(e.to_string()))?;
     }
     tracing::info!(node_id = config.node_id, address = %advertise, data_dir = %config.data_dir.display(), "controller serving");
+    lb_proto::process::notify_ready("serving");
     let ca_handover = config
         .ca_keys
         .clone()

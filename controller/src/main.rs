@@ -15,6 +15,9 @@ use lb_controller::{Config, RaftTuning};
     after_help = "Examples:\n  lb-controller --data-dir ./lb-data --listen 127.0.0.1:7070\n  lb-controller --node-id 2 --data-dir ./lb2 --listen 127.0.0.1:7071 --no-bootstrap\n  lb-controller --data-dir /var/lib/lbfabric --listen 10.0.0.1:7070    (TLS: CA and certificates in /var/lib/lbfabric/pki)"
 )]
 struct Args {
+    /// Log format: text (journald, a terminal) or json (one object per line).
+    #[arg(long, env = "LB_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: lb_proto::process::LogFormat,
     /// This controller's Raft node id (unique in the cluster, at least 1).
     #[arg(long, env = "LB_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     node_id: u64,
@@ -186,13 +189,8 @@ fn replicated_ca(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
-        )
-        .init();
     let args = Args::parse();
+    lb_proto::process::init_logging(args.log_format, "info,openraft=warn");
     lb_proto::process::prioritize(args.nice);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -11,6 +11,9 @@ use lb_director::vip::AnnounceConfig;
     after_help = "Example:\n  lb-director --controller 10.0.0.1:7070,10.0.0.2:7070 --node-id dir-a --labels site=ams"
 )]
 struct Args {
+    /// Log format: text (journald, a terminal) or json (one object per line).
+    #[arg(long, env = "LB_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: lb_proto::process::LogFormat,
     /// Controller address(es), comma-separated.
     #[arg(long, env = "LB_CONTROLLER", default_value = "127.0.0.1:7070")]
     controller: lb_proto::client::Controllers,
@@ -83,12 +86,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    lb_proto::process::init_logging(args.log_format, "info");
     lb_proto::process::prioritize(args.nice);
     lb_proto::convert::check_name("--node-id", &args.node_id)?;
     let labels = lb_proto::process::label_flags("--labels", &args.labels)?;

@@ -152,3 +152,42 @@ pub fn prioritize(nice: i32) {
         ),
     }
 }
+
+/// How the daemons write their log: `text` (journald, a terminal) or
+/// `json`, one object per line for a log collector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Starts the log on standard output: `RUST_LOG`, else `default`, in
+/// `format`. Colours only on a terminal: under systemd the journal keeps
+/// the lines, and escape codes read badly there.
+pub fn init_logging(format: LogFormat, default: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let log = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => log.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => log.json().flatten_event(true).init(),
+    }
+}
+
+/// Tells systemd the daemon is ready (`Type=notify`), with a status line,
+/// when systemd started it (`NOTIFY_SOCKET`); otherwise does nothing. Once
+/// per process: the first call counts.
+pub fn notify_ready(status: &str) {
+    static READY: std::sync::Once = std::sync::Once::new();
+    READY.call_once(|| {
+        let states = [
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(status),
+        ];
+        if let Err(e) = sd_notify::notify(&states) {
+            tracing::warn!(error = %e, "telling systemd the daemon is ready");
+        }
+    });
+}

@@ -372,6 +372,8 @@ impl Session for RealServer {
                 msg = inbound.message() => match msg? {
                     Some(d) => {
                         waiting.heard();
+                        // The first answer: under systemd, the unit is up.
+                        lb_proto::process::notify_ready("answered by the controller");
                         if let Some(cfg) = d.config {
                             let services: Result<Vec<Service>, _> = cfg.services.into_iter().map(Service::try_from).collect();
                             let directors = cfg.director_addresses.iter().filter_map(|a| a.parse().ok()).collect();

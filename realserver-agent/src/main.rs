@@ -13,6 +13,9 @@ use lb_realserver::agent::{run, Config};
     after_help = "Example:\n  lb-realserver --controller 10.0.0.1:7070 --node-id web-1 --address 10.0.0.21 --labels pool=web"
 )]
 struct Args {
+    /// Log format: text (journald, a terminal) or json (one object per line).
+    #[arg(long, env = "LB_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: lb_proto::process::LogFormat,
     /// Controller address(es), comma-separated.
     #[arg(long, env = "LB_CONTROLLER", default_value = "127.0.0.1:7070")]
     controller: lb_proto::client::Controllers,
@@ -46,12 +49,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    lb_proto::process::init_logging(args.log_format, "info");
     lb_proto::convert::check_name("--node-id", &args.node_id)?;
     let address = lb_proto::convert::unicast_ip("--address", &args.address)?;
     let who = lb_proto::pki::enroll::Enrollee {

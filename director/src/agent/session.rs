@@ -394,6 +394,8 @@ impl Session for Stream {
                 msg = inbound.message() => match msg? {
                     Some(d) => {
                         waiting.heard();
+                        // The first answer: under systemd, the unit is up.
+                        lb_proto::process::notify_ready("answered by the controllers");
                         if !d.continued {
                             waiting.at_least(Duration::from_millis(u64::from(d.lease_ms)));
                             sh.answers.send_modify(|n| *n.entry(addr.to_string()).or_default() += 1);

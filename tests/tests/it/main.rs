@@ -15,5 +15,6 @@ mod resume;
 mod scale;
 mod security;
 mod single_node;
+mod systemd;
 mod vm_runner;
 mod watch;
