@@ -93,7 +93,7 @@ async fn quorum_sorry_server_and_hysteresis_act_in_the_kernel() -> anyhow::Resul
     }
     f.t.http_backend("rs4", "sorry", "0.0.0.0:8090")?;
     let check = format!(
-        "--check tcp --check-interval {CHECK_MS}ms --check-timeout 300ms --check-fall 1 --check-rise 1"
+        "--check tcp --check-interval {CHECK_MS}ms --check-timeout 400ms --check-fall 2 --check-rise 1"
     );
     f.lbctl(
         &[
@@ -373,7 +373,7 @@ async fn a_local_service_follows_the_directors_own_proxy() -> anyhow::Result<()>
     f.t.server("d2", &[&http, "serve", "d2", "0.0.0.0:8088"], "ready")?;
     f.lbctl(&words(&format!(
         "service create proxy --vip {LOCAL_VIP}:8088/tcp --mode local --prefer-director d1 \
-         --check http --check-interval 500ms --check-timeout 400ms --check-fall 1 --check-rise 1"
+         --check http --check-interval 500ms --check-timeout 400ms --check-fall 2 --check-rise 1"
     )))?;
     let _d1 = f.start_director("d1", &VM_DIRECTOR_HEARTBEAT)?;
     let holds = |f: &Fabric, ns: &str| {
