@@ -9,8 +9,10 @@ set -euo pipefail
 # director off in the partition test; tcpdump to see ARP on the wire;
 # keepalived, the peer lb-failover-bench compares with; openssl, whose own
 # TLS server the HTTPS health check is tested against (tests/vm/checks.rs).
-# python3-venv: grpcurl's virtual environment (below).
-vm_packages="qemu-system-x86 linux-image-amd64 kmod ipvsadm busybox-static iproute2 xz-utils nftables tcpdump keepalived openssl python3-venv"
+# python3-venv: grpcurl's virtual environment (below). curl and prometheus:
+# the metrics tests fetch each process's /metrics, lint it with promtool and
+# have a real Prometheus scrape it (tests/it/metrics.rs).
+vm_packages="qemu-system-x86 linux-image-amd64 kmod ipvsadm busybox-static iproute2 xz-utils nftables tcpdump keepalived openssl python3-venv curl prometheus"
 missing=""
 for p in $vm_packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

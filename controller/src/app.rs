@@ -33,6 +33,7 @@ pub struct App {
     pub ca_pem: Option<String>,
     /// How long the certificates agents get by joining or renewing last.
     pub agent_cert_lifetime: std::time::Duration,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl App {
@@ -40,7 +41,9 @@ impl App {
     pub async fn write(&self, cmd: Command) -> Result<Applied, ApiError> {
         let started = std::time::Instant::now();
         let written = self.raft.client_write(cmd).await;
-        tracing::debug!(took_us = started.elapsed().as_micros() as u64, "raft write");
+        let took = started.elapsed();
+        self.metrics.write_seconds.observe(took.as_secs_f64());
+        tracing::debug!(took_us = took.as_micros() as u64, "raft write");
         match written {
             Ok(resp) => Ok(resp.data?),
             Err(RaftError::APIError(WriteError::ForwardToLeader(f))) => Err(ApiError::NotLeader {

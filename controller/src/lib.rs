@@ -4,13 +4,15 @@
 //! - [`state`]: the replicated configuration and its commands (pure logic);
 //! - [`typ`], [`store`]: openraft's types, the Raft log and applied state in redb;
 //! - [`timing`], [`error`]: the lease timing, API errors and their statuses;
+//! - [`metrics`]: the event metrics (writes, VIP moves, rejected calls);
 //! - [`fleet`]: this node's in-memory view of directors and agents;
 //! - [`grants`]: the VIP lease grants this node gives directors;
 //! - [`desired`]: what directors program, as snapshots and deltas in parts;
 //! - [`app`]: one node — its Raft handle, state, fleet, writes and reads;
 //! - [`network`], [`tls`]: Raft RPCs to peers, TLS and caller identities;
 //! - [`leader`]: the leader-only loops (VIP placement, lost agents);
-//! - [`api`]: the gRPC handlers.
+//! - [`api`]: the gRPC handlers;
+//! - [`web`]: the metrics listener, with the node's state read at scrape time.
 //!
 //! [`run`] starts one node and serves until shutdown.
 
@@ -21,12 +23,14 @@ pub mod error;
 pub mod fleet;
 pub mod grants;
 pub mod leader;
+pub mod metrics;
 pub mod network;
 pub mod state;
 pub mod store;
 pub mod timing;
 pub mod tls;
 pub mod typ;
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -93,6 +97,13 @@ pub struct Config {
     pub agent_cert_lifetime: Duration,
 }
 
+/// What a node serves besides its gRPC port.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Prometheus metrics (`--metrics-listen`); `None`: off.
+    pub metrics: Option<TcpListener>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error("store: {0}")]
@@ -119,6 +130,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    extra: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControllerError> {
     let advertise = match &config.advertise {
@@ -166,7 +178,11 @@ pub async fn run(
         )),
         ca_pem: config.tls.as_ref().map(|c| c.ca_pem.clone()),
         agent_cert_lifetime: config.agent_cert_lifetime,
+        metrics: Default::default(),
     });
+    if let Some(l) = extra.metrics {
+        web::serve(&app, l);
+    }
     let routes = api::router(app.clone())?;
     let leader_tasks = leader::spawn(&app, &shutdown_tx);
     let mut down = shutdown_tx.subscribe();
@@ -174,6 +190,20 @@ pub async fn run(
         .tcp_nodelay(true)
         .max_concurrent_streams(api::MAX_STREAMS_PER_CONNECTION)
         .timeout(api::REQUEST_DEADLINE)
+        // Outermost, so that authorization's refusals are counted too. A
+        // refusal is a trailers-only answer: its status is in the headers.
+        .layer(tower::util::MapResponseLayer::new({
+            let app = app.clone();
+            move |resp: http::Response<tonic::body::Body>| {
+                if let Some(code) = resp.headers().get("grpc-status") {
+                    let code = tonic::Code::from_bytes(code.as_bytes());
+                    if code != tonic::Code::Ok {
+                        app.metrics.rejected(code);
+                    }
+                }
+                resp
+            }
+        }))
         .layer(api::authz::AuthzLayer::new({
             let app = app.clone();
             Arc::new(move |caller: &tls::Verified| {

@@ -33,6 +33,13 @@ struct Args {
     /// Write the bound listen address to this file once listening (useful with port 0).
     #[arg(long, env = "LB_ADDR_FILE")]
     addr_file: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (GET /metrics), or `off`. On
+    /// loopback by default: put it on an address your Prometheus reaches.
+    #[arg(long, env = "LB_METRICS_LISTEN", default_value = "127.0.0.1:9470")]
+    metrics_listen: String,
+    /// Write the bound metrics address to this file once listening (useful with port 0).
+    #[arg(long, env = "LB_METRICS_ADDR_FILE")]
+    metrics_addr_file: Option<PathBuf>,
     /// Do not initialize a new cluster; wait to be added with `lbctl cluster add-learner`.
     #[arg(long, env = "LB_NO_BOOTSTRAP")]
     no_bootstrap: bool,
@@ -198,14 +205,10 @@ async fn main() -> anyhow::Result<()> {
     let bound = listener.local_addr().context("reading the bound address")?;
     // Before the address file: whoever waits for it finds the credentials.
     let tls = tls_setup(&args, bound)?;
+    let metrics =
+        lb_proto::metrics::listen(&args.metrics_listen, args.metrics_addr_file.as_deref()).await?;
     if let Some(path) = &args.addr_file {
-        let addr = bound;
-        // Write then rename so a watcher never reads a half-written file.
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, addr.to_string())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("writing --addr-file {}", path.display()))?;
+        lb_proto::process::write_addr_file(path, bound).context("--addr-file")?;
     }
     let config = Config {
         node_id: args.node_id,
@@ -229,6 +232,13 @@ async fn main() -> anyhow::Result<()> {
         tls: tls.map(|t| t.creds),
         agent_cert_lifetime: args.agent_cert_lifetime,
     };
-    lb_controller::run(config, listener, lb_proto::process::shutdown_signal()).await?;
+    let extra = lb_controller::Listeners { metrics };
+    lb_controller::run(
+        config,
+        listener,
+        extra,
+        lb_proto::process::shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }

@@ -82,6 +82,8 @@ struct Args {
     nice: i32,
     #[command(flatten)]
     tls: lb_proto::pki::enroll::AgentTlsFlags,
+    #[command(flatten)]
+    metrics: lb_proto::metrics::AgentFlags,
 }
 
 #[tokio::main]
@@ -102,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(program) = &args.on_quorum_change {
         lb_director::hook::check("--on-quorum-change", program).map_err(anyhow::Error::msg)?;
     }
+    let metrics = args.metrics.listen().await?;
     let tls = lb_proto::pki::enroll::setup(&args.tls, &args.controller, &who).await?;
     let config = Config {
         controllers: args.controller,
@@ -130,6 +133,6 @@ async fn main() -> anyhow::Result<()> {
             quorum: args.on_quorum_change,
         },
     };
-    run(config, lb_proto::process::shutdown_signal()).await?;
+    run(config, metrics, lb_proto::process::shutdown_signal()).await?;
     Ok(())
 }

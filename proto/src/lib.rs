@@ -21,6 +21,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub mod client;
 pub mod convert;
 pub mod json;
+pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod process;

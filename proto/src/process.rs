@@ -191,3 +191,12 @@ pub fn notify_ready(status: &str) {
         }
     });
 }
+
+/// Writes `addr` to `path` for whoever waits for a port-0 listener's
+/// address: written then renamed, so a watcher never reads half of it.
+pub fn write_addr_file(path: &std::path::Path, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, addr.to_string())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
+}

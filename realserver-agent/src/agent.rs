@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::host::{interface_of, plan, Host};
+use crate::metrics::{HostChange, Metrics, Now};
 use lb_hostnet::checks::{self, targets, Target};
 
 /// How the agent runs.
@@ -87,6 +88,7 @@ type Desired = Option<(u64, Vec<Service>, Vec<IpAddr>, bool)>;
 /// Runs the agent until `shutdown` resolves, then undoes its changes.
 pub async fn run(
     config: Config,
+    metrics_listener: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     let rip_interface = interface_of(&Rtnl::open()?, config.address)?
@@ -101,10 +103,30 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (status_tx, status_rx) = watch::channel(HostStatus::default());
     let status_tx = Arc::new(status_tx);
+    let metrics = Arc::new(Metrics::default());
+    if let Some(listener) = metrics_listener {
+        let (desired, status) = (desired_rx.clone(), status_rx.clone());
+        let registry = metrics.registry(move || {
+            let status = status.borrow().clone();
+            let desired = desired.borrow();
+            let (services, drained) = match &*desired {
+                Some((_, services, _, drained)) => (services.as_slice(), *drained),
+                None => (&[][..], false),
+            };
+            Now {
+                services: services
+                    .iter()
+                    .map(|s| (s.name.clone(), !status.unhealthy.contains(&s.name)))
+                    .collect(),
+                draining: status.draining || drained,
+            }
+        });
+        lb_proto::metrics::serve(listener, lb_proto::metrics::routes(Arc::new(registry)));
+    }
     let checker = tokio::spawn(check_loop(
         config.address,
         desired_rx.clone(),
-        status_tx.clone(),
+        (status_tx.clone(), metrics.clone()),
         stop_rx.clone(),
     ));
 
@@ -115,7 +137,7 @@ pub async fn run(
         (rip_interface, config.address, config.drain_timeout),
         config.resync,
         desired_rx,
-        progress.clone(),
+        (progress.clone(), metrics),
         stop_rx.clone(),
     ));
     let follower = Follower::new(
@@ -202,12 +224,15 @@ async fn reconcile_loop(
     (rip_interface, rip, drain_timeout): (String, IpAddr, Duration),
     resync: Duration,
     mut desired: watch::Receiver<Desired>,
-    progress: Arc<Mutex<Progress>>,
+    (progress, metrics): (Arc<Mutex<Progress>>, Arc<Metrics>),
     mut stop: watch::Receiver<bool>,
 ) {
     // Drained by the operator since; and whether the host is out of service.
     let mut drained_since: Option<std::time::Instant> = None;
     let mut out = false;
+    // What the last round brought the host to: a round for the same
+    // revision and drain state that changes the host repairs it.
+    let mut last: Option<(u64, bool)> = None;
     loop {
         let current = desired.borrow_and_update().clone();
         if let Some((revision, services, directors, drained)) = current {
@@ -234,25 +259,32 @@ async fn reconcile_loop(
             }
             let host = host.clone();
             let iface = rip_interface.clone();
-            let errors = tokio::task::spawn_blocking(move || {
+            let (errors, changes) = tokio::task::spawn_blocking(move || {
                 let want = if out {
                     crate::host::Plan::default()
                 } else {
                     plan(&services, &iface)
                 };
-                let mut errors = host
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .converge(&want);
+                let mut host = host.lock().unwrap_or_else(PoisonError::into_inner);
+                let before = host.changes();
+                let mut errors = host.converge(&want);
+                let changes = host.changes() - before;
+                drop(host);
                 let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
                 let gateway = crate::host::default_gateway(&routes);
                 errors.extend(crate::host::nat_route_warning(
                     &services, &directors, gateway,
                 ));
-                errors
+                (errors, changes)
             })
             .await
-            .unwrap_or_else(|e| vec![format!("reconcile task: {e}")]);
+            .unwrap_or_else(|e| (vec![format!("reconcile task: {e}")], 0));
+            let why = match last == Some((revision, out)) {
+                true => HostChange::Repair,
+                false => HostChange::Configuration,
+            };
+            metrics.host_changed(why, changes);
+            last = Some((revision, out));
             let mut p = progress.lock().unwrap_or_else(PoisonError::into_inner);
             if errors.is_empty() {
                 p.applied_revision = revision;
@@ -281,20 +313,31 @@ async fn reconcile_loop(
 async fn check_loop(
     rip: IpAddr,
     mut desired: watch::Receiver<Desired>,
-    status: Arc<watch::Sender<HostStatus>>,
+    (status, metrics): (Arc<watch::Sender<HostStatus>>, Arc<Metrics>),
     stop: watch::Receiver<bool>,
 ) {
     let (targets_tx, targets_rx) = watch::channel(Vec::new());
+    let probed = metrics.clone();
     let on_change: checks::OnChange = Arc::new(move |t: &Target, passing: bool| {
-        status.send_if_modified(|s| {
+        let flipped = status.send_if_modified(|s| {
             if passing {
                 s.unhealthy.remove(&t.service)
             } else {
                 s.unhealthy.insert(t.service.clone())
             }
         });
+        if flipped {
+            metrics.flipped(&t.service, passing);
+        }
     });
-    let runner = tokio::spawn(checks::run(targets_rx, on_change, stop.clone()));
+    let on_probe: checks::OnProbe = Arc::new(move |t: &Target, passed, took| {
+        probed.probed(&t.service, passed, took);
+    });
+    let runner = tokio::spawn(checks::run(
+        targets_rx,
+        (on_change, Some(on_probe)),
+        stop.clone(),
+    ));
     let mut stop = stop;
     loop {
         let services = desired

@@ -121,6 +121,9 @@ pub struct Host {
     /// Where the record above survives the process (a crash, `kill -9`,
     /// an upgrade), so a restarted agent still undoes what it did.
     record: Option<PathBuf>,
+    /// Changes made to the host so far (addresses added or removed,
+    /// sysctls written), for metrics.
+    changes: u64,
 }
 
 impl Host {
@@ -144,6 +147,7 @@ impl Host {
             added,
             saved,
             record,
+            changes: 0,
         })
     }
 
@@ -217,6 +221,11 @@ impl Host {
         self.converged(errors)
     }
 
+    /// How many changes the agent has made to the host.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     /// Undoes everything this agent changed.
     pub fn restore(&mut self) -> Vec<String> {
         self.converge(&Plan::default())
@@ -233,6 +242,7 @@ impl Host {
             return Ok(());
         }
         let before = sysctl::write(name, value)?;
+        self.changes += 1;
         tracing::info!(sysctl = %name, value, before = %before, "sysctl set");
         // The first value seen is the one to restore, not one set since.
         self.saved.entry(name.to_string()).or_insert(before);
@@ -255,6 +265,7 @@ impl Host {
             .iter()
             .any(|a| a.ifindex == index && a.addr == vip);
         if !present && self.rtnl.add_address(&addr)? {
+            self.changes += 1;
             tracing::info!(interface = iface, vip = %vip, "VIP added");
             self.added.insert((iface.to_string(), vip));
         }
@@ -274,6 +285,7 @@ impl Host {
             prefix_len: if vip.is_ipv4() { 32 } else { 128 },
         };
         if self.rtnl.del_address(&addr)? {
+            self.changes += 1;
             tracing::info!(interface = iface, vip = %vip, "VIP removed");
         }
         Ok(())

@@ -11,3 +11,4 @@
 pub mod agent;
 pub mod conns;
 pub mod host;
+pub mod metrics;

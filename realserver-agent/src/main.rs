@@ -45,6 +45,8 @@ struct Args {
     state_dir: std::path::PathBuf,
     #[command(flatten)]
     tls: lb_proto::pki::enroll::AgentTlsFlags,
+    #[command(flatten)]
+    metrics: lb_proto::metrics::AgentFlags,
 }
 
 #[tokio::main]
@@ -58,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         node_id: args.node_id.clone(),
         address: Some(address),
     };
+    let metrics = args.metrics.listen().await?;
     let tls = lb_proto::pki::enroll::setup(&args.tls, &args.controller, &who).await?;
     let config = Config {
         controllers: args.controller,
@@ -70,6 +73,6 @@ async fn main() -> anyhow::Result<()> {
         drain_timeout: Duration::from_millis(args.drain_timeout_ms),
         state_dir: args.state_dir,
     };
-    run(config, lb_proto::process::shutdown_signal()).await?;
+    run(config, metrics, lb_proto::process::shutdown_signal()).await?;
     Ok(())
 }

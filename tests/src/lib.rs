@@ -14,6 +14,7 @@
 
 pub mod fabric;
 pub mod fuzz;
+pub mod metrics;
 pub mod netns;
 pub mod proc;
 pub mod scale;
@@ -168,6 +169,8 @@ pub struct ControllerProc {
     pub data_dir: PathBuf,
     /// With TLS: the cluster's CA and admin credentials (the first node's pki).
     pub pki: Option<PathBuf>,
+    /// Where its Prometheus metrics are served (on loopback, a free port).
+    pub metrics: String,
     log: PathBuf,
     extra: Vec<String>,
     child: Option<Child>,
@@ -220,6 +223,7 @@ impl ControllerProc {
             addr: format!("{ip}:0"),
             data_dir,
             pki: tls.then_some(ca_dir),
+            metrics: String::new(),
             log: dir.join(format!("node{node_id}.log")),
             extra,
             child: None,
@@ -231,6 +235,8 @@ impl ControllerProc {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let addr_file = self.data_dir.with_extension("addr");
         let _ = std::fs::remove_file(&addr_file);
+        let metrics_file = self.data_dir.with_extension("metrics");
+        let _ = std::fs::remove_file(&metrics_file);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -245,6 +251,9 @@ impl ControllerProc {
             .arg(&self.addr)
             .arg("--addr-file")
             .arg(&addr_file)
+            // Its own port: several controllers share the host.
+            .args(["--metrics-listen", "127.0.0.1:0", "--metrics-addr-file"])
+            .arg(&metrics_file)
             .args(&self.extra)
             .env(
                 "RUST_LOG",
@@ -278,6 +287,8 @@ impl ControllerProc {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.addr = std::fs::read_to_string(&addr_file)?.trim().to_string();
+        // Written before the address file.
+        self.metrics = std::fs::read_to_string(&metrics_file)?.trim().to_string();
         if let Some(pki) = &self.pki {
             TLS_DIRS
                 .lock()

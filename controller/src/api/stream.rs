@@ -83,6 +83,8 @@ pub(super) fn serve<S: AgentStream>(
     mut agent: S,
 ) -> Outbound<S::Desired> {
     let (tx, rx) = mpsc::channel(16);
+    let open = app.metrics.stream_gauge(S::ROLE);
+    open.inc();
     tokio::spawn(async move {
         let mut changed = app.state.subscribe();
         let mut freed = app.grants().freed();
@@ -156,6 +158,7 @@ pub(super) fn serve<S: AgentStream>(
             }
         }
         agent.ended(&app);
+        open.dec();
         tracing::info!(role = S::ROLE, node_id = %node, "agent stream ended");
     });
     Box::pin(ReceiverStream::new(rx))

@@ -36,6 +36,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::app::App;
+use crate::metrics::MoveCause;
 use crate::state::{Command, Needs, VipOwner};
 use crate::timing::LeaseTiming;
 
@@ -241,8 +242,8 @@ impl Placement {
         let writes = changes.iter().map(|c| {
             let epoch = c.expected_epoch + 1;
             match &c.to {
-                Some(d) => tracing::info!(vip = %c.vip, director = %d, epoch, "assigning VIP"),
-                None => tracing::info!(vip = %c.vip, from = ?c.from, epoch, "releasing VIP"),
+                Some(d) => tracing::info!(vip = %c.vip, director = %d, epoch, cause = c.cause.label(), "assigning VIP"),
+                None => tracing::info!(vip = %c.vip, from = ?c.from, epoch, cause = c.cause.label(), "releasing VIP"),
             }
             app.write(Command::AssignVip {
                 vip: c.vip,
@@ -252,8 +253,9 @@ impl Placement {
         });
         let results = futures_util::future::join_all(writes).await;
         for (c, result) in changes.into_iter().zip(results) {
-            if let Err(e) = result {
-                tracing::warn!(vip = %c.vip, error = %e, "VIP assignment not committed");
+            match result {
+                Ok(_) => app.metrics.moved(c.cause),
+                Err(e) => tracing::warn!(vip = %c.vip, error = %e, "VIP assignment not committed"),
             }
         }
     }
@@ -268,6 +270,27 @@ struct Change {
     to: Option<String>,
     /// The epoch being replaced.
     expected_epoch: u64,
+    cause: MoveCause,
+}
+
+/// Why `from` loses (or nobody had) the VIP that goes to `to`.
+fn cause(
+    needs: &Needs,
+    from: Option<&str>,
+    to: Option<&str>,
+    candidates: &BTreeMap<String, Candidate>,
+) -> MoveCause {
+    let Some(owner) = from else {
+        return MoveCause::Unowned;
+    };
+    match candidates.get(owner) {
+        _ if to.is_none() => MoveCause::Released,
+        Some(c) if c.live && c.leaving => MoveCause::OwnerLeaving,
+        // Still fit for it: only a preferred director takes it then.
+        Some(c) if c.live && eligible(needs, c) => MoveCause::Preempted,
+        Some(c) if c.live => MoveCause::OwnerUnfit,
+        _ => MoveCause::OwnerSilent,
+    }
 }
 
 /// The ownership changes to make now. With 1,000 VIPs a pass costs
@@ -329,11 +352,13 @@ fn changes(app: &App, timing: LeaseTiming, quiet: &mut Option<Inputs>) -> Vec<Ch
                 Some(chosen)
             }
         };
+        let cause = cause(needs, from.as_deref(), to.as_deref(), &candidates);
         out.push(Change {
             vip: *vip,
             from,
             to,
             expected_epoch,
+            cause,
         });
     }
     *quiet = out.is_empty().then_some(inputs);

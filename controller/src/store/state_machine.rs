@@ -61,12 +61,26 @@ impl SmData {
 pub struct SharedState {
     data: RwLock<SmData>,
     revision: watch::Sender<u64>,
+    /// The last snapshot this node built, for metrics.
+    built: std::sync::Mutex<Option<SnapshotBuilt>>,
+}
+
+/// What building a snapshot cost.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotBuilt {
+    pub bytes: usize,
+    pub took: std::time::Duration,
 }
 
 impl SharedState {
     /// A consistent view of the applied state; hold it briefly.
     pub fn read(&self) -> RwLockReadGuard<'_, SmData> {
         self.data.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The last snapshot this node built (none yet: `None`).
+    pub fn last_snapshot(&self) -> Option<SnapshotBuilt> {
+        *self.built.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Fires whenever a change has been applied on this node.
@@ -150,6 +164,7 @@ impl StateMachineStore {
             shared: Arc::new(SharedState {
                 data: RwLock::new(data),
                 revision,
+                built: Default::default(),
             }),
             snapshot_seq: 0,
         })
@@ -401,10 +416,19 @@ impl SnapshotBuilder {
             snap.insert(SNAPSHOT_DATA, data.as_slice())?;
         }
         txn.commit()?;
+        let built = SnapshotBuilt {
+            bytes: data.len(),
+            took: started.elapsed(),
+        };
+        *self
+            .shared
+            .built
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(built);
         tracing::info!(
             snapshot = %meta.snapshot_id,
-            bytes = data.len(),
-            took_ms = started.elapsed().as_millis() as u64,
+            bytes = built.bytes,
+            took_ms = built.took.as_millis() as u64,
             "snapshot built"
         );
         Ok(Snapshot {

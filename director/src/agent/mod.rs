@@ -48,6 +48,7 @@ use crate::vip::AnnounceConfig;
 
 mod accept;
 mod from_controller;
+mod metrics;
 mod reconciler;
 mod rounds;
 mod session;
@@ -186,6 +187,7 @@ async fn hand_over(shared: &session::Shared, limit: Duration, patience: Duration
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
     config: Config,
+    metrics_listener: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     // Fail early, and load ip_vs, if the kernel has no IPVS.
@@ -217,6 +219,7 @@ pub async fn run(
     .await
     .map_err(|e| lb_hostnet::NetError::Socket(e.to_string()))??;
     let quorum_hooks = hooks.clone();
+    let metrics = Arc::new(metrics::Metrics::default());
     let host = vips::Host {
         rtnl,
         link,
@@ -226,6 +229,7 @@ pub async fn run(
         fence: Mutex::new(crate::fence::Fence::new(vec!["nft".into()])),
         lifetimes: Mutex::default(),
         hooks,
+        metrics: metrics.clone(),
     };
     let lease_file = LeaseFile::new(&config.state_dir, &config.node_id);
     let inherited = match lease_file.load() {
@@ -249,6 +253,10 @@ pub async fn run(
     };
     let progress = Arc::new(Mutex::new(Progress::default()));
     let lease = Arc::new(Mutex::new(inherited.clone()));
+    if let Some(listener) = metrics_listener {
+        let registry = metrics::registry(&metrics, progress.clone(), lease.clone());
+        lb_proto::metrics::serve(listener, lb_proto::metrics::routes(Arc::new(registry)));
+    }
     // Wakes the VIP loop at once when a grant arrives, instead of at its
     // next tick: a takeover is that much sooner.
     let lease_changed = Arc::new(Notify::new());
@@ -267,7 +275,7 @@ pub async fn run(
     });
     let (programmed_tx, programmed_rx) = watch::channel(BTreeSet::new());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let checker = tokio::spawn(checks::run(checks_rx, on_change, stop_rx.clone()));
+    let checker = tokio::spawn(checks::run(checks_rx, (on_change, None), stop_rx.clone()));
 
     let reconciler = match ipvs {
         Some(ipvs) => tokio::spawn(reconciler::run(
@@ -275,7 +283,7 @@ pub async fn run(
             config.resync,
             desired_rx.clone(),
             programmed_tx,
-            progress.clone(),
+            (progress.clone(), metrics.clone()),
             stop_rx.clone(),
         )),
         None => tokio::spawn(reconciler::vips_only(

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::metrics::Metrics;
 use super::rounds::{
     changed, changed_named, own_addresses, programmed_vips, reconcile, Changed, Covered, Done,
     Round, SLICE,
@@ -143,7 +144,7 @@ pub(super) async fn run(
     resync: Duration,
     mut desired: watch::Receiver<Option<Desired>>,
     programmed: watch::Sender<BTreeSet<IpAddr>>,
-    progress: Arc<Mutex<Progress>>,
+    (progress, metrics): (Arc<Mutex<Progress>>, Arc<Metrics>),
     mut stop: watch::Receiver<bool>,
 ) {
     let ipvs = Arc::new(ipvs);
@@ -240,9 +241,11 @@ pub(super) async fn run(
                         }
                     }
                 }
+                let took = began.elapsed();
+                metrics.reconcile_seconds.observe(took.as_secs_f64());
                 tracing::debug!(
                     revision,
-                    took_ms = began.elapsed().as_millis() as u64,
+                    took_ms = took.as_millis() as u64,
                     "reconcile round"
                 );
                 let mut prog = progress.lock().unwrap_or_else(PoisonError::into_inner);
@@ -292,6 +295,10 @@ pub(super) async fn run(
                         }
                         if ops > 0 {
                             tracing::info!(revision, changes = ops, failed, "reconciled");
+                        }
+                        metrics.operations(ops - failed, failed);
+                        if !changes {
+                            metrics.drift_repairs.inc_by((ops - failed) as u64);
                         }
                         prog.changes_applied += (ops - failed) as u64 + u64::from(marks_changed);
                         prog.errors = refused

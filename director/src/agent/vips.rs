@@ -60,6 +60,7 @@ pub(super) struct Host {
     pub(super) lifetimes: Mutex<Lifetimes>,
     /// The operator's hook, told of each VIP taken or given up.
     pub(super) hooks: Option<Hooks>,
+    pub(super) metrics: Arc<super::metrics::Metrics>,
 }
 
 impl Host {
@@ -191,7 +192,10 @@ impl Host {
         };
         for vip in vips {
             match lb_hostnet::announce::announce(self.link.index, mac, *vip) {
-                Ok(()) => tracing::debug!(vip = %vip, "announced"),
+                Ok(()) => {
+                    self.metrics.announced(*vip);
+                    tracing::debug!(vip = %vip, "announced");
+                }
                 Err(e) => tracing::warn!(vip = %vip, error = %e, "announcing the VIP"),
             }
         }

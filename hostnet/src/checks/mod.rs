@@ -106,11 +106,15 @@ impl Verdict {
 /// when a target is dropped.
 pub type OnChange = Arc<dyn Fn(&Target, bool) + Send + Sync>;
 
+/// Called after every probe with its result (`true`: passed) and how long
+/// it took: for metrics.
+pub type OnProbe = Arc<dyn Fn(&Target, bool, Duration) + Send + Sync>;
+
 /// Runs each target's check on its own interval until `stop`: a task per
 /// target, restarted (healthy again) when its check changes.
 pub async fn run(
     mut targets: watch::Receiver<Vec<Target>>,
-    on_change: OnChange,
+    (on_change, on_probe): (OnChange, Option<OnProbe>),
     mut stop: watch::Receiver<bool>,
 ) {
     let mut running: BTreeMap<(String, SocketAddr), (Target, tokio::task::JoinHandle<()>)> =
@@ -131,7 +135,7 @@ pub async fn run(
         });
         for (key, t) in want {
             running.entry(key).or_insert_with(|| {
-                let task = tokio::spawn(check_task(t.clone(), on_change.clone()));
+                let task = tokio::spawn(check_task(t.clone(), on_change.clone(), on_probe.clone()));
                 (t, task)
             });
         }
@@ -145,13 +149,17 @@ pub async fn run(
     }
 }
 
-async fn check_task(t: Target, on_change: OnChange) {
+async fn check_task(t: Target, on_change: OnChange, on_probe: Option<OnProbe>) {
     let mut verdict = Verdict::default();
     let mut ticker = tokio::time::interval(Duration::from_millis(t.check.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        let started = std::time::Instant::now();
         let result = probe(&t).await;
+        if let Some(f) = &on_probe {
+            f(&t, result.is_ok(), started.elapsed());
+        }
         if verdict.record(result.is_ok(), t.check.rise, t.check.fall) {
             match &result {
                 Ok(()) => {

@@ -71,6 +71,20 @@ pub const VM_FROZEN_MS: u128 = 6000 - 500;
 /// SIGTERM scaled like the controllers' timers.
 pub const VM_DIRECTOR_HEARTBEAT: [&str; 4] = ["--heartbeat-ms", "500", "--handover-ms", "30000"];
 
+/// The port the directors and realserver agents serve metrics on, on
+/// their LAN address (which the test process reaches).
+pub const AGENT_METRICS_PORT: u16 = 9471;
+
+/// Where director `node` (d1, d2) serves its metrics.
+pub fn director_metrics(node: &str) -> anyhow::Result<String> {
+    let ip = match node {
+        "d1" => "10.0.0.11",
+        "d2" => "10.0.0.12",
+        other => anyhow::bail!("no director {other} in the fabric"),
+    };
+    Ok(format!("{ip}:{AGENT_METRICS_PORT}"))
+}
+
 pub struct Fabric {
     pub t: Topology,
     pub dir: tempfile::TempDir,
@@ -182,7 +196,10 @@ impl Fabric {
                 rip,
                 "--labels",
                 "pool=web",
+                "--metrics-listen",
             ];
+            let metrics = format!("{rip}:{AGENT_METRICS_PORT}");
+            args.push(&metrics);
             args.extend(tls.iter().map(String::as_str));
             let child = t.spawn(rs, &args)?;
             agents.push((rs, child.id()));
@@ -296,6 +313,7 @@ impl Fabric {
     }
 
     pub fn start_director(&self, node: &str, extra: &[&str]) -> anyhow::Result<Proc> {
+        let metrics = director_metrics(node)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -313,6 +331,7 @@ impl Fabric {
             // Its own lease file: the VM runs several fabrics, one after another.
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
+            .args(["--metrics-listen", &metrics])
             .args(extra)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -8,6 +8,7 @@ mod floating;
 mod grpcurl;
 mod import;
 mod join;
+mod metrics;
 mod netns;
 mod ownership;
 mod realserver;

@@ -134,6 +134,44 @@ async fn configuration_reaches_both_kernels_and_traffic_is_balanced() -> anyhow:
             "{b}"
         );
     }
+    // The same kernel counters on d1's Prometheus endpoint, by service
+    // and realserver, with its lease and reconcile figures; promtool
+    // accepts the text.
+    let metrics = lb_testkit::metrics::scrape(&director_metrics("d1")?)?;
+    lb_testkit::metrics::promtool_check(&metrics)?;
+    let counter = |name: &str, labels: &[(&str, &str)]| {
+        lb_testkit::metrics::value(&metrics, name, labels).unwrap_or(0.0)
+    };
+    assert!(
+        counter("lbfabric_ipvs_connections_total", &[("service", "dr")]) >= 4.0,
+        "{metrics}"
+    );
+    for rs in ["10.0.0.21:80", "10.0.0.22:80"] {
+        let labels = [("service", "dr"), ("realserver", rs)];
+        assert!(
+            counter("lbfabric_ipvs_backend_connections_total", &labels) >= 2.0,
+            "{rs}: {metrics}"
+        );
+        assert!(
+            counter("lbfabric_ipvs_backend_incoming_packets_total", &labels) > 0.0,
+            "{rs}: {metrics}"
+        );
+    }
+    assert!(
+        counter("lbfabric_ipvs_incoming_bytes_total", &[("service", "dr")]) > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        counter("lbfabric_vip_lease_remaining_seconds", &[("vip", DR_VIP)]) > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        counter(
+            "lbfabric_reconcile_operations_total",
+            &[("result", "applied")]
+        ) > 0.0,
+        "{metrics}"
+    );
     // The mark rule, on the owner and (warm) on the standby.
     for ns in ["d1", "d2"] {
         let rules = f.t.sh(ns, "nft list table inet lbfabric")?;
