@@ -58,6 +58,8 @@ fn a_controller_tells_systemd_it_is_ready_and_logs_json() {
         .args([
             "--listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--log-format",
             "json",
             "--data-dir",
