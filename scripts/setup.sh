@@ -49,3 +49,11 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 cargo nextest --version | head -1
+
+# cargo-deb builds the Debian package (packaging/build-deb.sh), which a test
+# installs into a scratch root (tests/it/package.rs). Pinned: the package
+# test builds from the dev profile, which later versions may refuse.
+if ! cargo deb --version 2>/dev/null | grep -qx "cargo-deb 3.8.0"; then
+    cargo install --locked cargo-deb@3.8.0
+fi
+cargo deb --version

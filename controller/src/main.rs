@@ -196,6 +196,7 @@ fn replicated_ca(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    lb_proto::process::man_page_if_asked::<Args>();
     let args = Args::parse();
     lb_proto::process::init_logging(args.log_format, "info,openraft=warn");
     lb_proto::process::prioritize(args.nice);

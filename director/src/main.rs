@@ -88,6 +88,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    lb_proto::process::man_page_if_asked::<Args>();
     let args = Args::parse();
     lb_proto::process::init_logging(args.log_format, "info");
     lb_proto::process::prioritize(args.nice);

@@ -200,3 +200,22 @@ pub fn write_addr_file(path: &std::path::Path, addr: std::net::SocketAddr) -> st
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
 }
+
+/// `PROGRAM --man-page` prints the program's manual page (roff, from its
+/// clap definition) and exits; the Debian package is built with them
+/// (`packaging/build-deb.sh`). Looked at before the flags are parsed: a
+/// daemon's required flags would refuse it.
+pub fn man_page_if_asked<A: clap::CommandFactory>() {
+    if std::env::args().nth(1).as_deref() != Some("--man-page") {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let code = match clap_mangen::Man::new(A::command()).render(&mut out) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("writing the manual page: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}

@@ -11,6 +11,7 @@ mod join;
 mod metrics;
 mod netns;
 mod ownership;
+mod package;
 mod realserver;
 mod resume;
 mod scale;
