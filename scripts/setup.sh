@@ -11,8 +11,10 @@ set -euo pipefail
 # TLS server the HTTPS health check is tested against (tests/vm/checks.rs).
 # python3-venv: grpcurl's virtual environment (below). curl and prometheus:
 # the metrics tests fetch each process's /metrics, lint it with promtool and
-# have a real Prometheus scrape it (tests/it/metrics.rs).
-vm_packages="qemu-system-x86 linux-image-amd64 kmod ipvsadm busybox-static iproute2 xz-utils nftables tcpdump keepalived openssl python3-venv curl prometheus"
+# have a real Prometheus scrape it (tests/it/metrics.rs). chromium and
+# chromium-driver: the dashboard test drives a real headless browser
+# (tests/it/dashboard.rs).
+vm_packages="qemu-system-x86 linux-image-amd64 kmod ipvsadm busybox-static iproute2 xz-utils nftables tcpdump keepalived openssl python3-venv curl prometheus chromium chromium-driver"
 missing=""
 for p in $vm_packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

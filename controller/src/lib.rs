@@ -12,12 +12,14 @@
 //! - [`network`], [`tls`]: Raft RPCs to peers, TLS and caller identities;
 //! - [`leader`]: the leader-only loops (VIP placement, lost agents);
 //! - [`api`]: the gRPC handlers;
+//! - [`dashboard`]: the live web page (`--http-listen`), fed by the API's status;
 //! - [`web`]: the metrics listener, with the node's state read at scrape time.
 //!
 //! [`run`] starts one node and serves until shutdown.
 
 pub mod api;
 pub mod app;
+pub mod dashboard;
 pub mod desired;
 pub mod error;
 pub mod fleet;
@@ -102,6 +104,8 @@ pub struct Config {
 pub struct Listeners {
     /// Prometheus metrics (`--metrics-listen`); `None`: off.
     pub metrics: Option<TcpListener>,
+    /// The dashboard, and the metrics again (`--http-listen`); `None`: off.
+    pub http: Option<TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +186,9 @@ pub async fn run(
     });
     if let Some(l) = extra.metrics {
         web::serve(&app, l);
+    }
+    if let Some(l) = extra.http {
+        web::serve_dashboard(&app, l, config.tls.as_ref())?;
     }
     let routes = api::router(app.clone())?;
     let leader_tasks = leader::spawn(&app, &shutdown_tx);

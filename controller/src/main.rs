@@ -40,6 +40,14 @@ struct Args {
     /// Write the bound metrics address to this file once listening (useful with port 0).
     #[arg(long, env = "LB_METRICS_ADDR_FILE")]
     metrics_addr_file: Option<PathBuf>,
+    /// Where to serve the live dashboard (http://ADDR/), e.g.
+    /// 127.0.0.1:8080; `off` (the default) serves none. Read-only: anyone
+    /// who reaches it sees the fabric's state.
+    #[arg(long, env = "LB_HTTP_LISTEN", default_value = "off")]
+    http_listen: String,
+    /// Write the bound dashboard address to this file once listening (useful with port 0).
+    #[arg(long, env = "LB_HTTP_ADDR_FILE")]
+    http_addr_file: Option<PathBuf>,
     /// Do not initialize a new cluster; wait to be added with `lbctl cluster add-learner`.
     #[arg(long, env = "LB_NO_BOOTSTRAP")]
     no_bootstrap: bool,
@@ -208,6 +216,14 @@ async fn main() -> anyhow::Result<()> {
     let tls = tls_setup(&args, bound)?;
     let metrics =
         lb_proto::metrics::listen(&args.metrics_listen, args.metrics_addr_file.as_deref()).await?;
+    let http = lb_proto::metrics::listen(&args.http_listen, args.http_addr_file.as_deref())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}",
+                e.to_string().replace("--metrics-listen", "--http-listen")
+            )
+        })?;
     if let Some(path) = &args.addr_file {
         lb_proto::process::write_addr_file(path, bound).context("--addr-file")?;
     }
@@ -233,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
         tls: tls.map(|t| t.creds),
         agent_cert_lifetime: args.agent_cert_lifetime,
     };
-    let extra = lb_controller::Listeners { metrics };
+    let extra = lb_controller::Listeners { metrics, http };
     lb_controller::run(
         config,
         listener,

@@ -117,21 +117,7 @@ impl Acceptor {
     /// `creds`: the CA and this controller's certificate and key.
     pub fn new(creds: &Credentials) -> Result<Acceptor, TlsError> {
         let provider = provider();
-        let (Some(cert), Some(key)) = (&creds.cert_pem, &creds.key_pem) else {
-            return Err(config_err("controller certificate")(
-                "missing: give a certificate and key".into(),
-            ));
-        };
-        let mut chain = pem_certs("controller certificate", cert)?;
-        // The CA goes after our own certificate: a joining agent pins it by
-        // fingerprint (lb_proto::pki::enroll); everyone else already has it.
-        for ca in pem_certs("CA certificate", &creds.ca_pem)? {
-            if !chain.contains(&ca) {
-                chain.push(ca);
-            }
-        }
-        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
-            .map_err(|e| config_err("controller key")(e.to_string()))?;
+        let (chain, key) = certified(creds)?;
         let mut roots = RootCertStore::empty();
         for ca in pem_certs("CA certificate", &creds.ca_pem)? {
             roots
@@ -211,6 +197,87 @@ impl Acceptor {
             }
         });
         ReceiverStream::new(rx)
+    }
+}
+
+/// This controller's certificate chain (its certificate, then the CA: a
+/// joining agent pins the CA by fingerprint, everyone else already has
+/// it) and key.
+fn certified(
+    creds: &Credentials,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let (Some(cert), Some(key)) = (&creds.cert_pem, &creds.key_pem) else {
+        return Err(config_err("controller certificate")(
+            "missing: give a certificate and key".into(),
+        ));
+    };
+    let mut chain = pem_certs("controller certificate", cert)?;
+    for ca in pem_certs("CA certificate", &creds.ca_pem)? {
+        if !chain.contains(&ca) {
+            chain.push(ca);
+        }
+    }
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+        .map_err(|e| config_err("controller key")(e.to_string()))?;
+    Ok((chain, key))
+}
+
+/// HTTPS for the dashboard: the controller's certificate, no client
+/// certificate asked (the page is read-only, like health), HTTP/1.1; each
+/// handshake on its own task. An axum listener.
+pub struct HttpsListener {
+    conns: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl HttpsListener {
+    pub fn new(creds: &Credentials, listener: TcpListener) -> Result<HttpsListener, TlsError> {
+        let (chain, key) = certified(creds)?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| config_err("TLS versions")(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| config_err("controller certificate")(e.to_string()))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = TlsAcceptor::from(Arc::new(config));
+        let local = listener
+            .local_addr()
+            .map_err(|e| config_err("--http-listen")(e.to_string()))?;
+        let (tx, conns) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while !tx.is_closed() {
+                let Ok((tcp, remote)) = listener.accept().await else {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                };
+                let (tls, tx) = (tls.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let limit = std::time::Duration::from_secs(10);
+                    if let Ok(Ok(stream)) = tokio::time::timeout(limit, tls.accept(tcp)).await {
+                        let _ = tx.send((stream, remote)).await;
+                    }
+                });
+            }
+        });
+        Ok(HttpsListener { conns, local })
+    }
+}
+
+impl axum::serve::Listener for HttpsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.conns.recv().await {
+            Some(conn) => conn,
+            // The accepting task ended: nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
     }
 }
 

@@ -1,5 +1,5 @@
-//! The controller's HTTP listener (`--metrics-listen`): Prometheus metrics
-//! at `/metrics`. The figures about the fabric's state are read at scrape
+//! The controller's HTTP listeners: `--metrics-listen` (Prometheus metrics
+//! at `/metrics`) and `--http-listen` (the dashboard, and the metrics). The figures about the fabric's state are read at scrape
 //! time from the node itself ([`Fabric`]); the leader knows the fleet
 //! (directors' reports, agents' liveness), a follower reports its Raft
 //! view and the replicated VIP owners.
@@ -22,6 +22,35 @@ pub fn registry(app: &Arc<App>) -> Registry {
 pub fn serve(app: &Arc<App>, listener: tokio::net::TcpListener) {
     let routes = lb_proto::metrics::routes(Arc::new(registry(app)));
     lb_proto::metrics::serve(listener, routes);
+}
+
+/// Serves the dashboard ([`crate::dashboard`]) and the metrics on
+/// `listener` until the process ends: HTTPS with the controller's
+/// certificate when the API is TLS (`tls`), as the API's rules decide.
+pub fn serve_dashboard(
+    app: &Arc<App>,
+    listener: tokio::net::TcpListener,
+    tls: Option<&lb_proto::pki::Credentials>,
+) -> Result<(), crate::tls::TlsError> {
+    let routes = lb_proto::metrics::routes(Arc::new(registry(app)))
+        .merge(crate::dashboard::routes(app.clone()));
+    let addr = listener.local_addr().ok();
+    match tls {
+        Some(creds) => {
+            let https = crate::tls::HttpsListener::new(creds, listener)?;
+            tracing::info!(dashboard = ?addr, "serving the dashboard at / (HTTPS)");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(https, routes).await {
+                    tracing::warn!(error = %e, "the dashboard listener stopped");
+                }
+            });
+        }
+        None => {
+            tracing::info!(dashboard = ?addr, "serving the dashboard at /");
+            lb_proto::metrics::serve(listener, routes);
+        }
+    }
+    Ok(())
 }
 
 /// Scrape-time state of one node. Holds the node weakly: the node owns

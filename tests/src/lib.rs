@@ -12,6 +12,7 @@
 //!   the VM), with observers of what clients see; [`vm`] is the IPVS VM;
 //!   [`proc`] owns child processes; [`fuzz`] is the mutation harness.
 
+pub mod browser;
 pub mod fabric;
 pub mod fuzz;
 pub mod metrics;
@@ -171,6 +172,8 @@ pub struct ControllerProc {
     pub pki: Option<PathBuf>,
     /// Where its Prometheus metrics are served (on loopback, a free port).
     pub metrics: String,
+    /// Where its dashboard is served (on loopback, a free port).
+    pub http: String,
     log: PathBuf,
     extra: Vec<String>,
     child: Option<Child>,
@@ -224,6 +227,7 @@ impl ControllerProc {
             data_dir,
             pki: tls.then_some(ca_dir),
             metrics: String::new(),
+            http: String::new(),
             log: dir.join(format!("node{node_id}.log")),
             extra,
             child: None,
@@ -237,6 +241,8 @@ impl ControllerProc {
         let _ = std::fs::remove_file(&addr_file);
         let metrics_file = self.data_dir.with_extension("metrics");
         let _ = std::fs::remove_file(&metrics_file);
+        let http_file = self.data_dir.with_extension("http");
+        let _ = std::fs::remove_file(&http_file);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -254,6 +260,8 @@ impl ControllerProc {
             // Its own port: several controllers share the host.
             .args(["--metrics-listen", "127.0.0.1:0", "--metrics-addr-file"])
             .arg(&metrics_file)
+            .args(["--http-listen", "127.0.0.1:0", "--http-addr-file"])
+            .arg(&http_file)
             .args(&self.extra)
             .env(
                 "RUST_LOG",
@@ -289,6 +297,7 @@ impl ControllerProc {
         self.addr = std::fs::read_to_string(&addr_file)?.trim().to_string();
         // Written before the address file.
         self.metrics = std::fs::read_to_string(&metrics_file)?.trim().to_string();
+        self.http = std::fs::read_to_string(&http_file)?.trim().to_string();
         if let Some(pki) = &self.pki {
             TLS_DIRS
                 .lock()

@@ -35,6 +35,35 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// streams are not affected once open.
 pub const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The leader's `GetStatus` answer, first page of at most 5,000 services:
+/// what the dashboard shows (`crate::dashboard`). Not the leader: the
+/// redirect status the API gives.
+pub async fn fabric_status(app: Arc<App>) -> Result<pb::FabricStatus, tonic::Status> {
+    use pb::service_admin_server::ServiceAdmin as _;
+    let req = pb::GetStatusRequest {
+        page_size: 5_000,
+        ..Default::default()
+    };
+    let admin = service_admin::ServiceAdmin::new(app);
+    Ok(admin
+        .get_status(tonic::Request::new(req))
+        .await?
+        .into_inner())
+}
+
+/// The configuration changes after revision `after`, at most the last
+/// `limit` of them, as `WatchEvents` sends them.
+pub fn events_after(app: &App, after: u64, limit: usize) -> Vec<pb::Event> {
+    let data = app.state.read();
+    let state = &data.state;
+    let from = after
+        .saturating_add(1)
+        .max(state.revision.saturating_sub(limit as u64) + 1);
+    // The history keeps far more than any `limit` the dashboard asks for.
+    let events = state.events_since(from).unwrap_or_default();
+    events.iter().map(service_admin::event).collect()
+}
+
 /// Every service the controller serves on its one port.
 pub fn router(app: Arc<App>) -> Result<tonic::service::Routes, tonic_reflection::server::Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();

@@ -47,7 +47,7 @@ fn name_field(field: &str, name: &str) -> Result<(), Status> {
     check_name(field, name).map_err(|e| status(e.into()))
 }
 
-fn event(e: &Event) -> pb::Event {
+pub(super) fn event(e: &Event) -> pb::Event {
     let kind = match e.kind {
         EventKind::ServiceCreated => pb::EventKind::ServiceCreated,
         EventKind::ServiceUpdated => pb::EventKind::ServiceUpdated,

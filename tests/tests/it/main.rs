@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cluster;
+mod dashboard;
 mod fence;
 mod floating;
 mod grpcurl;
