@@ -196,7 +196,6 @@ pub async fn run(
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(api::MAX_STREAMS_PER_CONNECTION)
-        .timeout(api::REQUEST_DEADLINE)
         // Outermost, so that authorization's refusals are counted too. A
         // refusal is a trailers-only answer: its status is in the headers.
         .layer(tower::util::MapResponseLayer::new({
@@ -211,6 +210,7 @@ pub async fn run(
                 resp
             }
         }))
+        .layer(api::deadline::DeadlineLayer(api::REQUEST_DEADLINE))
         .layer(api::authz::AuthzLayer::new({
             let app = app.clone();
             Arc::new(move |caller: &tls::Verified| {

@@ -21,8 +21,9 @@ pub struct Cli {
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
-    /// Give up after this many seconds (redirects and elections included).
-    #[arg(long, global = true, default_value_t = 15)]
+    /// Give up after this many seconds, waiting for the answer included
+    /// (and redirects and elections); a controller cuts a call off at 30 s.
+    #[arg(long, global = true, default_value_t = 35)]
     pub timeout: u64,
     /// TLS with the files of a directory: ca.pem, admin.pem, admin.key (a
     /// controller's <data-dir>/pki, or what `lbctl pki admin-cert` wrote).

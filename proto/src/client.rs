@@ -450,9 +450,19 @@ impl Controller {
     {
         let give_up = Instant::now() + self.deadline;
         loop {
-            let status = match call(self.channel()?).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) => s,
+            // The deadline bounds the answer too, not only the redirects: a
+            // leader without a quorum holds a write until its own deadline.
+            let left = give_up.saturating_duration_since(Instant::now());
+            let status = match tokio::time::timeout(left, call(self.channel()?)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) => s,
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "no answer within {} s; a write may still be applied: check (e.g. \
+                         get or list) before sending it again",
+                        self.deadline.as_secs()
+                    )))
+                }
             };
             if status.code() != Code::Unavailable || Instant::now() >= give_up {
                 return Err(status);

@@ -9,6 +9,7 @@
 pub mod authz;
 mod budget;
 mod cluster_admin;
+pub mod deadline;
 mod director_sync;
 pub mod enrollment;
 mod paging;

@@ -201,3 +201,57 @@ async fn leader_kill_elects_fast_loses_nothing_and_rejoins_by_snapshot() -> anyh
     assert!(names.contains(&"after".to_string()));
     Ok(())
 }
+
+/// `lbctl cluster remove`: a removed controller leaves the membership and
+/// the quorum, so the remaining two commit without it — also once it is
+/// gone for good — and a removal of a node that is not a member names it.
+#[tokio::test]
+async fn a_removed_controller_leaves_the_quorum() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut nodes = lb_testkit::start_cluster(3, dir.path(), &[]).await?;
+    let addrs = lb_testkit::addresses(&nodes);
+    let out = lbctl_ok(&addrs, &words("cluster remove 3"))?;
+    println!("{out}");
+    let status = wait_for(Duration::from_secs(10), "two voters", || async {
+        let s = lbctl_ok(&nodes[0].addr, &words("cluster status -o json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+        let ids: Vec<u64> = v["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["nodeId"].as_str()?.parse().ok().or(m["nodeId"].as_u64()))
+            .collect();
+        (ids.len() == 2 && !ids.contains(&3)).then_some(v)
+    })
+    .await?;
+    println!("{status}");
+    // Node 3 gone for good: two of two still commit.
+    nodes[2].kill();
+    let first_two = format!("{},{}", nodes[0].addr, nodes[1].addr);
+    lbctl_ok(
+        &first_two,
+        &words("service create after-remove --vip 10.9.9.8:80/tcp --mode nat"),
+    )?;
+    // And one of the two gone: no quorum, so no write (the removal was real).
+    nodes[1].kill();
+    let t = Instant::now();
+    let refused = lb_testkit::lbctl(
+        &nodes[0].addr,
+        &words("service create no-quorum --vip 10.9.9.7:80/tcp --mode nat --timeout 3"),
+    );
+    assert!(!refused.status.success(), "a write without a quorum");
+    // lbctl's --timeout bounds the wait for the answer too.
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    println!(
+        "without a quorum, after {:?}: {}",
+        t.elapsed(),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let unknown = lb_testkit::lbctl(&nodes[0].addr, &words("cluster remove 9 --timeout 3"));
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        !unknown.status.success() && said.contains("node 9 is not a member"),
+        "removing a non-member: {said}"
+    );
+    println!("removing node 9: {said}");
+    Ok(())
+}

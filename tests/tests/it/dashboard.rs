@@ -79,9 +79,7 @@ async fn the_dashboard_shows_the_fabric_and_follows_a_drain_live() -> anyhow::Re
     assert!(shown.contains("live"), "the directors' liveness: {shown}");
 
     // Drained with lbctl: the open page follows, no reload.
-    f.lbctl(&words(
-        "realserver update web 10.0.0.2:80 --state draining",
-    ))?;
+    f.lbctl(&words("realserver update web 10.0.0.2:80 --state draining"))?;
     let written = Instant::now();
     let after = wait_for(
         Duration::from_secs(10),

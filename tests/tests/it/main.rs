@@ -9,6 +9,7 @@ mod floating;
 mod grpcurl;
 mod import;
 mod join;
+mod limits;
 mod metrics;
 mod netns;
 mod ownership;
