@@ -205,7 +205,7 @@ impl Collector for Observed {
             }),
         )?;
         s.gauges(
-            "vip_epoch",
+            "vip_held_epoch",
             "The epoch under which this director holds each VIP",
             None,
             holding
