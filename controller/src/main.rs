@@ -214,16 +214,18 @@ async fn main() -> anyhow::Result<()> {
     let bound = listener.local_addr().context("reading the bound address")?;
     // Before the address file: whoever waits for it finds the credentials.
     let tls = tls_setup(&args, bound)?;
-    let metrics =
-        lb_proto::metrics::listen(&args.metrics_listen, args.metrics_addr_file.as_deref()).await?;
-    let http = lb_proto::metrics::listen(&args.http_listen, args.http_addr_file.as_deref())
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{}",
-                e.to_string().replace("--metrics-listen", "--http-listen")
-            )
-        })?;
+    let metrics = lb_proto::metrics::listen(
+        "--metrics-listen",
+        &args.metrics_listen,
+        args.metrics_addr_file.as_deref(),
+    )
+    .await?;
+    let http = lb_proto::metrics::listen(
+        "--http-listen",
+        &args.http_listen,
+        args.http_addr_file.as_deref(),
+    )
+    .await?;
     if let Some(path) = &args.addr_file {
         lb_proto::process::write_addr_file(path, bound).context("--addr-file")?;
     }

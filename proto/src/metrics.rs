@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 pub use prometheus_client::collector::Collector;
 pub use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::encoding::EncodeMetric as _;
 use prometheus_client::metrics::counter::ConstCounter;
 pub use prometheus_client::metrics::counter::Counter;
 pub use prometheus_client::metrics::family::Family;
@@ -61,8 +60,11 @@ pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("--metrics-listen {addr}: {source} (another process on the port? pick another address, or `off`)")]
+    #[error(
+        "{flag} {addr}: {source} (another process on the port? pick another address, or `off`)"
+    )]
     Bind {
+        flag: &'static str,
         addr: String,
         source: std::io::Error,
     },
@@ -119,14 +121,16 @@ pub struct AgentFlags {
 
 impl AgentFlags {
     pub async fn listen(&self) -> Result<Option<tokio::net::TcpListener>, MetricsError> {
-        listen(&self.metrics_listen, self.metrics_addr_file.as_deref()).await
+        let file = self.metrics_addr_file.as_deref();
+        listen("--metrics-listen", &self.metrics_listen, file).await
     }
 }
 
-/// The listener of `--metrics-listen ADDR` (`None` for `off`), its bound
-/// address written to `addr_file` if given; an error names the flag and
-/// the address.
+/// The listener of an HTTP flag such as `--metrics-listen ADDR` (`None`
+/// for `off`), its bound address written to `addr_file` if given; an error
+/// names the flag and the address.
 pub async fn listen(
+    flag: &'static str,
     addr: &str,
     addr_file: Option<&std::path::Path>,
 ) -> Result<Option<tokio::net::TcpListener>, MetricsError> {
@@ -134,6 +138,7 @@ pub async fn listen(
         return Ok(None);
     }
     let bind = |source| MetricsError::Bind {
+        flag,
         addr: addr.to_string(),
         source,
     };
@@ -212,21 +217,8 @@ impl<'a> Scrape<'a> {
         V: prometheus_client::encoding::EncodeGaugeValue + Clone + std::fmt::Debug,
         ConstGauge<V>: prometheus_client::encoding::EncodeMetric,
     {
-        let mut rows = rows.into_iter().peekable();
-        if rows.peek().is_none() {
-            return Ok(());
-        }
-        let unit = unit.as_ref();
-        let mut family = self.0.encode_descriptor(
-            name,
-            help,
-            unit,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        for (labels, value) in rows {
-            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
+        let rows = rows.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+        self.family(name, help, unit, rows)
     }
 
     /// One gauge without labels.
@@ -253,19 +245,26 @@ impl<'a> Scrape<'a> {
         unit: Option<Unit>,
         rows: impl IntoIterator<Item = (Labels, u64)>,
     ) -> std::fmt::Result {
+        let rows = rows.into_iter().map(|(l, v)| (l, ConstCounter::new(v)));
+        self.family(name, help, unit, rows)
+    }
+
+    /// One family of `rows`' metrics, of their type; nothing for no rows.
+    fn family<M: prometheus_client::encoding::EncodeMetric>(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<Unit>,
+        rows: impl IntoIterator<Item = (Labels, M)>,
+    ) -> std::fmt::Result {
         let mut rows = rows.into_iter().peekable();
-        if rows.peek().is_none() {
+        let Some((_, first)) = rows.peek() else {
             return Ok(());
-        }
-        let unit = unit.as_ref();
-        let mut family = self.0.encode_descriptor(
-            name,
-            help,
-            unit,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for (labels, value) in rows {
-            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        };
+        let kind = first.metric_type();
+        let mut family = self.0.encode_descriptor(name, help, unit.as_ref(), kind)?;
+        for (labels, metric) in rows {
+            metric.encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -87,30 +87,29 @@ fn serve_chunked(name: &str, addr: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-fn udp_echo(addr: &str) -> std::io::Result<()> {
+/// A UDP server on `addr`: each datagram gets `answer`'s reply, if any.
+fn udp_server(addr: &str, mut answer: impl FnMut(&[u8]) -> Option<Vec<u8>>) -> std::io::Result<()> {
     let sock = std::net::UdpSocket::bind(addr)?;
     println!("ready");
     std::io::stdout().flush()?;
     let mut buf = [0u8; 2048];
     loop {
         let (n, from) = sock.recv_from(&mut buf)?;
-        let reply = [b"OK ".as_slice(), &buf[..n]].concat();
-        sock.send_to(&reply, from)?;
+        if let Some(reply) = answer(&buf[..n]) {
+            sock.send_to(&reply, from)?;
+        }
     }
+}
+
+fn udp_echo(addr: &str) -> std::io::Result<()> {
+    udp_server(addr, |got| Some([b"OK ".as_slice(), got].concat()))
 }
 
 fn dns(addr: &str, name: &str, ip: std::net::Ipv4Addr) -> std::io::Result<()> {
     use simple_dns::rdata::{RData, A};
     use simple_dns::{Packet, ResourceRecord, CLASS, QTYPE, RCODE, TYPE};
-    let sock = std::net::UdpSocket::bind(addr)?;
-    println!("ready");
-    std::io::stdout().flush()?;
-    let mut buf = [0u8; 2048];
-    loop {
-        let (n, from) = sock.recv_from(&mut buf)?;
-        let Ok(query) = Packet::parse(&buf[..n]) else {
-            continue;
-        };
+    udp_server(addr, |got| {
+        let query = Packet::parse(got).ok()?;
         let mut reply = query.clone().into_reply();
         match query.questions.first() {
             Some(q)
@@ -130,10 +129,8 @@ fn dns(addr: &str, name: &str, ip: std::net::Ipv4Addr) -> std::io::Result<()> {
             }
             _ => *reply.rcode_mut() = RCODE::NameError,
         }
-        if let Ok(bytes) = reply.build_bytes_vec() {
-            sock.send_to(&bytes, from)?;
-        }
-    }
+        reply.build_bytes_vec().ok()
+    })
 }
 
 fn get_once(host_port: &str, path: &str, timeout: Duration) -> Result<String, String> {
