@@ -57,17 +57,32 @@ async fn the_dashboard_shows_the_fabric_and_follows_a_drain_live() -> anyhow::Re
         }
     };
     // The service, its VIP held by d1, the realserver in service.
+    // The page as last read, to show if a wait fails.
+    let last = std::sync::Mutex::new(String::new());
     let shown = wait_for(
         Duration::from_secs(30),
         "the page showing d1 holding the VIP",
         || async {
             let t = text(&browser).await?;
+            *last.lock().unwrap() = t.clone();
+            // Leadership moved since (a busy machine): the page says where.
+            if t.contains("not the leader") {
+                let now = f.leader().await.ok()?;
+                let b = browser.clone();
+                let url = format!("https://{}/", f.controllers[now].http);
+                tokio::task::spawn_blocking(move || b.goto(&url))
+                    .await
+                    .ok()?
+                    .ok()?;
+                return None;
+            }
             let vip_row = t.lines().find(|l| l.starts_with(DR_VIP))?.to_string();
             (vip_row.contains("d1") && vip_row.contains("held") && t.contains("→ 10.0.0.2:80"))
                 .then_some(t)
         },
     )
-    .await?;
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; the page read:\n{}", last.lock().unwrap()))?;
     let rs_row = |t: &str| {
         t.lines()
             .find(|l| l.contains("→ 10.0.0.2:80"))
