@@ -3,7 +3,7 @@
 # machine with the Rust toolchain. Safe to run again.
 set -euo pipefail
 
-# The real-kernel test bed (tests/src/vm.rs): qemu and Debian's stock kernel,
+# The real-kernel test bed (tests/src/vm/): qemu and Debian's stock kernel,
 # which has IPVS and ipip; busybox for the initramfs; ipvsadm and iproute2 for
 # fixtures and namespaces; nftables for the directors' VIP fence and to cut a
 # director off in the partition test; tcpdump to see ARP on the wire;

@@ -17,6 +17,7 @@ pub mod fabric;
 pub mod fuzz;
 pub mod metrics;
 pub mod netns;
+pub mod package;
 pub mod proc;
 pub mod scale;
 pub mod vm;

@@ -1,8 +1,11 @@
 //! lb-vm: run a command (typically a test binary) inside the real-kernel VM.
 //!
-//!   lb-vm run [--timeout SECS] -- COMMAND [ARGS…]   boot, run, print output, exit with its status
-//!   lb-vm prepare                                    build the cached kernel and initramfs
-//!   lb-vm guest RUN_DIR                              (PID 1 inside the VM)
+//!   lb-vm run [--timeout SECS] [--systemd] -- COMMAND [ARGS…]
+//!                                 boot, run, print output, exit with its status
+//!                                 (--systemd: systemd is PID 1, the command its unit)
+//!   lb-vm prepare                 build the cached kernel and initramfs
+//!   lb-vm guest RUN_DIR           (PID 1 inside the VM)
+//!   lb-vm guest-run RUN_DIR       (the command's unit under systemd)
 //!
 //! As cargo's target runner, each test binary runs in a fresh VM:
 //!   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/target/debug/lb-vm run --" \
@@ -13,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use lb_testkit::vm::{guest_main, Vm};
+use lb_testkit::vm::{guest_finish, guest_main, Vm};
 
 fn vm() -> anyhow::Result<Vm> {
     let exe = std::env::current_exe().context("locating lb-vm")?;
@@ -34,13 +37,17 @@ fn main() -> ExitCode {
             Some(dir) => guest_main(&PathBuf::from(dir)),
             None => Err(anyhow::anyhow!("usage: lb-vm guest RUN_DIR")),
         },
+        Some("guest-run") => match args.get(1) {
+            Some(dir) => guest_finish(&PathBuf::from(dir)),
+            None => Err(anyhow::anyhow!("usage: lb-vm guest-run RUN_DIR")),
+        },
         Some("prepare") => vm().and_then(|vm| vm.prepare()).map(|(k, i)| {
             println!("kernel {}\ninitramfs {}", k.display(), i.display());
             0
         }),
         Some("run") => run(&args[1..]),
         _ => Err(anyhow::anyhow!(
-            "usage: lb-vm run [--timeout SECS] -- COMMAND [ARGS…] | lb-vm prepare"
+            "usage: lb-vm run [--timeout SECS] [--systemd] -- COMMAND [ARGS…] | lb-vm prepare"
         )),
     };
     match result {
@@ -54,6 +61,7 @@ fn main() -> ExitCode {
 
 fn run(args: &[String]) -> anyhow::Result<i32> {
     let mut timeout = Duration::from_secs(600);
+    let mut systemd = false;
     let mut rest = args;
     while let Some(first) = rest.first() {
         match first.as_str() {
@@ -65,6 +73,10 @@ fn run(args: &[String]) -> anyhow::Result<i32> {
                     .context("--timeout")?;
                 timeout = Duration::from_secs(secs);
                 rest = &rest[2..];
+            }
+            "--systemd" => {
+                systemd = true;
+                rest = &rest[1..];
             }
             "--" => {
                 rest = &rest[1..];
@@ -83,5 +95,7 @@ fn run(args: &[String]) -> anyhow::Result<i32> {
             .display()
             .to_string();
     }
-    vm()?.run(&argv, timeout)
+    let mut vm = vm()?;
+    vm.systemd = systemd;
+    vm.run(&argv, timeout)
 }

@@ -3,7 +3,7 @@
 //! and a client on one LAN, and what an operator cares about:
 //! - services created with lbctl reach the owner's kernel (and the standby's,
 //!   warm) exactly, and requests are balanced in NAT, DR and TUN;
-//! - kill -9 of the owner's agent and its restart fail no request;
+//! - kill -9 of the owner's agent and its restart (also by systemd, `unit.rs`) fail no request;
 //! - killing the controller leader moves no VIP and fails no request;
 //! - cutting the owner off from the controllers (nftables) moves the VIP
 //!   without both directors ever holding it, and clients are served after;
@@ -24,14 +24,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use lb_proto::pki::Role;
-
 use crate::netns::Topology;
 use crate::proc::{signal, Proc};
 use crate::{agent_tls, bin, lbctl_ok, start_cluster_at, wait_for, words, ControllerProc};
+use lb_proto::pki::Role;
 
 mod floating;
 pub mod observe;
+pub mod unit;
 
 use observe::{Probe, Watch};
 

@@ -74,15 +74,7 @@ async fn the_deb_installs_the_fabric_and_its_controller_serves() {
 
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
-    for d in ["var/lib/dpkg/updates", "var/lib/dpkg/info", "var/log"] {
-        std::fs::create_dir_all(r.join(d)).unwrap();
-    }
-    std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
-    // --force-depends: the scratch root has no libc or nftables package.
-    run(Command::new("dpkg")
-        .arg(format!("--root={}", r.display()))
-        .args(["--force-depends", "--force-script-chrootless", "-i"])
-        .arg(&deb));
+    lb_testkit::package::install(&deb, r).unwrap();
     let status = run(Command::new("dpkg")
         .arg(format!("--root={}", r.display()))
         .args(["-s", "lbfabric"]));

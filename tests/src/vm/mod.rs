@@ -22,6 +22,9 @@
 //!   command with its stdout/stderr going to files there, records the exit
 //!   status, and powers the VM off. The host side streams those files while
 //!   the VM runs and exits with the command's status.
+//! - **Under systemd** (`lb-vm run --systemd`): PID 1 hands over to the
+//!   host's systemd, which runs the command as a unit ([`systemd`]), for
+//!   tests of the packaged units.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -31,6 +34,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
+
+mod cpio;
+pub mod systemd;
+
+use cpio::Cpio;
 
 /// Modules the initramfs loads to reach the 9p root; the rest autoload later
 /// from the host root's /lib/modules.
@@ -64,6 +72,9 @@ pub struct Request {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub cwd: PathBuf,
+    /// Boot systemd as PID 1 and run the command as a unit of it.
+    #[serde(default)]
+    pub systemd: bool,
 }
 
 /// Environment passed into the guest: the test's own knobs and cargo's.
@@ -85,6 +96,8 @@ pub struct Vm {
     /// `lb-vm` itself, run as PID 1 in the guest.
     pub guest: PathBuf,
     pub memory_mb: u32,
+    /// PID 1 is systemd, the command one of its units (see [`systemd`]).
+    pub systemd: bool,
 }
 
 /// Reasons the VM cannot be used on this machine.
@@ -144,6 +157,7 @@ impl Vm {
             cache,
             guest,
             memory_mb: 1024,
+            systemd: false,
         })
     }
 
@@ -278,6 +292,7 @@ impl Vm {
             argv: argv.to_vec(),
             env: std::env::vars().filter(|(k, _)| passed_env(k)).collect(),
             cwd: std::env::current_dir()?,
+            systemd: self.systemd,
         };
         std::fs::write(
             run_dir.join("request.json"),
@@ -389,8 +404,24 @@ impl Vm {
     }
 }
 
-/// PID 1 in the guest: run the request, record its status, power off.
+/// PID 1 in the guest: run the request, record its status, power off; or,
+/// when the request asks for systemd, hand PID 1 over to it (which then runs
+/// `lb-vm guest-run`, below, as a unit).
 pub fn guest_main(run_dir: &Path) -> ! {
+    let wants_systemd = std::fs::read(run_dir.join("request.json"))
+        .ok()
+        .and_then(|r| serde_json::from_slice::<Request>(&r).ok())
+        .is_some_and(|r| r.systemd);
+    if wants_systemd {
+        let e = systemd::boot(run_dir);
+        let _ = std::fs::write(run_dir.join("stderr"), format!("lb-vm guest: {e:#}\n"));
+        power_off(run_dir, 126);
+    }
+    guest_finish(run_dir)
+}
+
+/// Runs the request and powers the VM off with its status.
+pub fn guest_finish(run_dir: &Path) -> ! {
     let code = match guest_run(run_dir) {
         Ok(code) => code,
         Err(e) => {
@@ -398,6 +429,10 @@ pub fn guest_main(run_dir: &Path) -> ! {
             126
         }
     };
+    power_off(run_dir, code)
+}
+
+fn power_off(run_dir: &Path, code: i32) -> ! {
     let _ = std::fs::write(run_dir.join("status"), code.to_string());
     // The workspace share is cached: flush it to the host before powering off.
     let _ = Command::new("sync")
@@ -528,59 +563,5 @@ impl Follower {
         to.write_all(&buf)?;
         to.flush()?;
         Ok(())
-    }
-}
-
-/// A minimal writer of "newc" cpio archives, the initramfs format.
-#[derive(Default)]
-struct Cpio {
-    data: Vec<u8>,
-    ino: u32,
-}
-
-impl Cpio {
-    fn entry(&mut self, name: &str, mode: u32, body: &[u8]) {
-        self.ino += 1;
-        let header = format!(
-            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            self.ino,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            body.len(),
-            0,
-            0,
-            0,
-            0,
-            name.len() + 1,
-            0
-        );
-        self.data.extend_from_slice(header.as_bytes());
-        self.data.extend_from_slice(name.as_bytes());
-        self.data.push(0);
-        self.pad();
-        self.data.extend_from_slice(body);
-        self.pad();
-    }
-
-    fn pad(&mut self) {
-        while !self.data.len().is_multiple_of(4) {
-            self.data.push(0);
-        }
-    }
-
-    fn dir(&mut self, name: &str) {
-        self.entry(name, 0o040755, &[]);
-    }
-
-    fn file(&mut self, name: &str, perm: u32, body: Vec<u8>) {
-        self.entry(name, 0o100000 | perm, &body);
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, &[]);
-        self.data
     }
 }
