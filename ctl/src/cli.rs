@@ -118,6 +118,10 @@ pub enum Command {
     /// Directors and realserver agents as holders of certificates.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Named admin identities: certificates for lbctl from the controllers'
+    /// CA, listed and revocable like nodes.
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Join tokens: how a new director or realserver agent gets its
     /// certificate (`--join-token`), pinning the fabric's CA.
     #[command(subcommand)]
@@ -146,6 +150,37 @@ pub enum NodeCmd {
     Revoke {
         /// The node id.
         node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCmd {
+    /// Issue an admin certificate for NAME (a new key made here, signed by
+    /// the leader): admin.pem, admin.key and ca.pem in --out, for
+    /// --credentials / LB_CREDENTIALS.
+    #[command(
+        after_help = "Examples:\n  lbctl admin create alice --out ~/.lbfabric-alice\n  lbctl admin create ci --out /etc/lbfabric/ci --days 30"
+    )]
+    Create {
+        /// The admin's name (as the certificate and the controllers' logs show it).
+        name: String,
+        /// Where admin.pem, admin.key and ca.pem go.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Validity in days (at most 730).
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
+    /// Admin names issued through `lbctl admin create`, and every revoked one.
+    #[command(after_help = "Examples:\n  lbctl admin list\n  lbctl admin list -o json")]
+    List,
+    /// Revoke NAME: every admin certificate of that name issued so far is
+    /// refused at once, also on open streams (`lbctl watch`), including
+    /// ones made offline with `lbctl pki admin-cert --name`. Not your own.
+    #[command(after_help = "Example:\n  lbctl admin revoke alice")]
+    Revoke {
+        /// The admin's name.
+        name: String,
     },
 }
 
@@ -216,11 +251,14 @@ pub enum PkiCmd {
     },
     /// Issue an admin certificate for lbctl (admin.pem, admin.key, ca.pem in --out).
     #[command(
-        after_help = "Example:\n  lbctl pki admin-cert --ca-dir /var/lib/lbfabric/pki --out ~/.lbfabric && export LB_CREDENTIALS=~/.lbfabric"
+        after_help = "Example:\n  lbctl pki admin-cert --ca-dir /var/lib/lbfabric/pki --name alice --out ~/.lbfabric && export LB_CREDENTIALS=~/.lbfabric"
     )]
     AdminCert {
         #[arg(long)]
         ca_dir: std::path::PathBuf,
+        /// The admin's name, which `lbctl admin revoke` names.
+        #[arg(long, default_value = "admin")]
+        name: String,
         #[arg(long)]
         out: std::path::PathBuf,
         #[arg(long, default_value_t = 365)]

@@ -106,6 +106,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completion { .. } | Command::Pki(_) => Ok(()),
         Command::Node(NodeCmd::Revoke { node }) => cmd::node::revoke(&mut ctl, out, node).await,
         Command::Token(cmd) => cmd::token::token(&mut ctl, out, cmd).await,
+        Command::Admin(cmd) => cmd::admin::admin(&mut ctl, out, cmd).await,
     };
     done.map_err(|e| hint::with_hint(e, plaintext, &tried))
 }

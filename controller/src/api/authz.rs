@@ -43,8 +43,8 @@ fn required(path: &str) -> Option<&'static [Role]> {
 pub type CutOff = std::sync::Arc<dyn Fn(&Verified) -> Option<String> + Send + Sync>;
 
 /// Why `caller` is no longer let in: its certificate expired since the
-/// connection was made, or `state` revokes it. Revocation is for agents;
-/// controllers and admins are removed from the cluster or get a new CA.
+/// connection was made, or `state` revokes it (agents by node id, admins
+/// by name); controllers are removed from the cluster instead.
 pub(crate) fn cut_off(state: &crate::state::State, caller: &Verified) -> Option<String> {
     let who = &caller.identity;
     if let Ok(ago) = std::time::SystemTime::now().duration_since(caller.expires_at) {
@@ -53,13 +53,18 @@ pub(crate) fn cut_off(state: &crate::state::State, caller: &Verified) -> Option<
             ago.as_secs()
         ));
     }
-    let revoked = matches!(who.role, Role::Director | Role::Realserver)
-        && state.security.is_revoked(&who.name, caller.issued_at_ms);
+    let revoked = match who.role {
+        Role::Director | Role::Realserver => {
+            state.security.is_revoked(&who.name, caller.issued_at_ms)
+        }
+        Role::Admin => state.admins.is_revoked(&who.name, caller.issued_at_ms),
+        Role::Controller => false,
+    };
     revoked.then(|| format!("the certificate of {who} is revoked"))
 }
 
-/// Ends an agent's stream when its caller is cut off (see [`cut_off`]);
-/// true if it did.
+/// Ends a stream (an agent's, a watch) when its caller is cut off (see
+/// [`cut_off`]); true if it did.
 pub(crate) async fn end_if_cut_off<T>(
     app: &crate::app::App,
     caller: Option<&Verified>,
@@ -230,13 +235,23 @@ mod tests {
         // A revoked director is turned away, whatever it calls.
         let mut state = crate::state::State::default();
         state.security.revoked.insert("d1".into(), 5);
+        state.admins.revoked.insert("mallory".into(), 5);
         let state = std::sync::Arc::new(state);
         let by_state: CutOff = std::sync::Arc::new(move |v| cut_off(&state, v));
         let e = check("/lb.v1.DirectorSync/Sync", Some(&director), &by_state).unwrap_err();
         assert_eq!(e.code(), Unauthenticated);
         assert_eq!(e.message(), "the certificate of director d1 is revoked");
-        // An admin cannot be revoked; an expired certificate is cut off.
+        // A revoked admin name is turned away, the others are not; an
+        // expired certificate is cut off.
         assert!(check("/lb.v1.ServiceAdmin/ListServices", Some(&admin), &by_state).is_ok());
+        let mallory = peer(Ok(Identity::new(Role::Admin, "mallory")));
+        let e = check(
+            "/lb.v1.ServiceAdmin/ListServices",
+            Some(&mallory),
+            &by_state,
+        )
+        .unwrap_err();
+        assert_eq!(e.message(), "the certificate of admin mallory is revoked");
         let mut old = admin.clone();
         if let Ok(v) = &mut old.identity {
             v.expires_at = std::time::SystemTime::now() - std::time::Duration::from_secs(3);

@@ -194,4 +194,32 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterAdmin {
             .await
             .map(Response::new)
     }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn issue_admin(
+        &self,
+        req: Request<pb::IssueAdminRequest>,
+    ) -> Result<Response<pb::IssueAdminResponse>, Status> {
+        super::admins::issue(&self.app, req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_admins(
+        &self,
+        _req: Request<pb::ListAdminsRequest>,
+    ) -> Result<Response<pb::ListAdminsResponse>, Status> {
+        self.app.read_barrier(false).await.map_err(status)?;
+        Ok(Response::new(super::admins::list(&self.app)))
+    }
+
+    #[tracing::instrument(skip_all, err)]
+    async fn revoke_admin(
+        &self,
+        req: Request<pb::RevokeAdminRequest>,
+    ) -> Result<Response<pb::ListAdminsResponse>, Status> {
+        super::admins::revoke(&self.app, req)
+            .await
+            .map(Response::new)
+    }
 }

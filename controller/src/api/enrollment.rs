@@ -29,7 +29,7 @@ const MAX_TOKEN_USES: u32 = 10_000;
 /// A certificate request is a few hundred bytes.
 const MAX_CSR_BYTES: usize = 16 * 1024;
 
-fn field(field: &str, rule: impl Into<String>) -> Status {
+pub(super) fn field(field: &str, rule: impl Into<String>) -> Status {
     status(FieldError::new(field, rule).into())
 }
 
@@ -43,12 +43,12 @@ fn agent_role(name: &str, text: &str) -> Result<Role, Status> {
     }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     pki::unix_ms(SystemTime::now())
 }
 
 /// The CA as the replicated state holds it, able to sign.
-fn signer(app: &App) -> Result<Ca, Status> {
+pub(super) fn signer(app: &App) -> Result<Ca, Status> {
     let keys = app.state.read().state.security.ca.clone().ok_or_else(|| {
         Status::failed_precondition(
             "the controllers hold no CA key (the fabric uses an operator-provided CA, or serves plaintext): issue agent certificates with that CA instead",
@@ -70,17 +70,28 @@ fn info(id: &str, t: &JoinToken) -> pb::JoinTokenInfo {
     }
 }
 
-fn ttl(d: Option<prost_types::Duration>) -> Result<Duration, Status> {
+/// A request's `ttl`: `default` when unset, at most `max`.
+pub(super) fn ttl(
+    d: Option<prost_types::Duration>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, Status> {
     let Some(d) = d else {
-        return Ok(DEFAULT_TOKEN_TTL);
+        return Ok(default);
     };
-    let bad = || field("ttl", "must be a positive duration of at most 30 days");
+    let days = max.as_secs() / (24 * 3600);
+    let bad = || {
+        field(
+            "ttl",
+            format!("must be a positive duration of at most {days} days"),
+        )
+    };
     let (secs, nanos) = (u64::try_from(d.seconds), u32::try_from(d.nanos));
     let (Ok(secs), Ok(nanos)) = (secs, nanos) else {
         return Err(bad());
     };
     let d = Duration::new(secs, nanos);
-    if d.is_zero() || d > MAX_TOKEN_TTL {
+    if d.is_zero() || d > max {
         return Err(bad());
     }
     Ok(d)
@@ -95,7 +106,7 @@ pub(super) async fn create_token(
         .then(|| check_name("node_id", &req.node_id).map(|()| req.node_id.clone()))
         .transpose()
         .map_err(|e| status(e.into()))?;
-    let ttl = ttl(req.ttl)?;
+    let ttl = ttl(req.ttl, DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL)?;
     let uses = match req.uses {
         0 => 1,
         n if n <= MAX_TOKEN_USES => n,
@@ -192,6 +203,16 @@ pub async fn hand_over_ca(app: Arc<App>, keys: CaKeys) {
     }
 }
 
+pub(super) fn csr(csr_pem: &str) -> Result<&str, Status> {
+    if csr_pem.is_empty() || csr_pem.len() > MAX_CSR_BYTES {
+        return Err(field(
+            "csr_pem",
+            format!("must be a PEM certificate request of 1..={MAX_CSR_BYTES} bytes"),
+        ));
+    }
+    Ok(csr_pem)
+}
+
 pub(super) struct Enrollment {
     app: Arc<App>,
 }
@@ -199,16 +220,6 @@ pub(super) struct Enrollment {
 impl Enrollment {
     pub(super) fn new(app: Arc<App>) -> Self {
         Enrollment { app }
-    }
-
-    fn csr(csr_pem: &str) -> Result<&str, Status> {
-        if csr_pem.is_empty() || csr_pem.len() > MAX_CSR_BYTES {
-            return Err(field(
-                "csr_pem",
-                format!("must be a PEM certificate request of 1..={MAX_CSR_BYTES} bytes"),
-            ));
-        }
-        Ok(csr_pem)
     }
 }
 
@@ -242,7 +253,7 @@ impl pb::enrollment_server::Enrollment for Enrollment {
                 .parse()
                 .map_err(|_| field("address", format!("{a:?} is not an IP address")))?],
         };
-        let csr = Self::csr(&req.csr_pem)?;
+        let csr = csr(&req.csr_pem)?;
         self.app.require_leader().map_err(status)?;
         let ca = signer(&self.app)?;
         let ours = pki::fingerprint(&ca.cert_pem).map_err(|e| Status::internal(e.to_string()))?;
@@ -296,7 +307,7 @@ impl pb::enrollment_server::Enrollment for Enrollment {
             Status::failed_precondition("renewal is for TLS connections with an agent certificate")
         })?;
         let req = req.into_inner();
-        let csr = Self::csr(&req.csr_pem)?;
+        let csr = csr(&req.csr_pem)?;
         self.app.require_leader().map_err(status)?;
         let ca = signer(&self.app)?;
         let cert_pem = ca

@@ -6,6 +6,7 @@
 //! [`stream`]'s skeleton, and the leader's view of its fleet is
 //! [`crate::fleet`].
 
+mod admins;
 pub mod authz;
 mod budget;
 mod cluster_admin;

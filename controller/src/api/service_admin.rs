@@ -499,6 +499,10 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         &self,
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        // Revoked or expired while watching: the stream ends (checked
+        // whenever the state changes, which a revocation does).
+        let caller = super::authz::caller(&req);
+        let app = self.app.clone();
         let from = req.into_inner().from_revision;
         let shared = self.app.state.clone();
         // Subscribe before reading so no change slips between the read and the wait.
@@ -512,6 +516,9 @@ impl pb::service_admin_server::ServiceAdmin for ServiceAdmin {
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             loop {
+                if super::authz::end_if_cut_off(&app, caller.as_ref(), &tx).await {
+                    return;
+                }
                 let batch = shared.read().state.events_since(next);
                 match batch {
                     Err(c) => {

@@ -11,6 +11,7 @@ use lb_proto::model::{RealServer, RealServerPatch, Service};
 use lb_proto::FieldError;
 use serde::{Deserialize, Serialize};
 
+use super::admins::AdminCert;
 use super::agents::Agent;
 use super::security::{CaKeys, JoinAttempt, JoinToken};
 
@@ -65,6 +66,16 @@ pub enum Command {
     RevokeNode {
         node_id: String,
         #[serde(default)]
+        at_ms: u64,
+    },
+    /// An admin certificate for `name` was signed through the API.
+    IssueAdmin {
+        name: String,
+        cert: AdminCert,
+    },
+    /// An operator revokes admin `name`'s certificates issued up to `at_ms`.
+    RevokeAdmin {
+        name: String,
         at_ms: u64,
     },
     /// An operator mints a join token.

@@ -253,7 +253,9 @@ impl State {
             | Command::CreateJoinToken { .. }
             | Command::DeleteJoinToken { .. }
             | Command::RedeemJoinToken { .. }
-            | Command::SetCa { .. } => BTreeSet::new(),
+            | Command::SetCa { .. }
+            | Command::IssueAdmin { .. }
+            | Command::RevokeAdmin { .. } => BTreeSet::new(),
         }
     }
 

@@ -16,7 +16,8 @@
 //! - [`events`]: the revision-ordered event log `WatchEvents` resumes from;
 //! - [`quorum`]: below quorum, the sorry server replaces the backends;
 //! - [`owners`]: which director answers for each VIP, by epoch;
-//! - [`security`]: join tokens, revocations and the CA.
+//! - [`security`]: join tokens, revocations and the CA;
+//! - [`admins`]: named admin certificates and revoked admin names.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use lb_proto::model::Service;
 use serde::{Deserialize, Serialize};
 
+pub mod admins;
 pub mod agents;
 pub mod command;
 pub mod derived;
@@ -34,6 +36,7 @@ mod quorum;
 pub mod security;
 mod services;
 
+pub use admins::{AdminCert, Admins};
 pub use agents::{Agent, Health};
 pub use command::{Applied, Command, CommandResult, Rejected};
 pub use derived::{Derived, Unit, Units};
@@ -68,6 +71,9 @@ pub struct State {
     /// Join tokens, joined nodes, revocations and the CA.
     #[serde(default)]
     pub security: Security,
+    /// Named admin certificates and revoked admin names.
+    #[serde(default)]
+    pub admins: Admins,
 }
 
 impl State {
@@ -120,6 +126,14 @@ impl State {
                 self.security.redeem(&attempt).map(|()| Applied::none())
             }
             Command::SetCa { ca } => self.security.set_ca(ca).map(|()| Applied::none()),
+            Command::IssueAdmin { name, cert } => {
+                self.admins.issued.insert(name, cert);
+                Ok(Applied::none())
+            }
+            Command::RevokeAdmin { name, at_ms } => {
+                self.admins.revoked.insert(name, at_ms);
+                Ok(Applied::none())
+            }
         }
     }
 }

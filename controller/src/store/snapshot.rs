@@ -16,7 +16,7 @@ use lb_proto::model::{RealServer, Service};
 use serde::{Deserialize, Serialize};
 
 use super::{decode, StoreError};
-use crate::state::{Agent, Event, EventKind, Security, State, VipOwner};
+use crate::state::{Admins, Agent, Event, EventKind, Security, State, VipOwner};
 
 /// The keys of the snapshot table: its metadata and its data.
 pub(super) const SNAPSHOT_META: &str = "meta";
@@ -77,6 +77,7 @@ pub(super) fn snapshot_encode(state: &State) -> Result<Vec<u8>, StoreError> {
         director_down,
         below_quorum,
         security,
+        admins,
     } = state;
     let events = events
         .iter()
@@ -102,7 +103,10 @@ pub(super) fn snapshot_encode(state: &State) -> Result<Vec<u8>, StoreError> {
     };
     let mut out = SNAPSHOT_MAGIC.to_vec();
     postcard::to_io(&snap, &mut out).map_err(StoreError::Binary)?;
+    // Each part added since the format began follows the last, so that a
+    // snapshot written before it still reads (as empty).
     postcard::to_io(below_quorum, &mut out).map_err(StoreError::Binary)?;
+    postcard::to_io(admins, &mut out).map_err(StoreError::Binary)?;
     Ok(out)
 }
 
@@ -113,10 +117,13 @@ pub(super) fn snapshot_decode(bytes: &[u8]) -> Result<State, StoreError> {
     };
     if let Some(binary) = bytes.strip_prefix(SNAPSHOT_MAGIC) {
         let (snap, rest): (Snap, _) = postcard::take_from_bytes(binary).map_err(failed)?;
-        let below_quorum = if rest.is_empty() {
-            BTreeSet::new()
-        } else {
-            postcard::from_bytes(rest).map_err(failed)?
+        let (below_quorum, rest) = match rest {
+            [] => (BTreeSet::new(), rest),
+            _ => postcard::take_from_bytes(rest).map_err(failed)?,
+        };
+        let admins = match rest {
+            [] => Admins::default(),
+            _ => postcard::from_bytes(rest).map_err(failed)?,
         };
         let mut events = VecDeque::with_capacity(snap.events.len());
         for e in snap.events {
@@ -145,6 +152,7 @@ pub(super) fn snapshot_decode(bytes: &[u8]) -> Result<State, StoreError> {
             director_down: snap.director_down,
             below_quorum,
             security: snap.security,
+            admins,
         });
     }
     let mut state: State = match bytes.strip_prefix(SNAPSHOT_MAGIC_1) {
@@ -192,6 +200,10 @@ mod tests {
                 node_id: "d9".into(),
                 at_ms: 5,
             },
+            Command::RevokeAdmin {
+                name: "alice".into(),
+                at_ms: 6,
+            },
         ] {
             state.apply(cmd).expect("applies");
         }
@@ -202,7 +214,9 @@ mod tests {
         // Written before the services below quorum were kept: none.
         let mut before = SNAPSHOT_MAGIC.to_vec();
         let quorum = postcard::to_stdvec(&state.below_quorum).unwrap();
-        before.extend_from_slice(&bytes[SNAPSHOT_MAGIC.len()..bytes.len() - quorum.len()]);
+        let admins = postcard::to_stdvec(&state.admins).unwrap();
+        let tail = quorum.len() + admins.len();
+        before.extend_from_slice(&bytes[SNAPSHOT_MAGIC.len()..bytes.len() - tail]);
         let read = snapshot_decode(&before).unwrap();
         assert!(read.below_quorum.is_empty());
         assert_eq!(read.services, state.services);

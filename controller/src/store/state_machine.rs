@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::snapshot::{snapshot_decode, snapshot_encode, SNAPSHOT_DATA, SNAPSHOT_META};
-use super::tables::{Side, AGENTS, BELOW_QUORUM, DIRECTOR_DOWN, OWNERS, SECURITY};
+use super::tables::{Side, ADMINS, AGENTS, BELOW_QUORUM, DIRECTOR_DOWN, OWNERS, SECURITY};
 use super::{decode, encode, StoreError, EVENTS, SERVICES, SM_META, SNAPSHOT};
 use crate::state::{share_version, CommandResult, Derived, Event, State};
 use crate::typ::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -132,6 +132,9 @@ impl StateMachineStore {
         }
         if let Some(b) = read_meta(SECURITY)? {
             data.state.security = decode(SECURITY, &b)?;
+        }
+        if let Some(b) = read_meta(ADMINS)? {
+            data.state.admins = decode(ADMINS, &b)?;
         }
         if let Some(b) = read_meta(AGENTS)? {
             data.state.agents = decode(AGENTS, &b)?;

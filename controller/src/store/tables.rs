@@ -6,6 +6,9 @@ use crate::state::{Command, State};
 pub(super) const OWNERS: &str = "owners";
 /// Join tokens, revocations and the CA ([`crate::state::Security`]).
 pub(super) const SECURITY: &str = "security";
+/// Named admin certificates and revoked admin names, written with the
+/// security blob ([`crate::state::Admins`]).
+pub(super) const ADMINS: &str = "admins";
 /// Registered realserver agents (with operators' drains) and the directors'
 /// health verdicts: a restarted controller must not forget its backends
 /// until every agent has reported again.
@@ -66,7 +69,9 @@ impl Side {
             | Command::CreateJoinToken { .. }
             | Command::DeleteJoinToken { .. }
             | Command::RedeemJoinToken { .. }
-            | Command::SetCa { .. } => Side {
+            | Command::SetCa { .. }
+            | Command::IssueAdmin { .. }
+            | Command::RevokeAdmin { .. } => Side {
                 security: true,
                 ..NONE
             },
@@ -108,6 +113,7 @@ impl Side {
         }
         if self.security {
             out.push((SECURITY, serde_json::to_vec(&state.security)?));
+            out.push((ADMINS, serde_json::to_vec(&state.admins)?));
         }
         if self.backends {
             out.push((AGENTS, serde_json::to_vec(&state.agents)?));

@@ -1,6 +1,7 @@
 //! One module per command family; each turns flags into requests (with
 //! [`crate::spec`]), calls the controller and prints with [`crate::output`].
 
+pub(crate) mod admin;
 pub(crate) mod cluster;
 pub(crate) mod director;
 pub(crate) mod import;

@@ -23,9 +23,17 @@ pub(crate) fn pki(cmd: &PkiCmd) -> anyhow::Result<()> {
             lb_proto::convert::check_name("--name", &name)?;
             (ca_dir, Identity::new(role, name), ips, out, days)
         }
-        PkiCmd::AdminCert { ca_dir, out, days } => (
+        PkiCmd::AdminCert {
             ca_dir,
-            Identity::new(Role::Admin, "admin"),
+            name,
+            out,
+            days,
+        } => (
+            ca_dir,
+            {
+                lb_proto::convert::check_name("--name", &name)?;
+                Identity::new(Role::Admin, name)
+            },
             Vec::new(),
             out,
             days,
@@ -38,8 +46,10 @@ pub(crate) fn pki(cmd: &PkiCmd) -> anyhow::Result<()> {
         ca_dir.display()
     );
     let issued = ca.issue(&identity, &ips, Duration::from_secs(days * 24 * 3600))?;
+    // The names lb-controller and lbctl (--credentials) look for.
     let file = match identity.role {
         Role::Controller => "controller".to_string(),
+        Role::Admin => "admin".to_string(),
         _ => identity.name.clone(),
     };
     lb_proto::pki::write_pem(&out.join("ca.pem"), &ca.cert_pem, false)?;

@@ -51,7 +51,16 @@ pub(crate) async fn watch(
         let lost = loop {
             match stream.next().await {
                 None => break "the controller closed the stream".to_string(),
-                Some(Err(s)) if s.code() == tonic::Code::OutOfRange => {
+                // Not a lost connection: resuming cannot help (the history
+                // is gone; the certificate was revoked or expired).
+                Some(Err(s))
+                    if matches!(
+                        s.code(),
+                        tonic::Code::OutOfRange
+                            | tonic::Code::Unauthenticated
+                            | tonic::Code::PermissionDenied
+                    ) =>
+                {
                     return Err(anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
                 }
                 Some(Err(s)) => break format!("{:?}: {}", s.code(), s.message()),

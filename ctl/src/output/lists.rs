@@ -123,6 +123,34 @@ pub fn tokens(list: &pb::ListJoinTokensResponse) {
     );
 }
 
+pub fn admins(list: &pb::ListAdminsResponse) {
+    let at = |ms: u64| {
+        if ms == 0 {
+            "-".to_string()
+        } else {
+            from_now(ms)
+        }
+    };
+    let rows: Vec<Vec<String>> = list
+        .admins
+        .iter()
+        .map(|a| {
+            vec![
+                a.name.clone(),
+                at(a.issued_at_ms),
+                if a.issued_by.is_empty() {
+                    "-".into()
+                } else {
+                    a.issued_by.clone()
+                },
+                at(a.expires_at_ms),
+                at(a.revoked_at_ms),
+            ]
+        })
+        .collect();
+    table(&["NAME", "ISSUED", "BY", "EXPIRES", "REVOKED"], &rows);
+}
+
 /// "in 59m" / "3m ago" for a Unix-milliseconds time.
 pub fn from_now(at_ms: u64) -> String {
     let now = lb_proto::pki::unix_ms(std::time::SystemTime::now());

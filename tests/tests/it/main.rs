@@ -1,6 +1,7 @@
 //! Multi-process tests of the control plane: real `lb-controller` processes on
 //! 127.0.0.1, driven by `lbctl`, grpcurl and gRPC clients.
 
+mod admins;
 mod bad_input;
 mod cluster;
 mod dashboard;
