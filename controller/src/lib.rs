@@ -92,11 +92,19 @@ pub struct Config {
     /// TLS on the listener and to peers: the CA and this controller's
     /// certificate. `None`: plaintext (loopback, or `--insecure`).
     pub tls: Option<lb_proto::pki::Credentials>,
+    /// The files `tls` was read from: the certificate is reloaded when
+    /// they change. `None`: kept as started.
+    pub tls_files: Option<tls::CertFiles>,
     /// This node's CA key, handed to the cluster so any leader can sign
     /// agents' certificates (the bootstrapping node's `<data-dir>/pki`).
     pub ca_keys: Option<state::CaKeys>,
     /// Lifetime of agents' certificates from joins and renewals.
     pub agent_cert_lifetime: Duration,
+    /// Joins and failed authentications per source address per minute
+    /// (0: unlimited).
+    pub join_rate: u32,
+    /// API calls per admin identity per second (0: unlimited).
+    pub api_rate: u32,
 }
 
 /// What a node serves besides its gRPC port.
@@ -187,8 +195,13 @@ pub async fn run(
     if let Some(l) = extra.metrics {
         web::serve(&app, l);
     }
+    // The certificate this node presents, reloaded when its files change.
+    let server_cert = config.tls.as_ref().map(tls::ServerCert::new).transpose()?;
+    if let (Some(cert), Some(files)) = (&server_cert, &config.tls_files) {
+        tokio::spawn(cert.clone().watch(files.clone(), app.shutdown.clone()));
+    }
     if let Some(l) = extra.http {
-        web::serve_dashboard(&app, l, config.tls.as_ref())?;
+        web::serve_dashboard(&app, l, server_cert.clone())?;
     }
     let routes = api::router(app.clone())?;
     let leader_tasks = leader::spawn(&app, &shutdown_tx);
@@ -211,24 +224,30 @@ pub async fn run(
             }
         }))
         .layer(api::deadline::DeadlineLayer(api::REQUEST_DEADLINE))
-        .layer(api::authz::AuthzLayer::new({
-            let app = app.clone();
-            Arc::new(move |caller: &tls::Verified| {
-                api::authz::cut_off(&app.state.read().state, caller)
-            })
-        }))
+        .layer(api::authz::AuthzLayer::new(
+            {
+                let app = app.clone();
+                Arc::new(move |caller: &tls::Verified| {
+                    api::authz::cut_off(&app.state.read().state, caller)
+                })
+            },
+            Arc::new(api::rate::RateLimits::new(
+                config.join_rate,
+                config.api_rate,
+            )),
+        ))
         .add_routes(routes);
     let stopped = async move {
         let _ = down.wait_for(|d| *d).await;
     };
-    let server = match &config.tls {
-        Some(creds) => {
-            let incoming = tls::Acceptor::new(creds)?.incoming(listener);
+    let server = match (&config.tls, server_cert) {
+        (Some(creds), Some(cert)) => {
+            let incoming = tls::Acceptor::new(creds, cert)?.incoming(listener);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
         }
         // Without TLS too, no Nagle delay: `tcp_nodelay` above applies only
         // to listeners tonic opens itself.
-        None => tokio::spawn(router.serve_with_incoming_shutdown(
+        _ => tokio::spawn(router.serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             stopped,
         )),

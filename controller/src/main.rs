@@ -101,6 +101,16 @@ struct Args {
     /// them when two thirds have passed): 30d, 12h, 90s.
     #[arg(long, env = "LB_AGENT_CERT_LIFETIME", default_value = "30d", value_parser = lb_proto::process::duration_flag)]
     agent_cert_lifetime: Duration,
+    /// Join attempts and calls refused for their certificate allowed per
+    /// source address per minute (as many at once); past it, a call gets
+    /// RESOURCE_EXHAUSTED with when to retry, its token unread. 0: no limit.
+    #[arg(long, env = "LB_JOIN_RATE", default_value_t = 60)]
+    join_rate: u32,
+    /// API calls (ServiceAdmin, ClusterAdmin) per admin identity per second,
+    /// twice that at once; past it, RESOURCE_EXHAUSTED with when to retry.
+    /// 0: no limit. Plaintext listeners have no identities to limit.
+    #[arg(long, env = "LB_API_RATE", default_value_t = 100)]
+    api_rate: u32,
     /// Nice value of every thread of this process (-20 to 19): below
     /// ordinary work, so that a busy host does not delay the answers that
     /// keep the directors' VIP leases.
@@ -113,6 +123,8 @@ struct Args {
 /// node holds it (to hand to the cluster).
 struct TlsSetup {
     creds: lb_proto::pki::Credentials,
+    /// Where `creds` came from, to reload the certificate when it changes.
+    files: lb_controller::tls::CertFiles,
     ca_keys: Option<lb_controller::state::CaKeys>,
 }
 
@@ -136,8 +148,14 @@ fn tls_setup(args: &Args, bound: std::net::SocketAddr) -> anyhow::Result<Option<
     }
     if let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) {
         let creds = Credentials::from_files(ca, Some(cert), Some(key))?;
+        let files = lb_controller::tls::CertFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        };
         return Ok(Some(TlsSetup {
             creds,
+            files,
             ca_keys: None,
         }));
     }
@@ -180,7 +198,16 @@ fn tls_setup(args: &Args, bound: std::net::SocketAddr) -> anyhow::Result<Option<
         cert_pem: ca.cert_pem.clone(),
         key_pem,
     });
-    Ok(Some(TlsSetup { creds, ca_keys }))
+    let files = lb_controller::tls::CertFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("controller.pem"),
+        key: dir.join("controller.key"),
+    };
+    Ok(Some(TlsSetup {
+        creds,
+        files,
+        ca_keys,
+    }))
 }
 
 /// The CA as this node's store holds it, able to issue, if it is the same
@@ -248,8 +275,11 @@ async fn main() -> anyhow::Result<()> {
         },
         agent_grace: Duration::from_millis(args.agent_grace_ms),
         ca_keys: tls.as_ref().and_then(|t| t.ca_keys.clone()),
+        tls_files: tls.as_ref().map(|t| t.files.clone()),
         tls: tls.map(|t| t.creds),
         agent_cert_lifetime: args.agent_cert_lifetime,
+        join_rate: args.join_rate,
+        api_rate: args.api_rate,
     };
     let extra = lb_controller::Listeners { metrics, http };
     lb_controller::run(

@@ -7,19 +7,26 @@
 //! authorization layer ([`crate::api::authz`]) and is told
 //! `UNAUTHENTICATED` with the reason, instead of seeing a broken connection.
 //! Health checks and reflection stay open to callers without a certificate.
+//!
+//! The controller's own certificate is served through [`ServerCert`], which
+//! reloads it from its files when they change ([`ServerCert::watch`]): a
+//! renewed certificate is served to new connections without a restart.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use lb_proto::pki::{Credentials, Identity};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DistinguishedName, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -114,10 +121,10 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    /// `creds`: the CA and this controller's certificate and key.
-    pub fn new(creds: &Credentials) -> Result<Acceptor, TlsError> {
+    /// `creds`: the CA (whom callers are checked against); `cert`: this
+    /// controller's certificate as it stands.
+    pub fn new(creds: &Credentials, cert: Arc<ServerCert>) -> Result<Acceptor, TlsError> {
         let provider = provider();
-        let (chain, key) = certified(creds)?;
         let mut roots = RootCertStore::empty();
         for ca in pem_certs("CA certificate", &creds.ca_pem)? {
             roots
@@ -131,8 +138,7 @@ impl Acceptor {
             .with_safe_default_protocol_versions()
             .map_err(|e| config_err("TLS versions")(e.to_string()))?
             .with_client_cert_verifier(Arc::new(AskForCertificate(provider)))
-            .with_single_cert(chain, key)
-            .map_err(|e| config_err("controller certificate")(e.to_string()))?;
+            .with_cert_resolver(cert);
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Acceptor {
             tls: TlsAcceptor::from(Arc::new(config)),
@@ -222,6 +228,94 @@ fn certified(
     Ok((chain, key))
 }
 
+/// Where the controller's certificate comes from, to reload it.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertFiles {
+    fn stamp(&self) -> lb_proto::pki::FileStamps {
+        lb_proto::pki::file_stamps(&[&self.ca, &self.cert, &self.key])
+    }
+}
+
+/// How often [`ServerCert::watch`] looks at the files.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// The certificate and key the controller presents (gRPC and HTTPS), able
+/// to change while it runs.
+#[derive(Debug)]
+pub struct ServerCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCert {
+    pub fn new(creds: &Credentials) -> Result<Arc<ServerCert>, TlsError> {
+        Ok(Arc::new(ServerCert {
+            current: RwLock::new(Arc::new(certified_key(creds)?)),
+        }))
+    }
+
+    /// Reloads the certificate from `files` whenever one of them changes,
+    /// until `stop`. A file that does not read, or a key that does not
+    /// match its certificate (one written before the other, say), keeps
+    /// the certificate served so far, and is tried again at the next
+    /// change.
+    pub async fn watch(
+        self: Arc<Self>,
+        files: CertFiles,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut seen = files.stamp();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RELOAD_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let now = files.stamp();
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let loaded = Credentials::from_files(&files.ca, Some(&files.cert), Some(&files.key))
+                .map_err(|e| config_err("controller certificate")(e.to_string()))
+                .and_then(|c| certified_key(&c).map(|k| (k, c)));
+            match loaded {
+                Ok((key, creds)) => {
+                    let expires = creds
+                        .cert_pem
+                        .as_deref()
+                        .and_then(|p| lb_proto::pki::lifetime(p).ok())
+                        .map(|(_, until)| lb_proto::pki::unix_ms(until));
+                    if let Ok(mut current) = self.current.write() {
+                        *current = Arc::new(key);
+                    }
+                    tracing::info!(cert = %files.cert.display(), expires_at_ms = ?expires, "controller certificate reloaded: new connections get it");
+                }
+                Err(e) => {
+                    tracing::warn!(cert = %files.cert.display(), error = %e, "controller certificate changed but does not load; serving the one before")
+                }
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| Arc::clone(&c))
+    }
+}
+
+/// `creds`' chain and key, checked to belong together.
+fn certified_key(creds: &Credentials) -> Result<CertifiedKey, TlsError> {
+    let (chain, key) = certified(creds)?;
+    CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| config_err("controller certificate")(e.to_string()))
+}
+
 /// HTTPS for the dashboard: the controller's certificate, no client
 /// certificate asked (the page is read-only, like health), HTTP/1.1; each
 /// handshake on its own task. An axum listener.
@@ -231,14 +325,12 @@ pub struct HttpsListener {
 }
 
 impl HttpsListener {
-    pub fn new(creds: &Credentials, listener: TcpListener) -> Result<HttpsListener, TlsError> {
-        let (chain, key) = certified(creds)?;
+    pub fn new(cert: Arc<ServerCert>, listener: TcpListener) -> Result<HttpsListener, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| config_err("TLS versions")(e.to_string()))?
             .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| config_err("controller certificate")(e.to_string()))?;
+            .with_cert_resolver(cert);
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tls = TlsAcceptor::from(Arc::new(config));
         let local = listener

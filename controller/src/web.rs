@@ -30,14 +30,14 @@ pub fn serve(app: &Arc<App>, listener: tokio::net::TcpListener) {
 pub fn serve_dashboard(
     app: &Arc<App>,
     listener: tokio::net::TcpListener,
-    tls: Option<&lb_proto::pki::Credentials>,
+    tls: Option<Arc<crate::tls::ServerCert>>,
 ) -> Result<(), crate::tls::TlsError> {
     let routes = lb_proto::metrics::routes(Arc::new(registry(app)))
         .merge(crate::dashboard::routes(app.clone()));
     let addr = listener.local_addr().ok();
     match tls {
-        Some(creds) => {
-            let https = crate::tls::HttpsListener::new(creds, listener)?;
+        Some(cert) => {
+            let https = crate::tls::HttpsListener::new(cert, listener)?;
             tracing::info!(dashboard = ?addr, "serving the dashboard at / (HTTPS)");
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(https, routes).await {

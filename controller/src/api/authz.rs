@@ -13,14 +13,18 @@
 //! that has expired), gets `UNAUTHENTICATED` with the reason; a trusted
 //! caller in the wrong role `PERMISSION_DENIED`. Without TLS (loopback, or
 //! `--insecure`) the layer lets everything through: there is no identity.
+//! The rate limits ([`super::rate`]) are enforced here too: joins and
+//! failed authentications per source address, API calls per admin.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use lb_proto::pki::Role;
 use tonic::Status;
 
+use super::rate::RateLimits;
 use crate::tls::{Peer, Verified};
 
 /// The role a method needs; `None`: open to anyone.
@@ -109,14 +113,47 @@ pub(crate) fn caller<T>(req: &tonic::Request<T>) -> Option<Verified> {
         .and_then(|p| p.identity.clone().ok())
 }
 
+/// The verdict for one call with the rate limits: a join counts against
+/// its source address before its token is looked at, and so does a call
+/// refused for its certificate; an admin's call counts against its name.
+pub(crate) fn gate(
+    path: &str,
+    peer: Option<&Peer>,
+    cut_off: &CutOff,
+    limits: &RateLimits,
+) -> Result<(), Status> {
+    let source = peer.and_then(|p| p.remote).map(|r| r.ip());
+    if path == "/lb.v1.Enrollment/Join" {
+        if let Some(ip) = source {
+            limits.source(ip)?;
+        }
+    }
+    match check(path, peer, cut_off) {
+        Err(s) if s.code() == tonic::Code::Unauthenticated => {
+            if let Some(ip) = source {
+                limits.source(ip)?;
+            }
+            Err(s)
+        }
+        Err(s) => Err(s),
+        Ok(()) => match peer.and_then(|p| p.identity.as_ref().ok()) {
+            Some(v) if v.identity.role == Role::Admin && required(path).is_some() => {
+                limits.admin(&v.identity.name)
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
 #[derive(Clone)]
 pub struct AuthzLayer {
     cut_off: CutOff,
+    limits: Arc<RateLimits>,
 }
 
 impl AuthzLayer {
-    pub fn new(cut_off: CutOff) -> Self {
-        AuthzLayer { cut_off }
+    pub fn new(cut_off: CutOff, limits: Arc<RateLimits>) -> Self {
+        AuthzLayer { cut_off, limits }
     }
 }
 
@@ -127,6 +164,7 @@ impl<S> tower::Layer<S> for AuthzLayer {
         Authz {
             inner,
             cut_off: self.cut_off.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -135,6 +173,7 @@ impl<S> tower::Layer<S> for AuthzLayer {
 pub struct Authz<S> {
     inner: S,
     cut_off: CutOff,
+    limits: Arc<RateLimits>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -153,15 +192,22 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        match check(
+        match gate(
             req.uri().path(),
             req.extensions().get::<Peer>(),
             &self.cut_off,
+            &self.limits,
         ) {
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(status) => {
                 let remote = req.extensions().get::<Peer>().and_then(|p| p.remote);
-                tracing::info!(path = req.uri().path(), remote = ?remote, code = ?status.code(), reason = status.message(), "call refused");
+                // Over a rate limit: one line per refusal would be the flood
+                // the limit holds back.
+                if status.code() == tonic::Code::ResourceExhausted {
+                    tracing::debug!(path = req.uri().path(), remote = ?remote, reason = status.message(), "call over its rate limit");
+                } else {
+                    tracing::info!(path = req.uri().path(), remote = ?remote, code = ?status.code(), reason = status.message(), "call refused");
+                }
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }

@@ -15,6 +15,7 @@ mod director_sync;
 pub mod enrollment;
 mod paging;
 mod raft;
+pub mod rate;
 mod realserver_sync;
 mod service_admin;
 mod stream;

@@ -47,9 +47,9 @@ pub(crate) fn pki(cmd: &PkiCmd) -> anyhow::Result<()> {
     );
     let issued = ca.issue(&identity, &ips, Duration::from_secs(days * 24 * 3600))?;
     // The names lb-controller and lbctl (--credentials) look for.
-    let file = match identity.role {
-        Role::Controller => "controller".to_string(),
-        Role::Admin => "admin".to_string(),
+    let file = match (identity.role, cmd) {
+        (Role::Controller, _) => "controller".to_string(),
+        (Role::Admin, PkiCmd::AdminCert { .. }) => "admin".to_string(),
         _ => identity.name.clone(),
     };
     lb_proto::pki::write_pem(&out.join("ca.pem"), &ca.cert_pem, false)?;

@@ -129,7 +129,9 @@ pub async fn setup(
     who: &Enrollee,
 ) -> Result<AgentTls, EnrollError> {
     if flags.files.ca.is_some() {
-        return Ok(AgentTls::fixed(flags.files.client_config()?));
+        let tls = AgentTls::fixed(flags.files.client_config()?);
+        tokio::spawn(reload_forever(tls.clone(), flags.files.clone()));
+        return Ok(tls);
     }
     let dir = &flags.pki_dir;
     if !dir.join(NODE_FILE).exists() {
@@ -147,6 +149,42 @@ pub async fn setup(
     let tls = AgentTls::fixed(Some(creds.client_config()));
     tokio::spawn(renew_forever(tls.clone(), controllers.clone(), dir.clone()));
     Ok(tls)
+}
+
+/// How often an agent with an operator's certificate files (`--ca/--cert/
+/// --key`) looks whether they were replaced.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// Reloads `--ca/--cert/--key` whenever one of the files changes (an
+/// operator's renewal: certbot, step, a config manager) and has the
+/// sessions reconnect with them. Files that do not load (a key written
+/// before its certificate) keep the settings before until the next change.
+async fn reload_forever(tls: AgentTls, files: TlsFlags) {
+    let paths: Vec<PathBuf> = [&files.ca, &files.cert, &files.key]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let stamps = || pki::file_stamps(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    let mut seen = stamps();
+    loop {
+        tokio::time::sleep(RELOAD_EVERY).await;
+        let now = stamps();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match files.client_config() {
+            Ok(Some(config)) => {
+                tls.replace(config);
+                tracing::info!(cert = ?files.cert, "certificate files changed: reconnecting with them");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(cert = ?files.cert, error = %e, "certificate files changed but do not load; keeping the ones before")
+            }
+        }
+    }
 }
 
 fn is_loopback(addr: &str) -> bool {

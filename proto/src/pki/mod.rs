@@ -95,5 +95,19 @@ pub fn write_pem(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> 
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// Size and modification time of each of `paths` (`None`: unreadable):
+/// what tells that a certificate file was replaced, for the reloads.
+pub type FileStamps = Vec<Option<(u64, std::time::SystemTime)>>;
+
+pub fn file_stamps(paths: &[&Path]) -> FileStamps {
+    paths
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.len(), m.modified().ok()?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

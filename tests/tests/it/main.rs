@@ -3,6 +3,7 @@
 
 mod admins;
 mod bad_input;
+mod cert_reload;
 mod cluster;
 mod dashboard;
 mod fence;
@@ -15,6 +16,7 @@ mod metrics;
 mod netns;
 mod ownership;
 mod package;
+mod rate;
 mod realserver;
 mod resume;
 mod scale;
