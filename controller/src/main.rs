@@ -51,6 +51,13 @@ struct Args {
     /// Do not initialize a new cluster; wait to be added with `lbctl cluster add-learner`.
     #[arg(long, env = "LB_NO_BOOTSTRAP")]
     no_bootstrap: bool,
+    /// Seed a new one-node cluster from a backup (`lbctl cluster backup`)
+    /// in a new --data-dir: the services, events, VIP owners, agents,
+    /// tokens, revocations and the CA (into <data-dir>/pki) as they were at
+    /// its revision. Directors and agents re-attach with their
+    /// certificates; add more controllers as for any new cluster.
+    #[arg(long, env = "LB_RESTORE", conflicts_with = "no_bootstrap")]
+    restore: Option<PathBuf>,
     /// Leader heartbeat interval, in milliseconds.
     #[arg(long, env = "LB_RAFT_HEARTBEAT_MS", default_value_t = 50)]
     raft_heartbeat_ms: u64,
@@ -229,6 +236,38 @@ fn replicated_ca(
     Ok(Some(Ca::from_pem(keys.cert_pem, Some(&keys.key_pem))?))
 }
 
+/// `--restore FILE`: the backup's state into a new store in `data_dir`,
+/// and its CA into `<data-dir>/pki`, where TLS set-up then issues this
+/// node's certificate and an admin certificate under it.
+fn restore(data_dir: &std::path::Path, file: &std::path::Path) -> anyhow::Result<()> {
+    let what = || format!("--restore {}", file.display());
+    let bytes = std::fs::read(file).with_context(what)?;
+    let backup = lb_proto::backup::Backup::from_bytes(&bytes).with_context(what)?;
+    let restored = lb_controller::store::restore(data_dir, &backup).with_context(what)?;
+    let pki = data_dir.join("pki");
+    match &restored.ca {
+        Some(ca) => {
+            let have = pki.join("ca.pem");
+            if have.exists() && lb_proto::pki::read(&have)? != ca.cert_pem {
+                anyhow::bail!("{}: {} holds another CA than the backup's; restore into a new data directory", what(), have.display());
+            }
+            lb_proto::pki::write_pem(&have, &ca.cert_pem, false)?;
+            lb_proto::pki::write_pem(&pki.join("ca.key"), &ca.key_pem, true)?;
+        }
+        None => tracing::warn!(
+            "the backup holds no CA key (the fabric uses an operator's CA): start with --tls-ca/--tls-cert/--tls-key from it, or the agents' certificates will not be trusted"
+        ),
+    }
+    tracing::info!(
+        file = %file.display(),
+        data_dir = %data_dir.display(),
+        revision = restored.revision,
+        services = restored.services,
+        "restored: a new one-node cluster continues from the backup's revision"
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     lb_proto::process::man_page_if_asked::<Args>();
@@ -239,6 +278,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
     let bound = listener.local_addr().context("reading the bound address")?;
+    if let Some(file) = &args.restore {
+        restore(&args.data_dir, file)?;
+    }
     // Before the address file: whoever waits for it finds the credentials.
     let tls = tls_setup(&args, bound)?;
     let metrics = lb_proto::metrics::listen(

@@ -546,6 +546,14 @@ pub enum ClusterCmd {
     /// Remove a controller from the cluster.
     #[command(after_help = "Example:\n  lbctl cluster remove 3")]
     Remove { node_id: u64 },
+    /// Save a consistent copy of the whole replicated state (from the
+    /// leader, at one revision) to FILE, readable by you only: it holds
+    /// the CA key. `lb-controller --restore FILE --data-dir NEW` seeds a new
+    /// cluster from it when every controller is lost.
+    #[command(
+        after_help = "Examples:\n  lbctl cluster backup /var/backups/lbfabric-$(date +%F).backup\n  lb-controller --restore /var/backups/lbfabric-2026-12-03.backup --data-dir /var/lib/lbfabric --listen 10.0.0.1:7070"
+    )]
+    Backup { file: std::path::PathBuf },
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod pb {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/lb_v1_descriptor.bin"));
 
+pub mod backup;
 pub mod client;
 pub mod convert;
 pub mod json;

@@ -222,4 +222,48 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterAdmin {
             .await
             .map(Response::new)
     }
+
+    type BackupStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+    #[tracing::instrument(skip_all, err)]
+    async fn backup(
+        &self,
+        _req: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        // Linearizable: this node still leads and has applied everything
+        // committed before the call.
+        self.app.require_leader().map_err(status)?;
+        self.app.read_barrier(false).await.map_err(status)?;
+        let shared = &self.app.state;
+        let (backup, services) = {
+            let b = crate::store::backup(shared).map_err(|e| Status::internal(e.to_string()))?;
+            (b, shared.read().state.services.len())
+        };
+        let bytes = backup.to_bytes();
+        tracing::info!(
+            revision = backup.revision,
+            bytes = bytes.len(),
+            services,
+            "backup taken"
+        );
+        let (revision, total_bytes) = (backup.revision, bytes.len() as u64);
+        let chunks: Vec<Result<pb::BackupChunk, Status>> = bytes
+            .chunks(BACKUP_CHUNK_BYTES)
+            .enumerate()
+            .map(|(i, data)| {
+                let first = i == 0;
+                Ok(pb::BackupChunk {
+                    data: data.to_vec(),
+                    revision: if first { revision } else { 0 },
+                    total_bytes: if first { total_bytes } else { 0 },
+                    services: if first { services as u64 } else { 0 },
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
 }
+
+/// A backup goes out in parts of this size, well under the message limit.
+const BACKUP_CHUNK_BYTES: usize = 1 << 20;

@@ -7,6 +7,7 @@
 //! Calls into redb are made inline from openraft's storage tasks, as the
 //! reference stores do: each is one short transaction.
 
+mod backup;
 mod log;
 mod snapshot;
 mod state_machine;
@@ -15,8 +16,9 @@ mod tables;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::TableDefinition;
+use redb::{Database, TableDefinition};
 
+pub use backup::{backup, restore, Restored};
 pub use log::LogStore;
 pub use state_machine::{stored_ca, SharedState, SmData, StateMachineStore};
 
@@ -59,6 +61,8 @@ pub enum StoreError {
         bytes: usize,
         source: postcard::Error,
     },
+    #[error("--restore: {path} already holds a store; restore into a new, empty data directory")]
+    NotEmpty { path: PathBuf },
     #[error(
         "the snapshot's event at revision {revision} refers to service {name}, which it lacks"
     )]
@@ -121,6 +125,13 @@ const CACHE_BYTES: usize = 16 << 20;
 
 /// Opens (or creates) the store under `data_dir` and returns its two halves.
 pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let db = open_db(data_dir)?;
+    let sm = StateMachineStore::load(db.clone())?;
+    Ok((LogStore::new(db), sm))
+}
+
+/// The redb file under `data_dir`, created with every table if new.
+fn open_db(data_dir: &Path) -> Result<Arc<Database>, StoreError> {
     std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
         path: data_dir.to_path_buf(),
         source,
@@ -139,6 +150,5 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
     txn.open_table(EVENTS)?;
     txn.open_table(SNAPSHOT)?;
     txn.commit()?;
-    let sm = StateMachineStore::load(db.clone())?;
-    Ok((LogStore::new(db), sm))
+    Ok(db)
 }

@@ -287,17 +287,8 @@ impl StateMachineStore {
         let started = std::time::Instant::now();
         let state = snapshot_decode(&bytes)?;
         let txn = self.db.begin_write()?;
+        write_state(&txn, &state)?;
         {
-            let mut services = txn.open_table(SERVICES)?;
-            services.retain(|_, _| false)?;
-            for (name, service) in &state.services {
-                services.insert(name.as_str(), encode(service)?.as_slice())?;
-            }
-            let mut events = txn.open_table(EVENTS)?;
-            events.retain(|_, _| false)?;
-            for event in &state.events {
-                events.insert(event.revision, encode(event)?.as_slice())?;
-            }
             let mut snap = txn.open_table(SNAPSHOT)?;
             snap.insert(SNAPSHOT_META, serde_json::to_vec(meta)?.as_slice())?;
             snap.insert(SNAPSHOT_DATA, bytes.as_slice())?;
@@ -308,13 +299,6 @@ impl StateMachineStore {
             &meta.last_membership,
             state.revision,
         )?;
-        {
-            // What lives outside the tables comes from the snapshot too.
-            let mut meta = txn.open_table(SM_META)?;
-            for (key, bytes) in Side::ALL.blobs(&state)? {
-                meta.insert(key, bytes.as_slice())?;
-            }
-        }
         txn.commit()?;
         self.shared.replace(|data| {
             *data = SmData {
@@ -372,7 +356,28 @@ pub fn stored_ca(data_dir: &std::path::Path) -> Result<Option<crate::state::CaKe
     Ok(security.ca)
 }
 
-fn write_sm_meta(
+/// Replaces the state machine's tables and blobs with `state` (a snapshot
+/// being installed, a backup being restored).
+pub(super) fn write_state(txn: &WriteTransaction, state: &State) -> Result<(), StoreError> {
+    let mut services = txn.open_table(SERVICES)?;
+    services.retain(|_, _| false)?;
+    for (name, service) in &state.services {
+        services.insert(name.as_str(), encode(service)?.as_slice())?;
+    }
+    let mut events = txn.open_table(EVENTS)?;
+    events.retain(|_, _| false)?;
+    for event in &state.events {
+        events.insert(event.revision, encode(event)?.as_slice())?;
+    }
+    // What lives outside the tables.
+    let mut meta = txn.open_table(SM_META)?;
+    for (key, bytes) in Side::ALL.blobs(state)? {
+        meta.insert(key, bytes.as_slice())?;
+    }
+    Ok(())
+}
+
+pub(super) fn write_sm_meta(
     txn: &WriteTransaction,
     last_applied: Option<LogId>,
     membership: &StoredMembership,

@@ -2,6 +2,7 @@
 //! 127.0.0.1, driven by `lbctl`, grpcurl and gRPC clients.
 
 mod admins;
+mod backup;
 mod bad_input;
 mod cert_reload;
 mod cluster;

@@ -6,6 +6,7 @@
 //!
 //! Run anywhere else, each test skips — or fails under LB_REQUIRE_PRIVILEGED_TESTS=1.
 
+mod backup;
 mod checks;
 mod director;
 mod fabric;
