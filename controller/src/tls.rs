@@ -264,39 +264,43 @@ impl ServerCert {
     /// match its certificate (one written before the other, say), keeps
     /// the certificate served so far, and is tried again at the next
     /// change.
-    pub async fn watch(
+    pub fn watch(
         self: Arc<Self>,
         files: CertFiles,
         mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
+    ) -> impl std::future::Future<Output = ()> + Send {
+        // The files as they are now, not when the task first runs.
         let mut seen = files.stamp();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(RELOAD_EVERY) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            let now = files.stamp();
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            let loaded = Credentials::from_files(&files.ca, Some(&files.cert), Some(&files.key))
-                .map_err(|e| config_err("controller certificate")(e.to_string()))
-                .and_then(|c| certified_key(&c).map(|k| (k, c)));
-            match loaded {
-                Ok((key, creds)) => {
-                    let expires = creds
-                        .cert_pem
-                        .as_deref()
-                        .and_then(|p| lb_proto::pki::lifetime(p).ok())
-                        .map(|(_, until)| lb_proto::pki::unix_ms(until));
-                    if let Ok(mut current) = self.current.write() {
-                        *current = Arc::new(key);
-                    }
-                    tracing::info!(cert = %files.cert.display(), expires_at_ms = ?expires, "controller certificate reloaded: new connections get it");
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(RELOAD_EVERY) => {}
+                    _ = stop.wait_for(|s| *s) => return,
                 }
-                Err(e) => {
-                    tracing::warn!(cert = %files.cert.display(), error = %e, "controller certificate changed but does not load; serving the one before")
+                let now = files.stamp();
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                let loaded =
+                    Credentials::from_files(&files.ca, Some(&files.cert), Some(&files.key))
+                        .map_err(|e| config_err("controller certificate")(e.to_string()))
+                        .and_then(|c| certified_key(&c).map(|k| (k, c)));
+                match loaded {
+                    Ok((key, creds)) => {
+                        let expires = creds
+                            .cert_pem
+                            .as_deref()
+                            .and_then(|p| lb_proto::pki::lifetime(p).ok())
+                            .map(|(_, until)| lb_proto::pki::unix_ms(until));
+                        if let Ok(mut current) = self.current.write() {
+                            *current = Arc::new(key);
+                        }
+                        tracing::info!(cert = %files.cert.display(), expires_at_ms = ?expires, "controller certificate reloaded: new connections get it");
+                    }
+                    Err(e) => {
+                        tracing::warn!(cert = %files.cert.display(), error = %e, "controller certificate changed but does not load; serving the one before")
+                    }
                 }
             }
         }

@@ -11,6 +11,18 @@ pub struct Credentials {
     pub key_pem: Option<String>,
 }
 
+/// At least one certificate in `pem`, and only good ones.
+fn certificates(pem: &str, path: &str) -> Result<(), PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Result<Vec<_>, _> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Ok(()),
+        Ok(_) => Err(PkiError::Invalid(format!("{path}: no certificate in it"))),
+        Err(e) => Err(PkiError::Invalid(format!("{path}: {e}"))),
+    }
+}
+
 impl Credentials {
     /// `ca`, and `cert` + `key` when given.
     pub fn from_files(
@@ -23,11 +35,24 @@ impl Credentials {
                 "give both a certificate and its key, or neither".into(),
             ));
         }
-        Ok(Credentials {
+        let creds = Credentials {
             ca_pem: read(ca)?,
             cert_pem: cert.map(read).transpose()?,
             key_pem: key.map(read).transpose()?,
-        })
+        };
+        // Checked here, so that a bad file is named when it is read, not
+        // at the first handshake (and a reload keeps what it had).
+        let name = |p: Option<&Path>| p.map(|p| p.display().to_string()).unwrap_or_default();
+        certificates(&creds.ca_pem, &ca.display().to_string())?;
+        if let Some(c) = &creds.cert_pem {
+            certificates(c, &name(cert))?;
+        }
+        if let Some(k) = &creds.key_pem {
+            use rustls::pki_types::pem::PemObject;
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(k.as_bytes())
+                .map_err(|e| PkiError::Invalid(format!("{}: no private key: {e}", name(key))))?;
+        }
+        Ok(creds)
     }
 
     /// `dir/ca.pem`, `dir/<name>.pem`, `dir/<name>.key`.

@@ -129,8 +129,10 @@ pub async fn setup(
     who: &Enrollee,
 ) -> Result<AgentTls, EnrollError> {
     if flags.files.ca.is_some() {
+        // The files as loaded: a change from here on is a reload.
+        let seen = file_stamps(&flags.files);
         let tls = AgentTls::fixed(flags.files.client_config()?);
-        tokio::spawn(reload_forever(tls.clone(), flags.files.clone()));
+        tokio::spawn(reload_forever(tls.clone(), flags.files.clone(), seen));
         return Ok(tls);
     }
     let dir = &flags.pki_dir;
@@ -159,17 +161,10 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
 /// operator's renewal: certbot, step, a config manager) and has the
 /// sessions reconnect with them. Files that do not load (a key written
 /// before its certificate) keep the settings before until the next change.
-async fn reload_forever(tls: AgentTls, files: TlsFlags) {
-    let paths: Vec<PathBuf> = [&files.ca, &files.cert, &files.key]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
-    let stamps = || pki::file_stamps(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>());
-    let mut seen = stamps();
+async fn reload_forever(tls: AgentTls, files: TlsFlags, mut seen: pki::FileStamps) {
     loop {
         tokio::time::sleep(RELOAD_EVERY).await;
-        let now = stamps();
+        let now = file_stamps(&files);
         if now == seen {
             continue;
         }
@@ -185,6 +180,15 @@ async fn reload_forever(tls: AgentTls, files: TlsFlags) {
             }
         }
     }
+}
+
+fn file_stamps(files: &TlsFlags) -> pki::FileStamps {
+    let paths: Vec<&Path> = [&files.ca, &files.cert, &files.key]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::as_path)
+        .collect();
+    pki::file_stamps(&paths)
 }
 
 fn is_loopback(addr: &str) -> bool {

@@ -1,7 +1,9 @@
 //! A controller's certificate replaced on disk is served without a restart:
 //! `openssl s_client` sees the new serial within a few seconds (the files
 //! are looked at every 2 s), lbctl keeps working across the change, and a
-//! broken file leaves the certificate served before in place.
+//! broken file leaves the certificate served before in place. An agent
+//! started with an operator's `--ca/--cert/--key` picks up replaced files
+//! the same way and reconnects with them.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -103,5 +105,56 @@ async fn a_replaced_controller_certificate_is_served_without_a_restart() -> anyh
     .await?;
     assert_eq!(served_serial(&a).as_deref(), Some(new.as_str()));
     lbctl_ok(&a, &words("service list"))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_reloads_its_replaced_certificate_files() -> anyhow::Result<()> {
+    use lb_proto::pki::enroll::{self, AgentTlsFlags, Enrollee};
+    use lb_proto::pki::{Ca, Identity, Role};
+    let dir = tempfile::tempdir()?;
+    let node = ControllerProc::start(1, dir.path(), true, &["--tls"])?;
+    node.wait_leader().await?;
+    let ca = Ca::open(&node.data_dir.join("pki"), false)?;
+    let me = Identity::new(Role::Director, "d1");
+    let files = dir.path().join("d1");
+    ca.ensure(&files, "d1", &me, &[])?;
+    let flags = AgentTlsFlags {
+        files: lb_proto::process::TlsFlags {
+            ca: Some(files.join("ca.pem")),
+            cert: Some(files.join("d1.pem")),
+            key: Some(files.join("d1.key")),
+        },
+        join_token: None,
+        pki_dir: dir.path().join("unused"),
+    };
+    let who = Enrollee {
+        role: Role::Director,
+        node_id: "d1".into(),
+        address: None,
+    };
+    let tls = enroll::setup(&flags, &node.addr.parse()?, &who).await?;
+    let mut changed = tls.changed();
+    // The operator's tooling renews: a new certificate and key, renamed in.
+    let renewed = dir.path().join("renewed");
+    ca.ensure(&renewed, "d1", &me, &[])?;
+    for f in ["d1.key", "d1.pem"] {
+        std::fs::copy(renewed.join(f), files.join(format!("{f}.new")))?;
+        std::fs::rename(files.join(format!("{f}.new")), files.join(f))?;
+    }
+    let t = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), changed.changed()).await??;
+    println!(
+        "the agent took the replaced files {:?} after they changed",
+        t.elapsed()
+    );
+    // Files that do not load: nothing changes.
+    std::fs::write(files.join("ca.pem"), "not a certificate")?;
+    let quiet = tokio::time::timeout(
+        enroll::RELOAD_EVERY * 2 + Duration::from_secs(1),
+        changed.changed(),
+    )
+    .await;
+    assert!(quiet.is_err(), "a broken CA file was taken");
     Ok(())
 }
