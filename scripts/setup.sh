@@ -13,8 +13,10 @@ set -euo pipefail
 # the metrics tests fetch each process's /metrics, lint it with promtool and
 # have a real Prometheus scrape it (tests/it/metrics.rs). chromium and
 # chromium-driver: the dashboard test drives a real headless browser
-# (tests/it/dashboard.rs).
-vm_packages="qemu-system-x86 linux-image-amd64 kmod ipvsadm busybox-static iproute2 xz-utils nftables tcpdump keepalived openssl python3-venv curl prometheus chromium chromium-driver"
+# (tests/it/dashboard.rs). systemd: systemd-analyze verifies the units, and
+# the VM test bed boots it as PID 1 to run the packaged units
+# (tests/vm_systemd.rs; a container image may lack it).
+vm_packages="qemu-system-x86 linux-image-amd64 kmod ipvsadm busybox-static iproute2 xz-utils nftables tcpdump keepalived openssl python3-venv curl prometheus chromium chromium-driver systemd"
 missing=""
 for p in $vm_packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
