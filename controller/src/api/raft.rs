@@ -20,7 +20,13 @@ impl RaftPeer {
     }
 }
 
+/// A peer message: binary after [`crate::network::BINARY_RPC`], else JSON.
 fn decode<T: DeserializeOwned>(json: &[u8]) -> Result<T, Status> {
+    if let Some(binary) = json.strip_prefix(crate::network::BINARY_RPC) {
+        return postcard::from_bytes(binary).map_err(|e| {
+            Status::invalid_argument(format!("json: undecodable binary raft message: {e}"))
+        });
+    }
     serde_json::from_slice(json)
         .map_err(|e| Status::invalid_argument(format!("json: undecodable raft message: {e}")))
 }

@@ -21,12 +21,17 @@ async fn a_restored_controller_takes_over_and_the_director_keeps_its_table() -> 
     }
     let mut f = Fabric::new(&VM_CONTROLLER_TIMERS).await?;
     f.create_services()?;
-    let table = f.dir.path().join("table");
-    std::fs::write(
-        &table,
-        lb_testkit::scale::ipvsadm_table(1000, 2).join("\n") + "\n",
-    )?;
-    f.lbctl(&["import", "ipvsadm", table.to_str().unwrap()])?;
+    // Four imports of 250: one entry of 1,000 services takes the emulated
+    // followers about a heartbeat (500 ms) to take in, and openraft allows
+    // an AppendEntries no more (see `lb_controller::network::BINARY_RPC`).
+    let lines = lb_testkit::scale::ipvsadm_table(1000, 2);
+    let t = Instant::now();
+    for (i, part) in lines.chunks(250 * 3).enumerate() {
+        let table = f.dir.path().join(format!("table-{i}"));
+        std::fs::write(&table, part.join("\n") + "\n")?;
+        f.lbctl(&["import", "ipvsadm", table.to_str().unwrap()])?;
+    }
+    println!("imported 1,000 services in {:?}", t.elapsed());
     let _d1 = f.start_director("d1", &VM_DIRECTOR_HEARTBEAT)?;
     f.wait_held("d1", &VIPS, Duration::from_secs(60)).await?;
     let started = Instant::now();
