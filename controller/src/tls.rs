@@ -237,8 +237,8 @@ pub struct CertFiles {
 }
 
 impl CertFiles {
-    fn stamp(&self) -> lb_proto::pki::FileStamps {
-        lb_proto::pki::file_stamps(&[&self.ca, &self.cert, &self.key])
+    fn watch(&self) -> lb_proto::pki::FileWatch {
+        lb_proto::pki::FileWatch::new(vec![self.ca.clone(), self.cert.clone(), self.key.clone()])
     }
 }
 
@@ -270,18 +270,13 @@ impl ServerCert {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> impl std::future::Future<Output = ()> + Send {
         // The files as they are now, not when the task first runs.
-        let mut seen = files.stamp();
+        let mut watch = files.watch();
         async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(RELOAD_EVERY) => {}
+                    _ = watch.changed(RELOAD_EVERY) => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
-                let now = files.stamp();
-                if now == seen {
-                    continue;
-                }
-                seen = now;
                 let loaded =
                     Credentials::from_files(&files.ca, Some(&files.cert), Some(&files.key))
                         .map_err(|e| config_err("controller certificate")(e.to_string()))

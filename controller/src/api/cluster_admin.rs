@@ -235,11 +235,8 @@ impl pb::cluster_admin_server::ClusterAdmin for ClusterAdmin {
         // committed before the call.
         self.app.require_leader().map_err(status)?;
         self.app.read_barrier(false).await.map_err(status)?;
-        let shared = &self.app.state;
-        let (backup, services) = {
-            let b = crate::store::backup(shared).map_err(|e| Status::internal(e.to_string()))?;
-            (b, shared.read().state.services.len())
-        };
+        let (backup, services) =
+            crate::store::backup(&self.app.state).map_err(|e| Status::internal(e.to_string()))?;
         let bytes = backup.to_bytes();
         tracing::info!(
             revision = backup.revision,

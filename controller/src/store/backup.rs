@@ -18,13 +18,15 @@ use super::{open_db, SharedState, StoreError, DB_FILE};
 use crate::state::CaKeys;
 use crate::typ::StoredMembership;
 
-/// The applied state as it stands, as a backup.
-pub fn backup(shared: &SharedState) -> Result<Backup, StoreError> {
+/// The applied state as it stands, as a backup, and how many services it
+/// holds (read under the same lock as the state).
+pub fn backup(shared: &SharedState) -> Result<(Backup, usize), StoreError> {
     let data = shared.read();
-    Ok(Backup {
+    let backup = Backup {
         revision: data.state.revision,
         state: snapshot_encode(&data.state)?,
-    })
+    };
+    Ok((backup, data.state.services.len()))
 }
 
 /// What [`restore`] put in place.

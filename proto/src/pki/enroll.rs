@@ -129,10 +129,16 @@ pub async fn setup(
     who: &Enrollee,
 ) -> Result<AgentTls, EnrollError> {
     if flags.files.ca.is_some() {
-        // The files as loaded: a change from here on is a reload.
-        let seen = file_stamps(&flags.files);
-        let tls = AgentTls::fixed(flags.files.client_config()?);
-        tokio::spawn(reload_forever(tls.clone(), flags.files.clone(), seen));
+        let files = &flags.files;
+        let watch = pki::FileWatch::new(
+            [&files.ca, &files.cert, &files.key]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+        );
+        let tls = AgentTls::fixed(files.client_config()?);
+        tokio::spawn(reload_forever(tls.clone(), files.clone(), watch));
         return Ok(tls);
     }
     let dir = &flags.pki_dir;
@@ -161,14 +167,9 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
 /// operator's renewal: certbot, step, a config manager) and has the
 /// sessions reconnect with them. Files that do not load (a key written
 /// before its certificate) keep the settings before until the next change.
-async fn reload_forever(tls: AgentTls, files: TlsFlags, mut seen: pki::FileStamps) {
+async fn reload_forever(tls: AgentTls, files: TlsFlags, mut watch: pki::FileWatch) {
     loop {
-        tokio::time::sleep(RELOAD_EVERY).await;
-        let now = file_stamps(&files);
-        if now == seen {
-            continue;
-        }
-        seen = now;
+        watch.changed(RELOAD_EVERY).await;
         match files.client_config() {
             Ok(Some(config)) => {
                 tls.replace(config);
@@ -180,15 +181,6 @@ async fn reload_forever(tls: AgentTls, files: TlsFlags, mut seen: pki::FileStamp
             }
         }
     }
-}
-
-fn file_stamps(files: &TlsFlags) -> pki::FileStamps {
-    let paths: Vec<&Path> = [&files.ca, &files.cert, &files.key]
-        .into_iter()
-        .flatten()
-        .map(PathBuf::as_path)
-        .collect();
-    pki::file_stamps(&paths)
 }
 
 fn is_loopback(addr: &str) -> bool {

@@ -95,18 +95,45 @@ pub fn write_pem(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> 
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// Size and modification time of each of `paths` (`None`: unreadable):
-/// what tells that a certificate file was replaced, for the reloads.
-pub type FileStamps = Vec<Option<(u64, std::time::SystemTime)>>;
+/// Certificate files watched for replacement (an operator's renewal, a
+/// controller renewing itself): both the controller and the agents reload
+/// theirs with it.
+pub struct FileWatch {
+    paths: Vec<std::path::PathBuf>,
+    /// Size and modification time of each (`None`: unreadable) when last
+    /// looked at.
+    seen: Vec<Option<(u64, std::time::SystemTime)>>,
+}
 
-pub fn file_stamps(paths: &[&Path]) -> FileStamps {
-    paths
-        .iter()
-        .map(|p| {
-            let m = std::fs::metadata(p).ok()?;
-            Some((m.len(), m.modified().ok()?))
-        })
-        .collect()
+impl FileWatch {
+    /// Looks at `paths` now: a change from here on counts (made before
+    /// the files are read, a change in between is not missed).
+    pub fn new(paths: Vec<std::path::PathBuf>) -> FileWatch {
+        let seen = Self::stamps(&paths);
+        FileWatch { paths, seen }
+    }
+
+    fn stamps(paths: &[std::path::PathBuf]) -> Vec<Option<(u64, std::time::SystemTime)>> {
+        paths
+            .iter()
+            .map(|p| {
+                let m = std::fs::metadata(p).ok()?;
+                Some((m.len(), m.modified().ok()?))
+            })
+            .collect()
+    }
+
+    /// Returns once one of the files has changed, looking every `every`.
+    pub async fn changed(&mut self, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let now = Self::stamps(&self.paths);
+            if now != self.seen {
+                self.seen = now;
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,34 @@
 //! old cluster is accepted) and takes writes. A damaged backup and a data
 //! directory that already holds a store are refused, naming why.
 
+use std::path::Path;
 use std::process::Command;
 
 use lb_testkit::{bin, lbctl_ok, start_cluster, words, ControllerProc};
+
+/// `lb-controller --restore file` into `data_dir`, expected to be
+/// refused: what it said.
+fn restore_refused(data_dir: &Path, file: &Path) -> anyhow::Result<String> {
+    let out = Command::new(bin("lb-controller"))
+        .args([
+            "--tls",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--restore")
+        .arg(file)
+        .output()?;
+    anyhow::ensure!(
+        !out.status.success(),
+        "--restore {} was taken",
+        file.display()
+    );
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
 
 fn revision(list: &serde_json::Value) -> u64 {
     list["revision"]
@@ -75,24 +100,8 @@ async fn a_backup_restores_the_fabric_into_a_new_cluster() -> anyhow::Result<()>
     let bytes = std::fs::read(&file)?;
     let cut = dir.path().join("cut.backup");
     std::fs::write(&cut, &bytes[..bytes.len() - 1])?;
-    let refused = Command::new(bin("lb-controller"))
-        .args([
-            "--tls",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("never"))
-        .arg("--restore")
-        .arg(&cut)
-        .output()?;
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success() && err.contains("cut short"),
-        "{err}"
-    );
+    let err = restore_refused(&dir.path().join("never"), &cut)?;
+    assert!(err.contains("cut short"), "{err}");
 
     let fresh = dir.path().join("restored");
     std::fs::create_dir_all(&fresh)?;
@@ -137,23 +146,7 @@ async fn a_backup_restores_the_fabric_into_a_new_cluster() -> anyhow::Result<()>
     // Not over a store.
     let mut again = restored;
     again.kill();
-    let o = Command::new(bin("lb-controller"))
-        .args([
-            "--tls",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
-            "--data-dir",
-        ])
-        .arg(&again.data_dir)
-        .arg("--restore")
-        .arg(&file)
-        .output()?;
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("already holds a store"),
-        "{err}"
-    );
+    let err = restore_refused(&again.data_dir, &file)?;
+    assert!(err.contains("already holds a store"), "{err}");
     Ok(())
 }
