@@ -66,7 +66,10 @@ async fn the_dashboard_shows_the_fabric_and_follows_a_drain_live() -> anyhow::Re
             let t = text(&browser).await?;
             *last.lock().unwrap() = t.clone();
             // Leadership moved since (a busy machine): the page says where.
-            if t.contains("not the leader") {
+            // Or Chromium dropped the load with its own error page
+            // (ERR_NETWORK_CHANGED: tests running beside this one add and
+            // remove interfaces in the host's namespace): load it again.
+            if t.contains("not the leader") || t.contains("ERR_NETWORK_CHANGED") {
                 let now = f.leader().await.ok()?;
                 let b = browser.clone();
                 let url = format!("https://{}/", f.controllers[now].http);
