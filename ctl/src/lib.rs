@@ -7,6 +7,19 @@
 //! write keepalived.conf, Piranha's lvs.cf and `ipvsadm --save`;
 //! `lb_proto::client` reaches the controller leader.
 
+/// `println!` for what lbctl answers: when its reader has gone away
+/// (`lbctl service list | head`), lbctl ends quietly and successfully, as
+/// a C tool killed by SIGPIPE would, instead of `println!`'s panic.
+macro_rules! outln {
+    () => { $crate::out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` likewise (see [`outln`]).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::out(format_args!($($arg)*)) };
+}
+
 pub mod cli;
 pub mod export;
 pub mod import;
@@ -42,6 +55,19 @@ fn api<T>(r: Result<T, tonic::Status>) -> anyhow::Result<T> {
 
 mod cmd;
 mod hint;
+
+/// Writes to standard output; a broken pipe ends the process with success
+/// (the reader took what it wanted), any other failure with an error.
+pub fn out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to standard output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// Runs one lbctl command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -82,3 +82,24 @@ fn no_controller_says_where_lbctl_looked() {
         "{err}"
     );
 }
+
+/// `lbctl … | head`: a reader that has gone before lbctl writes (its end
+/// of the pipe closed before lbctl starts, so the first write fails) ends
+/// lbctl quietly with success, as it would `ipvsadm` or `ls`.
+#[test]
+fn a_reader_that_went_away_ends_lbctl_quietly() {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ipvsadm-save.txt"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .args(["import", "ipvsadm", fixture, "--dry-run"])
+        .stdout(writer)
+        .output()
+        .expect("running lbctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}

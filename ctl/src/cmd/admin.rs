@@ -36,7 +36,7 @@ pub(crate) async fn admin(ctl: &mut Controller, out: Output, cmd: AdminCmd) -> a
             if out == Output::Json {
                 return output::json(&resp.info.unwrap_or_default(), "lb.v1.AdminInfo");
             }
-            println!(
+            outln!(
                 "admin {name}: {}/admin.pem and admin.key, valid {days} days; use it with --credentials {} (or LB_CREDENTIALS); `lbctl admin revoke {name}` ends it",
                 dir.display(),
                 dir.display()
@@ -57,7 +57,7 @@ pub(crate) async fn admin(ctl: &mut Controller, out: Output, cmd: AdminCmd) -> a
                 pb::RevokeAdminRequest { name: name.clone() }
             )?;
             if out == Output::Table {
-                println!("admin {name} revoked: its certificates issued so far are refused, its open streams closed");
+                outln!("admin {name} revoked: its certificates issued so far are refused, its open streams closed");
             }
             resp
         }

@@ -38,7 +38,7 @@ async fn backup(ctl: &mut Controller, file: &std::path::Path) -> anyhow::Result<
         std::fs::rename(&tmp, file)
     };
     write().map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
-    println!(
+    outln!(
         "backup of revision {}: {services} services, {} bytes, sha256 {} in {} (it holds the CA key: keep it as you keep ca.key)",
         backup.revision,
         bytes.len(),

@@ -55,10 +55,10 @@ pub(crate) fn show_import(
             "lb.v1.ApplyServicesRequest",
         )?;
     } else {
-        println!("would create {} services:", services.len());
+        outln!("would create {} services:", services.len());
         for (f, s) in imported.services.iter().zip(services) {
-            println!();
-            println!("# from {}:{} {}", f.file, f.line, f.directive);
+            outln!();
+            outln!("# from {}:{} {}", f.file, f.line, f.directive);
             output::service_detail(&pb::Service::from(s), 0);
         }
     }
@@ -101,13 +101,13 @@ pub(crate) async fn import(
     if out == Output::Json {
         output::json(&resp, "lb.v1.ApplyServicesResponse")?;
     } else {
-        println!(
+        outln!(
             "imported {} services (revision {}):",
             resp.services.len(),
             resp.revision
         );
         for s in &resp.services {
-            println!("  {} {}", s.name, output::virtual_address(s));
+            outln!("  {} {}", s.name, output::virtual_address(s));
         }
     }
     print_notes(&imported.notes);
@@ -130,7 +130,7 @@ pub(crate) async fn export(
         ExportFormat::Keepalived => export::keepalived(&services, director),
         ExportFormat::Ipvsadm => export::ipvsadm(&services),
     };
-    print!("{}", exported.text);
+    out!("{}", exported.text);
     for n in &exported.notes {
         eprintln!("note: {n}");
     }

@@ -20,7 +20,7 @@ pub(crate) async fn revoke(ctl: &mut Controller, out: Output, node: String) -> a
     if out == Output::Json {
         return output::json(&resp, "lb.v1.RevokeNodeResponse");
     }
-    println!(
+    outln!(
         "node {node} revoked: its streams are closed and its certificates refused; `lbctl token create --role ROLE --node {node}` re-admits it (revoked: {})",
         resp.revoked.join(", ")
     );

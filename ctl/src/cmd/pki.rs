@@ -55,7 +55,7 @@ pub(crate) fn pki(cmd: &PkiCmd) -> anyhow::Result<()> {
     lb_proto::pki::write_pem(&out.join("ca.pem"), &ca.cert_pem, false)?;
     lb_proto::pki::write_pem(&out.join(format!("{file}.pem")), &issued.cert_pem, false)?;
     lb_proto::pki::write_pem(&out.join(format!("{file}.key")), &issued.key_pem, true)?;
-    println!(
+    outln!(
         "{identity}: {}/{file}.pem and {file}.key, valid {days} days (CA: {}/ca.pem)",
         out.display(),
         out.display()

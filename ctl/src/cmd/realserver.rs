@@ -91,7 +91,7 @@ async fn set_drain(ctl: &mut Controller, node_id: String, drain: bool) -> anyhow
     } else {
         "enabled"
     };
-    println!(
+    outln!(
         "realserver agent {node_id} {what} (revision {})",
         resp.revision
     );

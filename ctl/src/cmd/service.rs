@@ -86,7 +86,7 @@ pub(crate) async fn service(
             match out {
                 Output::Json => output::json(&resp, "lb.v1.DeleteServiceResponse"),
                 Output::Table => {
-                    println!("service {name} deleted (revision {})", resp.revision);
+                    outln!("service {name} deleted (revision {})", resp.revision);
                     Ok(())
                 }
             }
@@ -107,7 +107,7 @@ pub(crate) fn show_service(
                 .as_ref()
                 .context("controller returned no service")?;
             if !verb.is_empty() {
-                println!("service {} {verb} (revision {})", svc.name, resp.revision);
+                outln!("service {} {verb} (revision {})", svc.name, resp.revision);
             }
             output::service_detail(svc, resp.revision);
             Ok(())

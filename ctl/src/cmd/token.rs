@@ -47,7 +47,7 @@ pub(crate) async fn token(ctl: &mut Controller, out: Output, cmd: TokenCmd) -> a
                 output::lists::from_now(info.expires_at_ms),
                 resp.ca_sha256
             );
-            println!("{}", resp.token);
+            outln!("{}", resp.token);
             return Ok(());
         }
         TokenCmd::List => call!(
@@ -64,7 +64,7 @@ pub(crate) async fn token(ctl: &mut Controller, out: Output, cmd: TokenCmd) -> a
                 pb::DeleteJoinTokenRequest { id: id.clone() }
             )?;
             if out == Output::Table {
-                println!("join token {id} deleted");
+                outln!("join token {id} deleted");
             }
             resp
         }

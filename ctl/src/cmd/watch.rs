@@ -77,7 +77,7 @@ pub(crate) async fn watch(
 
 fn print_event(out: Output, e: &pb::Event) -> anyhow::Result<()> {
     match out {
-        Output::Json => println!("{}", lb_proto::json::to_json(e, "lb.v1.Event")?),
+        Output::Json => outln!("{}", lb_proto::json::to_json(e, "lb.v1.Event")?),
         Output::Table => {
             let kind = pb::EventKind::try_from(e.kind)
                 .map(|k| k.as_str_name())
@@ -87,7 +87,7 @@ fn print_event(out: Output, e: &pb::Event) -> anyhow::Result<()> {
                 (Some(s), None) => output::virtual_address(s),
                 _ => String::new(),
             };
-            println!("{} {} {} {}", e.revision, kind, e.service_name, what);
+            outln!("{} {} {} {}", e.revision, kind, e.service_name, what);
         }
     }
     // A pipe reader sees each event as it happens.

@@ -94,13 +94,13 @@ pub fn director_stats(resp: &pb::ListDirectorsResponse, rate: bool) {
     };
     for (i, d) in resp.directors.iter().enumerate() {
         if i > 0 {
-            println!();
+            outln!();
         }
         let Some(stats) = &d.stats else {
-            println!("director {}: no counters reported yet", d.node_id);
+            outln!("director {}: no counters reported yet", d.node_id);
             continue;
         };
-        println!(
+        outln!(
             "director {} (counters read {:.1}s ago)",
             d.node_id,
             d.stats_age_ms as f64 / 1000.0
@@ -244,7 +244,7 @@ pub fn status(resp: &pb::FabricStatus, stats: bool, rate: bool) {
         }
     }
     table(&headers, &rows);
-    println!();
+    outln!();
     let live = |name: &str| resp.live_directors.iter().any(|d| d == name);
     let rows: Vec<Vec<String>> = resp
         .vips
@@ -267,11 +267,13 @@ pub fn status(resp: &pb::FabricStatus, stats: bool, rate: bool) {
         })
         .collect();
     table(&["VIP", "OWNER", "EPOCH", "STATE", "SERVICES"], &rows);
-    println!(
+    outln!(
         "revision {}, {} of {} directors live",
-        resp.revision, resp.directors_live, resp.directors
+        resp.revision,
+        resp.directors_live,
+        resp.directors
     );
     for e in &resp.director_errors {
-        println!("director {}: {}", e.director, e.error);
+        outln!("director {}: {}", e.director, e.error);
     }
 }

@@ -77,11 +77,13 @@ pub fn cluster(status: &pb::ClusterStatus) {
     } else {
         "no leader".to_string()
     };
-    println!(
+    outln!(
         "node {} is {} (term {}), {leader}",
-        status.node_id, status.state, status.term
+        status.node_id,
+        status.state,
+        status.term
     );
-    println!(
+    outln!(
         "revision {}, log last {} applied {} snapshot {} purged {}",
         status.revision,
         status.last_log_index,

@@ -19,7 +19,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        outln!("{}", padded.join("  ").trim_end());
     };
     line(headers.to_vec());
     for row in rows {
@@ -28,7 +28,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 pub fn json<M: prost::Message>(msg: &M, full_name: &str) -> anyhow::Result<()> {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&lb_proto::json::to_json(msg, full_name)?)?
     );
@@ -77,11 +77,11 @@ pub fn persistence(s: &pb::Service) -> String {
 fn directors_lines(s: &pb::Service) {
     if let Some(d) = &s.directors {
         if !d.preferred.is_empty() {
-            println!("  preferred directors {}", d.preferred.join(","));
+            outln!("  preferred directors {}", d.preferred.join(","));
         }
         if !d.selector.is_empty() {
             let sel: Vec<String> = d.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            println!("  director selector {}", sel.join(","));
+            outln!("  director selector {}", sel.join(","));
         }
     }
 }
@@ -94,7 +94,7 @@ fn check_line(s: &pb::Service) {
                 .map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
                 .unwrap_or(0.0)
         };
-        println!(
+        outln!(
             "  check {} every {}s timeout {}s rise {} fall {}",
             h.r#type,
             secs(&h.interval),
@@ -107,9 +107,11 @@ fn check_line(s: &pb::Service) {
 
 /// The ipvsadm-like view of one service.
 pub fn service_detail(s: &pb::Service, revision: u64) {
-    println!(
+    outln!(
         "service {} (created at revision {}, changed at {}; fabric revision {revision})",
-        s.name, s.create_revision, s.mod_revision
+        s.name,
+        s.create_revision,
+        s.mod_revision
     );
     if s.mode == "local" {
         // No IPVS service: nothing to schedule, no realservers.
@@ -117,10 +119,8 @@ pub fn service_detail(s: &pb::Service, revision: u64) {
             Some(pb::service::VirtualAddress::Endpoint(e)) if e.port == 0 => " (any port)",
             _ => "",
         };
-        println!("  {}{port}", virtual_address(s));
-        println!(
-            "  mode local: no IPVS service, a proxy on the director holding the VIP serves it"
-        );
+        outln!("  {}{port}", virtual_address(s));
+        outln!("  mode local: no IPVS service, a proxy on the director holding the VIP serves it");
         directors_lines(s);
         check_line(s);
         return;
@@ -140,13 +140,13 @@ pub fn service_detail(s: &pb::Service, revision: u64) {
     if s.one_packet {
         line.push_str(" ops");
     }
-    println!("{line}");
+    outln!("{line}");
     let mode = if s.tunnel_type.is_empty() {
         s.mode.clone()
     } else {
         format!("{} ({})", s.mode, s.tunnel_type)
     };
-    println!(
+    outln!(
         "  mode {mode}, default weight {}",
         s.default_weight.unwrap_or(1)
     );
@@ -156,23 +156,27 @@ pub fn service_detail(s: &pb::Service, revision: u64) {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        println!("  realserver selector {}", sel.join(","));
+        outln!("  realserver selector {}", sel.join(","));
     }
     directors_lines(s);
     check_line(s);
     if let Some(b) = &s.sorry_server {
-        println!(
+        outln!(
             "  sorry server {} below quorum {}",
             endpoint(&b.address, b.port),
             s.quorum
         );
     }
-    println!(
+    outln!(
         "  -> {:<28} {:>6}  {:<9} {:>6} {:>6}",
-        "RemoteAddress:Port", "Weight", "State", "Upper", "Lower"
+        "RemoteAddress:Port",
+        "Weight",
+        "State",
+        "Upper",
+        "Lower"
     );
     for rs in &s.realservers {
-        println!(
+        outln!(
             "  -> {:<28} {:>6}  {:<9} {:>6} {:>6}",
             endpoint(&rs.address, rs.port),
             rs.weight.unwrap_or(1),
