@@ -241,11 +241,38 @@ fn record(
     }
 }
 
+/// Whether a new configuration has other VIPs than `read` (the VIPs of the
+/// one read last); one with the same (most changes: a realserver, a
+/// weight) is marked seen. The session keeps the VIPs' `Arc` while they
+/// stay the same, so this is a pointer comparison: reading the lease again
+/// for each such change cost milliseconds of an emulated CPU with 1,000
+/// VIPs, right when the reconciler programs the change.
+fn vips_changed(
+    desired: &mut watch::Receiver<Option<Desired>>,
+    read: &Option<Arc<BTreeSet<IpAddr>>>,
+) -> bool {
+    match desired.has_changed() {
+        Ok(false) => false,
+        Err(_) => true,
+        Ok(true) => {
+            let now = desired.borrow_and_update();
+            let vips = now.as_ref().map(|d| &d.vips);
+            match (vips, read) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b) && a != b,
+                (None, None) => false,
+                _ => true,
+            }
+        }
+    }
+}
+
 /// What one round wants: the VIPs this director guards (may ever hold),
 /// those it holds with their lease end, and those whose services are in the
 /// kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Wanted {
+    /// The configuration's VIPs (see [`vips_changed`]).
+    vips: Option<Arc<BTreeSet<IpAddr>>>,
     managed: BTreeSet<IpAddr>,
     held: BTreeMap<IpAddr, Instant>,
     ready: BTreeSet<IpAddr>,
@@ -262,11 +289,8 @@ impl Wanted {
     ) -> Wanted {
         // VIPs this agent (or the previous process) put on the interface
         // are its own to remove, even when no configuration names them now.
-        let mut managed: BTreeSet<IpAddr> = desired
-            .borrow_and_update()
-            .as_ref()
-            .map(|d| (*d.vips).clone())
-            .unwrap_or_default();
+        let vips = desired.borrow_and_update().as_ref().map(|d| d.vips.clone());
+        let mut managed: BTreeSet<IpAddr> = vips.as_deref().cloned().unwrap_or_default();
         let held: BTreeMap<IpAddr, Instant> = {
             let l = lease.lock().unwrap_or_else(PoisonError::into_inner);
             managed.extend(l.added.iter().copied());
@@ -276,6 +300,7 @@ impl Wanted {
                 .collect()
         };
         Wanted {
+            vips,
             managed,
             first_end: held.values().min().copied(),
             held,
@@ -343,7 +368,7 @@ pub(super) async fn run(
         }
         round = now;
         let stale = std::mem::take(&mut woken)
-            || desired.has_changed().unwrap_or(true)
+            || vips_changed(&mut desired, &wanted.vips)
             || programmed.has_changed().unwrap_or(true)
             || wanted.first_end.is_some_and(|end| now >= end);
         if stale {
@@ -432,5 +457,41 @@ pub(super) async fn run(
             _ = lease_changed.notified() => woken = true,
             _ = stop.changed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(revision: u64, vips: &Arc<BTreeSet<IpAddr>>) -> Option<Desired> {
+        Some(Desired {
+            revision,
+            services: Arc::default(),
+            refused: Arc::default(),
+            vips: vips.clone(),
+            delta: None,
+            below_quorum: Arc::default(),
+        })
+    }
+
+    /// A new revision with the VIPs it had (the same `Arc`, or equal ones)
+    /// leaves the lease unread; other VIPs, or a first configuration, do not.
+    #[test]
+    fn only_other_vips_make_the_loop_read_the_lease_again() {
+        let one: Arc<BTreeSet<IpAddr>> = Arc::new(["10.0.0.1".parse().unwrap()].into());
+        let (tx, mut rx) = watch::channel(None);
+        tx.send_replace(desired(1, &one));
+        assert!(vips_changed(&mut rx, &None), "the first configuration");
+        let read = Some(one.clone());
+        tx.send_replace(desired(2, &one));
+        assert!(!vips_changed(&mut rx, &read), "a weight changed");
+        assert!(!rx.has_changed().unwrap(), "and it is marked seen");
+        tx.send_replace(desired(3, &Arc::new((*one).clone())));
+        assert!(!vips_changed(&mut rx, &read), "equal VIPs, another Arc");
+        let two = Arc::new(["10.0.0.2".parse().unwrap()].into());
+        tx.send_replace(desired(4, &two));
+        assert!(vips_changed(&mut rx, &read), "another VIP");
+        assert!(!vips_changed(&mut rx, &read), "nothing new since");
     }
 }
