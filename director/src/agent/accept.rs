@@ -163,6 +163,7 @@ pub(super) mod tests {
             refused: Arc::new(refused),
             delta: None,
             below_quorum: Arc::default(),
+            asked: Arc::default(),
         }
     }
 

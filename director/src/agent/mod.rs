@@ -141,6 +141,9 @@ struct Desired {
     delta: Option<(u64, Arc<BTreeSet<String>>)>,
     /// The services below quorum (for the quorum hook).
     below_quorum: Arc<BTreeSet<String>>,
+    /// The backends the controllers ask this director to check, from which
+    /// (with the local services) the checker's targets were made.
+    asked: Arc<Vec<lb_proto::pb::BackendRef>>,
 }
 
 /// Waits until the lease holds no VIP and none is on the interface — the

@@ -472,6 +472,7 @@ mod tests {
             vips: vips.clone(),
             delta: None,
             below_quorum: Arc::default(),
+            asked: Arc::default(),
         })
     }
 
