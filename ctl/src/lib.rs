@@ -58,7 +58,7 @@ mod hint;
 
 /// Writes to standard output; a broken pipe ends the process with success
 /// (the reader took what it wanted), any other failure with an error.
-pub fn out(args: std::fmt::Arguments<'_>) {
+pub(crate) fn out(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     if let Err(e) = std::io::stdout().lock().write_fmt(args) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {

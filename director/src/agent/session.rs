@@ -306,7 +306,9 @@ impl Shared {
             _ => Arc::new(asked),
         };
         let base = previous.as_ref().map(|p| p.revision);
-        let mut targets = None;
+        // Made here, not under the lock of the published configuration
+        // (which every reader waits for), unless the race below needs them.
+        let mut targets = (!same_targets).then(|| check_targets(&services, &asked));
         let below_quorum = match previous.as_ref() {
             Some(p) if *p.below_quorum == *from.below_quorum() => p.below_quorum.clone(),
             _ => Arc::new(from.below_quorum().clone()),
@@ -329,7 +331,7 @@ impl Shared {
             }
             // Kept only when the revision published is still the one they
             // were made for (another stream may have published meanwhile).
-            if !same_targets || d.as_ref().map(|d| d.revision) != base {
+            if targets.is_none() && d.as_ref().map(|d| d.revision) != base {
                 targets = Some(check_targets(&services, &asked));
             }
             *d = Some(Desired {

@@ -342,7 +342,7 @@ pub(super) async fn run(
     let mut announce_at = Instant::now();
     let mut round = Instant::now();
     // What the lease allows changes only when a grant comes (the sessions
-    // wake this loop), a lease runs out, the configuration or the
+    // wake this loop), a lease runs out, the configuration's VIPs or the
     // programmed VIPs change, or this loop changed the interface: only then
     // is it read again. With 1,000 VIPs a reading costs milliseconds under
     // an emulated CPU; fifty a second took a quarter of one from the
