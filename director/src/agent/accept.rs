@@ -11,14 +11,14 @@ use lb_hostnet::checks::{self, Target};
 use lb_proto::model::{ForwardingMode, Service, VirtualAddress};
 use lb_proto::pb;
 
-use super::{Desired, Services};
+use super::{Desired, ServiceList, Services};
 
 /// The health checks this director runs: those the controller asks of it
 /// (backends without a realserver agent), from the services' check specs,
 /// and each local service's check against this host — its proxy, on
 /// loopback — whose failure the controller reads as this director not
 /// being fit to hold the VIP (keepalived's `track_script`).
-pub(super) fn check_targets(services: &[Arc<Service>], asked: &[pb::BackendRef]) -> Vec<Target> {
+pub(super) fn check_targets(services: &ServiceList, asked: &[pb::BackendRef]) -> Vec<Target> {
     let backends = asked.iter().filter_map(|b| {
         let s = by_name(services, &b.service)?;
         let backend = SocketAddr::new(b.address.parse().ok()?, u16::try_from(b.port).ok()?);
@@ -43,19 +43,19 @@ pub(super) fn check_targets(services: &[Arc<Service>], asked: &[pb::BackendRef])
 }
 
 /// The VIPs of `services`.
-pub(super) fn vips_of(services: &[Arc<Service>]) -> Arc<BTreeSet<IpAddr>> {
+pub(super) fn vips_of(services: &ServiceList) -> Arc<BTreeSet<IpAddr>> {
     Arc::new(services.iter().filter_map(|s| s.vip()).collect())
 }
 
 /// The service named `name` in `services`, which are sorted by name (see
 /// [`accept`]).
-pub(super) fn by_name<'a>(services: &'a [Arc<Service>], name: &str) -> Option<&'a Arc<Service>> {
-    Some(&services[position(services, name).ok()?])
+pub(super) fn by_name<'a>(services: &'a ServiceList, name: &str) -> Option<&'a Arc<Service>> {
+    services.get(position(services, name).ok()?)
 }
 
 /// Where the service named `name` is in `services` (sorted by name), or
 /// where it would go.
-fn position(services: &[Arc<Service>], name: &str) -> Result<usize, usize> {
+fn position(services: &ServiceList, name: &str) -> Result<usize, usize> {
     services.binary_search_by(|s| s.name.as_str().cmp(name))
 }
 
@@ -77,12 +77,12 @@ pub(super) fn accept(
     }
     let kept = |name: &str| by_name(&previous?.services, name).cloned();
     let mut refused = BTreeMap::new();
-    let mut services = Vec::with_capacity(wire.len());
+    let mut services = imbl::Vector::new();
     for (name, s) in wire {
         match Service::try_from(s.clone()) {
             Ok(s) => {
                 refused.remove(name);
-                services.push(Arc::new(s));
+                services.push_back(Arc::new(s));
             }
             Err(e) => {
                 refused.insert(name.clone(), format!("service {name} refused: {e}"));
@@ -95,13 +95,13 @@ pub(super) fn accept(
 
 /// [`accept`] of a delta: the previous services with the `changed` ones
 /// converted, added or taken out — the cost of the change, not of the
-/// configuration (the rest is a copy of pointers).
+/// configuration (the rest is shared with the previous revision).
 fn accept_changes(
     wire: &BTreeMap<String, pb::Service>,
     changed: &BTreeSet<String>,
     previous: &Desired,
 ) -> (Services, BTreeMap<String, String>) {
-    let mut services: Vec<Arc<Service>> = (*previous.services).clone();
+    let mut services = (*previous.services).clone();
     let mut refused = (*previous.refused).clone();
     for name in changed {
         let at = position(&services, name);
@@ -116,7 +116,9 @@ fn accept_changes(
             Ok(s) => {
                 refused.remove(name);
                 match at {
-                    Ok(i) => services[i] = Arc::new(s),
+                    Ok(i) => {
+                        services.set(i, Arc::new(s));
+                    }
                     Err(i) => services.insert(i, Arc::new(s)),
                 }
             }

@@ -19,7 +19,7 @@ use super::rounds::{
     changed, changed_named, own_addresses, programmed_vips, reconcile, Changed, Covered, Done,
     Round, SLICE,
 };
-use super::{Desired, Progress, Services};
+use super::{Desired, Progress, ServiceList, Services};
 use crate::ipvs::{Ipvs, ServiceKey};
 use crate::marks::Marks;
 use crate::reconcile::Counted;
@@ -54,7 +54,7 @@ struct Sweep {
 
 impl Sweep {
     /// Every key lbfabric wants or manages (the kernel's join in the first slice).
-    fn new(services: &[Arc<lb_proto::model::Service>], managed: &BTreeSet<ServiceKey>) -> Sweep {
+    fn new(services: &ServiceList, managed: &BTreeSet<ServiceKey>) -> Sweep {
         let mut keys: BTreeSet<ServiceKey> = managed.clone();
         keys.extend(services.iter().map(|s| desired::key(&s.address)));
         Sweep {
@@ -262,7 +262,9 @@ pub(super) async fn run(
                             None
                         };
                         if let Some((counted, foreign)) = read {
-                            prog.stats = Some(Arc::new(stats::report(&services, &counted)));
+                            let all: Vec<&lb_proto::model::Service> =
+                                services.iter().map(|s| &**s).collect();
+                            prog.stats = Some(Arc::new(stats::report(&all, &counted)));
                             prog.stats_round += 1;
                             prog.foreign_services =
                                 foreign.iter().map(ToString::to_string).collect();
@@ -407,10 +409,14 @@ mod tests {
             service("b", "10.0.0.2"),
             service("c", "10.0.0.3"),
         );
-        let last: Services = Arc::new(vec![a.clone(), b.clone(), c]);
+        let last = Services::new(imbl::Vector::from(vec![a.clone(), b.clone(), c]));
         let mut followed = ByKey::default();
         followed.of(&last);
-        let now: Services = Arc::new(vec![a, service("b", "10.0.0.9"), service("d", "10.0.0.4")]);
+        let now = Services::new(imbl::Vector::from(vec![
+            a,
+            service("b", "10.0.0.9"),
+            service("d", "10.0.0.4"),
+        ]));
         let c = changed(&last, &now);
         followed.follow(&last, &c, &now);
         let mut built = ByKey::default();

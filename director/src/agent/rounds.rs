@@ -14,6 +14,7 @@ use lb_hostnet::Rtnl;
 use lb_proto::model::Service;
 
 use super::accept::by_name;
+use super::ServiceList;
 use crate::desired::{self, Table};
 use crate::forwarding;
 use crate::ipvs::{Ipvs, IpvsError, ServiceKey};
@@ -40,7 +41,7 @@ impl Changed {
     }
 }
 
-pub(super) fn changed(last: &[Arc<Service>], now: &[Arc<Service>]) -> Changed {
+pub(super) fn changed(last: &ServiceList, now: &ServiceList) -> Changed {
     let mut out = Changed::default();
     let (mut a, mut b) = (last.iter().peekable(), now.iter().peekable());
     loop {
@@ -73,8 +74,8 @@ pub(super) fn changed(last: &[Arc<Service>], now: &[Arc<Service>]) -> Changed {
 /// [`changed`] when the services that may differ are known by name (a
 /// delta from the revision `last` holds): a lookup each, not a walk.
 pub(super) fn changed_named(
-    last: &[Arc<Service>],
-    now: &[Arc<Service>],
+    last: &ServiceList,
+    now: &ServiceList,
     names: &BTreeSet<String>,
 ) -> Changed {
     let mut out = Changed::default();
@@ -223,7 +224,7 @@ impl Covered {
 pub(super) fn reconcile(
     ipvs: &Ipvs,
     marks: &Mutex<Marks>,
-    services: &[Arc<Service>],
+    services: &ServiceList,
     round: Round,
     (managed, interrupted): (&BTreeSet<ServiceKey>, &dyn Fn() -> bool),
 ) -> Result<Done, IpvsError> {
@@ -280,7 +281,9 @@ pub(super) fn reconcile(
 /// Forwarding for NAT services, then the fwmark rules (after the services:
 /// a mark with no IPVS service yet would only send packets to the local
 /// stack), then this host's addresses.
-fn host_side(marks: &Mutex<Marks>, services: &[Arc<Service>]) -> Host {
+fn host_side(marks: &Mutex<Marks>, all: &ServiceList) -> Host {
+    let services: Vec<&Service> = all.iter().map(|s| &**s).collect();
+    let services = services.as_slice();
     let mut errors = forwarding::ensure_for(services);
     let marked = marks
         .lock()
@@ -298,7 +301,7 @@ fn host_side(marks: &Mutex<Marks>, services: &[Arc<Service>]) -> Host {
         errors,
         marks_changed,
         marks_ok,
-        own: own_addresses(services),
+        own: own_addresses(all),
     }
 }
 
@@ -340,7 +343,7 @@ fn for_keys(
 /// operation (`broken`) — and, for fwmark services naming their VIP, whose
 /// mark rules are in place.
 pub(super) fn programmed_vips(
-    services: &[Arc<Service>],
+    services: &ServiceList,
     broken: &BTreeMap<ServiceKey, Vec<String>>,
     marks_ok: bool,
 ) -> BTreeSet<IpAddr> {
@@ -361,7 +364,7 @@ pub(super) fn programmed_vips(
 
 /// This host's unicast addresses other than loopback, IPv6 link-local and
 /// the services' VIPs (which move between directors).
-pub(super) fn own_addresses(services: &[Arc<Service>]) -> Vec<String> {
+pub(super) fn own_addresses(services: &ServiceList) -> Vec<String> {
     let vips: BTreeSet<IpAddr> = services.iter().filter_map(|s| s.vip()).collect();
     let Ok(all) = Rtnl::open().and_then(|r| r.addresses(0)) else {
         return Vec::new();
@@ -398,11 +401,11 @@ mod tests {
             service("b", "10.0.0.2"),
             service("c", "10.0.0.3"),
         );
-        let last = vec![a.clone(), b.clone(), c.clone()];
+        let last = ServiceList::from(vec![a.clone(), b.clone(), c.clone()]);
         // b moved to another VIP, c gone, d new; a kept (the same Arc), and
         // an equal copy of it counts as unchanged too.
         let b2 = service("b", "10.0.0.20");
-        let now = vec![Arc::new((*a).clone()), b2, service("d", "10.0.0.4")];
+        let now = ServiceList::from(vec![Arc::new((*a).clone()), b2, service("d", "10.0.0.4")]);
         let c = changed(&last, &now);
         assert_eq!(names(&c.before), ["b", "c"]);
         assert_eq!(names(&c.now), ["b", "d"]);
@@ -423,7 +426,7 @@ mod tests {
         }
         let api = Arc::new(api);
         let dns = service("dns", "10.0.0.2");
-        let all = [web.clone(), api.clone(), dns];
+        let all = ServiceList::from(vec![web.clone(), api.clone(), dns]);
         let vips = |broken: &BTreeMap<ServiceKey, Vec<String>>| programmed_vips(&all, broken, true);
         let two: BTreeSet<IpAddr> =
             ["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()].into();

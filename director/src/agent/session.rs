@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use lb_hostnet::checks::Target;
 use lb_proto::client::{channel, keep_connected, AckDeadline, Backoff, Session};
 use lb_proto::convert::{parse_vip_leases, vip_leases};
-use lb_proto::model::{ForwardingMode, Service};
+use lb_proto::model::ForwardingMode;
 use lb_proto::pb;
 use lb_proto::pb::director_sync_client::DirectorSyncClient;
 use tokio::sync::{mpsc, watch, Notify};
@@ -26,7 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::accept::{accept, by_name, check_targets, vips_of};
 use super::from_controller::{Applied, FromController};
-use super::{Config, Desired, Progress};
+use super::{Config, Desired, Progress, ServiceList};
 use crate::hook::{Event, Hooks, QuorumChange};
 use crate::lease::{epochs, Lease, SentHeartbeats};
 use crate::lease_file::LeaseFile;
@@ -266,7 +266,7 @@ impl Shared {
         let (services, refused) = accept(from.services(), changed, previous.as_ref());
         let (vips, delta) = match (changed, previous.as_ref()) {
             (Some(names), Some(p)) => {
-                let vip = |all: &[Arc<Service>], n: &str| by_name(all, n).map(|s| s.vip());
+                let vip = |all: &ServiceList, n: &str| by_name(all, n).map(|s| s.vip());
                 let same = names
                     .iter()
                     .all(|n| vip(&p.services, n) == vip(&services, n));
@@ -291,7 +291,7 @@ impl Shared {
         let asked = from.checks();
         let same_targets = match (changed, previous.as_ref()) {
             (Some(names), Some(p)) => {
-                let local = |all: &[Arc<Service>], n: &str| {
+                let local = |all: &ServiceList, n: &str| {
                     by_name(all, n).is_some_and(|s| s.mode == ForwardingMode::Local)
                 };
                 *p.asked == asked
