@@ -483,7 +483,8 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
     let mut latencies = Vec::new();
     // When the API answered, and each change's timeline for LB_SCALE_BENCH_LOGS.
     let mut answered = Vec::new();
-    let mut timeline = String::from("change\tstart_unix_us\tanswered_us\tin_kernel_us\n");
+    let mut timeline =
+        String::from("change\tstart_unix_us\tanswered_us\tin_kernel_us\tpolls\tslowest_poll_us\n");
     // The first changes come while the director still settles after
     // programming (its first counters, its first sweep): they are made,
     // not measured, at every N alike.
@@ -505,8 +506,13 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
             })
             .await?;
         let acked = t.elapsed();
+        // How many reads it took, and the slowest (the reads' own cost).
+        let (mut polls, mut slowest_poll) = (0, Duration::ZERO);
         loop {
+            let read = Instant::now();
             let now = kernel.dests(&key)?;
+            polls += 1;
+            slowest_poll = slowest_poll.max(read.elapsed());
             if now
                 .iter()
                 .any(|d| d.spec.key() == (dest.ip(), dest.port()) && d.spec.weight == w)
@@ -517,10 +523,11 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
                     answered.push(acked);
                 }
                 timeline += &format!(
-                    "{i}\t{}\t{}\t{}\n",
+                    "{i}\t{}\t{}\t{}\t{polls}\t{}\n",
                     wall.as_micros(),
                     acked.as_micros(),
-                    seen.as_micros()
+                    seen.as_micros(),
+                    slowest_poll.as_micros()
                 );
                 break;
             }

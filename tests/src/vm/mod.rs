@@ -122,8 +122,21 @@ pub fn in_vm() -> bool {
     std::env::var("LB_IN_VM").is_ok_and(|v| v == "1")
 }
 
-/// The newest `/boot/vmlinuz-*` whose modules include IPVS.
+/// The kernel the VM boots: `LB_VM_KERNEL` (a version under /boot) when
+/// set, else the newest `/boot/vmlinuz-*` whose modules include IPVS.
 pub fn find_kernel() -> anyhow::Result<String> {
+    let has_ipvs = |v: &str| {
+        let dir = format!("/lib/modules/{v}/kernel/net/netfilter/ipvs");
+        MODULE_SUFFIXES
+            .iter()
+            .any(|(suffix, _)| Path::new(&format!("{dir}/ip_vs{suffix}")).exists())
+    };
+    if let Some(v) = std::env::var("LB_VM_KERNEL").ok().filter(|v| !v.is_empty()) {
+        if !Path::new(&format!("/boot/vmlinuz-{v}")).exists() || !has_ipvs(&v) {
+            bail!("LB_VM_KERNEL={v}: no /boot/vmlinuz-{v} with IPVS modules");
+        }
+        return Ok(v);
+    }
     let mut versions: Vec<String> = std::fs::read_dir("/boot")
         .context("reading /boot")?
         .filter_map(|e| e.ok())
@@ -133,17 +146,45 @@ pub fn find_kernel() -> anyhow::Result<String> {
                 .strip_prefix("vmlinuz-")
                 .map(String::from)
         })
-        .filter(|v| {
-            Path::new(&format!(
-                "/lib/modules/{v}/kernel/net/netfilter/ipvs/ip_vs.ko"
-            ))
-            .exists()
-        })
+        .filter(|v| has_ipvs(v))
         .collect();
     versions.sort();
     versions.pop().context(
         "no /boot/vmlinuz-* with IPVS modules; install linux-image-amd64 (scripts/setup.sh)",
     )
+}
+
+/// How a kernel's modules may be stored (Debian's 6.1 leaves them plain,
+/// its later kernels compress them with xz), and the tool that unpacks
+/// each for the initramfs (busybox's insmod takes plain modules only).
+const MODULE_SUFFIXES: [(&str, Option<&str>); 3] = [
+    (".ko", None),
+    (".ko.xz", Some("xz")),
+    (".ko.zst", Some("zstd")),
+];
+
+/// A module file's contents, unpacked, and its plain name (`9p.ko`).
+fn module_file(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("module file name")?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    for (suffix, tool) in MODULE_SUFFIXES.iter().rev() {
+        let (Some(stem), Some(tool)) = (name.strip_suffix(suffix), tool) else {
+            continue;
+        };
+        let out = Command::new(tool)
+            .args(["-dc", &path.display().to_string()])
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {tool} to unpack {}", path.display()))?;
+        if !out.status.success() {
+            bail!("{tool} -dc {}: {}", path.display(), out.status);
+        }
+        return Ok((format!("{stem}.ko"), out.stdout));
+    }
+    Ok((name.to_string(), bytes))
 }
 
 impl Vm {
@@ -212,10 +253,14 @@ impl Vm {
             }
         }
         let by_name = |name: &str| -> Option<String> {
-            let file = format!("/{}.ko", name.replace('_', "-"));
-            let file2 = format!("/{name}.ko");
+            let names = [format!("/{}", name.replace('_', "-")), format!("/{name}")];
             deps.keys()
-                .find(|k| k.ends_with(&file) || k.ends_with(&file2))
+                .find(|k| {
+                    MODULE_SUFFIXES.iter().any(|(suffix, _)| {
+                        k.strip_suffix(suffix)
+                            .is_some_and(|stem| names.iter().any(|n| stem.ends_with(n.as_str())))
+                    })
+                })
                 .cloned()
         };
         let mut order = Vec::new();
@@ -257,16 +302,9 @@ impl Vm {
         );
         let mut order = String::new();
         for m in modules {
-            let name = m
-                .file_name()
-                .and_then(|n| n.to_str())
-                .context("module file name")?;
-            cpio.file(
-                &format!("modules/{name}"),
-                0o644,
-                std::fs::read(m).with_context(|| format!("reading {}", m.display()))?,
-            );
-            order.push_str(name);
+            let (name, bytes) = module_file(m)?;
+            cpio.file(&format!("modules/{name}"), 0o644, bytes);
+            order.push_str(&name);
             order.push('\n');
         }
         cpio.file("modules.order", 0o644, order.into_bytes());
