@@ -261,6 +261,23 @@ fn summary(mut d: Vec<Duration>) -> String {
     )
 }
 
+/// Each realserver's weight as the changes left it (the table's are 1).
+type Weights = std::collections::HashMap<(String, String), u32>;
+
+/// The weight the next change gives realserver `rs` of service `name`:
+/// always another than it has (2 to 9, round), so that every change is
+/// one in the kernel too. With 10 services the changes come back to the
+/// same realservers every 10; a weight cycle of 5 would then set, from
+/// the eleventh on, the weight each already had: the kernel showed it
+/// before the director did anything, and N = 10 timed the API alone.
+fn next_weight(weights: &mut Weights, name: &str, rs: &str) -> u32 {
+    let w = weights
+        .entry((name.to_string(), rs.to_string()))
+        .or_insert(1);
+    *w = if *w >= 9 { 2 } else { *w + 1 };
+    *w
+}
+
 /// The service (its lbfabric name, its `VIP:port`) and realserver the
 /// `i`-th change updates: spread over the table.
 fn target(i: usize, n: usize) -> (String, String, String) {
@@ -290,9 +307,10 @@ async fn host(n: usize, changes: usize, dir: &Path) -> anyhow::Result<()> {
     node.wait_leader().await?;
     let a = node.addr.clone();
     let mut writes = Vec::new();
+    let mut weights = Weights::new();
     for i in 0..changes {
         let (name, _, rs) = target(i, n);
-        let w = (2 + i % 5).to_string();
+        let w = next_weight(&mut weights, &name, &rs).to_string();
         let t = Instant::now();
         lbctl_ok(&a, &["realserver", "update", &name, &rs, "--weight", &w])?;
         writes.push(t.elapsed());
@@ -488,10 +506,11 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
     // The first changes come while the director still settles after
     // programming (its first counters, its first sweep): they are made,
     // not measured, at every N alike.
+    let mut weights = Weights::new();
     for i in 0..WARM_UP + changes {
         let (name, vaddr, rs) = target(i, n);
         let (key, dest) = (endpoint_key(&vaddr)?, rs.parse::<std::net::SocketAddr>()?);
-        let w = 2 + (i % 5) as u32;
+        let w = next_weight(&mut weights, &name, &rs);
         let t = Instant::now();
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
