@@ -181,12 +181,12 @@ impl Shared {
         &self,
         d: &pb::DirectorDesired,
         sent: &mut SentHeartbeats,
-        last: &mut BTreeMap<std::net::IpAddr, u64>,
+        last: &mut Arc<BTreeMap<std::net::IpAddr, u64>>,
     ) {
         let now = Instant::now();
         let at = sent.acked(d.heartbeat_ack);
         if !d.leases_same {
-            *last = parse_vip_leases(&d.leases);
+            *last = Arc::new(parse_vip_leases(&d.leases));
         }
         let changed = {
             let mut l = self.lock();
@@ -201,13 +201,20 @@ impl Shared {
             l.supersede(d.controller_id, parse_vip_leases(&d.superseded), now);
             l.forget(now, Duration::from_secs(10));
             let holding = l.holding(now);
-            let (held, was) = (epochs(&holding), epochs(&before.0));
-            if held != was {
+            // Compared in place: two maps of 1,000 epochs made on every
+            // answer were a good part of what it cost.
+            let epochs_moved = holding.len() != before.0.len()
+                || holding
+                    .iter()
+                    .zip(&before.0)
+                    .any(|((v, (e, _)), (w, (f, _)))| (v, e) != (w, f));
+            if epochs_moved {
                 // When a hand-over or a failover took its time, this says
                 // which controller's answer made the difference.
+                let (held, was) = (epochs(&holding), epochs(&before.0));
                 tracing::info!(controller = d.controller_id, ?held, before = ?was, "lease changed");
             }
-            if held != was || l.dropped != before.1 {
+            if epochs_moved || l.dropped != before.1 {
                 Some(true)
             } else {
                 (holding != before.0).then_some(false)
@@ -390,7 +397,7 @@ impl Session for Stream {
         // A new stream may reach a controller that has no counters yet.
         let mut stats_sent = StatsSent::default();
         // The grants of this connection's last answer (see `granted`).
-        let mut last_leases = BTreeMap::new();
+        let mut last_leases = Arc::default();
         // Connecting may take long (a TLS handshake on a slow host): the
         // deadline starts with the stream.
         let mut waiting = AckDeadline::new(sh.config.ack_deadline);
@@ -429,9 +436,18 @@ impl Session for Stream {
                         // The first answer: under systemd, the unit is up.
                         lb_proto::process::notify_ready("answered by the controllers");
                         if !d.continued {
+                            let started = Instant::now();
                             waiting.at_least(Duration::from_millis(u64::from(d.lease_ms)));
                             sh.answers.send_modify(|n| *n.entry(addr.to_string()).or_default() += 1);
                             sh.granted(&d, &mut sent, &mut last_leases);
+                            // With 1,000 VIPs, what a configuration update
+                            // arriving meanwhile waits for.
+                            tracing::debug!(
+                                controller = %addr,
+                                leases = d.leases.len(),
+                                took_us = started.elapsed().as_micros() as u64,
+                                "grants taken"
+                            );
                         }
                         largest = largest.max(prost::Message::encoded_len(&d));
                         if let Some(update) = d.update {
