@@ -131,24 +131,60 @@ pub fn put_held(
             (a, Some(*left))
         })
         .collect();
+    // New addresses first, at once: a VIP taken over must not wait.
+    let (new, renewals): (Vec<_>, Vec<_>) =
+        put.into_iter().partition(|(a, _)| !present.contains(&a.addr));
     let mut failed = None;
-    let at = Instant::now();
-    for ((a, lifetime), result) in put.iter().zip(rtnl.put_addresses(&put)) {
-        if result.is_ok() {
-            lifetimes.put(a.addr, at, lifetime.unwrap_or_default());
-        }
-        match result {
-            Ok(()) if present.insert(a.addr) => {
-                tracing::info!(vip = %a.addr, "VIP added");
-                added.push(a.addr);
+    let mut record = |list: &[(Address, Option<Duration>)], at: Instant| {
+        for ((a, lifetime), result) in list.iter().zip(rtnl.put_addresses(list)) {
+            if result.is_ok() {
+                lifetimes.put(a.addr, at, lifetime.unwrap_or_default());
             }
-            Ok(()) => {}
-            // The rest went on; the caller tries again.
-            Err(e) => failed = failed.or(Some(e)),
+            match result {
+                Ok(()) if present.insert(a.addr) => {
+                    tracing::info!(vip = %a.addr, "VIP added");
+                    added.push(a.addr);
+                }
+                Ok(()) => {}
+                // The rest went on; the caller tries again.
+                Err(e) => {
+                    if failed.is_none() {
+                        failed = Some(e);
+                    }
+                }
+            }
+        }
+    };
+    let started = Instant::now();
+    record(&new, started);
+    // Renewals in slices, each followed by a pause as long as it took:
+    // renewing 1,000 addresses (a walk of the interface's address list
+    // each, in the kernel) kept the VM's emulated CPUs busy for 100 ms at
+    // once, and every configuration change that met it took twice as
+    // long. Each slice's lifetimes are shortened by the time since they
+    // were worked out, so that a late slice ends its addresses no later.
+    let mut slices = renewals.chunks(RENEWAL_SLICE).peekable();
+    while let Some(slice) = slices.next() {
+        let at = Instant::now();
+        let late = at - started;
+        let slice: Vec<(Address, Option<Duration>)> = slice
+            .iter()
+            .map(|(a, lifetime)| (*a, lifetime.map(|l| l.saturating_sub(late))))
+            .collect();
+        record(&slice, at);
+        if slices.peek().is_some() {
+            std::thread::sleep(at.elapsed().min(RENEWAL_PAUSE_MAX));
         }
     }
     failed.map_or(Ok(()), Err)
 }
+
+/// How many address lifetimes [`put_held`] renews between two pauses.
+const RENEWAL_SLICE: usize = 64;
+
+/// The longest pause between two slices of renewals: a host so slow that
+/// a slice takes longer still renews 1,000 addresses within a second or so.
+const RENEWAL_PAUSE_MAX: Duration = Duration::from_millis(50);
 
 /// How a director announces a VIP it has just taken: a burst of
 /// gratuitous ARPs / unsolicited NAs, then one every `refresh`.
