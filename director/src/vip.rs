@@ -132,8 +132,9 @@ pub fn put_held(
         })
         .collect();
     // New addresses first, at once: a VIP taken over must not wait.
-    let (new, renewals): (Vec<_>, Vec<_>) =
-        put.into_iter().partition(|(a, _)| !present.contains(&a.addr));
+    let (new, renewals): (Vec<_>, Vec<_>) = put
+        .into_iter()
+        .partition(|(a, _)| !present.contains(&a.addr));
     let mut failed = None;
     let mut record = |list: &[(Address, Option<Duration>)], at: Instant| {
         for ((a, lifetime), result) in list.iter().zip(rtnl.put_addresses(list)) {

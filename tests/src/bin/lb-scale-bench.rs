@@ -33,14 +33,22 @@
 //! Under the VM's emulated CPU everything is tens of times slower than
 //! natively; compare the figures of one run with each other.
 //!
-//! The table `ipvsadm -R` made is kept until the end of the run, but its
-//! namespace's rate estimator is stopped once the restore is timed
-//! (`net.ipv4.vs.run_estimation=0`): every 2 s the kernel's estimator walks
-//! every service and destination of a namespace in a timer, and also folds
-//! their per-CPU counters — ≈ 55 ms of the VM's emulated CPU at 110,000
-//! entries, which stalled whichever process of the fabric's measurement it
-//! met. The fabric's own namespace keeps its estimator, as a director must
-//! (without it the kernel's counters stop too).
+//! The kernel's IPVS rate estimator costs a measurement at this scale.
+//! Up to Linux 6.1 one timer walks every service and destination of a
+//! namespace every 2 s, folding their per-CPU counters: ≈ 55 ms of the
+//! VM's emulated CPU at 110,000 entries, which stalled whichever process of
+//! the measurement it met (a change then took 60–80 ms instead of 20).
+//! Since 6.2 kthreads spread that walk over the 2 s; the test bed boots
+//! Debian's 6.12 (`scripts/setup.sh`), and the run prints the kernel it
+//! ran on. The table `ipvsadm -R` made is kept until the end of the run,
+//! but its namespace's estimator is stopped once the restore is timed
+//! (`net.ipv4.vs.run_estimation=0`): it would only add work to the
+//! fabric's measurement. The fabric's own namespace keeps its estimator,
+//! as a director must (without it the kernel's counters stop too).
+//!
+//! Every change gives its realserver a weight it does not have (see
+//! [`next_weight`]): a change the kernel already shows is no measurement
+//! of the director.
 //!
 //! Each VM measurement runs in a network namespace of its own (IPVS keeps
 //! its tables per namespace), created for it and deleted at the end of the
@@ -107,6 +115,11 @@ fn main() -> anyhow::Result<()> {
             }
             Inside::Fabric => rt.block_on(vm(n, args.changes, args.ipvsadm_secs, dir.path())),
         };
+    }
+    if !args.host {
+        // The figures depend on it (see the module doc on the estimator).
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        println!("VM kernel: Linux {}", release.trim());
     }
     let mut namespaces = Vec::new();
     for &n in &args.services {

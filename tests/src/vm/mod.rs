@@ -1,5 +1,7 @@
 //! The real-kernel test bed: runs a command inside a small qemu VM that boots
-//! Debian's stock kernel (which has IPVS, ipip, veth, bridge as modules).
+//! a Debian kernel (which has IPVS, ipip, veth, bridge as modules): the
+//! newest under /boot, Debian's 6.12 from bookworm-backports as
+//! `scripts/setup.sh` installs it, or `LB_VM_KERNEL`'s.
 //!
 //! The development machines' own kernel lacks IPVS and ipip, so everything
 //! that touches them runs here. How it works:
