@@ -29,3 +29,29 @@ pub fn service_address(i: usize) -> String {
 pub fn realserver_address(i: usize, r: usize) -> String {
     format!("192.168.{r}.{}:{}", 1 + i % 250, 8000 + i % 10)
 }
+
+/// Each realserver's weight as the changes left it (the table's are 1).
+pub type Weights = std::collections::HashMap<(String, String), u32>;
+
+/// The weight the next change gives realserver `rs` of service `name`:
+/// always another than it has (2 to 9, round), so that every change is
+/// one in the kernel too. With 10 services the changes come back to the
+/// same realservers every 10; a weight cycle of 5 would then set, from
+/// the eleventh on, the weight each already had: the kernel showed it
+/// before the director did anything, and N = 10 timed the API alone.
+pub fn next_weight(weights: &mut Weights, name: &str, rs: &str) -> u32 {
+    let w = weights
+        .entry((name.to_string(), rs.to_string()))
+        .or_insert(1);
+    *w = if *w >= 9 { 2 } else { *w + 1 };
+    *w
+}
+
+/// The service (its lbfabric name, its `VIP:port`) and realserver the
+/// `i`-th change updates: spread over the table.
+pub fn target(i: usize, n: usize) -> (String, String, String) {
+    let j = (i * 7919) % n;
+    let (vaddr, rs) = (service_address(j), realserver_address(j, i % 10));
+    let (vip, port) = vaddr.split_once(':').unwrap_or((&vaddr, ""));
+    (format!("vs-{vip}-{port}-tcp"), vaddr.clone(), rs)
+}

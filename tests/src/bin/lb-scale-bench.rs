@@ -47,7 +47,7 @@
 //! as a director must (without it the kernel's counters stop too).
 //!
 //! Every change gives its realserver a weight it does not have (see
-//! [`next_weight`]): a change the kernel already shows is no measurement
+//! [`lb_testkit::scale::next_weight`]): a change the kernel already shows is no measurement
 //! of the director.
 //!
 //! Each VM measurement runs in a network namespace of its own (IPVS keeps
@@ -70,7 +70,7 @@ use lb_director::ipvs::{Ipvs, ServiceKey};
 use lb_proto::pb;
 use lb_testkit::fabric::{VM_CONTROLLER_TIMERS, VM_DIRECTOR_HEARTBEAT};
 use lb_testkit::proc::Proc;
-use lb_testkit::scale::{ipvsadm_table, realserver_address, service_address};
+use lb_testkit::scale::{ipvsadm_table, next_weight, target, Weights};
 use lb_testkit::{bin, lbctl_ok, ControllerProc};
 
 #[derive(Debug, Parser)]
@@ -272,32 +272,6 @@ fn summary(mut d: Vec<Duration>) -> String {
         percentile(&d, 0.99),
         d.len()
     )
-}
-
-/// Each realserver's weight as the changes left it (the table's are 1).
-type Weights = std::collections::HashMap<(String, String), u32>;
-
-/// The weight the next change gives realserver `rs` of service `name`:
-/// always another than it has (2 to 9, round), so that every change is
-/// one in the kernel too. With 10 services the changes come back to the
-/// same realservers every 10; a weight cycle of 5 would then set, from
-/// the eleventh on, the weight each already had: the kernel showed it
-/// before the director did anything, and N = 10 timed the API alone.
-fn next_weight(weights: &mut Weights, name: &str, rs: &str) -> u32 {
-    let w = weights
-        .entry((name.to_string(), rs.to_string()))
-        .or_insert(1);
-    *w = if *w >= 9 { 2 } else { *w + 1 };
-    *w
-}
-
-/// The service (its lbfabric name, its `VIP:port`) and realserver the
-/// `i`-th change updates: spread over the table.
-fn target(i: usize, n: usize) -> (String, String, String) {
-    let j = (i * 7919) % n;
-    let (vaddr, rs) = (service_address(j), realserver_address(j, i % 10));
-    let (vip, port) = vaddr.split_once(':').unwrap_or((&vaddr, ""));
-    (format!("vs-{vip}-{port}-tcp"), vaddr.clone(), rs)
 }
 
 /// Starts a one-node controller with the table of `n` services imported;
