@@ -248,6 +248,19 @@ impl Lease {
     }
 }
 
+/// Whether two of [`Lease::holding`]'s answers hold the same VIPs at the
+/// same epochs (their ends aside): [`epochs`] of each, compared without
+/// making either map — a controller's every answer compares two of 1,000.
+pub fn same_epochs(
+    a: &BTreeMap<IpAddr, (u64, Instant)>,
+    b: &BTreeMap<IpAddr, (u64, Instant)>,
+) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((v, (e, _)), (w, (f, _)))| (v, e) == (w, f))
+}
+
 /// What [`Lease::holding`] says, without the ends: VIP → epoch.
 pub fn epochs(holding: &BTreeMap<IpAddr, (u64, Instant)>) -> BTreeMap<IpAddr, u64> {
     holding

@@ -28,7 +28,7 @@ use super::accept::{accept, by_name, check_targets, vips_of};
 use super::from_controller::{Applied, FromController};
 use super::{Config, Desired, Progress, ServiceList};
 use crate::hook::{Event, Hooks, QuorumChange};
-use crate::lease::{epochs, Lease, SentHeartbeats};
+use crate::lease::{epochs, same_epochs, Lease, SentHeartbeats};
 use crate::lease_file::LeaseFile;
 
 /// The counters a stream sent: which round's, and the reading itself,
@@ -201,13 +201,7 @@ impl Shared {
             l.supersede(d.controller_id, parse_vip_leases(&d.superseded), now);
             l.forget(now, Duration::from_secs(10));
             let holding = l.holding(now);
-            // Compared in place: two maps of 1,000 epochs made on every
-            // answer were a good part of what it cost.
-            let epochs_moved = holding.len() != before.0.len()
-                || holding
-                    .iter()
-                    .zip(&before.0)
-                    .any(|((v, (e, _)), (w, (f, _)))| (v, e) != (w, f));
+            let epochs_moved = !same_epochs(&holding, &before.0);
             if epochs_moved {
                 // When a hand-over or a failover took its time, this says
                 // which controller's answer made the difference.
