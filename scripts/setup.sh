@@ -34,8 +34,9 @@ fi
 # that stalled a CPU of the VM for ≈ 55 ms each time, in the middle of what
 # lb-scale-bench measures. Since Linux 6.2 kthreads spread that work over
 # the period. The VM boots the newest kernel under /boot (LB_VM_KERNEL picks
-# another, e.g. 6.1.0-*-amd64).
-if ! ls /lib/modules/6.12.*/kernel/net/netfilter/ipvs/ip_vs.ko* >/dev/null 2>&1; then
+# another, e.g. 6.1.0-*-amd64). Done once the kernel package is backports'
+# (whichever version backports carries then).
+if ! dpkg-query -W -f='${Version}' linux-image-amd64 2>/dev/null | grep -q '~bpo'; then
     if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
         cat > /etc/apt/sources.list.d/lbfabric-backports.sources <<'SOURCES'
 Types: deb

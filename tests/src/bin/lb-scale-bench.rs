@@ -47,8 +47,8 @@
 //! as a director must (without it the kernel's counters stop too).
 //!
 //! Every change gives its realserver a weight it does not have (see
-//! [`lb_testkit::scale::next_weight`]): a change the kernel already shows is no measurement
-//! of the director.
+//! [`lb_testkit::scale::next_weight`]): a change the kernel already
+//! shows is no measurement of the director.
 //!
 //! Each VM measurement runs in a network namespace of its own (IPVS keeps
 //! its tables per namespace), created for it and deleted at the end of the

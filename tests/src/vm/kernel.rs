@@ -34,10 +34,19 @@ pub fn find_kernel() -> anyhow::Result<String> {
         })
         .filter(|v| has_ipvs(v))
         .collect();
-    versions.sort();
+    // By their numbers, not as text: "6.9" comes before "6.12".
+    versions.sort_by_key(|v| version_numbers(v));
     versions.pop().context(
         "no /boot/vmlinuz-* with IPVS modules; install linux-image-amd64 (scripts/setup.sh)",
     )
+}
+
+/// A kernel version's numbers in order (`6.12.95+deb12-amd64` → 6, 12,
+/// 95, 12, 64), to compare versions by.
+fn version_numbers(v: &str) -> Vec<u64> {
+    v.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 
 /// How a kernel's modules may be stored (Debian's 6.1 leaves them plain,
@@ -119,4 +128,19 @@ pub(super) fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> anyhow::Result<()> 
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_compare_by_their_numbers() {
+        let mut v = ["6.12.95+deb12-amd64", "6.1.0-57-amd64", "6.9.7+bpo-amd64"];
+        v.sort_by_key(|v| version_numbers(v));
+        assert_eq!(
+            v,
+            ["6.1.0-57-amd64", "6.9.7+bpo-amd64", "6.12.95+deb12-amd64"]
+        );
+    }
 }
