@@ -31,7 +31,9 @@ pub struct DirectorSeen {
     pub errors: Vec<String>,
     pub foreign_services: Vec<String>,
     pub changes_applied: u64,
-    pub held: Vec<pb::VipLease>,
+    /// Shared with its stream, which replaces it only when a report says
+    /// otherwise: a director holding 1,000 VIPs reports them every heartbeat.
+    pub held: Arc<Vec<pb::VipLease>>,
     /// Its last IPVS counters and when they arrived (reports carry them
     /// only when they are new).
     pub stats: Option<(Arc<pb::IpvsStats>, Instant)>,
@@ -92,7 +94,14 @@ impl Fleet {
     }
 
     /// Records a director's report, which came on `stream`.
-    pub fn director_reported(&self, report: &pb::DirectorReport, stream: u64, timing: LeaseTiming) {
+    /// `held`: what the report says the director holds.
+    pub fn director_reported(
+        &self,
+        report: &pb::DirectorReport,
+        held: Arc<Vec<pb::VipLease>>,
+        stream: u64,
+        timing: LeaseTiming,
+    ) {
         let mut m = self.lock();
         let now = Instant::now();
         let before = m.directors.get(&report.node_id);
@@ -119,7 +128,7 @@ impl Fleet {
                 errors: report.errors.clone(),
                 foreign_services: report.foreign_services.clone(),
                 changes_applied: report.changes_applied,
-                held: report.held.clone(),
+                held,
                 stats,
                 addresses: report.addresses.clone(),
                 leaving: report.leaving,
@@ -177,7 +186,7 @@ impl Fleet {
                 errors: d.errors.clone(),
                 foreign_services: d.foreign_services.clone(),
                 changes_applied: d.changes_applied,
-                held: d.held.clone(),
+                held: (*d.held).clone(),
                 owns: vip_leases(&data, node_id),
                 live: d.live(timing),
                 stats: d.stats.as_ref().map(|(s, _)| (**s).clone()),
@@ -189,7 +198,7 @@ impl Fleet {
     /// Every VIP of the configuration: owner, epoch, whether the owner
     /// reports holding it, and its services.
     pub fn vips_status(&self, shared: &SharedState) -> Vec<pb::VipStatus> {
-        let held: BTreeMap<String, Vec<pb::VipLease>> = self
+        let held: BTreeMap<String, Arc<Vec<pb::VipLease>>> = self
             .lock()
             .directors
             .iter()

@@ -114,7 +114,13 @@ impl Grants {
                     continue;
                 }
             }
-            self.record(vip, epoch, director, now, false);
+            match self.last.get_mut(&vip) {
+                // The usual case, every heartbeat for each of a director's
+                // VIPs: the same grant again, renewed in place (a new record
+                // cost an allocation per VIP, 1,000 per answer).
+                Some(g) if g.epoch == epoch && g.director == director && !g.released => g.at = now,
+                _ => self.record(vip, epoch, director, now, false),
+            }
             out.push((vip, epoch));
         }
         out

@@ -95,8 +95,8 @@ struct Director {
     ack: u64,
     /// The configuration revision the director holds from this node.
     sent_revision: Option<u64>,
-    /// What the director last reported holding.
-    held: Vec<pb::VipLease>,
+    /// What the director last reported holding (shared with the fleet).
+    held: Arc<Vec<pb::VipLease>>,
     /// When a grant withheld in the last message becomes due.
     wake: Option<Instant>,
     /// The last answer's heartbeat and the VIPs it granted (`None`: no
@@ -122,11 +122,13 @@ struct Director {
 impl Director {
     /// Records what a report says about the director's VIPs: what it holds,
     /// and the epochs it let go for good.
-    fn heard(&mut self, app: &App, report: &pb::DirectorReport) {
+    /// The report's `held` is taken when it differs, else left.
+    fn heard(&mut self, app: &App, report: &mut pb::DirectorReport) {
         self.ack = report.heartbeat;
         self.knows_same = report.knows_leases_same;
-        if self.held != report.held {
-            self.held.clone_from(&report.held);
+        // `held_same`: as the previous report said.
+        if !report.held_same && *self.held != report.held {
+            self.held = Arc::new(std::mem::take(&mut report.held));
             self.held_version += 1;
         }
         if report.released.is_empty() {
@@ -285,6 +287,7 @@ impl AgentStream for Director {
             controllers,
             superseded,
             continued: false,
+            knows_held_same: true,
         };
         let mut out = vec![first];
         out.extend(continued(state.revision, app.id, parts));
@@ -294,12 +297,12 @@ impl AgentStream for Director {
     async fn report(
         &mut self,
         app: &App,
-        report: pb::DirectorReport,
+        mut report: pb::DirectorReport,
         budget: &mut WriteBudget,
     ) -> Result<(), Status> {
-        self.heard(app, &report);
+        self.heard(app, &mut report);
         app.fleet
-            .director_reported(&report, self.stream, app.leases);
+            .director_reported(&report, self.held.clone(), self.stream, app.leases);
         // Verdicts become Raft writes, which only the leader makes.
         if app.require_leader().is_err() {
             return Ok(());
@@ -336,7 +339,7 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
     ) -> Result<Response<Self::SyncStream>, Status> {
         let caller = super::authz::caller(&req);
         let mut inbound = req.into_inner();
-        let first = first_report(&mut inbound).await?;
+        let mut first = first_report(&mut inbound).await?;
         check_name("node_id", &first.node_id).map_err(|e| status(e.into()))?;
         // A director speaks only for itself (later reports must keep the id).
         if let Some(c) = caller.as_ref().filter(|c| c.identity.name != first.node_id) {
@@ -347,9 +350,6 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
         }
         let node = first.node_id.clone();
         let stream = STREAMS.fetch_add(1, Ordering::Relaxed);
-        self.app
-            .fleet
-            .director_reported(&first, stream, self.app.leases);
         tracing::info!(director = %node, "director connected");
         let mut director = Director {
             node: node.clone(),
@@ -358,7 +358,7 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
             // A director that held a configuration from this node resumes
             // from it (by delta, if the history still reaches back).
             sent_revision: (first.config_revision > 0).then_some(first.config_revision),
-            held: Vec::new(),
+            held: Arc::default(),
             wake: None,
             answered: None,
             owned: None,
@@ -367,7 +367,10 @@ impl pb::director_sync_server::DirectorSync for DirectorSync {
             knows_same: false,
             last_given: None,
         };
-        director.heard(&self.app, &first);
+        director.heard(&self.app, &mut first);
+        self.app
+            .fleet
+            .director_reported(&first, director.held.clone(), stream, self.app.leases);
         Ok(Response::new(serve(
             self.app.clone(),
             caller,

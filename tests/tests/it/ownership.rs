@@ -429,9 +429,30 @@ impl RawDirector {
     }
 
     async fn report(&mut self) -> anyhow::Result<()> {
+        self.report_with(|_| {}).await
+    }
+
+    /// A report `with` whatever else it should say.
+    async fn report_with(
+        &mut self,
+        with: impl FnOnce(&mut pb::DirectorReport),
+    ) -> anyhow::Result<()> {
         self.seq += 1;
-        self.tx.send(report(self.seq, self.knows_same)).await?;
+        let mut r = report(self.seq, self.knows_same);
+        with(&mut r);
+        self.tx.send(r).await?;
         Ok(())
+    }
+
+    /// Reports (`with` what else it says) and waits for the answer, which
+    /// comes once the controller has taken the report in.
+    async fn answered(
+        &mut self,
+        with: impl FnOnce(&mut pb::DirectorReport),
+    ) -> anyhow::Result<pb::DirectorDesired> {
+        self.report_with(with).await?;
+        let seq = self.seq;
+        self.next(|d| !d.continued && d.heartbeat_ack == seq).await
     }
 
     /// The next message `keep` accepts (within 10 s).
@@ -536,4 +557,44 @@ async fn unchanged_grants_are_answered_as_the_same() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A report may say `held_same` instead of listing the same leases again
+/// (a director with 1,000 VIPs, every heartbeat): `lbctl status` goes on
+/// showing the VIP held, and a report that lists nothing lets it go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_may_say_it_holds_what_it_held() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = controller_with_web(dir.path()).await?;
+    let mut raw = RawDirector::until_granted(&node.addr, true).await?;
+    let held = |addr: &str| -> anyhow::Result<bool> {
+        let (owner, _, held) = owner_of(&status_json(addr)?, "10.1.0.1")
+            .ok_or_else(|| anyhow::anyhow!("10.1.0.1 not in the status"))?;
+        anyhow::ensure!(owner == "da", "owned by {owner}");
+        Ok(held)
+    };
+    let (_, epoch, _) = owner_of(&status_json(&node.addr)?, "10.1.0.1")
+        .ok_or_else(|| anyhow::anyhow!("10.1.0.1 not in the status"))?;
+    assert!(!held(&node.addr)?, "nothing reported held yet");
+
+    let lease = pb::VipLease {
+        vip: "10.1.0.1".into(),
+        epoch,
+    };
+    let d = raw.answered(|r| r.held = vec![lease]).await?;
+    assert!(d.knows_held_same, "{d:?}");
+    assert!(held(&node.addr)?, "reported held");
+    for _ in 0..3 {
+        raw.answered(|r| r.held_same = true).await?;
+    }
+    assert!(
+        held(&node.addr)?,
+        "held_same keeps what the report before said"
+    );
+    raw.answered(|_| {}).await?;
+    assert!(
+        !held(&node.addr)?,
+        "a report that lists nothing holds nothing"
+    );
+    Ok(())
 }
