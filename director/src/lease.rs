@@ -143,6 +143,38 @@ impl Lease {
         );
     }
 
+    /// Whether controller `id`'s answer, granting again the very map its
+    /// fresh grant holds (`vips`, an answer that says `leases_same`) from a
+    /// heartbeat sent at `sent`, with the voters it named before and
+    /// nothing superseded, can only move the ends of what is held at
+    /// `now`. Then the fresh grants and their VIPs stay what they were,
+    /// and with them every majority. Nearly every answer is one; reading
+    /// the lease before and after to compare cost the session a
+    /// millisecond of the VM's emulated CPU per answer with 1,000 VIPs.
+    /// Anything else — an inherited lease, a drop under way, a grant that
+    /// [`Lease::forget`] would drop at `now` (its voters go with it), an
+    /// end that would move back — is left to the full comparison.
+    pub fn renews_only(
+        &self,
+        id: u64,
+        (sent, lease): (Option<Instant>, Duration),
+        vips: &Arc<BTreeMap<IpAddr, u64>>,
+        voters: &BTreeSet<u64>,
+        (now, keep): (Instant, Duration),
+    ) -> bool {
+        let Some(g) = self.grants.get(&id) else {
+            return false;
+        };
+        self.inherited.is_empty()
+            && self.dropped.is_empty()
+            && self.superseded.is_empty()
+            && g.until > now
+            && Arc::ptr_eq(&g.vips, vips)
+            && sent.is_none_or(|at| at + lease >= g.until)
+            && (voters.is_empty() || self.voters.get(&id) == Some(voters))
+            && self.grants.values().all(|g| g.until + keep > now)
+    }
+
     /// Controller `id` says these epochs are over; once a majority of the
     /// voters has said so of an epoch, it is never held again.
     pub fn supersede(
@@ -372,6 +404,71 @@ mod tests {
         }
         // The cases reach majorities, not only empty leases.
         assert!(nonempty > 200, "{nonempty}");
+    }
+
+    #[test]
+    fn an_answer_that_only_renews_moves_no_epoch() {
+        let t0 = Instant::now();
+        let keep = MS * 4;
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut quick = 0;
+        for _ in 0..4000 {
+            let mut l = Lease::default();
+            let controllers = 1 + next(4);
+            for id in 1..=controllers {
+                let voters = (1..=controllers).filter(|_| next(3) > 0).collect();
+                l.voters.insert(id, voters);
+                let vips = (0..next(6))
+                    .map(|_| (IpAddr::from([10, 0, 0, next(5) as u8]), 1 + next(3)))
+                    .collect();
+                let until = t0 + MS * (next(40) as u32);
+                l.grants.insert(
+                    id,
+                    Grant {
+                        until,
+                        vips: Arc::new(vips),
+                    },
+                );
+            }
+            if next(4) == 0 {
+                l.inherited
+                    .insert(IpAddr::from([10, 0, 0, next(5) as u8]), (2, t0 + MS * 20));
+            }
+            let id = 1 + next(controllers + 1);
+            let vips = l
+                .grants
+                .get(&id)
+                .map(|g| g.vips.clone())
+                .unwrap_or_default();
+            let voters: BTreeSet<u64> = match next(3) {
+                0 => BTreeSet::new(),
+                1 => l.voters.get(&id).cloned().unwrap_or_default(),
+                _ => (1..=1 + next(4)).collect(),
+            };
+            let sent = (next(4) > 0).then(|| t0 + MS * (next(30) as u32));
+            let lease = MS * 12;
+            let now = t0 + MS * (next(40) as u32);
+            if !l.renews_only(id, (sent, lease), &vips, &voters, (now, keep)) {
+                continue;
+            }
+            quick += 1;
+            let before = l.holding(now);
+            l.granted(id, sent, lease, vips, voters);
+            l.forget(now, keep);
+            let after = l.holding(now);
+            assert!(
+                same_epochs(&before, &after),
+                "{l:?}: {before:?} became {after:?}"
+            );
+        }
+        // The cases reach the quick path often, not only by chance.
+        assert!(quick > 300, "{quick}");
     }
 
     const MS: Duration = Duration::from_millis(1);

@@ -56,6 +56,16 @@ impl StatsSent {
     }
 }
 
+/// The VIPs a stream's reports said the director holds, to say
+/// `held_same` instead of listing them again.
+#[derive(Default)]
+struct HeldSent {
+    /// The controller reads `held_same` (its answers say so).
+    knows: bool,
+    /// What the last report listed.
+    last: Option<Vec<(IpAddr, u64)>>,
+}
+
 /// Each controller's answers so far, by address.
 pub(super) type Answers = Arc<watch::Sender<BTreeMap<String, u64>>>;
 
@@ -124,7 +134,12 @@ impl Shared {
     }
 
     /// The next report: what the reconciler did, what the kernel has.
-    fn report(&self, heartbeat: u64, sent: &mut StatsSent) -> pb::DirectorReport {
+    fn report(
+        &self,
+        heartbeat: u64,
+        sent: &mut StatsSent,
+        held_sent: &mut HeldSent,
+    ) -> pb::DirectorReport {
         let p = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
         // Counters change every round; sending them with each heartbeat would
         // multiply the stream's traffic for nothing.
@@ -161,8 +176,14 @@ impl Shared {
         let l = self.lock();
         let now = Instant::now();
         // What the kernel has, not what the lease says.
-        report.held = vip_leases(l.on_interface(now));
+        let held = l.on_interface(now);
         report.released = vip_leases(l.released());
+        drop(l);
+        report.held_same = held_sent.knows && held_sent.last.as_ref() == Some(&held);
+        if !report.held_same {
+            report.held = vip_leases(held.iter().copied());
+            held_sent.last = Some(held);
+        }
         report
     }
 
@@ -181,37 +202,27 @@ impl Shared {
         &self,
         d: &pb::DirectorDesired,
         sent: &mut SentHeartbeats,
-        last: &mut Arc<BTreeMap<std::net::IpAddr, u64>>,
+        last: &mut Arc<BTreeMap<IpAddr, u64>>,
     ) {
         let now = Instant::now();
         let at = sent.acked(d.heartbeat_ack);
         if !d.leases_same {
             *last = Arc::new(parse_vip_leases(&d.leases));
         }
+        let lease = Duration::from_millis(u64::from(d.lease_ms));
+        let voters: BTreeSet<u64> = d.voters.iter().copied().collect();
         let changed = {
             let mut l = self.lock();
-            let before = (l.holding(now), l.dropped.clone());
-            l.granted(
-                d.controller_id,
-                at,
-                Duration::from_millis(u64::from(d.lease_ms)),
-                last.clone(),
-                d.voters.iter().copied().collect(),
-            );
-            l.supersede(d.controller_id, parse_vip_leases(&d.superseded), now);
-            l.forget(now, Duration::from_secs(10));
-            let holding = l.holding(now);
-            let epochs_moved = !same_epochs(&holding, &before.0);
-            if epochs_moved {
-                // When a hand-over or a failover took its time, this says
-                // which controller's answer made the difference.
-                let (held, was) = (epochs(&holding), epochs(&before.0));
-                tracing::info!(controller = d.controller_id, ?held, before = ?was, "lease changed");
-            }
-            if epochs_moved || l.dropped != before.1 {
-                Some(true)
+            let now_keep = (now, FORGET_AFTER);
+            if d.superseded.is_empty()
+                && l.renews_only(d.controller_id, (at, lease), last, &voters, now_keep)
+            {
+                // Only ends move (see `Lease::renews_only`).
+                l.granted(d.controller_id, at, lease, last.clone(), voters);
+                l.forget(now, FORGET_AFTER);
+                at.map(|_| false)
             } else {
-                (holding != before.0).then_some(false)
+                granted_in_full(&mut l, d, (at, lease), last, voters, now)
             }
         };
         match changed {
@@ -373,6 +384,41 @@ impl Shared {
     }
 }
 
+/// How long the lease remembers a controller's grants after they ran out
+/// ([`Lease::forget`]).
+const FORGET_AFTER: Duration = Duration::from_secs(10);
+
+/// Takes a controller's answer `d` into the lease `l` (its grants `last`,
+/// counted from `at` for `lease`) by reading what the lease holds before
+/// and after: `Some(true)` when the epochs held or the drops changed,
+/// `Some(false)` when only the ends moved, `None` when nothing did.
+fn granted_in_full(
+    l: &mut Lease,
+    d: &pb::DirectorDesired,
+    (at, lease): (Option<Instant>, Duration),
+    last: &Arc<BTreeMap<IpAddr, u64>>,
+    voters: BTreeSet<u64>,
+    now: Instant,
+) -> Option<bool> {
+    let before = (l.holding(now), l.dropped.clone());
+    l.granted(d.controller_id, at, lease, last.clone(), voters);
+    l.supersede(d.controller_id, parse_vip_leases(&d.superseded), now);
+    l.forget(now, FORGET_AFTER);
+    let holding = l.holding(now);
+    let epochs_moved = !same_epochs(&holding, &before.0);
+    if epochs_moved {
+        // When a hand-over or a failover took its time, this says
+        // which controller's answer made the difference.
+        let (held, was) = (epochs(&holding), epochs(&before.0));
+        tracing::info!(controller = d.controller_id, ?held, before = ?was, "lease changed");
+    }
+    if epochs_moved || l.dropped != before.1 {
+        Some(true)
+    } else {
+        (holding != before.0).then_some(false)
+    }
+}
+
 /// One controller's stream.
 struct Stream {
     shared: Arc<Shared>,
@@ -390,6 +436,7 @@ impl Session for Stream {
         let mut heartbeat = 0;
         // A new stream may reach a controller that has no counters yet.
         let mut stats_sent = StatsSent::default();
+        let mut held_sent = HeldSent::default();
         // The grants of this connection's last answer (see `granted`).
         let mut last_leases = Arc::default();
         // Connecting may take long (a TLS handshake on a slow host): the
@@ -397,18 +444,23 @@ impl Session for Stream {
         let mut waiting = AckDeadline::new(sh.config.ack_deadline);
         let mut report_now = sh.report_now.subscribe();
         self.from.reconnected();
-        let mut next = |sent: &mut SentHeartbeats, waiting: &mut AckDeadline, held: u64| {
+        let mut next = |(sent, waiting): (&mut SentHeartbeats, &mut AckDeadline),
+                        held_sent: &mut HeldSent,
+                        revision: u64| {
             heartbeat += 1;
             let now = Instant::now();
             sent.sent(heartbeat, now);
             waiting.sent(now);
-            let mut report = sh.report(heartbeat, &mut stats_sent);
-            report.config_revision = held;
+            let mut report = sh.report(heartbeat, &mut stats_sent, held_sent);
+            report.config_revision = revision;
             report
         };
-        let _ = tx
-            .send(next(&mut sent, &mut waiting, self.from.revision))
-            .await;
+        let first = next(
+            (&mut sent, &mut waiting),
+            &mut held_sent,
+            self.from.revision,
+        );
+        let _ = tx.send(first).await;
         // The first update on this connection says whether it resumed.
         let mut first_update = true;
         // The largest message of the update under way (for the log).
@@ -432,6 +484,7 @@ impl Session for Stream {
                         if !d.continued {
                             let started = Instant::now();
                             waiting.at_least(Duration::from_millis(u64::from(d.lease_ms)));
+                            held_sent.knows = d.knows_held_same;
                             sh.answers.send_modify(|n| *n.entry(addr.to_string()).or_default() += 1);
                             sh.granted(&d, &mut sent, &mut last_leases);
                             // With 1,000 VIPs, what a configuration update
@@ -467,12 +520,14 @@ impl Session for Stream {
                 Ok(()) = renewed.changed() => return Ok(()),
                 _ = ticker.tick() => {
                     waiting.check(Instant::now())?;
-                    if tx.send(next(&mut sent, &mut waiting, self.from.revision)).await.is_err() {
+                    let report = next((&mut sent, &mut waiting), &mut held_sent, self.from.revision);
+                    if tx.send(report).await.is_err() {
                         return Ok(());
                     }
                 }
                 Ok(()) = report_now.changed() => {
-                    if tx.send(next(&mut sent, &mut waiting, self.from.revision)).await.is_err() {
+                    let report = next((&mut sent, &mut waiting), &mut held_sent, self.from.revision);
+                    if tx.send(report).await.is_err() {
                         return Ok(());
                     }
                 }
