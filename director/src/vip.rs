@@ -158,14 +158,17 @@ pub fn put_held(
     };
     let started = Instant::now();
     record(&new, started);
-    // Renewals in slices, each followed by a pause as long as it took:
-    // renewing 1,000 addresses (a walk of the interface's address list
-    // each, in the kernel) kept the VM's emulated CPUs busy for 100 ms at
-    // once, and every configuration change that met it took twice as
-    // long. Each slice's lifetimes are shortened by the time since they
-    // were worked out, so that a late slice ends its addresses no later.
-    let mut slices = renewals.chunks(RENEWAL_SLICE).peekable();
-    while let Some(slice) = slices.next() {
+    // Renewals in small slices, each followed by a pause twice as long as
+    // it took: renewing 1,000 addresses (a walk of the interface's address
+    // list each, in the kernel) kept the VM's emulated CPUs busy for 100 ms
+    // at once, and every configuration change that met it took twice as
+    // long; slices of 64 still took 4–11 ms each there, and a change or a
+    // reader of the IPVS table that met one waited that long. Each slice's
+    // lifetimes are shortened by the time since they were worked out, so
+    // that a late slice ends its addresses no later.
+    let (mut slices, mut slowest) = (0, Duration::ZERO);
+    let mut chunks = renewals.chunks(RENEWAL_SLICE).peekable();
+    while let Some(slice) = chunks.next() {
         let at = Instant::now();
         let late = at - started;
         let slice: Vec<(Address, Option<Duration>)> = slice
@@ -173,19 +176,34 @@ pub fn put_held(
             .map(|(a, lifetime)| (*a, lifetime.map(|l| l.saturating_sub(late))))
             .collect();
         record(&slice, at);
-        if slices.peek().is_some() {
-            std::thread::sleep(at.elapsed().min(RENEWAL_PAUSE_MAX));
+        let took = at.elapsed();
+        (slices, slowest) = (slices + 1, slowest.max(took));
+        if chunks.peek().is_some() {
+            std::thread::sleep((took * 2).min(RENEWAL_PAUSE_MAX));
         }
+    }
+    if slices > 0 {
+        // To line a slow configuration change up with a renewal.
+        tracing::debug!(
+            renewed = renewals.len(),
+            slices,
+            slowest_us = slowest.as_micros() as u64,
+            took_us = started.elapsed().as_micros() as u64,
+            "VIP lifetimes renewed"
+        );
     }
     failed.map_or(Ok(()), Err)
 }
 
 /// How many address lifetimes [`put_held`] renews between two pauses.
-const RENEWAL_SLICE: usize = 64;
+const RENEWAL_SLICE: usize = 16;
 
 /// The longest pause between two slices of renewals: a host so slow that
-/// a slice takes longer still renews 1,000 addresses within a second or so.
-const RENEWAL_PAUSE_MAX: Duration = Duration::from_millis(50);
+/// a slice takes 10 ms or more still renews 1,000 addresses (63 slices)
+/// in about two seconds, within the one and a half renewal intervals by
+/// which [`Lifetimes`] has an address still outlast its lease when it is
+/// due (three seconds with the VM test bed's lease).
+const RENEWAL_PAUSE_MAX: Duration = Duration::from_millis(20);
 
 /// How a director announces a VIP it has just taken: a burst of
 /// gratuitous ARPs / unsolicited NAs, then one every `refresh`.
