@@ -137,6 +137,50 @@ impl FromController {
     }
 }
 
+/// Logs a complete configuration update: at info the first on a
+/// connection (did it resume by delta, or start over?), else at debug.
+pub(super) fn log_update(
+    controller: &str,
+    revision: u64,
+    applied: &Applied,
+    (first, largest_bytes): (bool, usize),
+) {
+    match (applied, first) {
+        (
+            Applied::Delta {
+                from,
+                changed,
+                removed,
+                ..
+            },
+            true,
+        ) => tracing::info!(
+            controller,
+            from,
+            revision,
+            changed,
+            removed,
+            largest_bytes,
+            "configuration resumed by delta"
+        ),
+        (Applied::Snapshot { services, parts }, true) => tracing::info!(
+            controller,
+            revision,
+            services,
+            parts,
+            largest_bytes,
+            "configuration received in full (snapshot)"
+        ),
+        (applied, false) => tracing::debug!(
+            controller,
+            revision,
+            ?applied,
+            largest_bytes,
+            "configuration update"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::accept::{accept, by_name, check_targets, vips_of};
-use super::from_controller::{Applied, FromController};
+use super::from_controller::{log_update, Applied, FromController};
 use super::{Config, Desired, Progress, ServiceList};
 use crate::hook::{Event, Hooks, QuorumChange};
 use crate::lease::{epochs, same_epochs, Lease, SentHeartbeats};
@@ -533,50 +533,6 @@ impl Session for Stream {
                 }
             }
         }
-    }
-}
-
-/// Logs a complete configuration update: at info the first on a
-/// connection (did it resume by delta, or start over?), else at debug.
-fn log_update(
-    controller: &str,
-    revision: u64,
-    applied: &Applied,
-    (first, largest_bytes): (bool, usize),
-) {
-    match (applied, first) {
-        (
-            Applied::Delta {
-                from,
-                changed,
-                removed,
-                ..
-            },
-            true,
-        ) => tracing::info!(
-            controller,
-            from,
-            revision,
-            changed,
-            removed,
-            largest_bytes,
-            "configuration resumed by delta"
-        ),
-        (Applied::Snapshot { services, parts }, true) => tracing::info!(
-            controller,
-            revision,
-            services,
-            parts,
-            largest_bytes,
-            "configuration received in full (snapshot)"
-        ),
-        (applied, false) => tracing::debug!(
-            controller,
-            revision,
-            ?applied,
-            largest_bytes,
-            "configuration update"
-        ),
     }
 }
 
