@@ -101,8 +101,7 @@ impl Lifetimes {
 /// that are in `renew`, so the kernel deletes an address whose lease is
 /// not renewed. The VIPs added go to `added` (to be announced), also when
 /// another failed (the first failure is returned), and `present` gains
-/// them; `lifetimes` records what each address was given. The renewals may
-/// take up to `spread` (see below).
+/// them; `lifetimes` records what each address was given.
 pub fn put_held(
     rtnl: &Rtnl,
     ifindex: u32,
@@ -112,7 +111,7 @@ pub fn put_held(
         &BTreeSet<IpAddr>,
     ),
     (present, added): (&mut BTreeSet<IpAddr>, &mut Vec<IpAddr>),
-    (lifetimes, spread): (&mut Lifetimes, Duration),
+    lifetimes: &mut Lifetimes,
 ) -> Result<(), NetError> {
     // One already there keeps its lifetime renewed, ready or not: a
     // restarted agent continues what the previous process held before it
@@ -159,17 +158,14 @@ pub fn put_held(
     };
     let started = Instant::now();
     record(&new, started);
-    // Renewals in small slices, each followed by a pause nine times as long
-    // as it took (a tenth of a CPU), the pauses together no longer than
-    // `spread`. Renewing 1,000 addresses (a walk of the interface's address
+    // Renewals in small slices, each followed by a pause twice as long as
+    // it took: renewing 1,000 addresses (a walk of the interface's address
     // list each, in the kernel) kept the VM's emulated CPUs busy for 100 ms
     // at once, and every configuration change that met it took twice as
-    // long; slices of 64 still took 4–11 ms each there, and slices of 16
-    // with a pause of twice their time (a third of a CPU for half a
-    // second) were still what 10 of the 12 slowest of 50 changes met.
-    // Each slice's lifetimes are shortened by the time since they were
-    // worked out, so that a late slice ends its addresses no later.
-    let pause_max = spread / renewals.len().div_ceil(RENEWAL_SLICE).max(1) as u32;
+    // long; slices of 64 still took 4–11 ms each there, and a change or a
+    // reader of the IPVS table that met one waited that long. Each slice's
+    // lifetimes are shortened by the time since they were worked out, so
+    // that a late slice ends its addresses no later.
     let (mut slices, mut slowest) = (0, Duration::ZERO);
     let mut chunks = renewals.chunks(RENEWAL_SLICE).peekable();
     while let Some(slice) = chunks.next() {
@@ -183,7 +179,7 @@ pub fn put_held(
         let took = at.elapsed();
         (slices, slowest) = (slices + 1, slowest.max(took));
         if chunks.peek().is_some() {
-            std::thread::sleep((took * 9).min(pause_max));
+            std::thread::sleep((took * 2).min(RENEWAL_PAUSE_MAX));
         }
     }
     if slices > 0 {
@@ -201,6 +197,13 @@ pub fn put_held(
 
 /// How many address lifetimes [`put_held`] renews between two pauses.
 const RENEWAL_SLICE: usize = 16;
+
+/// The longest pause between two slices of renewals: a host so slow that
+/// a slice takes 10 ms or more still renews 1,000 addresses (63 slices)
+/// in about two seconds, within the one and a half renewal intervals by
+/// which [`Lifetimes`] has an address still outlast its lease when it is
+/// due (three seconds with the VM test bed's lease).
+const RENEWAL_PAUSE_MAX: Duration = Duration::from_millis(20);
 
 /// How a director announces a VIP it has just taken: a burst of
 /// gratuitous ARPs / unsolicited NAs, then one every `refresh`.

@@ -110,10 +110,7 @@ impl Host {
             index,
             (&give, ready, &renew),
             (&mut present, added),
-            // Half a renewal interval: within the one and a half by which
-            // an address due for renewal still outlasts its lease (see
-            // `Lifetimes`), whatever the lease.
-            (&mut lifetimes, interval / 2),
+            &mut lifetimes,
         )
         .map_err(|e| e.to_string())?;
         // With 1,000 VIPs a renewal is the director's largest periodic work.
