@@ -114,13 +114,7 @@ impl Grants {
                     continue;
                 }
             }
-            match self.last.get_mut(&vip) {
-                // The usual case, every heartbeat for each of a director's
-                // VIPs: the same grant again, renewed in place (a new record
-                // cost an allocation per VIP, 1,000 per answer).
-                Some(g) if g.epoch == epoch && g.director == director && !g.released => g.at = now,
-                _ => self.record(vip, epoch, director, now, false),
-            }
+            self.record(vip, epoch, director, now, false);
             out.push((vip, epoch));
         }
         out
@@ -157,16 +151,26 @@ impl Grants {
     }
 
     fn record(&mut self, vip: IpAddr, epoch: u64, director: &str, at: Instant, released: bool) {
-        let director = director.to_string();
-        self.last.insert(
-            vip,
-            Given {
-                epoch,
-                director,
-                at,
-                released,
-            },
-        );
+        match self.last.get_mut(&vip) {
+            // The usual case, every heartbeat for each of a director's VIPs:
+            // its record rewritten in place (a new one cost an allocation
+            // for the director's name, 1,000 per answer).
+            Some(g) if g.director == director => {
+                (g.epoch, g.at, g.released) = (epoch, at, released);
+            }
+            _ => {
+                let director = director.to_string();
+                self.last.insert(
+                    vip,
+                    Given {
+                        epoch,
+                        director,
+                        at,
+                        released,
+                    },
+                );
+            }
+        }
     }
 
     /// The VIPs' last grants older than any wait, forgotten (bounded memory

@@ -149,9 +149,7 @@ pub fn put_held(
                 Ok(()) => {}
                 // The rest went on; the caller tries again.
                 Err(e) => {
-                    if failed.is_none() {
-                        failed = Some(e);
-                    }
+                    failed.get_or_insert(e);
                 }
             }
         }
