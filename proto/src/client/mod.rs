@@ -495,6 +495,14 @@ impl Controller {
                 )));
             }
             if let Next::Other { delay } = self.follower.failed(&status) {
+                // A retry that would start past the deadline is not made:
+                // this error is the answer. Sleeping past it left the next
+                // try no time at all, and a controller that refused every
+                // connection was reported as a request that may have been
+                // applied (a deadline exceeded).
+                if Instant::now() + delay >= give_up {
+                    return Err(status);
+                }
                 // Unreachable node or an election under way: try the next address.
                 self.channel = None;
                 tokio::time::sleep(delay).await;
