@@ -6,8 +6,8 @@
 //! send in order and acknowledges each, a failure included, and goes on
 //! with the next — so a batch behaves as the same requests sent one by one.
 //!
-//! A socket of its own: neli's router, which the reads use, owns its
-//! socket's receive side.
+//! A socket of its own: the acknowledgements of a batch are read in
+//! bulk, apart from the one-at-a-time exchanges of [`super::exchange`].
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod daemon;
 pub mod dest;
+mod exchange;
 pub mod service;
 pub mod stats;
 pub mod wire;
@@ -18,9 +19,7 @@ pub mod wire;
 use neli::consts::genl::NlAttrType;
 use neli::consts::nl::NlmF;
 use neli::consts::socket::NlFamily;
-use neli::err::RouterError;
 use neli::genl::{Genlmsghdr, GenlmsghdrBuilder, Nlattr};
-use neli::nl::NlPayload;
 use neli::router::synchronous::NlRouter;
 use neli::types::{Buffer, GenlBuffer};
 use neli::utils::Groups;
@@ -191,7 +190,8 @@ pub mod request {
 /// A generic netlink connection to IPVS in the caller's network namespace.
 /// Calls block; async callers use `spawn_blocking`.
 pub struct Ipvs {
-    router: NlRouter,
+    /// Reads and single changes, one at a time (see [`exchange`]).
+    exchanger: std::sync::Mutex<exchange::Exchanger>,
     family: u16,
     batcher: batch::Batcher,
 }
@@ -199,13 +199,16 @@ pub struct Ipvs {
 impl Ipvs {
     /// Connects and resolves the IPVS family (loading `ip_vs` if needed).
     pub fn open() -> Result<Ipvs, IpvsError> {
+        // The router only resolves the family.
         let (router, _) = NlRouter::connect(NlFamily::Generic, None, Groups::empty())
             .map_err(|e| IpvsError::Socket(e.to_string()))?;
         let family = router
             .resolve_genl_family(FAMILY)
             .map_err(|e| IpvsError::NoFamily(e.to_string()))?;
         Ok(Ipvs {
-            router,
+            exchanger: std::sync::Mutex::new(
+                exchange::Exchanger::open().map_err(IpvsError::Socket)?,
+            ),
             family,
             batcher: batch::Batcher::open()?,
         })
@@ -224,34 +227,16 @@ impl Ipvs {
             object: object.clone(),
             detail,
         })?;
-        let fail = |e: RouterError<u16, Genlmsghdr<Cmd, T>>| match e {
-            RouterError::Nlmsgerr(err) => IpvsError::Kernel {
-                op,
-                object: object.clone(),
-                errno: -*err.error(),
-            },
-            other => IpvsError::Netlink {
-                op,
-                object: object.clone(),
-                detail: other.to_string(),
-            },
-        };
-        let replies = self
-            .router
-            .send::<_, _, u16, Genlmsghdr<Cmd, T>>(self.family, flags, NlPayload::Payload(msg))
-            .map_err(|e| IpvsError::Netlink {
-                op,
-                object: object.clone(),
-                detail: e.to_string(),
-            })?;
-        let mut out = Vec::new();
-        for reply in replies {
-            let reply = reply.map_err(fail)?;
-            if let NlPayload::Payload(p) = reply.nl_payload() {
-                out.push(p.clone());
-            }
-        }
-        Ok(out)
+        let mut exchanger = self
+            .exchanger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        exchanger
+            .exchange(self.family, flags, msg)
+            .map_err(|e| match e {
+                exchange::Failure::Kernel(errno) => IpvsError::Kernel { op, object, errno },
+                exchange::Failure::Netlink(detail) => IpvsError::Netlink { op, object, detail },
+            })
     }
 
     /// Sends a change and waits for the kernel's acknowledgement.

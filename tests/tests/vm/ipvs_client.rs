@@ -165,3 +165,85 @@ fn services_and_destinations_round_trip_through_the_kernel() {
     }
     assert!(ipvsadm_save().is_empty());
 }
+
+/// Reads go one request at a time on a socket the client keeps: a dump
+/// larger than one datagram comes back whole, a service the kernel lacks
+/// reads as none, and a refused request leaves nothing behind that the
+/// next read would take for its own answer.
+#[test]
+fn reads_come_back_whole_and_each_answers_its_own_request() {
+    if !super::in_vm() {
+        return;
+    }
+    let ipvs = Ipvs::open().expect("open IPVS");
+    for s in ipvs.services().expect("dump") {
+        ipvs.delete_service(&s.spec.key).expect("clear");
+    }
+    let big = ServiceSpec {
+        key: ServiceKey::Endpoint {
+            addr: "10.9.2.1".parse().unwrap(),
+            port: 80,
+            protocol: IPPROTO_TCP,
+        },
+        scheduler: "rr".into(),
+        flags: 0,
+        timeout: 0,
+        netmask: ServiceSpec::full_netmask(AF_INET),
+    };
+    ipvs.add_service(&big).expect("add service");
+    // 1,000 destinations: with their counters, several datagrams of a dump.
+    let dests: Vec<DestSpec> = (0..1000u32)
+        .map(|i| DestSpec {
+            addr: std::net::Ipv4Addr::from(0x0a0a_0000 + i).into(),
+            port: 80,
+            forward: Forward::Route,
+            weight: 1 + i % 7,
+            upper_threshold: 0,
+            lower_threshold: 0,
+        })
+        .collect();
+    let added = ipvs.apply_all(
+        dests
+            .iter()
+            .map(|d| lb_director::ipvs::Change::add_dest(&big.key, d))
+            .collect(),
+    );
+    assert!(
+        added.iter().all(|r| r.is_ok()),
+        "{:?}",
+        added.iter().find(|r| r.is_err())
+    );
+    let sorted_specs = |mut v: Vec<DestSpec>| {
+        v.sort_by_key(|d| d.key());
+        v
+    };
+    let read = ipvs.dests(&big.key).expect("dump destinations");
+    assert_eq!(
+        sorted_specs(read.into_iter().map(|d| d.spec).collect()),
+        sorted_specs(dests.clone())
+    );
+    assert_eq!(ipvsadm_save().len(), 1001, "ipvsadm reads the same table");
+
+    let missing = ServiceKey::Endpoint {
+        addr: "10.9.2.2".parse().unwrap(),
+        port: 80,
+        protocol: IPPROTO_TCP,
+    };
+    assert!(ipvs
+        .service(&missing)
+        .expect("get a missing service")
+        .is_none());
+    // Refused, then read: each answer is its request's.
+    for _ in 0..3 {
+        let refused = ipvs.add_service(&big).expect_err("a duplicate service");
+        assert!(
+            matches!(refused, IpvsError::Kernel { errno: 17, .. }),
+            "{refused:?}"
+        );
+        let got = ipvs.service(&big.key).expect("get").expect("the service");
+        assert_eq!(got.spec, big);
+        assert_eq!(ipvs.dests(&big.key).expect("dump").len(), 1000);
+    }
+    ipvs.delete_service(&big.key).expect("delete service");
+    assert!(ipvsadm_save().is_empty());
+}
