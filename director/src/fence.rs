@@ -29,7 +29,7 @@
 //! repairs a hand edit); a stalled agent does not, and the kernel expires
 //! the slots at the lease end on its own. The address's `valid_lft` (set
 //! by the VIP loop) is the second line: the kernel deletes the address
-//! within a lease and a second after the lease ends.
+//! within four thirds of a lease and a second after the lease ends.
 //!
 //! The tables, chains and sets are made by `nft`; their elements are
 //! written over nfnetlink ([`lb_hostnet::nftables`]), each write one kernel

@@ -54,15 +54,18 @@ pub fn remove_unheld(
 /// When the kernel ends each VIP address this agent gave a lifetime (its
 /// `valid_lft`), so that a renewal renews only the addresses that need it.
 ///
-/// An address gets its lease plus three renewal intervals, and is renewed
-/// once it would no longer outlast its lease by one and a half: about
-/// every other renewal under a long lease (the VM's), and about every
-/// eleventh at the default 200 ms one, whose lifetimes the kernel rounds up to a whole
-/// second. Renewing 1,000 addresses costs the kernel a walk of the
-/// interface's address list each; it was a director's largest periodic
-/// work. The price: a killed agent's address goes within a lease and a
-/// second after its lease end instead of a second (the fence stops the
-/// answers at the lease end all the same).
+/// An address gets its lease plus four renewal intervals, and is renewed
+/// once it would no longer outlast its lease by two: every third renewal
+/// under a long lease (the VM's), and about every tenth at the
+/// default 200 ms one, whose lifetimes the kernel rounds up to a whole
+/// second. When first due, an address still outlasts its lease by one
+/// interval or more, so its renewal may wait half an interval for a gap in
+/// the configuration changes (see [`put_held`]) and the address still
+/// outlasts the lease. Renewing 1,000 addresses costs the kernel a walk of
+/// the interface's address list each; it is a director's largest periodic
+/// work. The price: a killed agent's address goes up to four renewal
+/// intervals (four thirds of a lease) and a second after its lease end
+/// (the fence stops the answers at the lease end all the same).
 #[derive(Debug, Default)]
 pub struct Lifetimes(BTreeMap<IpAddr, Instant>);
 
@@ -70,7 +73,7 @@ impl Lifetimes {
     /// The lifetime to give an address whose lease has `left`, when
     /// renewals come every `interval`.
     pub fn lifetime(left: Duration, interval: Duration) -> Duration {
-        left + interval * 3
+        left + interval * 4
     }
 
     /// Whether `vip`'s address must be renewed at `now`, its lease having
@@ -78,7 +81,7 @@ impl Lifetimes {
     pub fn due(&self, vip: &IpAddr, now: Instant, left: Duration, interval: Duration) -> bool {
         self.0
             .get(vip)
-            .is_none_or(|end| *end < now + left + interval * 3 / 2)
+            .is_none_or(|end| *end < now + left + interval * 2)
     }
 
     /// `vip`'s address was given `lifetime` at `at` (before the request:
@@ -102,6 +105,9 @@ impl Lifetimes {
 /// not renewed. The VIPs added go to `added` (to be announced), also when
 /// another failed (the first failure is returned), and `present` gains
 /// them; `lifetimes` records what each address was given.
+///
+/// The renewals stop when `gives_way` says so (a configuration change came
+/// in); returns how many were left for later.
 pub fn put_held(
     rtnl: &Rtnl,
     ifindex: u32,
@@ -111,8 +117,8 @@ pub fn put_held(
         &BTreeSet<IpAddr>,
     ),
     (present, added): (&mut BTreeSet<IpAddr>, &mut Vec<IpAddr>),
-    lifetimes: &mut Lifetimes,
-) -> Result<(), NetError> {
+    (lifetimes, gives_way): (&mut Lifetimes, &dyn Fn() -> bool),
+) -> Result<usize, NetError> {
     // One already there keeps its lifetime renewed, ready or not: a
     // restarted agent continues what the previous process held before it
     // has programmed anything.
@@ -161,12 +167,17 @@ pub fn put_held(
     // list each, in the kernel) kept the VM's emulated CPUs busy for 100 ms
     // at once, and every configuration change that met it took twice as
     // long; slices of 64 still took 4–11 ms each there, and a change or a
-    // reader of the IPVS table that met one waited that long. Each slice's
-    // lifetimes are shortened by the time since they were worked out, so
-    // that a late slice ends its addresses no later.
-    let (mut slices, mut slowest) = (0, Duration::ZERO);
+    // reader of the IPVS table that met one waited that long. A change
+    // that comes in stops them: the rest wait for a gap (the caller
+    // decides when). Each slice's lifetimes are shortened by the time since
+    // they were worked out, so that a late slice ends its addresses no
+    // later.
+    let (mut slices, mut slowest, mut done) = (0, Duration::ZERO, 0);
     let mut chunks = renewals.chunks(RENEWAL_SLICE).peekable();
     while let Some(slice) = chunks.next() {
+        if gives_way() {
+            break;
+        }
         let at = Instant::now();
         let late = at - started;
         let slice: Vec<(Address, Option<Duration>)> = slice
@@ -175,22 +186,24 @@ pub fn put_held(
             .collect();
         record(&slice, at);
         let took = at.elapsed();
-        (slices, slowest) = (slices + 1, slowest.max(took));
+        (slices, slowest, done) = (slices + 1, slowest.max(took), done + slice.len());
         if chunks.peek().is_some() {
             std::thread::sleep((took * 2).min(RENEWAL_PAUSE_MAX));
         }
     }
-    if slices > 0 {
+    let left = renewals.len() - done;
+    if slices > 0 || left > 0 {
         // To line a slow configuration change up with a renewal.
         tracing::debug!(
-            renewed = renewals.len(),
+            renewed = done,
+            left,
             slices,
             slowest_us = slowest.as_micros() as u64,
             took_us = started.elapsed().as_micros() as u64,
             "VIP lifetimes renewed"
         );
     }
-    failed.map_or(Ok(()), Err)
+    failed.map_or(Ok(left), Err)
 }
 
 /// How many address lifetimes [`put_held`] renews between two pauses.
@@ -273,22 +286,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_address_is_renewed_once_it_would_not_outlast_its_lease_by_a_renewal_and_a_half() {
+    fn an_address_is_renewed_once_it_would_not_outlast_its_lease_by_two_renewals() {
         let vip: IpAddr = "10.0.0.100".parse().unwrap();
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut l = Lifetimes::default();
-        // The VM's 6 s lease, renewed every 2 s: 12 s given.
+        // The VM's 6 s lease, renewed every 2 s: 14 s given.
         let (left, interval) = (ms(6000), ms(2000));
         assert!(l.due(&vip, t0, left, interval), "never given one");
         l.put(vip, t0, Lifetimes::lifetime(left, interval));
-        assert!(!l.due(&vip, t0 + ms(2000), left, interval), "10 s > 9 s");
-        assert!(l.due(&vip, t0 + ms(4000), left, interval), "8 s < 9 s");
-        // The default 200 ms lease: the kernel's whole second lasts 7 renewals.
+        assert!(!l.due(&vip, t0 + ms(2000), left, interval), "12 s > 10 s");
+        assert!(!l.due(&vip, t0 + ms(4000), left, interval), "10 s = 10 s");
+        assert!(l.due(&vip, t0 + ms(4500), left, interval), "9.5 s < 10 s");
+        // First due at a renewal (every 2 s), it outlasts its lease by an
+        // interval or more: after half an interval of waiting for a gap in
+        // the changes, still by half an interval (the renewal's own time).
+        let first_due = t0 + ms(6000);
+        assert!(l.due(&vip, first_due, left, interval));
+        let waited = first_due + interval / 2;
+        assert!(l.0[&vip] >= waited + left + interval / 2);
+        // The default 200 ms lease: the kernel's whole second lasts 10 renewals.
         let (left, interval) = (ms(200), ms(67));
         l.put(vip, t0, Lifetimes::lifetime(left, interval));
         assert!(!l.due(&vip, t0 + ms(600), left, interval));
-        assert!(l.due(&vip, t0 + ms(750), left, interval));
+        assert!(l.due(&vip, t0 + ms(700), left, interval));
         l.retain(&BTreeSet::new());
         assert!(l.due(&vip, t0, left, interval), "taken off: forgotten");
     }

@@ -39,8 +39,10 @@ const SWEEP_SHARE: u32 = 3;
 /// slice between two of them competes with the second for the CPU (under
 /// the VM's emulated CPU it doubled a change's p50 at 10,000 services).
 /// Changes that keep coming defer the sweep for one resync period at most:
-/// past that, slices go between them at their usual pace.
-const QUIET_AFTER_CHANGE: Duration = Duration::from_millis(200);
+/// past that, slices go between them at their usual pace. The VIP loop's
+/// renewal of address lifetimes waits for the same gap (see
+/// `agent::vips`).
+pub(super) const QUIET_AFTER_CHANGE: Duration = Duration::from_millis(200);
 
 /// A sweep under way: the keys still to read, and what it found so far.
 #[derive(Default)]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use lb_hostnet::{Link, Rtnl};
 use tokio::sync::{watch, Notify};
 
+use super::reconciler::QUIET_AFTER_CHANGE;
 use super::{Desired, SyncConfig};
 use crate::fence::Fence;
 use crate::hook::{Event, Hooks, VipChange, VipState};
@@ -67,25 +68,28 @@ impl Host {
     /// Addresses that go first, then the fence (which lets a VIP through
     /// before its address appears and stops it before the kernel would),
     /// then the addresses held, then sync daemons; returns the managed VIPs
-    /// now on the interface, and puts those newly added in `added` (also
-    /// when a later step fails: they are announced all the same). `ends`
-    /// are the leases' ends: what is left of each is taken just before each
-    /// step, so that a step that comes late (this process stalled half-way)
-    /// does not hand the kernel a lease that has run out meanwhile.
+    /// now on the interface and how many due lifetimes are left to renew,
+    /// and puts those newly added in `added` (also when a later step fails:
+    /// they are announced all the same). `ends` are the leases' ends: what
+    /// is left of each is taken just before each step, so that a step that
+    /// comes late (this process stalled half-way) does not hand the kernel
+    /// a lease that has run out meanwhile. The fence is set when `fence`;
+    /// the due address lifetimes are renewed when `renew` is given, until
+    /// it says to give way.
     fn converge(
         &self,
         managed: &BTreeSet<IpAddr>,
         ends: &BTreeMap<IpAddr, Instant>,
-        (ready, refresh): (&BTreeSet<IpAddr>, bool),
+        (ready, fence, renew): (&BTreeSet<IpAddr>, bool, Option<&dyn Fn() -> bool>),
         added: &mut Vec<IpAddr>,
-    ) -> Result<BTreeSet<IpAddr>, String> {
+    ) -> Result<(BTreeSet<IpAddr>, usize), String> {
         let index = self.link.index;
         let on = vip::on_interface(&self.rtnl, index).map_err(|e| e.to_string())?;
         let mut present: BTreeSet<IpAddr> = on.intersection(managed).copied().collect();
         vip::remove_unheld(&self.rtnl, index, managed, &left(ends), &mut present)
             .map_err(|e| e.to_string())?;
         let started = Instant::now();
-        if refresh {
+        if fence {
             self.refresh_fence(managed, ends)?;
         }
         let fenced = Instant::now();
@@ -96,27 +100,28 @@ impl Host {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         lifetimes.retain(&present);
-        let renew: BTreeSet<IpAddr> = held
+        let due: BTreeSet<IpAddr> = held
             .iter()
-            .filter(|(vip, left)| refresh && lifetimes.due(vip, fenced, **left, interval))
+            .filter(|(vip, left)| renew.is_some() && lifetimes.due(vip, fenced, **left, interval))
             .map(|(vip, _)| *vip)
             .collect();
         let give: BTreeMap<IpAddr, Duration> = held
             .iter()
             .map(|(vip, left)| (*vip, Lifetimes::lifetime(*left, interval)))
             .collect();
-        vip::put_held(
+        let left_due = vip::put_held(
             &self.rtnl,
             index,
-            (&give, ready, &renew),
+            (&give, ready, &due),
             (&mut present, added),
-            &mut lifetimes,
+            (&mut lifetimes, renew.unwrap_or(&|| false)),
         )
         .map_err(|e| e.to_string())?;
         // With 1,000 VIPs a renewal is the director's largest periodic work.
         tracing::debug!(
-            refresh,
-            renewed = renew.len(),
+            fence,
+            due = due.len(),
+            left_due,
             fence_us = (fenced - started).as_micros() as u64,
             addresses_us = fenced.elapsed().as_micros() as u64,
             "VIP addresses converged"
@@ -125,7 +130,7 @@ impl Host {
             self.converge_sync(sync, !held.is_empty())
                 .map_err(|e| e.to_string())?;
         }
-        Ok(present)
+        Ok((present, left_due))
     }
 
     /// Sets the fence to the leases' `ends`. The kernel counts an element's
@@ -350,6 +355,12 @@ pub(super) async fn run(
     let mut woken = true;
     let mut retry = false;
     let mut wanted = Wanted::read(&mut desired, &mut programmed, &lease, Instant::now());
+    // When the last configuration update came, and until when a renewal
+    // of the address lifetimes that is due may still wait for a gap in
+    // them (see `Lifetimes`).
+    let mut updates = desired.clone();
+    let mut last_update: Option<Instant> = None;
+    let mut renew_by: Option<Instant> = None;
     let mut held: BTreeSet<IpAddr> = BTreeSet::new();
     loop {
         let stopping = *stop.borrow();
@@ -367,6 +378,10 @@ pub(super) async fn run(
             );
         }
         round = now;
+        if updates.has_changed().unwrap_or(false) {
+            updates.mark_unchanged();
+            last_update = Some(now);
+        }
         let stale = std::mem::take(&mut woken)
             || vips_changed(&mut desired, &wanted.vips)
             || programmed.has_changed().unwrap_or(true)
@@ -387,16 +402,37 @@ pub(super) async fn run(
         // run low, and every second to repair hand edits.
         let changed = (stale || retry) && !last.as_ref().is_some_and(|l| l.same_sets(&wanted));
         let refresh = now >= refresh_at;
-        if changed || refresh || stopping || last_check.elapsed() > Duration::from_secs(1) {
+        // The fence is renewed on time; the address lifetimes give way to
+        // configuration changes (a burst from a script, an import, an
+        // orchestrator), as the reconciler's sweep does: renewing 1,000
+        // addresses took the VM's emulated CPUs for half a second, and the
+        // changes that met it were the slowest.
+        if refresh && renew_by.is_none() {
+            let interval = renewal_interval(&left(&wanted.held)).unwrap_or_default();
+            renew_by = Some(now + interval / 2);
+        }
+        let quiet = last_update.is_none_or(|t| now.duration_since(t) >= QUIET_AFTER_CHANGE);
+        let renew = renew_by.is_some_and(|by| quiet || now >= by);
+        if changed || refresh || renew || stopping || last_check.elapsed() > Duration::from_secs(1)
+        {
             let h = host.clone();
             let w = wanted.clone();
             let interval = renewal_interval(&left(&wanted.held));
+            let (news, by) = (updates.clone(), renew_by);
             let done = tokio::task::spawn_blocking(move || {
                 let mut added = Vec::new();
+                // Until `by`, a renewal stops for a change that comes in.
+                let gives_way = move || {
+                    by.is_some_and(|by| Instant::now() < by) && news.has_changed().unwrap_or(false)
+                };
                 let r = h.converge(
                     &w.managed,
                     &w.held,
-                    (&w.ready, refresh || changed),
+                    (
+                        &w.ready,
+                        refresh || changed,
+                        renew.then_some(&gives_way as &dyn Fn() -> bool),
+                    ),
                     &mut added,
                 );
                 (added, r)
@@ -407,7 +443,10 @@ pub(super) async fn run(
                 announce_at = now;
             }
             match done.map(|(_, r)| r) {
-                Ok(Ok(present)) => {
+                Ok(Ok((present, left_due))) => {
+                    if renew && left_due == 0 {
+                        renew_by = None;
+                    }
                     record(
                         &lease,
                         present,
