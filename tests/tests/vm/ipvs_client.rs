@@ -6,15 +6,21 @@ use super::{ipvsadm_save, sorted};
 use lb_director::ipvs::wire::*;
 use lb_director::ipvs::{DestSpec, Forward, Ipvs, IpvsError, ServiceKey, ServiceSpec};
 
+/// A client of the VM's IPVS, with the table emptied.
+fn emptied() -> Ipvs {
+    let ipvs = Ipvs::open().expect("open IPVS");
+    for s in ipvs.services().expect("dump") {
+        ipvs.delete_service(&s.spec.key).expect("clear");
+    }
+    ipvs
+}
+
 #[test]
 fn services_and_destinations_round_trip_through_the_kernel() {
     if !super::in_vm() {
         return;
     }
-    let ipvs = Ipvs::open().expect("open IPVS");
-    for s in ipvs.services().expect("dump") {
-        ipvs.delete_service(&s.spec.key).expect("clear");
-    }
+    let ipvs = emptied();
     let web = ServiceSpec {
         key: ServiceKey::Endpoint {
             addr: "10.9.0.1".parse().unwrap(),
@@ -175,10 +181,7 @@ fn reads_come_back_whole_and_each_answers_its_own_request() {
     if !super::in_vm() {
         return;
     }
-    let ipvs = Ipvs::open().expect("open IPVS");
-    for s in ipvs.services().expect("dump") {
-        ipvs.delete_service(&s.spec.key).expect("clear");
-    }
+    let ipvs = emptied();
     let big = ServiceSpec {
         key: ServiceKey::Endpoint {
             addr: "10.9.2.1".parse().unwrap(),
