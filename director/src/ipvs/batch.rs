@@ -13,12 +13,10 @@ use std::io::Cursor;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use neli::consts::nl::NlmF;
-use neli::consts::socket::NlFamily;
 use neli::genl::Genlmsghdr;
 use neli::nl::{NlPayload, Nlmsghdr, NlmsghdrBuilder};
 use neli::socket::NlSocket;
 use neli::types::NlBuffer;
-use neli::utils::Groups;
 use neli::{FromBytesWithInput, ToBytes};
 
 use super::wire::{Cmd, CmdAttr};
@@ -93,12 +91,7 @@ pub(super) struct Batcher {
 
 impl Batcher {
     pub(super) fn open() -> Result<Batcher, IpvsError> {
-        let socket = NlSocket::connect(NlFamily::Generic, None, Groups::empty())
-            .map_err(|e| IpvsError::Socket(e.to_string()))?;
-        socket
-            .block()
-            .map_err(|e| IpvsError::Socket(e.to_string()))?;
-        let pid = socket.pid().map_err(|e| IpvsError::Socket(e.to_string()))?;
+        let (socket, pid) = super::exchange::socket().map_err(IpvsError::Socket)?;
         Ok(Batcher {
             socket,
             pid,

@@ -44,12 +44,19 @@ pub(super) struct Exchanger {
     buf: Vec<u8>,
 }
 
+/// A blocking generic netlink socket of its own, and its port id (what
+/// the kernel's replies are addressed to).
+pub(super) fn socket() -> Result<(NlSocket, u32), String> {
+    let socket =
+        NlSocket::connect(NlFamily::Generic, None, Groups::empty()).map_err(|e| e.to_string())?;
+    socket.block().map_err(|e| e.to_string())?;
+    let pid = socket.pid().map_err(|e| e.to_string())?;
+    Ok((socket, pid))
+}
+
 impl Exchanger {
     pub(super) fn open() -> Result<Exchanger, String> {
-        let socket = NlSocket::connect(NlFamily::Generic, None, Groups::empty())
-            .map_err(|e| e.to_string())?;
-        socket.block().map_err(|e| e.to_string())?;
-        let pid = socket.pid().map_err(|e| e.to_string())?;
+        let (socket, pid) = socket()?;
         Ok(Exchanger {
             socket,
             pid,
