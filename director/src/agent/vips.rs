@@ -402,14 +402,18 @@ pub(super) async fn run(
         // run low, and every second to repair hand edits.
         let changed = (stale || retry) && !last.as_ref().is_some_and(|l| l.same_sets(&wanted));
         let refresh = now >= refresh_at;
+        // Worked out only when a refresh or a change moves the next refresh
+        // (1,000 leases read).
+        let interval = (refresh || changed)
+            .then(|| renewal_interval(&left(&wanted.held)))
+            .flatten();
         // The fence is renewed on time; the address lifetimes give way to
         // configuration changes (a burst from a script, an import, an
         // orchestrator), as the reconciler's sweep does: renewing 1,000
         // addresses took the VM's emulated CPUs for half a second, and the
         // changes that met it were the slowest.
         if refresh && renew_by.is_none() {
-            let interval = renewal_interval(&left(&wanted.held)).unwrap_or_default();
-            renew_by = Some(now + interval / 2);
+            renew_by = Some(now + interval.unwrap_or_default() / 2);
         }
         let quiet = last_update.is_none_or(|t| now.duration_since(t) >= QUIET_AFTER_CHANGE);
         let renew = renew_by.is_some_and(|by| quiet || now >= by);
@@ -417,7 +421,6 @@ pub(super) async fn run(
         {
             let h = host.clone();
             let w = wanted.clone();
-            let interval = renewal_interval(&left(&wanted.held));
             let (news, by) = (updates.clone(), renew_by);
             let done = tokio::task::spawn_blocking(move || {
                 let mut added = Vec::new();
