@@ -23,6 +23,7 @@ use super::stream::{first_report, serve, AgentStream, Outbound};
 use crate::app::App;
 use crate::desired;
 use crate::error::status;
+use crate::grants::Owned;
 use crate::state::{Command, State};
 use crate::store::SmData;
 
@@ -83,9 +84,6 @@ fn check_verdicts(app: &App, node: &str, report: &pb::DirectorReport) -> Vec<Com
         .map(|(service, down)| Command::SetDirectorChecks { service, down })
         .collect()
 }
-
-/// The VIPs a director owns, with their epochs.
-type Owned = Arc<Vec<(IpAddr, u64)>>;
 
 /// One director's stream.
 struct Director {
@@ -251,7 +249,7 @@ impl AgentStream for Director {
         let leases = if self.ack > 0 {
             let mut grants = app.grants();
             let given = grants.grant(&self.node, &owned, now);
-            self.wake = grants.due(&owned, now);
+            self.wake = grants.due(&self.node, &owned, now);
             given
         } else {
             self.wake = None;
