@@ -140,6 +140,13 @@ pub fn renice(nice: i32) -> std::io::Result<usize> {
     Ok(changed)
 }
 
+/// Sets the nice value of the calling thread alone (threads it starts
+/// later inherit it). Raising it needs no privilege.
+pub fn renice_this_thread(nice: i32) -> std::io::Result<()> {
+    // On Linux, `who = 0` names the calling thread, not the whole process.
+    rustix::process::setpriority_process(None, nice).map_err(Into::into)
+}
+
 /// [`renice`], logged: a refusal is a warning, not a reason to stop.
 pub fn prioritize(nice: i32) {
     match renice(nice) {

@@ -42,7 +42,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::ipvs::{Ipvs, IpvsError};
 use crate::lease::Lease;
-use crate::lease_file::LeaseFile;
+use crate::lease_file::{BackgroundSave, LeaseFile};
 use crate::services_file::ServicesFile;
 use crate::vip::AnnounceConfig;
 
@@ -99,6 +99,8 @@ pub enum AgentError {
     Ipvs(#[from] IpvsError),
     #[error("--interface: {0}")]
     Interface(#[from] lb_hostnet::NetError),
+    #[error("starting the lease saver's thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// What the next report tells the controller.
@@ -263,6 +265,8 @@ pub async fn run(
     };
     let progress = Arc::new(Mutex::new(Progress::default()));
     let lease = Arc::new(Mutex::new(inherited.clone()));
+    let saver =
+        BackgroundSave::start(lease_file.clone(), lease.clone()).map_err(AgentError::Thread)?;
     if let Some(listener) = metrics_listener {
         let registry = metrics::registry(&metrics, progress.clone(), lease.clone());
         lb_proto::metrics::serve(listener, lb_proto::metrics::routes(Arc::new(registry)));
@@ -319,7 +323,7 @@ pub async fn run(
         (desired_tx, checks_tx),
         progress,
         (lease.clone(), lease_changed),
-        lease_file.clone(),
+        (lease_file.clone(), saver),
         (
             report_now.clone(),
             leaving_rx,

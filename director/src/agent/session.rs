@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,7 @@ use super::from_controller::{log_update, Applied, FromController};
 use super::{Config, Desired, Progress, ServiceList};
 use crate::hook::{Event, Hooks, QuorumChange};
 use crate::lease::{epochs, same_epochs, Lease, SentHeartbeats};
-use crate::lease_file::LeaseFile;
+use crate::lease_file::{BackgroundSave, LeaseFile};
 
 /// The counters a stream sent: which round's, and the reading itself,
 /// which the next ones are sent as deltas from.
@@ -79,9 +78,8 @@ pub(super) struct Shared {
     /// Wakes the VIP loop when the lease changed.
     pub(super) lease_changed: Arc<Notify>,
     pub(super) lease_file: LeaseFile,
-    /// A background save of the lease file is on its way (see
-    /// [`Shared::granted`]).
-    saving: Arc<AtomicBool>,
+    /// Saves the lease whose ends alone moved (see [`Shared::granted`]).
+    saver: BackgroundSave,
     /// Bumped to have every stream report at once, not at its next tick
     /// (a VIP let go, the agent leaving): hand-overs wait on that report.
     pub(super) report_now: Arc<watch::Sender<u64>>,
@@ -102,7 +100,7 @@ impl Shared {
         (desired, checks): (watch::Sender<Option<Desired>>, watch::Sender<Vec<Target>>),
         progress: Arc<Mutex<Progress>>,
         (lease, lease_changed): (Arc<Mutex<Lease>>, Arc<Notify>),
-        lease_file: LeaseFile,
+        (lease_file, saver): (LeaseFile, BackgroundSave),
         (report_now, leaving, answers): (Arc<watch::Sender<u64>>, watch::Receiver<bool>, Answers),
         hooks: Option<Hooks>,
     ) -> Self {
@@ -115,7 +113,7 @@ impl Shared {
             lease,
             lease_changed,
             lease_file,
-            saving: Arc::default(),
+            saver,
             report_now,
             leaving,
             answers,
@@ -192,10 +190,10 @@ impl Shared {
     /// epochs, or let one go, is saved before the next report (sent from
     /// this task) can tell the controller what the lease now says. One
     /// whose ends alone moved — nearly every answer — is saved in the
-    /// background: a file a moment behind only ends the lease a moment
-    /// early for a restarted process, and writing 1,000 VIPs took this
-    /// task 10–15 ms per answer under the VM's emulated CPU, which a
-    /// configuration update arriving meanwhile waited out.
+    /// background ([`BackgroundSave`]): a file a moment behind only ends
+    /// the lease a moment early for a restarted process, and writing 1,000
+    /// VIPs took this task 10–15 ms per answer under the VM's emulated CPU,
+    /// which a configuration update arriving meanwhile waited out.
     /// `last`: the grants of this stream's previous answer, which an answer
     /// that says `leases_same` repeats.
     fn granted(
@@ -231,21 +229,7 @@ impl Shared {
                     tracing::warn!(error = %e, "saving the lease");
                 }
             }
-            Some(false) if !self.saving.swap(true, Ordering::AcqRel) => {
-                let (file, lease, saving) = (
-                    self.lease_file.clone(),
-                    self.lease.clone(),
-                    self.saving.clone(),
-                );
-                tokio::task::spawn_blocking(move || {
-                    // Cleared first: ends that move while this writes are
-                    // saved by the next answer's save.
-                    saving.store(false, Ordering::Release);
-                    if let Err(e) = file.save_current(&lease) {
-                        tracing::warn!(error = %e, "saving the lease");
-                    }
-                });
-            }
+            Some(false) => self.saver.ask(),
             _ => {}
         }
         if changed.is_some() {
