@@ -29,6 +29,10 @@ use crate::vip::{self, AnnounceConfig, Announcements, Lifetimes};
 /// second in the emulated VM), so only a stall pays for a second run.
 const FENCE_REDO_AFTER: Duration = Duration::from_secs(1);
 
+/// How often the VIP loop reads the interface's addresses to repair hand
+/// edits, when nothing else made it.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// A VIP loop round slower than this is reported as a stall.
 const STALLED: Duration = Duration::from_secs(2);
 
@@ -325,7 +329,8 @@ impl Wanted {
 /// lease allows, checking often enough that an expired lease drops the
 /// address within a tick, and announces the VIPs it takes. The fence and
 /// the addresses' lifetimes are renewed every third of the shortest lease
-/// left, so the kernel ends them itself if this loop stalls.
+/// left (up to half that later while configuration changes keep coming),
+/// so the kernel ends them itself if this loop stalls.
 ///
 /// On `stop`: with nothing held any more (handed over), the addresses and
 /// the fence go and it returns true; otherwise they stay for the kernel to
@@ -343,6 +348,7 @@ pub(super) async fn run(
     let mut last: Option<Wanted> = None;
     let mut last_check = Instant::now();
     let mut refresh_at = Instant::now();
+    let mut refresh_by = refresh_at;
     let mut announcements = Announcements::default();
     let mut announce_at = Instant::now();
     let mut round = Instant::now();
@@ -382,7 +388,20 @@ pub(super) async fn run(
             updates.mark_unchanged();
             last_update = Some(now);
         }
+        // The fence and the address lifetimes are renewed on time while no
+        // configuration change comes, as the reconciler's sweep is: with
+        // 1,000 VIPs a refresh took 3–4 ms of the VM's emulated CPUs, and
+        // the changes that met it were among the slowest. A change that
+        // keeps coming makes it wait up to half a renewal interval (see
+        // `refresh_by`); the fence's slots then still have half a lease left.
+        let quiet = last_update.is_none_or(|t| now.duration_since(t) >= QUIET_AFTER_CHANGE);
+        let refresh = now >= refresh_at && (quiet || now >= refresh_by);
+        // The session wakes this loop for grants that change what is held,
+        // not for those that only move the ends on: those are read for a
+        // refresh, which sets the kernel's ends from them.
         let stale = std::mem::take(&mut woken)
+            || refresh
+            || stopping
             || vips_changed(&mut desired, &wanted.vips)
             || programmed.has_changed().unwrap_or(true)
             || wanted.first_end.is_some_and(|end| now >= end);
@@ -399,26 +418,25 @@ pub(super) async fn run(
             return false;
         }
         // Ask the kernel on every change, before the fence or the lifetimes
-        // run low, and every second to repair hand edits.
+        // run low, and every second to repair hand edits (every few while
+        // changes keep coming: reading 1,000 addresses is not free either).
         let changed = (stale || retry) && !last.as_ref().is_some_and(|l| l.same_sets(&wanted));
-        let refresh = now >= refresh_at;
         // Worked out only when a refresh or a change moves the next refresh
         // (1,000 leases read).
         let interval = (refresh || changed)
             .then(|| renewal_interval(&left(&wanted.held)))
             .flatten();
-        // The fence is renewed on time; the address lifetimes give way to
-        // configuration changes (a burst from a script, an import, an
-        // orchestrator), as the reconciler's sweep does: renewing 1,000
-        // addresses took the VM's emulated CPUs for half a second, and the
-        // changes that met it were the slowest.
+        // The address lifetimes that are due give way to configuration
+        // changes (a burst from a script, an import, an orchestrator) within
+        // the same budget: renewing 1,000 addresses took the VM's emulated
+        // CPUs for half a second.
         if refresh && renew_by.is_none() {
-            renew_by = Some(now + interval.unwrap_or_default() / 2);
+            let half = interval.unwrap_or_default() / 2;
+            renew_by = Some(refresh_by.min(now + half).max(now));
         }
-        let quiet = last_update.is_none_or(|t| now.duration_since(t) >= QUIET_AFTER_CHANGE);
         let renew = renew_by.is_some_and(|by| quiet || now >= by);
-        if changed || refresh || renew || stopping || last_check.elapsed() > Duration::from_secs(1)
-        {
+        let check = last_check.elapsed() > if quiet { CHECK_EVERY } else { 3 * CHECK_EVERY };
+        if changed || refresh || renew || stopping || check {
             let h = host.clone();
             let w = wanted.clone();
             let (news, by) = (updates.clone(), renew_by);
@@ -459,7 +477,9 @@ pub(super) async fn run(
                     // Only a refresh moves the next one: the kernel's
                     // expiries are those of the last refresh.
                     if refresh || changed {
-                        refresh_at = now + interval.unwrap_or(Duration::from_secs(1));
+                        let interval = interval.unwrap_or(Duration::from_secs(1));
+                        refresh_at = now + interval;
+                        refresh_by = refresh_at + interval / 2;
                     }
                     last = Some(wanted.clone());
                     // What this did to the interface is read back next.
