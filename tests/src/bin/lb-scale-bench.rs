@@ -6,9 +6,10 @@
 //!   program the table from empty with `ipvsadm -R` and with `lb-director`
 //!   (the same table, imported into one controller), in the same kernel; a
 //!   configuration change (one realserver's weight) until the kernel shows
-//!   it (written by a gRPC client, read by netlink), p50/p99
-//!   over 50 changes after 5 unmeasured ones, and the slowest five (and
-//!   when the API answered, p50/p99: the controller's share); the
+//!   it (written by a gRPC client, read by netlink from the moment of the
+//!   write), p50/p99 over 50 changes after 5 unmeasured ones, and the
+//!   slowest five (and when the API answered, and when both it had and
+//!   the kernel showed the change, p50/p99); the
 //!   largest message the director's stream carried; the controller's and
 //!   the director's RSS.
 //! - **On the host** (`--host`): the controller alone at N — the import,
@@ -61,6 +62,8 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -415,6 +418,54 @@ const WARM_UP: usize = 5;
 /// bench sees a change at most this and one read after the kernel has it.
 const POLL_PAUSE: Duration = Duration::from_micros(500);
 
+/// When the kernel showed a change, and what reading it cost.
+struct Shown {
+    /// From the write.
+    after: Duration,
+    polls: u32,
+    slowest_poll: Duration,
+}
+
+/// Reads `key`'s destinations until `dest` has `weight`, from `since` (the
+/// write); stops when `given_up` (the write failed).
+fn shown(
+    kernel: &Ipvs,
+    key: &ServiceKey,
+    (dest, weight): (std::net::SocketAddr, u32),
+    since: Instant,
+    given_up: &AtomicBool,
+) -> anyhow::Result<Shown> {
+    let (mut polls, mut slowest_poll) = (0, Duration::ZERO);
+    loop {
+        let read = Instant::now();
+        let now = kernel.dests(key)?;
+        polls += 1;
+        slowest_poll = slowest_poll.max(read.elapsed());
+        if now
+            .iter()
+            .any(|d| d.spec.key() == (dest.ip(), dest.port()) && d.spec.weight == weight)
+        {
+            return Ok(Shown {
+                after: since.elapsed(),
+                polls,
+                slowest_poll,
+            });
+        }
+        if given_up.load(Ordering::Relaxed) {
+            bail!("the write of {dest}'s weight failed");
+        }
+        if since.elapsed() > Duration::from_secs(300) {
+            bail!("{dest}'s weight {weight} did not reach the kernel in 5 minutes");
+        }
+        // A short pause, and a blocking one: tokio's timer counts whole
+        // milliseconds. A read costs ≈ 0.6 ms of the VM's CPU; with
+        // 2 ms pauses the bench saw a change up to 5 ms after the
+        // kernel had it, noise as large as what it measures. The daemons
+        // run at nice -10, this process at 0: the reads give way to them.
+        std::thread::sleep(POLL_PAUSE);
+    }
+}
+
 /// The IPVS key of the TCP service at `vaddr` (`VIP:port`).
 fn endpoint_key(vaddr: &str) -> anyhow::Result<ServiceKey> {
     let a: std::net::SocketAddr = vaddr.parse()?;
@@ -486,12 +537,16 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
     // One change at a time, from the API call until the kernel shows it:
     // written with a gRPC client and read back over netlink, both in this
     // process — spawning lbctl or ipvsadm costs 0.1–0.3 s each under the
-    // emulated CPU, noise that would swamp what is measured.
+    // emulated CPU, noise that would swamp what is measured. The kernel is
+    // read from the moment of the write, beside the call: the director
+    // gets a change as soon as the controller has applied it, which may be
+    // before the controller has stored it and answered.
     let mut admin = node.admin().await?;
-    let kernel = Ipvs::open()?;
+    let kernel = Arc::new(Ipvs::open()?);
     let mut latencies = Vec::new();
-    // When the API answered, and each change's timeline for LB_SCALE_BENCH_LOGS.
-    let mut answered = Vec::new();
+    // When the API answered, and when both it had and the kernel showed
+    // the change; each change's timeline for LB_SCALE_BENCH_LOGS.
+    let (mut answered, mut both) = (Vec::new(), Vec::new());
     let mut timeline =
         String::from("change\tstart_unix_us\tanswered_us\tin_kernel_us\tpolls\tslowest_poll_us\n");
     // The first changes come while the director still settles after
@@ -502,11 +557,16 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
         let (name, vaddr, rs) = target(i, n);
         let (key, dest) = (endpoint_key(&vaddr)?, rs.parse::<std::net::SocketAddr>()?);
         let w = next_weight(&mut weights, &name, &rs);
-        let t = Instant::now();
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        admin
+        let t = Instant::now();
+        let given_up = Arc::new(AtomicBool::new(false));
+        let watch = {
+            let (kernel, given_up) = (kernel.clone(), given_up.clone());
+            tokio::task::spawn_blocking(move || shown(&kernel, &key, (dest, w), t, &given_up))
+        };
+        let written = admin
             .update_real_server(pb::UpdateRealServerRequest {
                 service: name,
                 address: dest.ip().to_string(),
@@ -514,42 +574,27 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
                 weight: Some(w),
                 ..Default::default()
             })
-            .await?;
+            .await;
         let acked = t.elapsed();
-        // How many reads it took, and the slowest (the reads' own cost).
-        let (mut polls, mut slowest_poll) = (0, Duration::ZERO);
-        loop {
-            let read = Instant::now();
-            let now = kernel.dests(&key)?;
-            polls += 1;
-            slowest_poll = slowest_poll.max(read.elapsed());
-            if now
-                .iter()
-                .any(|d| d.spec.key() == (dest.ip(), dest.port()) && d.spec.weight == w)
-            {
-                let seen = t.elapsed();
-                if i >= WARM_UP {
-                    latencies.push(seen);
-                    answered.push(acked);
-                }
-                timeline += &format!(
-                    "{i}\t{}\t{}\t{}\t{polls}\t{}\n",
-                    wall.as_micros(),
-                    acked.as_micros(),
-                    seen.as_micros(),
-                    slowest_poll.as_micros()
-                );
-                break;
-            }
-            if t.elapsed() > Duration::from_secs(300) {
-                bail!("change {i} did not reach the kernel in 5 minutes");
-            }
-            // A short pause, and a blocking one: tokio's timer counts whole
-            // milliseconds. A read costs ≈ 0.6 ms of the VM's CPU; with
-            // 2 ms pauses the bench saw a change up to 5 ms after the
-            // kernel had it, noise as large as what it measures.
-            std::thread::sleep(POLL_PAUSE);
+        if let Err(e) = written {
+            given_up.store(true, Ordering::Relaxed);
+            let _ = watch.await;
+            return Err(e.into());
         }
+        let seen = watch.await??;
+        if i >= WARM_UP {
+            latencies.push(seen.after);
+            answered.push(acked);
+            both.push(seen.after.max(acked));
+        }
+        timeline += &format!(
+            "{i}\t{}\t{}\t{}\t{}\t{}\n",
+            wall.as_micros(),
+            acked.as_micros(),
+            seen.after.as_micros(),
+            seen.polls,
+            seen.slowest_poll.as_micros()
+        );
     }
     if let Some(keep) = std::env::var_os("LB_SCALE_BENCH_LOGS") {
         // Both logs and the changes' timeline, to line them up afterwards.
@@ -581,7 +626,8 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
     println!(
         "VM, N = {n} services × 10 realservers ({} table lines): from empty, ipvsadm -R {by_ipvsadm:?}, \
          lb-director {by_director:?} (ratio {:.2}; after an import of {imported:?}); one change \
-         by the API until the kernel shows it: {} (slowest: {}; the API answered: {}); the director's largest message {largest} bytes \
+         by the API until the kernel shows it: {} (slowest: {}; the API answered: {}; both the API answered and the kernel \
+         shows it: {}); the director's largest message {largest} bytes \
          (its snapshot: {}); RSS controller {crss:.0} MiB, director {drss:.0} MiB; CPU while \
          programming: controller {:.1} s, director {:.1} s",
         table.len(),
@@ -589,6 +635,7 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
         summary(latencies),
         slowest.join(", "),
         summary(answered),
+        summary(both),
         snapshot.split("snapshot)").nth(1).unwrap_or("").trim(),
         cpu_programming.0,
         cpu_programming.1,
