@@ -73,7 +73,7 @@ use lb_director::ipvs::{Ipvs, ServiceKey};
 use lb_proto::pb;
 use lb_testkit::fabric::{VM_CONTROLLER_TIMERS, VM_DIRECTOR_HEARTBEAT};
 use lb_testkit::proc::Proc;
-use lb_testkit::scale::{ipvsadm_table, next_weight, target, Weights};
+use lb_testkit::scale::{ipvsadm_table, next_weight, shown, target, Weights};
 use lb_testkit::{bin, lbctl_ok, ControllerProc};
 
 #[derive(Debug, Parser)]
@@ -413,58 +413,6 @@ fn saved() -> anyhow::Result<Vec<String>> {
 
 /// Changes made before the measured ones (see [`vm`]).
 const WARM_UP: usize = 5;
-
-/// Between two reads of the kernel table while a change is awaited: the
-/// bench sees a change at most this and one read after the kernel has it.
-const POLL_PAUSE: Duration = Duration::from_micros(500);
-
-/// When the kernel showed a change, and what reading it cost.
-struct Shown {
-    /// From the write.
-    after: Duration,
-    polls: u32,
-    slowest_poll: Duration,
-}
-
-/// Reads `key`'s destinations until `dest` has `weight`, from `since` (the
-/// write); stops when `given_up` (the write failed).
-fn shown(
-    kernel: &Ipvs,
-    key: &ServiceKey,
-    (dest, weight): (std::net::SocketAddr, u32),
-    since: Instant,
-    given_up: &AtomicBool,
-) -> anyhow::Result<Shown> {
-    let (mut polls, mut slowest_poll) = (0, Duration::ZERO);
-    loop {
-        let read = Instant::now();
-        let now = kernel.dests(key)?;
-        polls += 1;
-        slowest_poll = slowest_poll.max(read.elapsed());
-        if now
-            .iter()
-            .any(|d| d.spec.key() == (dest.ip(), dest.port()) && d.spec.weight == weight)
-        {
-            return Ok(Shown {
-                after: since.elapsed(),
-                polls,
-                slowest_poll,
-            });
-        }
-        if given_up.load(Ordering::Relaxed) {
-            bail!("the write of {dest}'s weight failed");
-        }
-        if since.elapsed() > Duration::from_secs(300) {
-            bail!("{dest}'s weight {weight} did not reach the kernel in 5 minutes");
-        }
-        // A short pause, and a blocking one: tokio's timer counts whole
-        // milliseconds. A read costs ≈ 0.6 ms of the VM's CPU; with
-        // 2 ms pauses the bench saw a change up to 5 ms after the
-        // kernel had it, noise as large as what it measures. The daemons
-        // run at nice -10, this process at 0: the reads give way to them.
-        std::thread::sleep(POLL_PAUSE);
-    }
-}
 
 /// The IPVS key of the TCP service at `vaddr` (`VIP:port`).
 fn endpoint_key(vaddr: &str) -> anyhow::Result<ServiceKey> {
