@@ -255,8 +255,43 @@ impl Vm {
     }
 
     /// Runs `argv` in a fresh VM; streams its output; returns its exit status.
+    ///
+    /// A guest kernel panic (not a failing command: the kernel itself) boots
+    /// a fresh VM and runs the command again, up to [`PANIC_ATTEMPTS`] in
+    /// all. Under multi-threaded TCG, Debian's kernel now and then dies on a
+    /// static-key site that another vCPU is patching (`RIP` one byte into a
+    /// jump label's NOP, at boot in `sched_clock_cpu` or later in a
+    /// netfilter hook): qemu's cross-vCPU code modification, not the command.
+    /// Each panic's console is printed, so a panic that comes back every time
+    /// still fails, visibly.
     pub fn run(&self, argv: &[String], timeout: Duration) -> anyhow::Result<i32> {
         let (vmlinux, initramfs) = self.prepare()?;
+        for attempt in 1.. {
+            match self.boot(&vmlinux, &initramfs, argv, timeout)? {
+                Ended::Command(code) => return Ok(code),
+                Ended::GuestPanic(console) if attempt < PANIC_ATTEMPTS => eprintln!(
+                    "lb-vm: the guest kernel panicked (attempt {attempt} of {PANIC_ATTEMPTS}); \
+                     running the command again in a fresh VM; console:\n{console}"
+                ),
+                Ended::GuestPanic(console) => {
+                    eprintln!(
+                        "lb-vm: the guest kernel panicked in all {PANIC_ATTEMPTS} attempts; console:\n{console}"
+                    );
+                    return Ok(125);
+                }
+            }
+        }
+        unreachable!("the attempts loop only ends by returning")
+    }
+
+    /// Boots one VM for `argv` and waits for it to stop.
+    fn boot(
+        &self,
+        vmlinux: &Path,
+        initramfs: &Path,
+        argv: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<Ended> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -317,9 +352,9 @@ impl Vm {
                 "none",
             ])
             .arg("-kernel")
-            .arg(&vmlinux)
+            .arg(vmlinux)
             .arg("-initrd")
-            .arg(&initramfs)
+            .arg(initramfs)
             .args(["-append", &cmdline])
             .args([
                 "-virtfs",
@@ -355,30 +390,32 @@ impl Vm {
         out.forward(&mut std::io::stdout())?;
         err.forward(&mut std::io::stderr())?;
         let status = std::fs::read_to_string(run_dir.join("status")).ok();
-        let code = match (
+        let console = run_dir.join("console.log");
+        let ended = match (
             exited,
             status.as_deref().map(str::trim).map(str::parse::<i32>),
         ) {
-            (_, Some(Ok(code))) => code,
+            (_, Some(Ok(code))) => Ended::Command(code),
             (None, _) => {
                 eprintln!(
                     "lb-vm: timed out after {timeout:?}; console:\n{}",
-                    tail(&run_dir.join("console.log"))
+                    tail(&console)
                 );
-                124
+                Ended::Command(124)
             }
+            (Some(_), _) if guest_panicked(&console) => Ended::GuestPanic(tail(&console)),
             (Some(s), _) => {
                 eprintln!(
                     "lb-vm: the VM stopped ({s}) without a command status; console:\n{}",
-                    tail(&run_dir.join("console.log"))
+                    tail(&console)
                 );
-                125
+                Ended::Command(125)
             }
         };
         if std::env::var_os("LB_VM_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&run_dir);
         }
-        Ok(code)
+        Ok(ended)
     }
 }
 
@@ -463,6 +500,23 @@ fn fingerprint(path: &Path) -> anyhow::Result<(u64, u64)> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     Ok((meta.len(), mtime))
+}
+
+/// How one VM ended.
+enum Ended {
+    /// The command's exit status (or lb-vm's own 124 timeout / 125 lost status).
+    Command(i32),
+    /// The guest kernel panicked; the console's tail.
+    GuestPanic(String),
+}
+
+/// Boots a VM may take in all when its kernel panics (see [`Vm::run`]).
+const PANIC_ATTEMPTS: u32 = 3;
+
+/// Whether the guest kernel reported a panic on the console (with `panic=-1`
+/// the VM then stops at once).
+fn guest_panicked(console: &Path) -> bool {
+    std::fs::read_to_string(console).is_ok_and(|text| text.contains("Kernel panic - not syncing"))
 }
 
 fn tail(path: &Path) -> String {

@@ -1,5 +1,6 @@
 //! The VM runner from the host: a command's exit status and output come back
-//! intact, and a failing test inside the VM fails the run.
+//! intact, a failing test inside the VM fails the run, and a guest kernel
+//! panic boots a fresh VM, a bounded number of times.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -78,4 +79,58 @@ fn a_failing_test_inside_the_vm_fails_the_run() {
         "{out}\n{err}"
     );
     assert!(out.contains("test result: FAILED"), "{out}");
+}
+
+/// A scratch directory on the workspace share, which the guest writes through.
+fn shared_scratch(name: &str) -> PathBuf {
+    let dir = bin("lb-vm")
+        .parent()
+        .expect("target dir")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+#[test]
+fn a_guest_kernel_panic_runs_the_command_again_in_a_fresh_vm() {
+    if !vm_ready() {
+        return;
+    }
+    // The first boot crashes its kernel (sysrq "c") after leaving a mark on
+    // the share; the second finds the mark and exits normally.
+    let dir = shared_scratch("vm-panic-once");
+    let mark = dir.join("first-boot");
+    let script = format!(
+        "if [ -e {m} ]; then echo second-boot; exit 7; fi; touch {m}; sync; \
+         echo c > /proc/sysrq-trigger; sleep 60",
+        m = mark.display()
+    );
+    let (code, out, err) = run_in_vm(&["/bin/sh", "-c", &script]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 7, "stdout: {out}\nstderr: {err}");
+    assert_eq!(out.trim(), "second-boot", "{err}");
+    assert!(
+        err.contains("the guest kernel panicked (attempt 1 of 3)") && err.contains("sysrq"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_kernel_that_panics_every_time_fails_the_run_after_three_boots() {
+    if !vm_ready() {
+        return;
+    }
+    let dir = shared_scratch("vm-panic-always");
+    let boots = dir.join("boots");
+    let script = format!(
+        "echo boot >> {b}; sync; echo c > /proc/sysrq-trigger; sleep 60",
+        b = boots.display()
+    );
+    let (code, out, err) = run_in_vm(&["/bin/sh", "-c", &script]);
+    let booted = std::fs::read_to_string(&boots).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 125, "stdout: {out}\nstderr: {err}");
+    assert_eq!(booted.lines().count(), 3, "{err}");
+    assert!(err.contains("panicked in all 3 attempts"), "{err}");
 }
