@@ -1,6 +1,7 @@
 //! Generated tables for the scale tests and benchmarks (issue #16), and
 //! the kernel read until it shows a change.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -112,5 +113,107 @@ pub fn shown(
         // kernel had it, noise as large as what it measures. The daemons
         // run at nice -10, this process at 0: the reads give way to them.
         std::thread::sleep(POLL_PAUSE);
+    }
+}
+
+/// Every task's CPU time so far (user + system) by PID, with its name,
+/// kernel threads included: two readings around a measurement name who ran
+/// during it — which a slow spell under the VM's emulated CPU otherwise
+/// leaves unexplained.
+pub struct Tasks(HashMap<u32, (String, Duration)>);
+
+impl Tasks {
+    /// Reads `/proc/<pid>/stat` of every task now.
+    pub fn read() -> Tasks {
+        let pids = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+        Tasks(
+            pids.filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                Some((pid, task_cpu(&stat)?))
+            })
+            .collect(),
+        )
+    }
+
+    /// The `n` tasks that used the most CPU from this reading to `later`,
+    /// busiest first; a task started in between counts from zero. Kernel
+    /// workers are named by their last work item, as `ps` shows them.
+    pub fn busiest(&self, later: &Tasks, n: usize) -> Vec<(String, Duration)> {
+        let mut used: Vec<(String, Duration)> = later
+            .0
+            .iter()
+            .map(|(pid, (name, cpu))| {
+                let before = self.0.get(pid).map_or(Duration::ZERO, |(_, c)| *c);
+                (name.clone(), cpu.saturating_sub(before))
+            })
+            .filter(|(_, d)| !d.is_zero())
+            .collect();
+        used.sort_by_key(|u| std::cmp::Reverse(u.1));
+        used.truncate(n);
+        used
+    }
+}
+
+/// CPU time `pid` has used so far (user + system); zero when it is gone.
+pub fn cpu_of(pid: u32) -> Duration {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| task_cpu(&stat))
+        .map_or(Duration::ZERO, |(_, cpu)| cpu)
+}
+
+/// A task's name and CPU time from its `/proc/<pid>/stat` line. The name
+/// sits in parentheses and may hold spaces; utime and stime are fields 14
+/// and 15, in clock ticks of 10 ms on Linux.
+fn task_cpu(stat: &str) -> Option<(String, Duration)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    // Fields 14 and 15 of the line are 11 and 12 after the name.
+    Some((name, Duration::from_millis((ticks(11)? + ticks(12)?) * 10)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_s_name_may_hold_spaces_and_parentheses() {
+        let stat = "42 (tokio (rt) worker) S 1 42 42 0 -1 4194560 100 0 0 0 37 5 0 0 20 0 4 0";
+        let (name, cpu) = task_cpu(stat).expect("parsed");
+        assert_eq!(name, "tokio (rt) worker");
+        assert_eq!(cpu, Duration::from_millis(420));
+        assert_eq!(task_cpu("42 (cut short) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_shows_among_the_busiest_after_spinning() {
+        let me = std::process::id();
+        let before = Tasks::read();
+        // Spin until this process has used 200 ms of CPU (however busy the
+        // machine), or give up after 30 s of wall time.
+        let (start, t) = (cpu_of(me), Instant::now());
+        let mut x = 0u64;
+        while cpu_of(me) < start + Duration::from_millis(200)
+            && t.elapsed() < Duration::from_secs(30)
+        {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        let busiest = before.busiest(&Tasks::read(), usize::MAX);
+        let name = std::fs::read_to_string("/proc/self/comm").expect("comm");
+        assert!(
+            busiest
+                .iter()
+                .any(|(n, cpu)| n == name.trim() && *cpu >= Duration::from_millis(200)),
+            "{busiest:?}"
+        );
+        assert!(busiest.windows(2).all(|w| w[0].1 >= w[1].1), "{busiest:?}");
     }
 }

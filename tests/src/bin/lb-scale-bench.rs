@@ -11,7 +11,7 @@
 //!   slowest five (and when the API answered, and when both it had and
 //!   the kernel showed the change, p50/p99); the
 //!   largest message the director's stream carried; the controller's and
-//!   the director's RSS.
+//!   the director's RSS; the tasks that used the most CPU meanwhile.
 //! - **On the host** (`--host`): the controller alone at N — the import,
 //!   50 changes by lbctl (p50/p99), `service list -o json`, `status`,
 //!   `realserver list`, its RSS; then a snapshot of the N services built
@@ -73,7 +73,7 @@ use lb_director::ipvs::{Ipvs, ServiceKey};
 use lb_proto::pb;
 use lb_testkit::fabric::{VM_CONTROLLER_TIMERS, VM_DIRECTOR_HEARTBEAT};
 use lb_testkit::proc::Proc;
-use lb_testkit::scale::{ipvsadm_table, next_weight, shown, target, Weights};
+use lb_testkit::scale::{cpu_of, ipvsadm_table, next_weight, shown, target, Tasks, Weights};
 use lb_testkit::{bin, lbctl_ok, ControllerProc};
 
 #[derive(Debug, Parser)]
@@ -240,23 +240,6 @@ fn rss_mib(pid: u32) -> f64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
-}
-
-/// CPU seconds `pid` has used so far (user + system), from
-/// `/proc/<pid>/stat`; clock ticks are 100 a second on Linux.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may hold spaces), from field 3 on.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15: 11 and 12 after the command.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -436,6 +419,7 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
     // lb-director, from empty.
     let (node, imported) = controller_with(n, dir, &VM_CONTROLLER_TIMERS)?;
     // The controller's CPU from here on (the import is before).
+    let cpu_secs = |pid| cpu_of(pid).as_secs_f64();
     let controller_cpu = node.pid().map_or(0.0, cpu_secs);
     let log_path = dir.join("director.log");
     let log = std::fs::File::create(&log_path)?;
@@ -501,6 +485,8 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
     // programming (its first counters, its first sweep): they are made,
     // not measured, at every N alike.
     let mut weights = Weights::new();
+    // Who ran during the measured changes (kernel threads too).
+    let mut window = (Tasks::read(), Instant::now());
     for i in 0..WARM_UP + changes {
         let (name, vaddr, rs) = target(i, n);
         let (key, dest) = (endpoint_key(&vaddr)?, rs.parse::<std::net::SocketAddr>()?);
@@ -530,6 +516,9 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
             return Err(e.into());
         }
         let seen = watch.await??;
+        if i + 1 == WARM_UP {
+            window = (Tasks::read(), Instant::now());
+        }
         if i >= WARM_UP {
             latencies.push(seen.after);
             answered.push(acked);
@@ -544,6 +533,16 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
             seen.slowest_poll.as_micros()
         );
     }
+    let ran = window.0.busiest(&Tasks::read(), 6);
+    let ran: Vec<String> = ran
+        .iter()
+        .map(|(name, cpu)| format!("{name} {cpu:?}"))
+        .collect();
+    let ran = format!(
+        "CPU during the measured changes ({:?}): {}",
+        window.1.elapsed(),
+        ran.join(", ")
+    );
     if let Some(keep) = std::env::var_os("LB_SCALE_BENCH_LOGS") {
         // Both logs and the changes' timeline, to line them up afterwards.
         let keep = Path::new(&keep);
@@ -577,7 +576,7 @@ async fn vm(n: usize, changes: usize, ipvsadm_secs: f64, dir: &Path) -> anyhow::
          by the API until the kernel shows it: {} (slowest: {}; the API answered: {}; both the API answered and the kernel \
          shows it: {}); the director's largest message {largest} bytes \
          (its snapshot: {}); RSS controller {crss:.0} MiB, director {drss:.0} MiB; CPU while \
-         programming: controller {:.1} s, director {:.1} s",
+         programming: controller {:.1} s, director {:.1} s; {ran}",
         table.len(),
         by_ipvsadm.as_secs_f64() / by_director.as_secs_f64(),
         summary(latencies),
