@@ -274,6 +274,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     lb_proto::process::init_logging(args.log_format, "info,openraft=warn");
     lb_proto::process::prioritize(args.nice);
+    lb_proto::process::no_huge_pages();
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;

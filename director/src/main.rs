@@ -92,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     lb_proto::process::init_logging(args.log_format, "info");
     lb_proto::process::prioritize(args.nice);
+    lb_proto::process::no_huge_pages();
     lb_proto::convert::check_name("--node-id", &args.node_id)?;
     let labels = lb_proto::process::label_flags("--labels", &args.labels)?;
     let who = lb_proto::pki::enroll::Enrollee {

@@ -188,3 +188,18 @@ async fn agent_backends_and_drains_survive_restart() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The controller opts out of transparent huge pages, whatever the host's
+/// setting (`THP_enabled: 1` for any other process): khugepaged's collapses
+/// of its heap stalled changes at 10,000 services
+/// (`lb_proto::process::no_huge_pages`).
+#[tokio::test]
+async fn the_controller_runs_without_transparent_huge_pages() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = ControllerProc::start(1, dir.path(), true, &[])?;
+    let pid = node.pid().expect("the controller runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let thp = status.lines().find_map(|l| l.strip_prefix("THP_enabled:"));
+    assert_eq!(thp.map(str::trim), Some("0"), "{status}");
+    Ok(())
+}
