@@ -266,13 +266,17 @@ impl Vm {
     /// still fails, visibly.
     pub fn run(&self, argv: &[String], timeout: Duration) -> anyhow::Result<i32> {
         let (vmlinux, initramfs) = self.prepare()?;
-        for attempt in 1.. {
+        let mut attempt = 1;
+        loop {
             match self.boot(&vmlinux, &initramfs, argv, timeout)? {
                 Ended::Command(code) => return Ok(code),
-                Ended::GuestPanic(console) if attempt < PANIC_ATTEMPTS => eprintln!(
-                    "lb-vm: the guest kernel panicked (attempt {attempt} of {PANIC_ATTEMPTS}); \
-                     running the command again in a fresh VM; console:\n{console}"
-                ),
+                Ended::GuestPanic(console) if attempt < PANIC_ATTEMPTS => {
+                    eprintln!(
+                        "lb-vm: the guest kernel panicked (attempt {attempt} of {PANIC_ATTEMPTS}); \
+                         running the command again in a fresh VM; console:\n{console}"
+                    );
+                    attempt += 1;
+                }
                 Ended::GuestPanic(console) => {
                     eprintln!(
                         "lb-vm: the guest kernel panicked in all {PANIC_ATTEMPTS} attempts; console:\n{console}"
@@ -281,7 +285,6 @@ impl Vm {
                 }
             }
         }
-        unreachable!("the attempts loop only ends by returning")
     }
 
     /// Boots one VM for `argv` and waits for it to stop.
