@@ -14,7 +14,6 @@ use super::{decode, encode, StoreError, LOGS, RAFT_META};
 use crate::typ::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
 /// The log half of the store; cheap to clone (it is also the log reader).
@@ -117,6 +116,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+/// The commit index is not stored (openraft's `save_committed` is left as
+/// the no-op it is by default): an entry is on disk before it counts as
+/// appended, and applied to the state machine in a durable transaction of
+/// its own, so a restarted node loses nothing by not knowing the commit
+/// index; it learns it again from the leader, or by committing as leader.
+/// Storing it was a third fsync in the path of every write.
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
@@ -144,17 +149,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         self.read_meta(VOTE)
             .map_err(|e| StorageIOError::read_vote(&e).into())
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(COMMITTED, &committed)
-            .map_err(|e| StorageIOError::write(&e).into())
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.read_meta::<Option<LogId>>(COMMITTED)
-            .map(Option::flatten)
-            .map_err(|e| StorageIOError::read(&e).into())
     }
 
     async fn append<I>(
