@@ -4,6 +4,8 @@
 //! Every write transaction commits with redb's default durability (fsync
 //! before `commit` returns), so a log append is on disk before openraft's
 //! callback fires, and an applied change is on disk before it is answered.
+//! Those two are the only fsyncs a write costs: the commit index is not
+//! stored (see [`LogStore`]).
 //! Calls into redb are made inline from openraft's storage tasks, as the
 //! reference stores do: each is one short transaction.
 
