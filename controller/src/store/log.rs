@@ -118,10 +118,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
 
 /// The commit index is not stored (openraft's `save_committed` is left as
 /// the no-op it is by default): an entry is on disk before it counts as
-/// appended, and applied to the state machine in a durable transaction of
-/// its own, so a restarted node loses nothing by not knowing the commit
-/// index; it learns it again from the leader, or by committing as leader.
-/// Storing it was a third fsync in the path of every write.
+/// appended, so a restarted node loses nothing by not knowing the commit
+/// index. Its state machine may restart behind (applies skip the fsync, see
+/// [`super::StateMachineStore`]); it applies the rest once it learns the
+/// commit index again, from the leader or by committing as leader. Storing
+/// the index was a second fsync in the path of every write.
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 

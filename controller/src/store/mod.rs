@@ -1,11 +1,12 @@
 //! Durable storage for one controller: the Raft log and the state machine in a
 //! single redb file (`<data-dir>/lbfabric.redb`).
 //!
-//! Every write transaction commits with redb's default durability (fsync
-//! before `commit` returns), so a log append is on disk before openraft's
-//! callback fires, and an applied change is on disk before it is answered.
-//! Those two are the only fsyncs a write costs: the commit index is not
-//! stored (see [`LogStore`]).
+//! A write costs one fsync: its log append commits with redb's default
+//! durability (on disk before openraft's callback fires). Applying it
+//! commits without one (see [`StateMachineStore`]): the next durable commit
+//! carries it to disk, and after a crash openraft applies again what the
+//! log holds beyond the stored `last_applied`. The commit index is not
+//! stored either (see [`LogStore`]).
 //! Calls into redb are made inline from openraft's storage tasks, as the
 //! reference stores do: each is one short transaction.
 
