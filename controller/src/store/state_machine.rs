@@ -17,7 +17,9 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -108,7 +110,17 @@ pub struct StateMachineStore {
     db: Arc<Database>,
     shared: Arc<SharedState>,
     snapshot_seq: u64,
+    /// The oldest event row the table may still hold (`None`: not known).
+    events_from: Option<u64>,
 }
+
+/// The event rows that fell out of the history are deleted this many at a
+/// time. Once the history is full (10,000 services imported make 10,000
+/// events), each change pushes one event out; deleting its row at once
+/// copied the front of the events B-tree in every write — an
+/// N-dependent cost beside the row the change adds at the other end.
+/// The rows past the history are skipped when the store is loaded.
+const EVENT_ROWS_TRIMMED: u64 = 16;
 
 impl StateMachineStore {
     pub(super) fn load(db: Arc<Database>) -> Result<Self, StoreError> {
@@ -152,7 +164,15 @@ impl StateMachineStore {
                 .services
                 .insert(name.value().to_string(), service);
         }
-        for item in txn.open_table(EVENTS)?.iter()? {
+        let events = txn.open_table(EVENTS)?;
+        let events_from = events.first()?.map(|(rev, _)| rev.value());
+        let skipped = events
+            .len()?
+            .saturating_sub(crate::state::EVENT_HISTORY as u64);
+        for item in events
+            .iter()?
+            .skip(usize::try_from(skipped).unwrap_or(usize::MAX))
+        {
             let (rev, bytes) = item?;
             let mut event: Event = decode(format_args!("event {}", rev.value()), bytes.value())?;
             // One copy of a service's current version, as when the
@@ -170,6 +190,7 @@ impl StateMachineStore {
                 built: Default::default(),
             }),
             snapshot_seq: 0,
+            events_from,
         })
     }
 
@@ -246,6 +267,10 @@ impl StateMachineStore {
             return Ok(results);
         };
         let applied = started.elapsed();
+        let trim = oldest_event.filter(|oldest| {
+            self.events_from
+                .is_none_or(|from| *oldest >= from + EVENT_ROWS_TRIMMED)
+        });
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
         {
@@ -260,7 +285,7 @@ impl StateMachineStore {
             for event in &events {
                 table.insert(event.revision, encode(event)?.as_slice())?;
             }
-            if let Some(oldest) = oldest_event {
+            if let Some(oldest) = trim {
                 table.retain_in(..oldest, |_, _| false)?;
             }
         }
@@ -272,6 +297,9 @@ impl StateMachineStore {
             }
         }
         txn.commit()?;
+        if trim.is_some() {
+            self.events_from = trim;
+        }
         // Where a slow write's time went: the state (under the lock every
         // reader waits for) or the store.
         tracing::debug!(
@@ -300,6 +328,7 @@ impl StateMachineStore {
             state.revision,
         )?;
         txn.commit()?;
+        self.events_from = state.events.front().map(|e| e.revision);
         self.shared.replace(|data| {
             *data = SmData {
                 last_applied: meta.last_log_id,
@@ -510,6 +539,95 @@ mod tests {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(cmd),
         }
+    }
+
+    fn web(i: usize) -> Service {
+        Service::try_from(pb::Service {
+            name: format!("web{i:05}"),
+            virtual_address: Some(pb::service::VirtualAddress::Endpoint(pb::Endpoint {
+                address: format!("10.1.{}.{}", i / 250, i % 250 + 1),
+                port: 80,
+                protocol: "tcp".into(),
+            })),
+            mode: "dr".into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn stored_events(sm: &StateMachineStore) -> Vec<u64> {
+        let txn = sm.db.begin_read().unwrap();
+        let table = txn.open_table(EVENTS).unwrap();
+        let revisions = table.iter().unwrap().map(|r| r.unwrap().0.value());
+        revisions.collect()
+    }
+
+    /// Past a full history, the event rows that fell out of it are deleted
+    /// a batch at a time, and a restarted node reads back the history
+    /// alone, not the rows still waiting.
+    #[tokio::test]
+    async fn events_past_the_history_are_trimmed_in_batches_and_not_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = crate::state::EVENT_HISTORY;
+        let (history, rows_before, rows_after) = {
+            let (_log, mut sm) = super::super::open(dir.path()).unwrap();
+            // An import: one event per service, a full history.
+            let services = (0..full).map(web).collect();
+            let import = Command::ApplyServices {
+                services,
+                replace: false,
+            };
+            sm.apply([entry(1, import)]).await.unwrap();
+            let create = |i: usize| entry(i as u64 + 2, Command::CreateService { service: web(i) });
+            sm.apply([create(full)]).await.unwrap();
+            // One row out of the history: it waits for the batch.
+            let rows_before = stored_events(&sm);
+            for i in full + 1..full + EVENT_ROWS_TRIMMED as usize {
+                sm.apply([create(i)]).await.unwrap();
+            }
+            let history: Vec<u64> = sm
+                .shared()
+                .read()
+                .state
+                .events
+                .iter()
+                .map(|e| e.revision)
+                .collect();
+            (history, rows_before, stored_events(&sm))
+        };
+        assert_eq!(history.len(), full);
+        assert_eq!(rows_before.len(), full + 1, "the first row out waits");
+        assert_eq!(rows_after.first(), history.first(), "the batch went");
+        assert_eq!(rows_after.len(), full);
+        // Left waiting in the table, a row is not read back.
+        let (log, mut sm) = super::super::open(dir.path()).unwrap();
+        let next = full + EVENT_ROWS_TRIMMED as usize;
+        sm.apply([entry(
+            next as u64 + 2,
+            Command::CreateService { service: web(next) },
+        )])
+        .await
+        .unwrap();
+        let history: Vec<u64> = sm
+            .shared()
+            .read()
+            .state
+            .events
+            .iter()
+            .map(|e| e.revision)
+            .collect();
+        assert_eq!(stored_events(&sm).len(), full + 1);
+        drop((log, sm));
+        let (_log, sm) = super::super::open(dir.path()).unwrap();
+        let read: Vec<u64> = sm
+            .shared()
+            .read()
+            .state
+            .events
+            .iter()
+            .map(|e| e.revision)
+            .collect();
+        assert_eq!(read, history);
     }
 
     /// What a restarted node reads back is the configuration and the
