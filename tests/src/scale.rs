@@ -192,6 +192,36 @@ fn task_cpu(stat: &str) -> Option<(String, Duration)> {
     Some((name, Duration::from_millis((ticks(11)? + ticks(12)?) * 10)))
 }
 
+/// A process's resident memory in MiB (0 when it is gone).
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// The `p` quantile of `sorted` (nearest rank: p99 of 50 is the largest).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// "p50 …, p99 … (n = …)" of `d`.
+pub fn summary(mut d: Vec<Duration>) -> String {
+    d.sort();
+    format!(
+        "p50 {:?}, p99 {:?} (n = {})",
+        percentile(&d, 0.5),
+        percentile(&d, 0.99),
+        d.len()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,7 +73,9 @@ use lb_director::ipvs::{Ipvs, ServiceKey};
 use lb_proto::pb;
 use lb_testkit::fabric::{VM_CONTROLLER_TIMERS, VM_DIRECTOR_HEARTBEAT};
 use lb_testkit::proc::Proc;
-use lb_testkit::scale::{cpu_of, ipvsadm_table, next_weight, shown, target, Tasks, Weights};
+use lb_testkit::scale::{
+    cpu_of, ipvsadm_table, next_weight, rss_mib, shown, summary, target, Tasks, Weights,
+};
 use lb_testkit::{bin, lbctl_ok, ControllerProc};
 
 #[derive(Debug, Parser)]
@@ -237,33 +239,6 @@ fn restore(n: usize, dir: &Path) -> anyhow::Result<Duration> {
 }
 
 /// The resident memory of `pid`, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn summary(mut d: Vec<Duration>) -> String {
-    d.sort();
-    format!(
-        "p50 {:?}, p99 {:?} (n = {})",
-        percentile(&d, 0.5),
-        percentile(&d, 0.99),
-        d.len()
-    )
-}
-
 /// Starts a one-node controller with the table of `n` services imported;
 /// returns it and how long the import took.
 fn controller_with(

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use lb_proto::pb;
+use lb_testkit::scale::percentile;
 use lb_testkit::{start_cluster, wait_for};
 
 #[derive(Debug, Parser)]
@@ -49,14 +50,6 @@ fn service(n: u64) -> pb::Service {
         }],
         ..Default::default()
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 async fn measure(size: u64, args: &Args) -> anyhow::Result<()> {
