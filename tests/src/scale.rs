@@ -222,6 +222,41 @@ pub fn summary(mut d: Vec<Duration>) -> String {
     )
 }
 
+/// How many IPVS estimator kthreads (`ipvs-e:<net>:<n>`) run. A namespace
+/// whose services have rate estimation has at least one, until the kernel
+/// has torn the namespace down after `ip netns del` — its services and
+/// destinations flushed first.
+fn ipvs_estimators() -> usize {
+    let comms = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok());
+    comms.filter(|c| c.starts_with("ipvs-e:")).count()
+}
+
+/// Deletes `namespaces` (`None`: there were none) and waits until the
+/// kernel has torn them down — no IPVS estimator left — for ten minutes
+/// at most (`Err`: still there then).
+pub fn delete_namespaces(namespaces: &mut Vec<String>) -> Option<Result<Duration, Duration>> {
+    if namespaces.is_empty() {
+        return None;
+    }
+    for ns in namespaces.drain(..) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &ns])
+            .status();
+    }
+    let t = Instant::now();
+    while ipvs_estimators() > 0 {
+        if t.elapsed() > Duration::from_secs(600) {
+            return Some(Err(t.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(Ok(t.elapsed()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

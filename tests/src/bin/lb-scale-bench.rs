@@ -52,8 +52,9 @@
 //! shows is no measurement of the director.
 //!
 //! Each VM measurement runs in a network namespace of its own (IPVS keeps
-//! its tables per namespace), created for it and deleted at the end of the
-//! run: a kernel never flushed. The kernel keeps deleted destinations in a
+//! its tables per namespace), created for it and deleted once its N is
+//! measured; the next N waits until the kernel has torn it down: a kernel
+//! never flushed, and no N measured beside the tables of the one before. The kernel keeps deleted destinations in a
 //! per-namespace trash for minutes, and every destination added walks it,
 //! so programming 100,000 destinations right after `ipvsadm -C` of as many
 //! is several times slower, for `ipvsadm -R` and lbfabric alike — a
@@ -74,7 +75,8 @@ use lb_proto::pb;
 use lb_testkit::fabric::{VM_CONTROLLER_TIMERS, VM_DIRECTOR_HEARTBEAT};
 use lb_testkit::proc::Proc;
 use lb_testkit::scale::{
-    cpu_of, ipvsadm_table, next_weight, rss_mib, shown, summary, target, Tasks, Weights,
+    cpu_of, delete_namespaces, ipvsadm_table, next_weight, rss_mib, shown, summary, target, Tasks,
+    Weights,
 };
 use lb_testkit::{bin, lbctl_ok, ControllerProc};
 
@@ -141,11 +143,20 @@ fn main() -> anyhow::Result<()> {
         if let Err(e) = figures {
             println!("N = {n}: {e:#}");
         }
-    }
-    // Deleted only now: tearing down 100,000 destinations is kernel work
-    // that must not overlap a measurement.
-    for ns in namespaces {
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        // Each N in a kernel as clean as the first had: the namespaces of
+        // the N before, left up, kept their estimator kthreads and tables,
+        // and whichever N came later (10,000, in the usual order) was
+        // measured in a busier kernel (two runs of 10000,10 showed it).
+        // Deleted once measured, and waited for: tearing down 100,000
+        // destinations is kernel work that must not overlap the next
+        // `ipvsadm -R` or measurement.
+        match delete_namespaces(&mut namespaces) {
+            Some(Ok(took)) => println!("(namespaces torn down in {:.1} s)", took.as_secs_f64()),
+            Some(Err(waited)) => {
+                println!("(IPVS estimators still ran {waited:?} after `ip netns del`)")
+            }
+            None => {}
+        }
     }
     Ok(())
 }
