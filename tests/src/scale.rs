@@ -227,12 +227,11 @@ pub fn summary(mut d: Vec<Duration>) -> String {
 /// has torn the namespace down after `ip netns del` — its services and
 /// destinations flushed first.
 fn ipvs_estimators() -> usize {
-    let comms = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok());
-    comms.filter(|c| c.starts_with("ipvs-e:")).count()
+    let tasks = Tasks::read().0;
+    tasks
+        .values()
+        .filter(|(name, _)| name.starts_with("ipvs-e:"))
+        .count()
 }
 
 /// Deletes `namespaces` (`None`: there were none) and waits until the

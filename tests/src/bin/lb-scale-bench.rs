@@ -7,9 +7,9 @@
 //!   (the same table, imported into one controller), in the same kernel; a
 //!   configuration change (one realserver's weight) until the kernel shows
 //!   it (written by a gRPC client, read by netlink from half the fastest
-//!   change's time after the write on), p50/p99 over 50 changes after 5 unmeasured ones, and the
-//!   slowest five (and when the API answered, and when both it had and
-//!   the kernel showed the change, p50/p99); the
+//!   change's time after the write on), p50/p99 over 50 changes after 5
+//!   unmeasured ones, and the slowest five (and when the API answered, and
+//!   when both it had and the kernel showed the change, p50/p99); the
 //!   largest message the director's stream carried; the controller's and
 //!   the director's RSS; the tasks that used the most CPU meanwhile.
 //! - **On the host** (`--host`): the controller alone at N — the import,
@@ -54,8 +54,9 @@
 //! Each VM measurement runs in a network namespace of its own (IPVS keeps
 //! its tables per namespace), created for it and deleted once its N is
 //! measured; the next N waits until the kernel has torn it down: a kernel
-//! never flushed, and no N measured beside the tables of the one before. The kernel keeps deleted destinations in a
-//! per-namespace trash for minutes, and every destination added walks it,
+//! never flushed, and no N measured beside the tables of the one before.
+//! The kernel keeps deleted destinations in a per-namespace trash for
+//! minutes, and every destination added walks it,
 //! so programming 100,000 destinations right after `ipvsadm -C` of as many
 //! is several times slower, for `ipvsadm -R` and lbfabric alike — a
 //! measurement after another's flush would time the trash.
@@ -249,7 +250,6 @@ fn restore(n: usize, dir: &Path) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
-/// The resident memory of `pid`, in MiB.
 /// Starts a one-node controller with the table of `n` services imported;
 /// returns it and how long the import took.
 fn controller_with(

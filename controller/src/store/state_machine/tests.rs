@@ -9,18 +9,10 @@ fn entry(index: u64, cmd: Command) -> Entry {
     }
 }
 
+/// The `i`-th of many services, each on a VIP of its own.
 fn web(i: usize) -> Service {
-    Service::try_from(pb::Service {
-        name: format!("web{i:05}"),
-        virtual_address: Some(pb::service::VirtualAddress::Endpoint(pb::Endpoint {
-            address: format!("10.1.{}.{}", i / 250, i % 250 + 1),
-            port: 80,
-            protocol: "tcp".into(),
-        })),
-        mode: "dr".into(),
-        ..Default::default()
-    })
-    .unwrap()
+    let vip = format!("10.1.{}.{}", i / 250, i % 250 + 1);
+    crate::state::tests::service(&format!("web{i:05}"), &vip)
 }
 
 /// The revisions of the events in memory.
